@@ -1,0 +1,976 @@
+//! Semantic checks and expansion of a structurally valid master file into a [`Plan`].
+//! Every check reports through the locator so errors carry line, column and field; checking
+//! goes on after a problem so that one run shows them all.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use ipnet::Ipv4Net;
+
+use crate::diagnostics::{Diagnostics, did_you_mean};
+use crate::model::*;
+use crate::plan::*;
+use crate::secrets::{Secret, Secrets};
+use crate::structure::Locator;
+
+/// The secrets file as far as it could be loaded; its problems are reported once, at the
+/// first reference that needs it.
+pub enum SecretsSource {
+    Loaded(Secrets),
+    Failed(Diagnostics),
+}
+
+pub struct Expander<'l, 'a> {
+    locator: &'l Locator<'a>,
+    secrets: SecretsSource,
+    secrets_path: &'l Path,
+    problems: Diagnostics,
+}
+
+/// A host of any kind, seen through the fields every host has.
+struct HostEntry<'m> {
+    path: String,
+    hostname: &'m str,
+    mac: Option<&'m str>,
+    ip: Option<Ipv4Addr>,
+    /// Lives on the video LAN and boots from netbootd.
+    on_lan: bool,
+}
+
+impl<'l, 'a> Expander<'l, 'a> {
+    pub fn new(locator: &'l Locator<'a>, secrets: SecretsSource, secrets_path: &'l Path) -> Self {
+        Expander {
+            locator,
+            secrets,
+            secrets_path,
+            problems: Diagnostics::default(),
+        }
+    }
+
+    fn error(&mut self, path: &str, message: impl Into<String>, help: Option<String>) {
+        let diagnostic = self.locator.error(path, message, help);
+        self.problems.push(diagnostic);
+    }
+
+    fn secret(&mut self, reference: &str, path: &str) -> Option<Secret> {
+        match &mut self.secrets {
+            SecretsSource::Loaded(secrets) => secrets.resolve(
+                reference,
+                path,
+                self.locator,
+                self.secrets_path,
+                &mut self.problems,
+            ),
+            SecretsSource::Failed(problems) => {
+                let problems = std::mem::take(problems);
+                self.problems.extend(problems);
+                None
+            }
+        }
+    }
+
+    pub fn expand(mut self, m: &MasterFile, master_dir: &Path) -> Result<Plan, Diagnostics> {
+        if m.schema_version != 1 {
+            self.error(
+                "schema_version",
+                format!("schema version {} is not supported", m.schema_version),
+                Some("this lectern reads `schema_version = 1`".into()),
+            );
+        }
+        self.name("conference.slug", &m.conference.slug);
+        self.name("conference.org", &m.conference.org);
+        let network = self.network(&m.network);
+        let hosts = self.host_entries(m);
+        self.identities(&hosts, network.as_ref().map(|(_, net)| *net), &m.network);
+        let rooms = self.rooms(m);
+        let netboot = self.netboot_server(m, master_dir);
+        let plan_hosts = self.hosts(m, &rooms);
+        let rooms = self.room_plans(m, rooms, &plan_hosts);
+        match (network, netboot, self.problems.is_empty()) {
+            (Some((network, _)), Some(netboot), true) => Ok(Plan {
+                conference: m.conference.clone(),
+                streaming: StreamingPlan {
+                    ingest: m.streaming.ingest,
+                    hls_url: m.streaming.hls_url.clone(),
+                    watch_url: m.streaming.watch_url.clone(),
+                },
+                network,
+                netboot,
+                ssh_authorized_keys: m.ssh.authorized_keys.clone(),
+                rooms,
+                hosts: plan_hosts,
+            }),
+            _ => Err(self.problems.finish()),
+        }
+    }
+
+    /// Host names, slugs and such end up in DNS, paths and unit names: keep them plain.
+    fn name(&mut self, path: &str, value: &str) -> bool {
+        let ok = !value.is_empty()
+            && value.len() <= 63
+            && value
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !value.starts_with('-')
+            && !value.ends_with('-');
+        if !ok {
+            self.error(
+                path,
+                format!("\"{value}\" is not a valid name"),
+                Some("use 1 to 63 lowercase letters, digits and '-', not starting or ending with '-'".into()),
+            );
+        }
+        ok
+    }
+
+    fn network(&mut self, n: &Network) -> Option<(NetworkPlan, Ipv4Net)> {
+        let net: Ipv4Net = match n.subnet.parse() {
+            Ok(net) => net,
+            Err(_) => {
+                self.error(
+                    "network.subnet",
+                    format!("\"{}\" is not a subnet in CIDR notation", n.subnet),
+                    Some(
+                        "write the network address and prefix length, like \"10.42.0.0/24\"".into(),
+                    ),
+                );
+                return None;
+            }
+        };
+        if net.trunc() != net {
+            self.error(
+                "network.subnet",
+                format!("\"{}\" has host bits set", n.subnet),
+                Some(format!("did you mean \"{}\"?", net.trunc())),
+            );
+        }
+        let net = net.trunc();
+        if !net.contains(&n.gateway) {
+            self.error(
+                "network.gateway",
+                format!("{} is outside the subnet {net}", n.gateway),
+                None,
+            );
+        }
+        let lease_secs = self.lease(&n.dhcp.lease);
+        if let Some([first, last]) = n.dhcp.range {
+            if n.dhcp.mode == DhcpMode::Proxy {
+                self.error(
+                    "network.dhcp.range",
+                    "a dynamic range makes no sense in proxy mode: the venue DHCP gives the addresses",
+                    Some("remove `range`, or set mode = \"authoritative\"".into()),
+                );
+            }
+            for (i, end) in [first, last].into_iter().enumerate() {
+                if !usable(&net, end) {
+                    self.error(
+                        &format!("network.dhcp.range[{i}]"),
+                        format!("{end} is not a usable host address in {net}"),
+                        None,
+                    );
+                }
+            }
+            if first > last {
+                self.error(
+                    "network.dhcp.range",
+                    format!("the range starts at {first}, after its end {last}"),
+                    Some("write [first, last]".into()),
+                );
+            }
+        }
+        if n.dhcp.interface.is_empty() {
+            self.error(
+                "network.dhcp.interface",
+                "the interface name is empty",
+                None,
+            );
+        }
+        let plan = NetworkPlan {
+            domain: n.domain.clone(),
+            subnet: net.to_string(),
+            prefix_len: net.prefix_len(),
+            netmask: net.netmask(),
+            gateway: n.gateway,
+            dns: n.dns.clone(),
+            ntp: if n.ntp.is_empty() {
+                vec![n.gateway]
+            } else {
+                n.ntp.clone()
+            },
+            dhcp: DhcpPlan {
+                mode: n.dhcp.mode,
+                interface: n.dhcp.interface.clone(),
+                range: n.dhcp.range,
+                lease_secs: lease_secs.unwrap_or(0),
+            },
+        };
+        Some((plan, net))
+    }
+
+    fn lease(&mut self, text: &str) -> Option<u32> {
+        let (number, unit) = text.split_at(
+            text.find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(text.len()),
+        );
+        let factor = match unit {
+            "s" | "" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86400,
+            _ => 0,
+        };
+        let secs = number
+            .parse::<u32>()
+            .ok()
+            .and_then(|n| n.checked_mul(factor))
+            .filter(|s| *s >= 60);
+        if secs.is_none() {
+            self.error(
+                "network.dhcp.lease",
+                format!("\"{text}\" is not a lease time of at least a minute"),
+                Some("write a number followed by s, m, h or d, like \"6h\"".into()),
+            );
+        }
+        secs
+    }
+
+    fn host_entries<'m>(&mut self, m: &'m MasterFile) -> Vec<HostEntry<'m>> {
+        let machines = m.machines.iter().enumerate().map(|(i, h)| HostEntry {
+            path: format!("machines[{i}]"),
+            hostname: &h.hostname,
+            mac: h.mac.as_deref(),
+            ip: h.ip,
+            on_lan: h.role != MachineRole::Netboot,
+        });
+        let encoders = m.encoders.iter().enumerate().map(|(i, h)| HostEntry {
+            path: format!("encoders[{i}]"),
+            hostname: &h.hostname,
+            mac: h.mac.as_deref(),
+            ip: h.ip,
+            on_lan: h.placement != Where::Ec2,
+        });
+        let servers = m.servers.iter().enumerate().map(|(i, h)| HostEntry {
+            path: format!("servers[{i}]"),
+            hostname: &h.hostname,
+            mac: h.mac.as_deref(),
+            ip: h.ip,
+            on_lan: h.placement != Where::Ec2,
+        });
+        machines.chain(encoders).chain(servers).collect()
+    }
+
+    /// Names, MACs and addresses: well-formed, unique, and on the LAN where they must be.
+    fn identities(&mut self, hosts: &[HostEntry], net: Option<Ipv4Net>, n: &Network) {
+        let mut hostnames: HashMap<&str, &str> = HashMap::new();
+        let mut macs: HashMap<MacAddr, &str> = HashMap::new();
+        let mut ips: HashMap<Ipv4Addr, &str> = HashMap::new();
+        for h in hosts {
+            let hostname_path = format!("{}.hostname", h.path);
+            if self.name(&hostname_path, h.hostname) {
+                if let Some(first) = hostnames.insert(h.hostname, &h.path) {
+                    let first_line = self.locator.error(first, "", None).line;
+                    self.error(
+                        &hostname_path,
+                        format!(
+                            "host name \"{}\" is already used on line {first_line}",
+                            h.hostname
+                        ),
+                        Some("every host needs its own name".into()),
+                    );
+                }
+            }
+            match (h.mac, h.on_lan) {
+                (Some(text), true) => match text.parse::<MacAddr>() {
+                    Ok(mac) if mac.0[0] & 1 == 1 => self.error(
+                        &format!("{}.mac", h.path),
+                        format!("\"{text}\" is a multicast address, not a machine's"),
+                        Some("copy the MAC from the machine's label or `ip link`".into()),
+                    ),
+                    Ok(mac) => {
+                        if let Some(first) = macs.insert(mac, &h.path) {
+                            let first_line = self.locator.error(first, "", None).line;
+                            self.error(
+                                &format!("{}.mac", h.path),
+                                format!("MAC {mac} is already used on line {first_line}"),
+                                Some("two hosts cannot share one network card".into()),
+                            );
+                        }
+                    }
+                    Err(()) => self.error(
+                        &format!("{}.mac", h.path),
+                        format!("\"{text}\" is not a MAC address"),
+                        Some(
+                            "write six hex pairs separated by colons, like 8c:16:45:00:e6:f6"
+                                .into(),
+                        ),
+                    ),
+                },
+                (None, true) => self.error(
+                    &h.path,
+                    format!(
+                        "{} has no `mac`: netbootd recognises machines by MAC",
+                        h.hostname
+                    ),
+                    Some("add mac = \"…\" (from the machine's label or `ip link`)".into()),
+                ),
+                (Some(_), false) => self.error(
+                    &format!("{}.mac", h.path),
+                    format!(
+                        "{} does not boot from the video LAN, so a MAC is meaningless here",
+                        h.hostname
+                    ),
+                    Some("remove `mac`".into()),
+                ),
+                _ => {}
+            }
+            let Some(ip) = h.ip else {
+                if h.on_lan && n.dhcp.mode == DhcpMode::Authoritative && n.dhcp.range.is_none() {
+                    self.error(
+                        &h.path,
+                        format!(
+                            "{} has no `ip` and [network.dhcp] has no `range` to lease one from",
+                            h.hostname
+                        ),
+                        Some(
+                            "give it ip = \"…\", or add range = [first, last] to [network.dhcp]"
+                                .into(),
+                        ),
+                    );
+                }
+                continue;
+            };
+            let ip_path = format!("{}.ip", h.path);
+            if let Some(net) = net {
+                if !usable(&net, ip) {
+                    self.error(&ip_path, format!("{ip} is outside the subnet {net}"), None);
+                }
+            }
+            if let Some([first, last]) = n.dhcp.range {
+                if (first..=last).contains(&ip) {
+                    self.error(
+                        &ip_path,
+                        format!("{ip} is inside the dynamic range {first}–{last}"),
+                        Some("a fixed address must not be handed out to another machine: pick one outside the range, or shrink the range".into()),
+                    );
+                }
+            }
+            if ip == n.gateway {
+                self.error(&ip_path, format!("{ip} is the gateway's address"), None);
+            }
+            if let Some(first) = ips.insert(ip, &h.path) {
+                let first_line = self.locator.error(first, "", None).line;
+                self.error(
+                    &ip_path,
+                    format!("address {ip} is already used on line {first_line}"),
+                    None,
+                );
+            }
+        }
+    }
+
+    /// Room slugs and their sources; returns the rooms by slug.
+    fn rooms<'m>(&mut self, m: &'m MasterFile) -> BTreeMap<&'m str, usize> {
+        let mut by_slug = BTreeMap::new();
+        for (i, room) in m.rooms.iter().enumerate() {
+            let path = format!("rooms[{i}]");
+            if self.name(&format!("{path}.slug"), &room.slug) {
+                if let Some(first) = by_slug.insert(room.slug.as_str(), i) {
+                    let first_line = self
+                        .locator
+                        .error(&format!("rooms[{first}]"), "", None)
+                        .line;
+                    self.error(
+                        &format!("{path}.slug"),
+                        format!(
+                            "room \"{}\" is already defined on line {first_line}",
+                            room.slug
+                        ),
+                        None,
+                    );
+                }
+            }
+            if room.sources.is_empty() {
+                self.error(
+                    &format!("{path}.sources"),
+                    format!("room \"{}\" has no sources", room.slug),
+                    Some(
+                        "list the inputs in mixer order, like sources = [\"cam\", \"slides\"]"
+                            .into(),
+                    ),
+                );
+            }
+            for (j, source) in room.sources.iter().enumerate() {
+                let source_path = format!("{path}.sources[{j}]");
+                if self.name(&source_path, source) && room.sources[..j].contains(source) {
+                    self.error(
+                        &source_path,
+                        format!("source \"{source}\" is listed twice"),
+                        None,
+                    );
+                }
+            }
+            if let Some(audio) = &room.audio_source {
+                if !room.sources.contains(audio) {
+                    self.unknown_name(
+                        &format!("{path}.audio_source"),
+                        "source",
+                        audio,
+                        &room.sources,
+                    );
+                }
+            }
+            if room.sources.len() > 100 {
+                self.error(
+                    &format!("{path}.sources"),
+                    "more than 100 sources would overlap voctocore's port ranges",
+                    None,
+                );
+            }
+        }
+        by_slug
+    }
+
+    fn unknown_name(&mut self, path: &str, what: &str, given: &str, known: &[String]) {
+        let help = match did_you_mean(given, known.iter().map(String::as_str)) {
+            Some(guess) => format!("did you mean \"{guess}\"?"),
+            None if known.is_empty() => format!("no {what} is defined yet"),
+            None => format!("known: {}", known.join(", ")),
+        };
+        self.error(path, format!("there is no {what} \"{given}\""), Some(help));
+    }
+
+    fn room_index(
+        &mut self,
+        m: &MasterFile,
+        path: &str,
+        slug: Option<&str>,
+        rooms: &BTreeMap<&str, usize>,
+    ) -> Option<usize> {
+        let Some(slug) = slug else {
+            self.error(
+                path,
+                "this host needs a `room`",
+                Some("add room = \"<room slug>\"".into()),
+            );
+            return None;
+        };
+        let found = rooms.get(slug).copied();
+        if found.is_none() {
+            let known: Vec<String> = m.rooms.iter().map(|r| r.slug.clone()).collect();
+            self.unknown_name(&format!("{path}.room"), "room", slug, &known);
+        }
+        found
+    }
+
+    fn netboot_server(&mut self, m: &MasterFile, master_dir: &Path) -> Option<NetbootPlan> {
+        let servers: Vec<(usize, &Machine)> = m
+            .machines
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.role == MachineRole::Netboot)
+            .collect();
+        let (i, server) = match servers.as_slice() {
+            [one] => *one,
+            [] => {
+                self.error(
+                    "machines",
+                    "no machine has role = \"netboot\"",
+                    Some("add the box that runs netbootd as a [[machines]] entry with role = \"netboot\" and its ip".into()),
+                );
+                return None;
+            }
+            [_, (second, _), ..] => {
+                self.error(
+                    &format!("machines[{second}].role"),
+                    "only one machine can have role = \"netboot\"",
+                    None,
+                );
+                return None;
+            }
+        };
+        let Some(server_ip) = server.ip else {
+            self.error(
+                &format!("machines[{i}]"),
+                "the netboot machine needs an `ip`: it is the address every client boots from",
+                None,
+            );
+            return None;
+        };
+        let port = m.netboot.http_port;
+        let base_url = if port == 80 {
+            format!("http://{server_ip}")
+        } else {
+            format!("http://{server_ip}:{port}")
+        };
+        Some(NetbootPlan {
+            server: server.hostname.clone(),
+            server_ip,
+            http_port: port,
+            base_url,
+            store: master_dir.join(&m.netboot.store),
+        })
+    }
+
+    fn video(&self, m: &MasterFile, room: &Room) -> VideoPlan {
+        let d = &m.defaults.video;
+        let o = room.video.clone().unwrap_or_default();
+        let mode = o.mode.unwrap_or(d.mode);
+        let (width, height) = mode.dimensions();
+        VideoPlan {
+            mode,
+            width,
+            height,
+            framerate: o.framerate.unwrap_or(d.framerate),
+            audio_channels: o.audio_channels.unwrap_or(d.audio_channels),
+            audio_rate: o.audio_rate.unwrap_or(d.audio_rate),
+        }
+    }
+
+    fn encode(&self, m: &MasterFile, room: &Room) -> Encode {
+        let d = &m.defaults.encode;
+        let o = room.encode.clone().unwrap_or_default();
+        Encode {
+            hwaccel: o.hwaccel.unwrap_or(d.hwaccel),
+            video_kbps: o.video_kbps.unwrap_or(d.video_kbps),
+            maxrate_kbps: o.maxrate_kbps.unwrap_or(d.maxrate_kbps),
+            keyframe_s: o.keyframe_s.unwrap_or(d.keyframe_s),
+            audio_kbps: o.audio_kbps.unwrap_or(d.audio_kbps),
+            variants: o.variants.unwrap_or_else(|| d.variants.clone()),
+        }
+    }
+
+    fn push_url(&mut self, m: &MasterFile, i: usize, room: &Room) -> Option<Secret> {
+        let template = m.streaming.ingest_url.replace("{room}", &room.slug);
+        let wants_key = template.contains("{key}");
+        let key_path = format!("rooms[{i}].stream_key");
+        match (&room.stream_key, wants_key) {
+            (Some(reference), true) => {
+                let key = self.secret(reference, &key_path)?;
+                Some(Secret::fill(&template, "{key}", &key))
+            }
+            (None, true) => {
+                self.error(
+                    &format!("rooms[{i}]"),
+                    format!("room \"{}\" has no `stream_key`, but streaming.ingest_url needs one ({{key}})", room.slug),
+                    Some(format!("add stream_key = \"secret:stream_keys.{}\" and the key to the secrets file", room.slug)),
+                );
+                None
+            }
+            (Some(_), false) => {
+                self.error(
+                    &key_path,
+                    "streaming.ingest_url has no {key} placeholder, so this key would never be used",
+                    Some("put {key} into streaming.ingest_url where the ingest expects it, or remove stream_key".into()),
+                );
+                None
+            }
+            (None, false) => Some(Secret::fill(&template, "{key}", &Secret::new(""))),
+        }
+    }
+
+    fn hosts(&mut self, m: &MasterFile, rooms: &BTreeMap<&str, usize>) -> Vec<Host> {
+        let bad_placeholder = m
+            .streaming
+            .ingest_url
+            .replace("{room}", "")
+            .replace("{key}", "")
+            .contains(['{', '}']);
+        if bad_placeholder {
+            self.error(
+                "streaming.ingest_url",
+                "the URL has a placeholder other than {room} and {key}",
+                None,
+            );
+        }
+        let domain = &m.network.domain;
+        let mut hosts = Vec::new();
+        let mixer_of: HashMap<&str, &Machine> = m
+            .machines
+            .iter()
+            .filter(|h| h.role == MachineRole::Mixer)
+            .filter_map(|h| Some((h.room.as_deref()?, h)))
+            .collect();
+        let address = |hostname: &str, ip: Option<Ipv4Addr>| {
+            ip.map_or_else(|| format!("{hostname}.local"), |ip| ip.to_string())
+        };
+        for (i, h) in m.machines.iter().enumerate() {
+            let path = format!("machines[{i}]");
+            let room_index = match h.role {
+                MachineRole::Netboot => None,
+                _ => self.room_index(m, &path, h.room.as_deref(), rooms),
+            };
+            let config = match (h.role, room_index) {
+                (MachineRole::Netboot, _) => Some(RoleConfig::Netboot),
+                (MachineRole::Mixer, Some(r)) => Some(RoleConfig::Mixer(self.mixer(m, r, h))),
+                (MachineRole::Source, Some(r)) => {
+                    let room = &m.rooms[r];
+                    let mixer = mixer_of
+                        .get(room.slug.as_str())
+                        .map(|x| address(&x.hostname, x.ip));
+                    self.source_config(&path, h, room)
+                        .map(|(source, port, capture)| {
+                            RoleConfig::Source(SourceConfig {
+                                room: room.slug.clone(),
+                                source,
+                                mixer: mixer.unwrap_or_default(),
+                                mixer_port: port,
+                                capture,
+                                video: self.video(m, room),
+                            })
+                        })
+                }
+                _ => None,
+            };
+            if h.role != MachineRole::Source && (h.source.is_some() || h.capture.is_some()) {
+                self.error(
+                    &path,
+                    "`source` and `capture` are only for machines with role = \"source\"",
+                    None,
+                );
+            }
+            let role = match h.role {
+                MachineRole::Mixer => Role::Mixer,
+                MachineRole::Source => Role::Source,
+                MachineRole::Netboot => Role::Netboot,
+            };
+            if let Some(config) = config {
+                hosts.push(Host {
+                    hostname: h.hostname.clone(),
+                    fqdn: format!("{}.{domain}", h.hostname),
+                    mac: h.mac.as_deref().and_then(|m| m.parse().ok()),
+                    ip: h.ip,
+                    address: address(&h.hostname, h.ip),
+                    role,
+                    room: h.room.clone(),
+                    placement: Where::BareMetal,
+                    netboot: role != Role::Netboot,
+                    config,
+                });
+            }
+        }
+        for (i, e) in m.encoders.iter().enumerate() {
+            let path = format!("encoders[{i}]");
+            let placement = self.placement(&path, e.placement, &PlacementFields::of_encoder(e), m);
+            let Some(r) = self.room_index(m, &path, Some(&e.room), rooms) else {
+                continue;
+            };
+            let room = &m.rooms[r];
+            let mixer = mixer_of
+                .get(room.slug.as_str())
+                .map(|x| address(&x.hostname, x.ip));
+            let pull_url = match e.placement {
+                Where::Ec2 => format!("srt://0.0.0.0:{}?mode=listener", ports::CONTRIBUTION),
+                _ => format!("tcp://{}:{}", mixer.unwrap_or_default(), ports::LIVE_OUT),
+            };
+            let Some(push_url) = self.push_url(m, r, room) else {
+                continue;
+            };
+            let encode = self.encode(m, room);
+            hosts.push(Host {
+                hostname: e.hostname.clone(),
+                fqdn: format!("{}.{domain}", e.hostname),
+                mac: e.mac.as_deref().and_then(|m| m.parse().ok()),
+                ip: e.ip,
+                address: address(&e.hostname, e.ip),
+                role: Role::Encoder,
+                room: Some(room.slug.clone()),
+                placement: e.placement,
+                netboot: e.placement != Where::Ec2,
+                config: RoleConfig::Encoder(EncoderConfig {
+                    room: room.slug.clone(),
+                    pull_url,
+                    push_url,
+                    ingest: m.streaming.ingest,
+                    video: self.video(m, room),
+                    hwaccel: encode.hwaccel,
+                    encode,
+                    vm: placement.0,
+                    cloud: placement.1,
+                }),
+            });
+        }
+        for (i, s) in m.servers.iter().enumerate() {
+            let path = format!("servers[{i}]");
+            let (vm, cloud) = self.placement(&path, s.placement, &PlacementFields::of_server(s), m);
+            hosts.push(Host {
+                hostname: s.hostname.clone(),
+                fqdn: format!("{}.{domain}", s.hostname),
+                mac: s.mac.as_deref().and_then(|m| m.parse().ok()),
+                ip: s.ip,
+                address: address(&s.hostname, s.ip),
+                role: match s.role {
+                    ServerRole::StreamingBackend => Role::StreamingBackend,
+                    ServerRole::StreamingFrontend => Role::StreamingFrontend,
+                },
+                room: None,
+                placement: s.placement,
+                netboot: s.placement != Where::Ec2,
+                config: RoleConfig::Server(ServerConfig { vm, cloud }),
+            });
+        }
+        hosts
+    }
+
+    fn mixer(&mut self, m: &MasterFile, r: usize, h: &Machine) -> MixerConfig {
+        let room = &m.rooms[r];
+        let contributions = m
+            .encoders
+            .iter()
+            .filter(|e| e.room == room.slug && e.placement == Where::Ec2)
+            .map(|e| {
+                let encode = self.encode(m, room);
+                let target = e
+                    .address
+                    .clone()
+                    .unwrap_or_else(|| format!("{}.{}", e.hostname, m.network.domain));
+                Contribution {
+                    encoder: e.hostname.clone(),
+                    url: format!("srt://{target}:{}", ports::CONTRIBUTION),
+                    // Enough headroom that the cloud encoder's re-encode does not show it.
+                    video_kbps: encode.maxrate_kbps * 2,
+                    audio_kbps: encode.audio_kbps * 2,
+                }
+            })
+            .collect();
+        MixerConfig {
+            room: room.slug.clone(),
+            video: self.video(m, room),
+            sources: Vec::new(), // filled in by room_plans once all sources are known
+            audio_source: room
+                .audio_source
+                .clone()
+                .unwrap_or_else(|| room.sources.first().cloned().unwrap_or_default()),
+            control_port: ports::CONTROL,
+            mix_out_port: ports::MIX_OUT,
+            live_out_port: ports::LIVE_OUT,
+            recording_dir: recording_dir(m, room),
+            record_disk: h.record_disk.clone(),
+            contributions,
+        }
+    }
+
+    fn source_config(
+        &mut self,
+        path: &str,
+        h: &Machine,
+        room: &Room,
+    ) -> Option<(String, u16, Capture)> {
+        let Some(source) = &h.source else {
+            self.error(
+                path,
+                format!(
+                    "source machine {} does not say which source it captures",
+                    h.hostname
+                ),
+                Some(format!(
+                    "add source = \"…\", one of: {}",
+                    room.sources.join(", ")
+                )),
+            );
+            return None;
+        };
+        let Some(index) = room.sources.iter().position(|s| s == source) else {
+            self.unknown_name(
+                &format!("{path}.source"),
+                &format!("source in room \"{}\"", room.slug),
+                source,
+                &room.sources,
+            );
+            return None;
+        };
+        let capture = h.capture.clone().unwrap_or(Capture {
+            kind: CaptureKind::Test,
+            device: None,
+            audio: None,
+            video_delay_ms: None,
+            audio_delay_ms: None,
+        });
+        Some((source.clone(), ports::SOURCE_BASE + index as u16, capture))
+    }
+
+    fn placement(
+        &mut self,
+        path: &str,
+        placement: Where,
+        f: &PlacementFields,
+        m: &MasterFile,
+    ) -> (Option<VmPlan>, Option<CloudPlan>) {
+        match placement {
+            Where::Ec2 => {
+                let mut need = |field: &str, value: Option<&String>| match value {
+                    Some(v) => v.clone(),
+                    None => {
+                        self.error(path, format!("an ec2 host needs `{field}`"), None);
+                        String::new()
+                    }
+                };
+                let cloud = CloudPlan {
+                    region: need("region", f.region),
+                    instance_type: need("instance_type", f.instance_type),
+                };
+                (None, Some(cloud))
+            }
+            Where::LocalVm => {
+                if let Some(hypervisor) = f.host {
+                    let known: Vec<String> =
+                        m.machines.iter().map(|h| h.hostname.clone()).collect();
+                    if !known.contains(hypervisor) {
+                        self.unknown_name(&format!("{path}.host"), "machine", hypervisor, &known);
+                    }
+                }
+                let vm = VmPlan {
+                    hypervisor: f.host.cloned(),
+                    vcpus: f.vcpus.unwrap_or(2),
+                    memory_mb: f.memory_mb.unwrap_or(2048),
+                };
+                (Some(vm), None)
+            }
+            Where::BareMetal => (None, None),
+        }
+    }
+
+    /// Wires each room: its mixer, the machine behind each source, its encoders.
+    fn room_plans(
+        &mut self,
+        m: &MasterFile,
+        rooms: BTreeMap<&str, usize>,
+        hosts: &[Host],
+    ) -> Vec<RoomPlan> {
+        let mut plans = Vec::new();
+        for (i, room) in m.rooms.iter().enumerate() {
+            if rooms.get(room.slug.as_str()) != Some(&i) {
+                continue; // duplicate slug, reported already
+            }
+            let path = format!("rooms[{i}]");
+            let in_room = |role: Role| {
+                hosts
+                    .iter()
+                    .filter(move |h| h.role == role && h.room.as_deref() == Some(&room.slug))
+            };
+            let mixers: Vec<&Host> = in_room(Role::Mixer).collect();
+            let mixer = match mixers.as_slice() {
+                [one] => Some(one.hostname.clone()),
+                [] => {
+                    self.error(
+                        &path,
+                        format!("room \"{}\" has no mixer", room.slug),
+                        Some(format!(
+                            "add a [[machines]] entry with role = \"mixer\" and room = \"{}\"",
+                            room.slug
+                        )),
+                    );
+                    None
+                }
+                [_, second, ..] => {
+                    self.error(
+                        &path,
+                        format!(
+                            "room \"{}\" has more than one mixer ({} and {})",
+                            room.slug, mixers[0].hostname, second.hostname
+                        ),
+                        None,
+                    );
+                    None
+                }
+            };
+            let mut inputs = Vec::new();
+            for (j, name) in room.sources.iter().enumerate() {
+                let feeding: Vec<&Host> = in_room(Role::Source)
+                    .filter(|h| matches!(&h.config, RoleConfig::Source(s) if &s.source == name))
+                    .collect();
+                match feeding.as_slice() {
+                    [one] => inputs.push(MixerInput {
+                        name: name.clone(),
+                        port: ports::SOURCE_BASE + j as u16,
+                        machine: one.hostname.clone(),
+                    }),
+                    [] => self.error(
+                        &format!("{path}.sources[{j}]"),
+                        format!("no machine captures source \"{name}\" of room \"{}\"", room.slug),
+                        Some(format!("add a [[machines]] entry with role = \"source\", room = \"{}\", source = \"{name}\"", room.slug)),
+                    ),
+                    [a, b, ..] => self.error(
+                        &format!("{path}.sources[{j}]"),
+                        format!("source \"{name}\" is captured by both {} and {}", a.hostname, b.hostname),
+                        None,
+                    ),
+                }
+            }
+            let push_url = if m.encoders.iter().any(|e| e.room == room.slug) {
+                None // already resolved (and checked) per encoder
+            } else {
+                self.push_url(m, i, room)
+            };
+            let encoders: Vec<&Host> = in_room(Role::Encoder).collect();
+            let push_url = push_url.or_else(|| match &encoders.first()?.config {
+                RoleConfig::Encoder(e) => Some(e.push_url.clone()),
+                _ => None,
+            });
+            let (Some(mixer), Some(push_url)) = (mixer, push_url) else {
+                continue;
+            };
+            plans.push(RoomPlan {
+                slug: room.slug.clone(),
+                name: room.name.clone(),
+                irc_channel: room.irc_channel.clone(),
+                url: room.url.clone(),
+                mixer,
+                sources: inputs,
+                audio_source: room
+                    .audio_source
+                    .clone()
+                    .unwrap_or_else(|| room.sources.first().cloned().unwrap_or_default()),
+                encoders: encoders.iter().map(|h| h.hostname.clone()).collect(),
+                video: self.video(m, room),
+                encode: self.encode(m, room),
+                push_url,
+                recording_dir: recording_dir(m, room),
+            });
+        }
+        plans
+    }
+}
+
+/// The placement fields encoders and servers share.
+struct PlacementFields<'m> {
+    host: Option<&'m String>,
+    vcpus: Option<u32>,
+    memory_mb: Option<u32>,
+    region: Option<&'m String>,
+    instance_type: Option<&'m String>,
+}
+
+impl<'m> PlacementFields<'m> {
+    fn of_encoder(e: &'m Encoder) -> Self {
+        PlacementFields {
+            host: e.host.as_ref(),
+            vcpus: e.vcpus,
+            memory_mb: e.memory_mb,
+            region: e.region.as_ref(),
+            instance_type: e.instance_type.as_ref(),
+        }
+    }
+
+    fn of_server(s: &'m Server) -> Self {
+        PlacementFields {
+            host: s.host.as_ref(),
+            vcpus: s.vcpus,
+            memory_mb: s.memory_mb,
+            region: s.region.as_ref(),
+            instance_type: s.instance_type.as_ref(),
+        }
+    }
+}
+
+fn recording_dir(m: &MasterFile, room: &Room) -> String {
+    format!(
+        "/srv/recordings/{}/{}/{}",
+        m.conference.org, m.conference.slug, room.slug
+    )
+}
+
+/// An address a host may have: inside the subnet, not its network or broadcast address.
+fn usable(net: &Ipv4Net, ip: Ipv4Addr) -> bool {
+    net.contains(&ip) && (net.prefix_len() >= 31 || (ip != net.network() && ip != net.broadcast()))
+}

@@ -1,0 +1,518 @@
+//! The master file as written by people: one struct per TOML table.
+//!
+//! These types are the single source of truth for the file's shape. The JSON Schema
+//! (`imgbuild schema`), the structural checks with line/column errors and the README's field
+//! reference are all generated from them, so they cannot drift apart. Doc comments here are
+//! user-facing: they end up in the schema and in the README.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The master file (`master.toml`): everything lectern needs to know about one conference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MasterFile {
+    /// Version of this file format. Only `1` exists.
+    pub schema_version: u32,
+    pub conference: Conference,
+    pub streaming: Streaming,
+    pub network: Network,
+    /// Settings of the netbootd process itself.
+    #[serde(default)]
+    pub netboot: Netboot,
+    #[serde(default)]
+    pub ssh: Ssh,
+    #[serde(default)]
+    pub defaults: Defaults,
+    #[serde(default)]
+    pub secrets: SecretsFileRef,
+    /// The rooms that are recorded and streamed. The slug is the key everywhere.
+    #[serde(default)]
+    pub rooms: Vec<Room>,
+    /// Physical machines on the video LAN (mixers, sources, the netboot server).
+    #[serde(default)]
+    pub machines: Vec<Machine>,
+    /// Encoders: local VMs, cloud instances or bare-metal boxes, one or more per room.
+    #[serde(default)]
+    pub encoders: Vec<Encoder>,
+    /// Other servers (streaming backend and frontends).
+    #[serde(default)]
+    pub servers: Vec<Server>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Conference {
+    /// Display name, e.g. "FOSDEM 2027".
+    pub name: String,
+    /// Short name used in paths (the veyepar show slug), e.g. "fosdem2027".
+    pub slug: String,
+    /// Organisation slug (the veyepar client slug); first level of the recordings tree.
+    pub org: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule_url: Option<String>,
+    /// IANA time zone of the venue, e.g. "Europe/Brussels".
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub irc_network: Option<String>,
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Streaming {
+    /// Protocol of the streaming ingest the encoders push to.
+    pub ingest: IngestKind,
+    /// Where encoders push. `{room}` is replaced by the room slug and `{key}` by the room's
+    /// stream key (from the secrets file), e.g. "rtmp://backend.example.org/stream/{room}?key={key}".
+    pub ingest_url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hls_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum IngestKind {
+    Rtmp,
+    Srt,
+    Icecast,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// DNS domain of the video LAN; hosts are `<hostname>.<domain>`.
+    pub domain: String,
+    /// The video LAN in CIDR notation, e.g. "10.42.0.0/24".
+    pub subnet: String,
+    pub gateway: Ipv4Addr,
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+    /// NTP servers handed to hosts; empty means the gateway.
+    #[serde(default)]
+    pub ntp: Vec<Ipv4Addr>,
+    pub dhcp: Dhcp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Dhcp {
+    /// `authoritative`: netbootd is the LAN's DHCP server. `proxy`: a venue DHCP server gives
+    /// the addresses and netbootd only adds boot options for the machines listed here.
+    pub mode: DhcpMode,
+    /// Network interface netbootd serves on, e.g. "enp1s0".
+    pub interface: String,
+    /// Dynamic pool `[first, last]` for hosts without a fixed `ip` (authoritative mode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<[Ipv4Addr; 2]>,
+    /// Lease time: a number followed by s, m, h or d, e.g. "6h".
+    #[serde(default = "default_lease")]
+    pub lease: String,
+}
+
+fn default_lease() -> String {
+    "6h".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DhcpMode {
+    Authoritative,
+    Proxy,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Netboot {
+    /// TCP port of netbootd's HTTP server (iPXE scripts, images, boot reports).
+    #[serde(default = "default_http_port")]
+    pub http_port: u16,
+    /// Image store directory, relative to the master file's directory.
+    #[serde(default = "default_store")]
+    pub store: String,
+}
+
+impl Default for Netboot {
+    fn default() -> Self {
+        Netboot {
+            http_port: default_http_port(),
+            store: default_store(),
+        }
+    }
+}
+
+fn default_http_port() -> u16 {
+    8080
+}
+
+fn default_store() -> String {
+    "store".into()
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Ssh {
+    /// Public keys (OpenSSH format) allowed to log in as root on every host.
+    #[serde(default)]
+    pub authorized_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    #[serde(default)]
+    pub video: Video,
+    #[serde(default)]
+    pub encode: Encode,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Video {
+    #[serde(default = "default_video_mode")]
+    pub mode: VideoMode,
+    /// Frames per second.
+    #[serde(default = "default_framerate")]
+    pub framerate: u32,
+    #[serde(default = "default_audio_channels")]
+    pub audio_channels: u32,
+    /// Audio sample rate in Hz.
+    #[serde(default = "default_audio_rate")]
+    pub audio_rate: u32,
+}
+
+impl Default for Video {
+    fn default() -> Self {
+        Video {
+            mode: default_video_mode(),
+            framerate: default_framerate(),
+            audio_channels: default_audio_channels(),
+            audio_rate: default_audio_rate(),
+        }
+    }
+}
+
+fn default_video_mode() -> VideoMode {
+    VideoMode::P1080
+}
+fn default_framerate() -> u32 {
+    30
+}
+fn default_audio_channels() -> u32 {
+    2
+}
+fn default_audio_rate() -> u32 {
+    48000
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum VideoMode {
+    #[serde(rename = "720p")]
+    P720,
+    #[serde(rename = "1080p")]
+    P1080,
+}
+
+impl VideoMode {
+    pub fn dimensions(self) -> (u32, u32) {
+        match self {
+            VideoMode::P720 => (1280, 720),
+            VideoMode::P1080 => (1920, 1080),
+        }
+    }
+}
+
+/// A room's override of `[defaults.video]`: only the fields given replace the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VideoOverride {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<VideoMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub framerate: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_channels: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_rate: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Encode {
+    #[serde(default = "default_hwaccel")]
+    pub hwaccel: HwAccel,
+    #[serde(default = "default_video_kbps")]
+    pub video_kbps: u32,
+    #[serde(default = "default_maxrate_kbps")]
+    pub maxrate_kbps: u32,
+    /// Seconds between keyframes.
+    #[serde(default = "default_keyframe_s")]
+    pub keyframe_s: u32,
+    #[serde(default = "default_audio_kbps")]
+    pub audio_kbps: u32,
+    /// Extra lower-resolution renditions pushed beside the main one.
+    #[serde(default)]
+    pub variants: Vec<Variant>,
+}
+
+impl Default for Encode {
+    fn default() -> Self {
+        Encode {
+            hwaccel: default_hwaccel(),
+            video_kbps: default_video_kbps(),
+            maxrate_kbps: default_maxrate_kbps(),
+            keyframe_s: default_keyframe_s(),
+            audio_kbps: default_audio_kbps(),
+            variants: Vec::new(),
+        }
+    }
+}
+
+fn default_hwaccel() -> HwAccel {
+    HwAccel::None
+}
+fn default_video_kbps() -> u32 {
+    3000
+}
+fn default_maxrate_kbps() -> u32 {
+    5000
+}
+fn default_keyframe_s() -> u32 {
+    2
+}
+fn default_audio_kbps() -> u32 {
+    128
+}
+
+/// A room's override of `[defaults.encode]`: only the fields given replace the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EncodeOverride {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hwaccel: Option<HwAccel>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video_kbps: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maxrate_kbps: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyframe_s: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_kbps: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variants: Option<Vec<Variant>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum HwAccel {
+    None,
+    Vaapi,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Variant {
+    pub name: String,
+    /// Output height in pixels; width follows the aspect ratio.
+    pub height: u32,
+    pub video_kbps: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsFileRef {
+    /// Path of the secrets file, relative to the master file's directory. It must not be
+    /// readable by group or others (chmod 600).
+    #[serde(default = "default_secrets_file")]
+    pub file: String,
+}
+
+impl Default for SecretsFileRef {
+    fn default() -> Self {
+        SecretsFileRef {
+            file: default_secrets_file(),
+        }
+    }
+}
+
+fn default_secrets_file() -> String {
+    "secrets.toml".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Room {
+    /// Short lowercase name (letters, digits, '-'): host names, stream names and paths use it.
+    pub slug: String,
+    /// Display name, e.g. "UB2.252A (Lameere)".
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub irc_channel: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Video sources in order: the n-th (from 0) feeds the mixer on port 10000+n.
+    pub sources: Vec<String>,
+    /// Which source carries the room's audio; defaults to the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_source: Option<String>,
+    /// Reference into the secrets file, e.g. "secret:stream_keys.lameere".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<VideoOverride>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encode: Option<EncodeOverride>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum MachineRole {
+    /// Runs voctomix-core for one room.
+    Mixer,
+    /// Captures a camera or the slides and feeds its room's mixer.
+    Source,
+    /// The box that runs netbootd (its `ip` is the server address); it is not netbooted.
+    Netboot,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Machine {
+    /// Short host name (letters, digits, '-'), e.g. "lameere-mixer".
+    pub hostname: String,
+    /// Ethernet address, e.g. "8c:16:45:00:e6:f6". Required for netbooted machines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Fixed address; without it the host gets one from the DHCP range (or the venue DHCP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    pub role: MachineRole,
+    /// Room slug (mixers and sources).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    /// For a source: which of its room's `sources` it captures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// For a source: the capture device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<Capture>,
+    /// For a mixer: the local disk recordings are written to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_disk: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Capture {
+    pub kind: CaptureKind,
+    /// Video device, e.g. "/dev/video0" (defaults depend on the kind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// ALSA device for audio, e.g. "hw:1,0"; none means no audio from this source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<String>,
+    /// Video delay in milliseconds, to line up with audio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video_delay_ms: Option<u32>,
+    /// Audio delay in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_delay_ms: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum CaptureKind {
+    Hdmi2usb,
+    V4l2,
+    Blackmagic,
+    /// Test pattern and tone: no hardware needed.
+    Test,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Where {
+    /// A VM on a hypervisor on the video LAN; netboots like a physical machine.
+    LocalVm,
+    /// An Amazon EC2 instance booted from the role's AMI.
+    Ec2,
+    /// A physical machine on the video LAN.
+    BareMetal,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Encoder {
+    pub hostname: String,
+    /// Room slug whose live mix this encoder streams.
+    pub room: String,
+    #[serde(rename = "where")]
+    pub placement: Where,
+    /// Required for `local-vm` and `bare-metal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    /// For `local-vm`: the hypervisor's host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u32>,
+    /// For `ec2`: e.g. "eu-west-1".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// For `ec2`: e.g. "c6i.xlarge".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    /// For `ec2`: the public DNS name the room's mixer sends its contribution feed to;
+    /// defaults to `<hostname>.<domain>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServerRole {
+    StreamingBackend,
+    StreamingFrontend,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    pub hostname: String,
+    pub role: ServerRole,
+    #[serde(rename = "where")]
+    pub placement: Where,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+}
+
+/// The secrets file (`secrets.toml`): free-form tables of strings, addressed from the master
+/// file as `secret:<table>.<key>`.
+pub type SecretsFile = BTreeMap<String, toml::Value>;

@@ -1,0 +1,384 @@
+//! The plan: the master file expanded into every host with its role, room, derived names,
+//! addresses and ports, and the rendered settings of its services. This is what imgbuild
+//! renders templates against and what netbootd serves from. It serialises with secrets as
+//! `***` (see [`crate::secrets::with_secrets_revealed`]).
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::{Serialize, Serializer};
+
+use crate::model::{Capture, Conference, DhcpMode, Encode, HwAccel, IngestKind, VideoMode, Where};
+use crate::secrets::Secret;
+
+/// voctocore's ports (voctomix 1.x, as packaged in Debian bookworm).
+pub mod ports {
+    pub const CONTROL: u16 = 9999;
+    /// Source n feeds the mixer on `SOURCE_BASE + n`.
+    pub const SOURCE_BASE: u16 = 10000;
+    /// Raw program mix (what the recorder takes).
+    pub const MIX_OUT: u16 = 11000;
+    /// Program after the stream blanker (what on-LAN encoders pull).
+    pub const LIVE_OUT: u16 = 15000;
+    /// Where a cloud encoder listens for the mixer's compressed SRT contribution feed.
+    pub const CONTRIBUTION: u16 = 9000;
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub conference: Conference,
+    pub streaming: StreamingPlan,
+    pub network: NetworkPlan,
+    pub netboot: NetbootPlan,
+    pub ssh_authorized_keys: Vec<String>,
+    pub rooms: Vec<RoomPlan>,
+    pub hosts: Vec<Host>,
+}
+
+impl Plan {
+    pub fn host(&self, hostname: &str) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.hostname == hostname)
+    }
+
+    pub fn host_by_mac(&self, mac: MacAddr) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.mac == Some(mac))
+    }
+
+    pub fn room(&self, slug: &str) -> Option<&RoomPlan> {
+        self.rooms.iter().find(|r| r.slug == slug)
+    }
+
+    /// Hosts that boot from netbootd.
+    pub fn netbooted(&self) -> impl Iterator<Item = &Host> {
+        self.hosts.iter().filter(|h| h.netboot)
+    }
+
+    /// Roles used by at least one host that gets an image, in a stable order.
+    pub fn image_roles(&self) -> Vec<Role> {
+        let mut roles: Vec<Role> = self
+            .hosts
+            .iter()
+            .filter(|h| h.role.has_image())
+            .map(|h| h.role)
+            .collect();
+        roles.sort();
+        roles.dedup();
+        roles
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamingPlan {
+    pub ingest: IngestKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hls_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkPlan {
+    pub domain: String,
+    /// CIDR, e.g. "10.42.0.0/24".
+    pub subnet: String,
+    pub prefix_len: u8,
+    pub netmask: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+    pub dns: Vec<Ipv4Addr>,
+    pub ntp: Vec<Ipv4Addr>,
+    pub dhcp: DhcpPlan,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DhcpPlan {
+    pub mode: DhcpMode,
+    pub interface: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub range: Option<[Ipv4Addr; 2]>,
+    pub lease_secs: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NetbootPlan {
+    /// Host name of the machine with role `netboot`.
+    pub server: String,
+    pub server_ip: Ipv4Addr,
+    pub http_port: u16,
+    /// e.g. "http://10.42.0.1:8080"
+    pub base_url: String,
+    /// Absolute path of the image store.
+    pub store: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VideoPlan {
+    pub mode: VideoMode,
+    pub width: u32,
+    pub height: u32,
+    pub framerate: u32,
+    pub audio_channels: u32,
+    pub audio_rate: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RoomPlan {
+    pub slug: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub irc_channel: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Host name of the room's mixer.
+    pub mixer: String,
+    pub sources: Vec<MixerInput>,
+    pub audio_source: String,
+    /// Host names of the room's encoders.
+    pub encoders: Vec<String>,
+    pub video: VideoPlan,
+    pub encode: Encode,
+    /// Where the room's stream is pushed, key included (redacted when shown).
+    pub push_url: Secret,
+    /// Recordings go below this directory, one subdirectory per day.
+    pub recording_dir: String,
+}
+
+/// One of a mixer's inputs: a named source on a voctocore port.
+#[derive(Debug, Clone, Serialize)]
+pub struct MixerInput {
+    pub name: String,
+    pub port: u16,
+    /// Host name of the source machine that feeds it.
+    pub machine: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    Mixer,
+    Source,
+    Encoder,
+    Netboot,
+    StreamingBackend,
+    StreamingFrontend,
+}
+
+impl Role {
+    pub const ALL: [Role; 6] = [
+        Role::Mixer,
+        Role::Source,
+        Role::Encoder,
+        Role::Netboot,
+        Role::StreamingBackend,
+        Role::StreamingFrontend,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Mixer => "mixer",
+            Role::Source => "source",
+            Role::Encoder => "encoder",
+            Role::Netboot => "netboot",
+            Role::StreamingBackend => "streaming-backend",
+            Role::StreamingFrontend => "streaming-frontend",
+        }
+    }
+
+    /// Whether imgbuild builds an image for this role (the netboot server is installed by hand).
+    pub fn has_image(self) -> bool {
+        self != Role::Netboot
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
+                format!("unknown role `{s}` (known: {})", names.join(", "))
+            })
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Host {
+    pub hostname: String,
+    pub fqdn: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<MacAddr>,
+    /// Fixed address, if the master file gives one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    /// How other hosts reach it: the fixed address, else its mDNS name.
+    pub address: String,
+    pub role: Role,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    #[serde(rename = "where")]
+    pub placement: Where,
+    /// Boots from netbootd (by MAC).
+    pub netboot: bool,
+    pub config: RoleConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoleConfig {
+    Mixer(MixerConfig),
+    Source(SourceConfig),
+    Encoder(EncoderConfig),
+    Netboot,
+    Server(ServerConfig),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MixerConfig {
+    pub room: String,
+    pub video: VideoPlan,
+    pub sources: Vec<MixerInput>,
+    pub audio_source: String,
+    pub control_port: u16,
+    pub mix_out_port: u16,
+    pub live_out_port: u16,
+    pub recording_dir: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record_disk: Option<String>,
+    /// Compressed feeds this mixer sends to cloud encoders (raw video cannot leave the LAN).
+    pub contributions: Vec<Contribution>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Contribution {
+    pub encoder: String,
+    /// e.g. "srt://cornil-enc.example.org:9000"
+    pub url: String,
+    pub video_kbps: u32,
+    pub audio_kbps: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceConfig {
+    pub room: String,
+    pub source: String,
+    /// Address of the room's mixer and the port this source feeds.
+    pub mixer: String,
+    pub mixer_port: u16,
+    pub capture: Capture,
+    pub video: VideoPlan,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EncoderConfig {
+    pub room: String,
+    /// What the encoder reads: the mixer's raw live output on the LAN, or an SRT listener for
+    /// the mixer's contribution feed in the cloud.
+    pub pull_url: String,
+    pub push_url: Secret,
+    pub ingest: IngestKind,
+    pub video: VideoPlan,
+    pub encode: Encode,
+    pub hwaccel: HwAccel,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmPlan>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<CloudPlan>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmPlan>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<CloudPlan>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VmPlan {
+    /// Host name of the hypervisor, if given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hypervisor: Option<String>,
+    pub vcpus: u32,
+    pub memory_mb: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CloudPlan {
+    pub region: String,
+    pub instance_type: String,
+}
+
+/// An Ethernet address. Parses `aa:bb:cc:dd:ee:ff` or `aa-bb-…` in either case; shows
+/// lowercase with colons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl FromStr for MacAddr {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let separator = if s.contains('-') { '-' } else { ':' };
+        let mut bytes = [0u8; 6];
+        let mut parts = s.split(separator);
+        for byte in &mut bytes {
+            let part = parts.next().ok_or(())?;
+            if part.len() != 2 {
+                return Err(());
+            }
+            *byte = u8::from_str_radix(part, 16).map_err(|_| ())?;
+        }
+        if parts.next().is_some() {
+            return Err(());
+        }
+        Ok(MacAddr(bytes))
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.0;
+        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
+    }
+}
+
+impl Serialize for MacAddr {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_parses_both_separators_and_prints_canonically() {
+        let mac: MacAddr = "8C-16-45-00-E6-F6".parse().unwrap();
+        assert_eq!(mac.to_string(), "8c:16:45:00:e6:f6");
+        assert_eq!("8c:16:45:00:e6:f6".parse::<MacAddr>(), Ok(mac));
+        for bad in [
+            "8c:16:45:00:e6",
+            "8c:16:45:00:e6:f6:00",
+            "8c:16:45:00:e6:g6",
+            "8c1:6:45:00:e6:f6",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn roles_round_trip_through_their_names() {
+        for role in Role::ALL {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+        }
+        assert!("mixr".parse::<Role>().unwrap_err().contains("known: mixer"));
+    }
+}

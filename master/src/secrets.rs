@@ -1,0 +1,194 @@
+//! Secrets: referenced from the master file as `secret:<table>.<key>`, resolved from the
+//! secrets file, and shown as `***` everywhere unless a caller explicitly reveals them (only
+//! the per-host layer renderer does).
+
+use std::cell::Cell;
+use std::fmt;
+use std::path::Path;
+
+use serde::{Serialize, Serializer};
+
+use crate::diagnostics::{Diagnostic, Diagnostics, SourceFile};
+use crate::model::SecretsFile;
+use crate::structure::Locator;
+
+pub const REDACTED: &str = "***";
+const PREFIX: &str = "secret:";
+
+thread_local! {
+    static REVEALING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with secrets serialising as their real values. Use only to render files that go
+/// to a single host (the per-host layer); never for anything shared, logged or printed.
+pub fn with_secrets_revealed<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            REVEALING.with(|r| r.set(self.0));
+        }
+    }
+    let _restore = Restore(REVEALING.with(|r| r.replace(true)));
+    f()
+}
+
+/// A value that contains secret material. `Display`, `Debug` and `Serialize` show the
+/// redacted form, e.g. `rtmp://backend/stream/lameere?key=***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret {
+    value: String,
+    redacted: String,
+}
+
+impl Secret {
+    /// A bare secret value, redacted as `***`.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret {
+            value: value.into(),
+            redacted: REDACTED.into(),
+        }
+    }
+
+    /// A template like a URL with `{key}` in it, filled with `secret` (redacted as `***`).
+    pub fn fill(template: &str, placeholder: &str, secret: &Secret) -> Self {
+        Secret {
+            value: template.replace(placeholder, &secret.value),
+            redacted: template.replace(placeholder, REDACTED),
+        }
+    }
+
+    /// The real value. Call sites are the places secrets can leak from: keep them few.
+    pub fn expose(&self) -> &str {
+        &self.value
+    }
+
+    pub fn redacted(&self) -> &str {
+        &self.redacted
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({:?})", self.redacted)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.shown())
+    }
+}
+
+/// The secrets file, loaded and checked.
+#[derive(Default)]
+pub struct Secrets {
+    table: SecretsFile,
+}
+
+impl Secrets {
+    /// Loads the secrets file, refusing one that group or others can read.
+    pub fn load(path: &Path) -> Result<Secrets, Diagnostics> {
+        let refuse = |message: String, help: Option<String>| {
+            Diagnostics(vec![Diagnostic::file_level(path, message, help)])
+        };
+        let metadata = std::fs::metadata(path).map_err(|e| {
+            refuse(
+                format!("cannot read the secrets file: {e}"),
+                Some(
+                    "create it from examples/secrets.toml.example, or set [secrets] file in the master file"
+                        .into(),
+                ),
+            )
+        })?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(refuse(
+                    format!(
+                        "the secrets file is readable by group or others (mode {mode:04o}); refusing to use it"
+                    ),
+                    Some(format!("run: chmod 600 {}", path.display())),
+                ));
+            }
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| refuse(format!("cannot read the secrets file: {e}"), None))?;
+        let table: SecretsFile = toml::from_str(&text).map_err(|e| {
+            let source = SourceFile { path, text: &text };
+            let span = e.span().unwrap_or(0..0);
+            // The parser's message may quote the offending text, which may be a secret.
+            Diagnostics(vec![source.error(
+                span.start..span.start,
+                "",
+                "this is not a valid secrets file (TOML tables of strings)",
+                None,
+            )])
+        })?;
+        Ok(Secrets { table })
+    }
+
+    /// Resolves `reference` (`secret:table.key`) found at `path` of the master file.
+    pub fn resolve(
+        &self,
+        reference: &str,
+        path: &str,
+        locator: &Locator,
+        secrets_file: &Path,
+        problems: &mut Diagnostics,
+    ) -> Option<Secret> {
+        let Some(name) = reference.strip_prefix(PREFIX) else {
+            problems.push(locator.error(
+                path,
+                "secrets may not be written in the master file",
+                Some(format!(
+                    "move the value into {} and write a reference here, like \"secret:stream_keys.<room>\"",
+                    secrets_file.display()
+                )),
+            ));
+            return None;
+        };
+        let mut parts = name.split('.');
+        let mut node = parts.next().and_then(|first| self.table.get(first));
+        for part in parts {
+            node = node.and_then(|n| n.get(part));
+        }
+        match node.and_then(toml::Value::as_str) {
+            Some(value) => Some(Secret::new(value)),
+            None => {
+                let (table, key) = name.rsplit_once('.').unwrap_or(("", name));
+                let help = if table.is_empty() {
+                    format!("add `{key} = \"…\"` to {}", secrets_file.display())
+                } else {
+                    format!(
+                        "add `{key} = \"…\"` under `[{table}]` in {}",
+                        secrets_file.display()
+                    )
+                };
+                problems.push(locator.error(
+                    path,
+                    format!("`{reference}` is not a string in the secrets file"),
+                    Some(help),
+                ));
+                None
+            }
+        }
+    }
+}
+
+impl Secret {
+    fn shown(&self) -> &str {
+        if REVEALING.with(Cell::get) {
+            &self.value
+        } else {
+            &self.redacted
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! The bundled examples load, and their plans wire rooms the way the video team expects.
+
+use std::path::{Path, PathBuf};
+
+use lectern_master::plan::{RoleConfig, ports};
+use lectern_master::{Plan, Role};
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name)
+}
+
+/// Loads an example with the example secrets, copied to a private 0600 file.
+fn load_example(name: &str, secrets_file: &str) -> Plan {
+    let dir = tempfile::tempdir().unwrap();
+    let master = dir.path().join(name);
+    std::fs::copy(example(name), &master).unwrap();
+    let secrets = dir.path().join(secrets_file);
+    std::fs::copy(example(&format!("{secrets_file}.example")), &secrets).unwrap();
+    set_private(&secrets);
+    lectern_master::load(&master).unwrap_or_else(|e| panic!("{name}:\n{e}"))
+}
+
+fn set_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+#[test]
+fn two_room_example_wires_sources_mixer_and_encoders() {
+    let plan = load_example("master.toml", "secrets.toml");
+    let room = plan.room("lameere").unwrap();
+    assert_eq!(room.mixer, "lameere-mixer");
+    let ports: Vec<(&str, u16, &str)> = room
+        .sources
+        .iter()
+        .map(|s| (s.name.as_str(), s.port, s.machine.as_str()))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            ("cam", 10000, "lameere-source-1"),
+            ("slides", 10001, "lameere-source-2")
+        ]
+    );
+
+    let RoleConfig::Source(slides) = &plan.host("lameere-source-2").unwrap().config else {
+        panic!("lameere-source-2 is a source");
+    };
+    assert_eq!(
+        (slides.mixer.as_str(), slides.mixer_port),
+        ("10.42.0.10", 10001)
+    );
+
+    let RoleConfig::Encoder(local) = &plan.host("lameere-enc").unwrap().config else {
+        panic!("lameere-enc is an encoder");
+    };
+    assert_eq!(
+        local.pull_url,
+        format!("tcp://10.42.0.10:{}", ports::LIVE_OUT)
+    );
+    assert_eq!(
+        local.push_url.expose(),
+        "rtmp://stream-backend.video.example.org/stream/lameere?key=example-key-lameere-4f9c2a"
+    );
+    assert_eq!(
+        local.push_url.to_string(),
+        "rtmp://stream-backend.video.example.org/stream/lameere?key=***"
+    );
+
+    // The cloud encoder gets a compressed feed pushed by the mixer, never raw :15000.
+    let RoleConfig::Encoder(cloud) = &plan.host("cornil-enc").unwrap().config else {
+        panic!("cornil-enc is an encoder");
+    };
+    assert_eq!(cloud.pull_url, "srt://0.0.0.0:9000?mode=listener");
+    let RoleConfig::Mixer(mixer) = &plan.host("cornil-mixer").unwrap().config else {
+        panic!("cornil-mixer is a mixer");
+    };
+    assert_eq!(mixer.contributions.len(), 1);
+    assert_eq!(
+        mixer.contributions[0].url,
+        "srt://cornil-enc.video.example.org:9000"
+    );
+    // Per-room overrides.
+    assert_eq!(
+        (mixer.video.width, mixer.video.height, mixer.video.framerate),
+        (1280, 720, 25)
+    );
+    assert_eq!(plan.room("cornil").unwrap().encode.video_kbps, 2000);
+    assert_eq!(plan.room("lameere").unwrap().encode.video_kbps, 3000);
+
+    assert_eq!(plan.netboot.base_url, "http://10.42.0.1:8080");
+    assert!(!plan.host("cornil-enc").unwrap().netboot);
+    assert!(plan.host("lameere-enc").unwrap().netboot);
+    assert_eq!(
+        plan.image_roles(),
+        [
+            Role::Mixer,
+            Role::Source,
+            Role::Encoder,
+            Role::StreamingBackend
+        ]
+    );
+}
+
+#[test]
+fn fosdem_25_lists_every_host_and_room() {
+    let plan = load_example("fosdem-25.toml", "fosdem-25.secrets.toml");
+    assert_eq!(plan.rooms.len(), 25);
+    let physical = plan
+        .hosts
+        .iter()
+        .filter(|h| h.role == Role::Mixer || h.role == Role::Source)
+        .count();
+    assert!(physical >= 60, "{physical} physical machines");
+    let encoders = plan
+        .hosts
+        .iter()
+        .filter(|h| h.role == Role::Encoder)
+        .count();
+    assert_eq!(encoders, 25);
+    for room in &plan.rooms {
+        let mixer = plan.host(&room.mixer).unwrap();
+        for (i, input) in room.sources.iter().enumerate() {
+            assert_eq!(input.port, 10000 + i as u16);
+            let RoleConfig::Source(source) = &plan.host(&input.machine).unwrap().config else {
+                panic!("{} is a source", input.machine);
+            };
+            assert_eq!(source.mixer, mixer.address);
+            assert_eq!(source.mixer_port, input.port);
+        }
+    }
+}
+
+#[test]
+fn plan_json_never_shows_secret_values() {
+    let plan = load_example("master.toml", "secrets.toml");
+    let json = serde_json::to_string(&plan).unwrap();
+    assert!(!json.contains("example-key"), "{json}");
+    assert!(json.contains("key=***"));
+    let revealed = lectern_master::with_secrets_revealed(|| serde_json::to_string(&plan).unwrap());
+    assert!(revealed.contains("example-key-lameere-4f9c2a"));
+    // The reveal scope ends with the closure.
+    assert_eq!(serde_json::to_string(&plan).unwrap(), json);
+}
