@@ -36,6 +36,14 @@ impl Diagnostic {
     }
 }
 
+impl Diagnostic {
+    /// Drops the quoted source line: for lines that hold something that must not be echoed.
+    pub fn without_snippet(mut self) -> Self {
+        self.snippet = None;
+        self
+    }
+}
+
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let file = self.file.display();

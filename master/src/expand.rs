@@ -415,6 +415,7 @@ impl<'l, 'a> Expander<'l, 'a> {
                     self.unknown_name(
                         &format!("{path}.audio_source"),
                         "source",
+                        "",
                         audio,
                         &room.sources,
                     );
@@ -431,13 +432,25 @@ impl<'l, 'a> Expander<'l, 'a> {
         by_slug
     }
 
-    fn unknown_name(&mut self, path: &str, what: &str, given: &str, known: &[String]) {
+    /// `given` names no `what` (`where_` narrows it down, e.g. ` in room "x"`).
+    fn unknown_name(
+        &mut self,
+        path: &str,
+        what: &str,
+        where_: &str,
+        given: &str,
+        known: &[String],
+    ) {
         let help = match did_you_mean(given, known.iter().map(String::as_str)) {
             Some(guess) => format!("did you mean \"{guess}\"?"),
             None if known.is_empty() => format!("no {what} is defined yet"),
             None => format!("known: {}", known.join(", ")),
         };
-        self.error(path, format!("there is no {what} \"{given}\""), Some(help));
+        self.error(
+            path,
+            format!("there is no {what} \"{given}\"{where_}"),
+            Some(help),
+        );
     }
 
     fn room_index(
@@ -458,7 +471,7 @@ impl<'l, 'a> Expander<'l, 'a> {
         let found = rooms.get(slug).copied();
         if found.is_none() {
             let known: Vec<String> = m.rooms.iter().map(|r| r.slug.clone()).collect();
-            self.unknown_name(&format!("{path}.room"), "room", slug, &known);
+            self.unknown_name(&format!("{path}.room"), "room", "", slug, &known);
         }
         found
     }
@@ -773,7 +786,8 @@ impl<'l, 'a> Expander<'l, 'a> {
         let Some(index) = room.sources.iter().position(|s| s == source) else {
             self.unknown_name(
                 &format!("{path}.source"),
-                &format!("source in room \"{}\"", room.slug),
+                "source",
+                &format!(" in room \"{}\"", room.slug),
                 source,
                 &room.sources,
             );
@@ -816,7 +830,13 @@ impl<'l, 'a> Expander<'l, 'a> {
                     let known: Vec<String> =
                         m.machines.iter().map(|h| h.hostname.clone()).collect();
                     if !known.contains(hypervisor) {
-                        self.unknown_name(&format!("{path}.host"), "machine", hypervisor, &known);
+                        self.unknown_name(
+                            &format!("{path}.host"),
+                            "machine",
+                            "",
+                            hypervisor,
+                            &known,
+                        );
                     }
                 }
                 let vm = VmPlan {

@@ -23,6 +23,7 @@ use diagnostics::SourceFile;
 use expand::{Expander, SecretsSource};
 use model::MasterFile;
 use secrets::Secrets;
+use structure::Segment;
 
 /// The JSON Schema of the master file, as served by `imgbuild schema`.
 pub fn schema() -> serde_json::Value {
@@ -50,20 +51,23 @@ pub fn load_from(
 ) -> Result<Plan, Diagnostics> {
     let schema = schema();
     let source = SourceFile { path, text };
-    let (locator, problems) = structure::check(source, &schema)?;
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-    let master: MasterFile = toml::from_str(text).map_err(|e| {
-        // The structural check should have caught anything serde rejects; report it anyway.
-        let span = e.span().unwrap_or(0..0);
-        Diagnostics(vec![locator.file().error(
-            span,
-            "",
-            e.message().to_string(),
-            None,
-        )])
-    })?;
+    let checked = structure::check(source, &schema)?;
+    let locator = checked.locator;
+    let mut problems = checked.problems;
+    // Drop what the structural check objected to; if what remains still makes a master file,
+    // check its meaning too, so one run reports as much as possible.
+    let master = match repaired(text, &checked.offending) {
+        Some(master) => master,
+        None if !problems.is_empty() => return Err(problems),
+        None => {
+            let e = toml::from_str::<MasterFile>(text).expect_err("repair failed on a clean file");
+            let span = e.span().unwrap_or(0..0);
+            let message = e.message().to_string();
+            return Err(Diagnostics(vec![
+                locator.file().error(span, "", message, None),
+            ]));
+        }
+    };
     let master_dir = path.parent().unwrap_or(Path::new("."));
     let master_dir = if master_dir.as_os_str().is_empty() {
         Path::new(".")
@@ -80,7 +84,37 @@ pub fn load_from(
         SecretsSource::Loaded(Secrets::default())
     };
     let master_dir = std::path::absolute(master_dir).unwrap_or_else(|_| master_dir.to_path_buf());
-    Expander::new(&locator, secrets, &secrets_path).expand(&master, &master_dir)
+    match Expander::new(&locator, secrets, &secrets_path).expand(&master, &master_dir) {
+        Ok(plan) if problems.is_empty() => Ok(plan),
+        Ok(_) => Err(problems),
+        Err(more) => {
+            problems.extend(more);
+            Err(problems.finish())
+        }
+    }
+}
+
+/// The master file without the values at `offending`, if that still deserialises.
+fn repaired(text: &str, offending: &[Vec<Segment>]) -> Option<MasterFile> {
+    let mut document: toml::Value = toml::from_str(text).ok()?;
+    for path in offending {
+        let (last, parents) = path.split_last()?;
+        let mut node = &mut document;
+        for segment in parents {
+            node = match segment {
+                Segment::Key(key) => node.get_mut(key.as_str())?,
+                Segment::Index(i) => node.get_mut(*i)?,
+            };
+        }
+        match (last, node) {
+            (Segment::Key(key), toml::Value::Table(table)) => {
+                table.remove(key);
+            }
+            // Removing from a list would shift the indexes of the paths after it.
+            _ => return None,
+        }
+    }
+    document.try_into().ok()
 }
 
 fn uses_secrets(master: &MasterFile) -> bool {

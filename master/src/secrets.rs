@@ -145,14 +145,16 @@ impl Secrets {
         problems: &mut Diagnostics,
     ) -> Option<Secret> {
         let Some(name) = reference.strip_prefix(PREFIX) else {
-            problems.push(locator.error(
+            // Not quoting the line: it holds the secret.
+            let diagnostic = locator.error(
                 path,
                 "secrets may not be written in the master file",
                 Some(format!(
                     "move the value into {} and write a reference here, like \"secret:stream_keys.<room>\"",
                     secrets_file.display()
                 )),
-            ));
+            );
+            problems.push(diagnostic.without_snippet());
             return None;
         };
         let mut parts = name.split('.');

@@ -59,12 +59,16 @@ impl<'a> Locator<'a> {
     }
 }
 
-/// Parses `text` and checks it against `schema`. Returns the locator (even when there are
-/// structural errors, so callers can report more) and the problems found.
-pub fn check<'a>(
-    source: SourceFile<'a>,
-    schema: &Schema,
-) -> Result<(Locator<'a>, Diagnostics), Diagnostics> {
+/// The outcome of a structural check of a file that is valid TOML.
+pub struct Checked<'a> {
+    pub locator: Locator<'a>,
+    pub problems: Diagnostics,
+    /// Paths of the values behind `problems` (unknown keys, wrong types…).
+    pub offending: Vec<Vec<Segment>>,
+}
+
+/// Parses `text` and checks it against `schema`; fails only on a TOML syntax error.
+pub fn check<'a>(source: SourceFile<'a>, schema: &Schema) -> Result<Checked<'a>, Diagnostics> {
     let root = match DeTable::parse(source.text) {
         Ok(root) => root,
         Err(err) => {
@@ -84,13 +88,22 @@ pub fn check<'a>(
         root_schema: schema,
         places: HashMap::new(),
         problems: Diagnostics::default(),
+        at: Vec::new(),
+        offending: Vec::new(),
     };
     let root_value = Spanned::new(root.span(), DeValue::Table(root.into_inner()));
     walker.value(&root_value, schema, "", "");
     let Walker {
-        places, problems, ..
+        places,
+        problems,
+        offending,
+        ..
     } = walker;
-    Ok((Locator { source, places }, problems.finish()))
+    Ok(Checked {
+        locator: Locator { source, places },
+        problems: problems.finish(),
+        offending,
+    })
 }
 
 struct Walker<'s, 'a> {
@@ -98,6 +111,17 @@ struct Walker<'s, 'a> {
     root_schema: &'s Schema,
     places: HashMap<String, Place>,
     problems: Diagnostics,
+    /// Where the walk is, as keys and indexes.
+    at: Vec<Segment>,
+    /// Values that caused a problem; dropping them may leave a file that can still be checked.
+    offending: Vec<Vec<Segment>>,
+}
+
+/// One step of a path into the document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Key(String),
+    Index(usize),
 }
 
 impl<'s> Walker<'s, '_> {
@@ -113,6 +137,7 @@ impl<'s> Walker<'s, '_> {
     fn report(&mut self, span: Range<usize>, label: &str, message: String, help: Option<String>) {
         let diagnostic = self.source.error(span, label, message, help);
         self.problems.push(diagnostic);
+        self.offending.push(self.at.clone());
     }
 
     fn value(&mut self, value: &Spanned<DeValue>, schema: &'s Schema, path: &str, label: &str) {
@@ -178,7 +203,9 @@ impl<'s> Walker<'s, '_> {
                 }
                 for (i, item) in items.iter().enumerate() {
                     let item_label = format!("{label}[{}]", element_name(item.get_ref(), i));
+                    self.at.push(Segment::Index(i));
                     self.value(item, item_schema, &format!("{path}[{i}]"), &item_label);
+                    self.at.pop();
                 }
             }
             DeValue::String(text) => {
@@ -249,6 +276,7 @@ impl<'s> Walker<'s, '_> {
             let name = key.get_ref().as_ref();
             let child_path = join(path, name);
             let child_label = join(label, name);
+            self.at.push(Segment::Key(name.to_string()));
             if let Some(child_schema) = properties.and_then(|p| p.get(name)) {
                 self.value(value, child_schema, &child_path, &child_label);
             } else if let Some(extra) = extra.filter(|e| e.is_object()) {
@@ -272,6 +300,7 @@ impl<'s> Walker<'s, '_> {
                     Some(help),
                 );
             }
+            self.at.pop();
         }
         let required = schema.get("required").and_then(Schema::as_array);
         for name in required.into_iter().flatten().filter_map(Schema::as_str) {
@@ -286,7 +315,7 @@ impl<'s> Walker<'s, '_> {
                     .map(|s| self.resolve(s))
                     .and_then(|s| s.get("description"))
                     .and_then(Schema::as_str)
-                    .map(|d| format!("`{name}`: {}", first_sentence(d)));
+                    .map(|d| format!("`{name}`: {d}"));
                 let span = span.start..span.start;
                 self.report(
                     span,
@@ -294,6 +323,10 @@ impl<'s> Walker<'s, '_> {
                     format!("{where_} is missing the required key `{name}`"),
                     help,
                 );
+                // Nothing to drop that would make this table whole: mark the file unrepairable.
+                if let Some(last) = self.offending.last_mut() {
+                    last.clear();
+                }
             }
         }
     }
@@ -327,19 +360,22 @@ impl<'s> Walker<'s, '_> {
         }
         // Take the first alternative that fits; otherwise report against the first one.
         let saved = std::mem::take(&mut self.problems);
+        let saved_offending = self.offending.len();
         let mut first_failure = None;
         for alternative in &alternatives {
             self.value(value, alternative, path, label);
             let problems = std::mem::take(&mut self.problems);
+            let offending = self.offending.split_off(saved_offending);
             if problems.is_empty() {
                 self.problems = saved;
                 return;
             }
-            first_failure.get_or_insert(problems);
+            first_failure.get_or_insert((problems, offending));
         }
         self.problems = saved;
-        if let Some(problems) = first_failure {
+        if let Some((problems, offending)) = first_failure {
             self.problems.extend(problems);
+            self.offending.extend(offending);
         }
     }
 
@@ -424,10 +460,6 @@ fn article(kind: &str) -> &'static str {
     }
 }
 
-fn first_sentence(text: &str) -> &str {
-    text.split_inclusive(". ").next().unwrap_or(text).trim_end()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -455,7 +487,7 @@ mod tests {
             text,
         };
         match check(source, &schema) {
-            Ok((_, problems)) => problems.0.iter().map(|d| d.to_string()).collect(),
+            Ok(checked) => checked.problems.0.iter().map(|d| d.to_string()).collect(),
             Err(problems) => problems.0.iter().map(|d| d.to_string()).collect(),
         }
     }

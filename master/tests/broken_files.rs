@@ -1,0 +1,398 @@
+//! A tired volunteer's typos and mix-ups, each with the exact message lectern must give: file,
+//! line, column, field, what is wrong and how to fix it, every problem of a file at once.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use lectern_master::secrets::Secrets;
+
+const EXAMPLE: &str = include_str!("../../examples/master.toml");
+const SECRETS: &str = include_str!("../../examples/secrets.toml.example");
+
+/// The example with each `(from, to)` edit applied to the first occurrence of `from`, checked
+/// with the example secrets (from a private file).
+fn errors_of(edits: &[(&str, &str)]) -> String {
+    let mut text = EXAMPLE.to_string();
+    for (from, to) in edits {
+        assert!(text.contains(from), "the example has no {from:?}");
+        text = text.replacen(from, to, 1);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets.toml");
+    std::fs::write(&secrets, SECRETS).unwrap();
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+    match lectern_master::load_from(Path::new("master.toml"), &text, |_| Secrets::load(&secrets)) {
+        Ok(_) => "no errors".into(),
+        Err(problems) => problems.to_string(),
+    }
+}
+
+struct Case {
+    name: &'static str,
+    edits: &'static [(&'static str, &'static str)],
+    expected: &'static str,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "unknown key",
+        edits: &[("record_disk = \"/dev/sdb\"", "record_dsk = \"/dev/sdb\"")],
+        expected: r#"error: master.toml:90:1: machines[lameere-mixer].record_dsk: unknown key `record_dsk` in machines[lameere-mixer]
+   |
+90 | record_dsk = "/dev/sdb"
+   | ^^^^^^^^^^
+  help: did you mean `record_disk`?
+
+1 error found"#,
+    },
+    Case {
+        name: "malformed mac",
+        edits: &[("mac = \"52:54:00:42:01:11\"", "mac = \"52:54:00:42:01\"")],
+        expected: r#"error: master.toml:94:7: machines[lameere-source-1].mac: "52:54:00:42:01" is not a MAC address
+   |
+94 | mac = "52:54:00:42:01"
+   |       ^^^^^^^^^^^^^^^^
+  help: write six hex pairs separated by colons, like 8c:16:45:00:e6:f6
+
+1 error found"#,
+    },
+    Case {
+        name: "duplicate mac",
+        edits: &[("mac = \"52:54:00:42:01:12\"", "mac = \"52:54:00:42:01:11\"")],
+        expected: r#"error: master.toml:103:7: machines[lameere-source-2].mac: MAC 52:54:00:42:01:11 is already used on line 92
+    |
+103 | mac = "52:54:00:42:01:11"
+    |       ^^^^^^^^^^^^^^^^^^^
+  help: two hosts cannot share one network card
+
+1 error found"#,
+    },
+    Case {
+        name: "duplicate hostname",
+        edits: &[(
+            "hostname = \"cornil-source-2\"",
+            "hostname = \"cornil-source-1\"",
+        )],
+        expected: r#"error: master.toml:127:12: machines[cornil-source-1].hostname: host name "cornil-source-1" is already used on line 117
+    |
+127 | hostname = "cornil-source-1"
+    |            ^^^^^^^^^^^^^^^^^
+  help: every host needs its own name
+
+1 error found"#,
+    },
+    Case {
+        name: "duplicate ip",
+        edits: &[("ip = \"10.42.0.12\"", "ip = \"10.42.0.11\"")],
+        expected: r#"error: master.toml:104:6: machines[lameere-source-2].ip: address 10.42.0.11 is already used on line 92
+    |
+104 | ip = "10.42.0.11"
+    |      ^^^^^^^^^^^^
+
+1 error found"#,
+    },
+    Case {
+        name: "ip outside subnet",
+        edits: &[("ip = \"10.42.0.12\"", "ip = \"10.43.0.12\"")],
+        expected: r#"error: master.toml:104:6: machines[lameere-source-2].ip: 10.43.0.12 is outside the subnet 10.42.0.0/24
+    |
+104 | ip = "10.43.0.12"
+    |      ^^^^^^^^^^^^
+
+1 error found"#,
+    },
+    Case {
+        name: "reservation in range",
+        edits: &[("ip = \"10.42.0.12\"", "ip = \"10.42.0.210\"")],
+        expected: r#"error: master.toml:104:6: machines[lameere-source-2].ip: 10.42.0.210 is inside the dynamic range 10.42.0.200–10.42.0.250
+    |
+104 | ip = "10.42.0.210"
+    |      ^^^^^^^^^^^^^
+  help: a fixed address must not be handed out to another machine: pick one outside the range, or shrink the range
+
+1 error found"#,
+    },
+    Case {
+        name: "room without mixer",
+        edits: &[(
+            "room = \"lameere\"\nrecord_disk",
+            "room = \"cornil\"\nrecord_disk",
+        )],
+        expected: r#"error: master.toml:59:1: rooms[lameere]: room "lameere" has no mixer
+   |
+59 | [[rooms]]
+   | ^^^^^^^^^
+  help: add a [[machines]] entry with role = "mixer" and room = "lameere"
+
+error: master.toml:68:1: rooms[cornil]: room "cornil" has more than one mixer (lameere-mixer and cornil-mixer)
+   |
+68 | [[rooms]]
+   | ^^^^^^^^^
+
+2 errors found"#,
+    },
+    Case {
+        name: "unknown source",
+        edits: &[("source = \"slides\"", "source = \"slide\"")],
+        expected: r#"error: master.toml:64:19: rooms[lameere].sources[#2]: no machine captures source "slides" of room "lameere"
+   |
+64 | sources = ["cam", "slides"]   # mixer ports 10000, 10001
+   |                   ^^^^^^^^
+  help: add a [[machines]] entry with role = "source", room = "lameere", source = "slides"
+
+error: master.toml:107:10: machines[lameere-source-2].source: there is no source "slide" in room "lameere"
+    |
+107 | source = "slide"
+    |          ^^^^^^^
+  help: did you mean "slides"?
+
+2 errors found"#,
+    },
+    Case {
+        name: "unresolved secret",
+        edits: &[("secret:stream_keys.cornil", "secret:stream_keys.corni")],
+        expected: r#"error: master.toml:75:14: rooms[cornil].stream_key: `secret:stream_keys.corni` is not a string in the secrets file
+   |
+75 | stream_key = "secret:stream_keys.corni"
+   |              ^^^^^^^^^^^^^^^^^^^^^^^^^^
+  help: add `corni = "…"` under `[stream_keys]` in ./secrets.toml
+
+1 error found"#,
+    },
+    Case {
+        name: "unknown room",
+        edits: &[("room = \"cornil\"", "room = \"cornill\"")],
+        expected: r#"error: master.toml:68:1: rooms[cornil]: room "cornil" has no mixer
+   |
+68 | [[rooms]]
+   | ^^^^^^^^^
+  help: add a [[machines]] entry with role = "mixer" and room = "cornil"
+
+error: master.toml:115:8: machines[cornil-mixer].room: there is no room "cornill"
+    |
+115 | room = "cornill"
+    |        ^^^^^^^^^
+  help: did you mean "cornil"?
+
+2 errors found"#,
+    },
+    Case {
+        name: "wrong type",
+        edits: &[("vcpus = 4", "vcpus = \"4\"")],
+        expected: r#"error: master.toml:140:9: encoders[lameere-enc].vcpus: expected a whole number, found a string
+    |
+140 | vcpus = "4"
+    |         ^^^
+
+1 error found"#,
+    },
+    Case {
+        name: "bad choice",
+        edits: &[("mode = \"authoritative\"", "mode = \"authoritive\"")],
+        expected: r#"error: master.toml:28:8: network.dhcp.mode: "authoritive" is not one of "authoritative", "proxy"
+   |
+28 | mode = "authoritive"        # or "proxy" beside a venue's DHCP server
+   |        ^^^^^^^^^^^^^
+  help: did you mean "authoritative"?
+
+1 error found"#,
+    },
+    Case {
+        name: "syntax",
+        edits: &[("name = \"FOSDEM 2027\"", "name = \"FOSDEM 2027")],
+        expected: r#"error: master.toml:6:20: this is not valid TOML: invalid basic string, expected `"`
+  |
+6 | name = "FOSDEM 2027
+  |                    ^
+  help: check quotes, brackets and `=` on this line
+
+1 error found"#,
+    },
+    Case {
+        name: "missing key",
+        edits: &[("name = \"FOSDEM 2027\"\n", "")],
+        expected: r#"error: master.toml:5:1: conference: conference is missing the required key `name`
+  |
+5 | [conference]
+  | ^
+  help: `name`: Display name, e.g. "FOSDEM 2027".
+
+1 error found"#,
+    },
+    Case {
+        name: "literal secret",
+        edits: &[(
+            "stream_key = \"secret:stream_keys.lameere\"",
+            "stream_key = \"hunter2\"",
+        )],
+        expected: r#"error: master.toml:66:14: rooms[lameere].stream_key: secrets may not be written in the master file
+  help: move the value into ./secrets.toml and write a reference here, like "secret:stream_keys.<room>"
+
+1 error found"#,
+    },
+    Case {
+        name: "gateway outside",
+        edits: &[("gateway = \"10.42.0.254\"", "gateway = \"10.0.0.254\"")],
+        expected: r#"error: master.toml:24:11: network.gateway: 10.0.0.254 is outside the subnet 10.42.0.0/24
+   |
+24 | gateway = "10.0.0.254"
+   |           ^^^^^^^^^^^^
+
+1 error found"#,
+    },
+    Case {
+        name: "bad subnet",
+        edits: &[("subnet = \"10.42.0.0/24\"", "subnet = \"10.42.0.0/33\"")],
+        expected: r#"error: master.toml:23:10: network.subnet: "10.42.0.0/33" is not a subnet in CIDR notation
+   |
+23 | subnet = "10.42.0.0/33"
+   |          ^^^^^^^^^^^^^^
+  help: write the network address and prefix length, like "10.42.0.0/24"
+
+1 error found"#,
+    },
+    Case {
+        name: "audio source",
+        edits: &[("audio_source = \"cam\"", "audio_source = \"camera\"")],
+        expected: r#"error: master.toml:65:16: rooms[lameere].audio_source: there is no source "camera"
+   |
+65 | audio_source = "camera"
+   |                ^^^^^^^^
+  help: did you mean "cam"?
+
+1 error found"#,
+    },
+    Case {
+        name: "ec2 without region",
+        edits: &[(
+            "region = \"eu-west-1\"\ninstance_type = \"c6i.xlarge\"",
+            "instance_type = \"c6i.xlarge\"",
+        )],
+        expected: r#"error: master.toml:145:1: encoders[cornil-enc]: an ec2 host needs `region`
+    |
+145 | [[encoders]]
+    | ^^^^^^^^^^^^
+
+1 error found"#,
+    },
+    Case {
+        name: "bad lease",
+        edits: &[("lease = \"6h\"", "lease = \"6 hours\"")],
+        expected: r#"error: master.toml:31:9: network.dhcp.lease: "6 hours" is not a lease time of at least a minute
+   |
+31 | lease = "6 hours"
+   |         ^^^^^^^^^
+  help: write a number followed by s, m, h or d, like "6h"
+
+1 error found"#,
+    },
+    Case {
+        name: "bad hostname",
+        edits: &[(
+            "hostname = \"lameere-mixer\"",
+            "hostname = \"Lameere_Mixer\"",
+        )],
+        expected: r#"error: master.toml:85:12: machines[Lameere_Mixer].hostname: "Lameere_Mixer" is not a valid name
+   |
+85 | hostname = "Lameere_Mixer"
+   |            ^^^^^^^^^^^^^^^
+  help: use 1 to 63 lowercase letters, digits and '-', not starting or ending with '-'
+
+1 error found"#,
+    },
+    Case {
+        name: "proxy with range",
+        edits: &[("mode = \"authoritative\"", "mode = \"proxy\"")],
+        expected: r#"error: master.toml:30:9: network.dhcp.range: a dynamic range makes no sense in proxy mode: the venue DHCP gives the addresses
+   |
+30 | range = ["10.42.0.200", "10.42.0.250"]
+   |         ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+  help: remove `range`, or set mode = "authoritative"
+
+1 error found"#,
+    },
+    Case {
+        name: "port out of range",
+        edits: &[("http_port = 8080", "http_port = 80800")],
+        expected: r#"error: master.toml:34:13: netboot.http_port: 80800 is out of range (allowed: 0 to 65535)
+   |
+34 | http_port = 80800
+   |             ^^^^^
+
+1 error found"#,
+    },
+    Case {
+        name: "many at once",
+        edits: &[
+            ("mac = \"52:54:00:42:01:11\"", "mac = \"52:54:00:42:01\""),
+            ("vcpus = 4", "vcpus = \"4\""),
+            ("record_disk", "recording_disk"),
+        ],
+        expected: r#"error: master.toml:90:1: machines[lameere-mixer].recording_disk: unknown key `recording_disk` in machines[lameere-mixer]
+   |
+90 | recording_disk = "/dev/sdb"
+   | ^^^^^^^^^^^^^^
+  help: did you mean `record_disk`?
+
+error: master.toml:94:7: machines[lameere-source-1].mac: "52:54:00:42:01" is not a MAC address
+   |
+94 | mac = "52:54:00:42:01"
+   |       ^^^^^^^^^^^^^^^^
+  help: write six hex pairs separated by colons, like 8c:16:45:00:e6:f6
+
+error: master.toml:140:9: encoders[lameere-enc].vcpus: expected a whole number, found a string
+    |
+140 | vcpus = "4"
+    |         ^^^
+
+3 errors found"#,
+    },
+];
+
+#[test]
+fn each_broken_file_gets_its_exact_message() {
+    let mut failures = Vec::new();
+    for case in CASES {
+        let actual = errors_of(case.edits);
+        if actual != case.expected {
+            failures.push(format!(
+                "--- {}\nexpected:\n{}\nactual:\n{}\n",
+                case.name, case.expected, actual
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_secrets_file_others_can_read_is_refused_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets.toml");
+    std::fs::write(&secrets, SECRETS).unwrap();
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let master = dir.path().join("master.toml");
+    std::fs::write(&master, EXAMPLE).unwrap();
+    let problems = lectern_master::load(&master).unwrap_err().to_string();
+    let path = secrets.display();
+    assert_eq!(
+        problems,
+        format!(
+            "error: {path}: the secrets file is readable by group or others (mode 0644); refusing to use it\n  help: run: chmod 600 {path}\n\n1 error found"
+        )
+    );
+}
+
+#[test]
+fn a_missing_secrets_file_is_reported_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = dir.path().join("master.toml");
+    std::fs::write(&master, EXAMPLE).unwrap();
+    let problems = lectern_master::load(&master).unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems}");
+    assert!(
+        problems
+            .to_string()
+            .contains("cannot read the secrets file"),
+        "{problems}"
+    );
+}
