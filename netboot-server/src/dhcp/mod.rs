@@ -1,0 +1,79 @@
+//! DHCP on plain UDP sockets bound to one interface (no raw packets): authoritative or
+//! ProxyDHCP, answering per [`responder`].
+
+pub mod decode;
+pub mod pool;
+pub mod responder;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use anyhow::Context;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+
+use crate::metrics::{DHCP_DROPPED, DHCP_RECEIVED};
+pub use responder::{Mode, Port, Reply, Responder};
+
+pub const SERVER_PORT: u16 = 67;
+pub const PROXY_PXE_PORT: u16 = 4011;
+
+/// A UDP socket on `0.0.0.0:port` that only sees `interface` and may broadcast.
+pub fn bind(interface: &str, port: u16) -> anyhow::Result<UdpSocket> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_broadcast(true)?;
+    socket
+        .bind_device(Some(interface.as_bytes()))
+        .with_context(|| format!("binding to device {interface}"))?;
+    socket.set_nonblocking(true)?;
+    let address = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+    socket
+        .bind(&address.into())
+        .with_context(|| format!("binding UDP {address} on {interface}"))?;
+    Ok(UdpSocket::from_std(socket.into())?)
+}
+
+/// Answers on 67 (and 4011 in proxy mode) until an I/O error on receive.
+pub async fn serve(responder: Arc<Responder>, interface: &str) -> anyhow::Result<()> {
+    let mut listeners = vec![(Port::Dhcp, bind(interface, SERVER_PORT)?)];
+    if responder.mode == Mode::Proxy {
+        listeners.push((Port::ProxyPxe, bind(interface, PROXY_PXE_PORT)?));
+    }
+    tracing::info!(%interface, mode = ?responder.mode, server = %responder.server_ip, "DHCP listening");
+    let mut tasks = tokio::task::JoinSet::new();
+    for (port, socket) in listeners {
+        tasks.spawn(answer(Arc::clone(&responder), port, socket));
+    }
+    match tasks.join_next().await {
+        Some(result) => result?,
+        None => Ok(()),
+    }
+}
+
+async fn answer(responder: Arc<Responder>, port: Port, socket: UdpSocket) -> anyhow::Result<()> {
+    let port_label = match port {
+        Port::Dhcp => "67",
+        Port::ProxyPxe => "4011",
+    };
+    let mut buffer = vec![0u8; 1500];
+    loop {
+        let (len, from) = socket
+            .recv_from(&mut buffer)
+            .await
+            .context("receiving DHCP")?;
+        responder
+            .metrics
+            .inc(DHCP_RECEIVED, &[("port", port_label)]);
+        let SocketAddr::V4(from) = from else { continue };
+        let Some(reply) = responder.handle(port, from, &buffer[..len]) else {
+            continue;
+        };
+        if let Err(error) = socket.send_to(&reply.bytes, SocketAddr::V4(reply.to)).await {
+            tracing::warn!(to = %reply.to, %error, "could not send DHCP reply");
+            responder
+                .metrics
+                .inc(DHCP_DROPPED, &[("reason", "send_error")]);
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! The dynamic address pool: leases persisted across restarts, and never one free address
+//! offered to two clients in flight (iPXE never retries after a NAK).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::mac::MacAddr;
+
+/// How long an offered address stays held for the client it was offered to.
+const OFFER_HOLD: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Lease {
+    mac: MacAddr,
+    ip: Ipv4Addr,
+    /// Seconds since the Unix epoch.
+    expires: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PoolError {
+    #[error("{0} is not in the pool")]
+    OutOfRange(Ipv4Addr),
+    #[error("{0} is reserved or held by another client")]
+    Taken(Ipv4Addr),
+}
+
+#[derive(Debug)]
+pub struct Pool {
+    first: Ipv4Addr,
+    last: Ipv4Addr,
+    lease_time: Duration,
+    /// Addresses reserved by the policy, and the MACs holding them: never pool material.
+    reserved_ips: HashSet<Ipv4Addr>,
+    reserved_macs: HashSet<MacAddr>,
+    leases: BTreeMap<Ipv4Addr, Lease>,
+    offers: HashMap<Ipv4Addr, (MacAddr, SystemTime)>,
+    declined: HashMap<Ipv4Addr, SystemTime>,
+    lease_file: PathBuf,
+}
+
+fn unix_secs(when: SystemTime) -> u64 {
+    when.duration_since(UNIX_EPOCH)
+        .map(|since| since.as_secs())
+        .unwrap_or(0)
+}
+
+impl Pool {
+    /// Loads `lease_file` if it exists, dropping what no longer fits: expired leases,
+    /// addresses out of range or now reserved, and MACs that now have a reservation (a stale
+    /// file must not move a reserved host into the pool).
+    pub fn load(
+        first: Ipv4Addr,
+        last: Ipv4Addr,
+        lease_time: Duration,
+        reservations: impl IntoIterator<Item = (MacAddr, Ipv4Addr)>,
+        lease_file: PathBuf,
+        now: SystemTime,
+    ) -> io::Result<Self> {
+        let (reserved_macs, reserved_ips) = reservations.into_iter().unzip();
+        let mut pool = Pool {
+            first,
+            last,
+            lease_time,
+            reserved_ips,
+            reserved_macs,
+            leases: BTreeMap::new(),
+            offers: HashMap::new(),
+            declined: HashMap::new(),
+            lease_file,
+        };
+        let stored: Vec<Lease> = match fs::read(&pool.lease_file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other)?,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(error) => return Err(error),
+        };
+        for lease in stored {
+            let fits = pool.in_range(lease.ip)
+                && !pool.reserved_ips.contains(&lease.ip)
+                && !pool.reserved_macs.contains(&lease.mac)
+                && lease.expires > unix_secs(now);
+            if fits {
+                pool.leases.insert(lease.ip, lease);
+            }
+        }
+        Ok(pool)
+    }
+
+    fn in_range(&self, ip: Ipv4Addr) -> bool {
+        (self.first..=self.last).contains(&ip)
+    }
+
+    /// Whether `mac` may have `ip` now: in range, not reserved, declined, leased or offered
+    /// to anyone else.
+    fn available_to(&self, ip: Ipv4Addr, mac: MacAddr, now: SystemTime) -> Result<(), PoolError> {
+        if !self.in_range(ip) {
+            return Err(PoolError::OutOfRange(ip));
+        }
+        let leased_to_other = self
+            .leases
+            .get(&ip)
+            .is_some_and(|lease| lease.mac != mac && lease.expires > unix_secs(now));
+        let offered_to_other = self
+            .offers
+            .get(&ip)
+            .is_some_and(|(holder, at)| *holder != mac && *at + OFFER_HOLD > now);
+        let declined = self.declined.get(&ip).is_some_and(|until| *until > now);
+        if self.reserved_ips.contains(&ip) || leased_to_other || offered_to_other || declined {
+            return Err(PoolError::Taken(ip));
+        }
+        Ok(())
+    }
+
+    /// Picks an address for `mac` and holds it: its current lease or offer, else the address
+    /// it asks for, else the lowest free one.
+    pub fn offer(
+        &mut self,
+        mac: MacAddr,
+        requested: Option<Ipv4Addr>,
+        now: SystemTime,
+    ) -> Option<Ipv4Addr> {
+        let held = self
+            .leases
+            .values()
+            .find(|lease| lease.mac == mac)
+            .map(|lease| lease.ip)
+            .or_else(|| {
+                self.offers
+                    .iter()
+                    .find(|(_, (holder, _))| *holder == mac)
+                    .map(|(ip, _)| *ip)
+            });
+        let free = |ip: Ipv4Addr| self.available_to(ip, mac, now).is_ok();
+        let ip = held
+            .filter(|ip| free(*ip))
+            .or_else(|| requested.filter(|ip| free(*ip)))
+            .or_else(|| {
+                (u32::from(self.first)..=u32::from(self.last))
+                    .map(Ipv4Addr::from)
+                    .find(|ip| free(*ip))
+            })?;
+        self.offers.retain(|_, (holder, _)| *holder != mac);
+        self.offers.insert(ip, (mac, now));
+        Some(ip)
+    }
+
+    /// Binds `ip` to `mac` for one lease time (a REQUEST we ACK) and persists the table.
+    pub fn commit(&mut self, mac: MacAddr, ip: Ipv4Addr, now: SystemTime) -> Result<(), PoolError> {
+        self.available_to(ip, mac, now)?;
+        self.offers.retain(|_, (holder, _)| *holder != mac);
+        self.leases.retain(|_, lease| lease.mac != mac);
+        let expires = unix_secs(now + self.lease_time);
+        self.leases.insert(ip, Lease { mac, ip, expires });
+        self.persist();
+        Ok(())
+    }
+
+    /// The client chose another server: free what we offered it.
+    pub fn forget_offer(&mut self, mac: MacAddr) {
+        self.offers.retain(|_, (holder, _)| *holder != mac);
+    }
+
+    pub fn release(&mut self, mac: MacAddr) {
+        let before = self.leases.len();
+        self.leases.retain(|_, lease| lease.mac != mac);
+        if self.leases.len() != before {
+            self.persist();
+        }
+    }
+
+    /// The client found `ip` in use (RFC 2131 DHCPDECLINE): keep it out for a lease time.
+    pub fn decline(&mut self, mac: MacAddr, ip: Ipv4Addr, now: SystemTime) {
+        if self.leases.get(&ip).is_some_and(|lease| lease.mac == mac) {
+            self.leases.remove(&ip);
+            self.persist();
+        }
+        self.offers.remove(&ip);
+        self.declined.insert(ip, now + self.lease_time);
+    }
+
+    /// Current leases, for seeding the timeline at start.
+    pub fn leases(&self) -> impl Iterator<Item = (MacAddr, Ipv4Addr)> + '_ {
+        self.leases.values().map(|lease| (lease.mac, lease.ip))
+    }
+
+    /// A failed write is logged, not fatal: the LAN keeps booting on the in-memory table.
+    fn persist(&self) {
+        let leases: Vec<&Lease> = self.leases.values().collect();
+        if let Err(error) = write_atomically(
+            &self.lease_file,
+            &serde_json::to_vec_pretty(&leases).expect("leases serialise"),
+        ) {
+            tracing::error!(file = %self.lease_file.display(), %error, "could not persist DHCP leases");
+        }
+    }
+}
+
+/// Write to a temporary file beside `path`, fsync it, rename it over `path`, fsync the
+/// directory: a crash leaves either the old or the new table, never half of one.
+fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    let mut file = File::create(&temporary)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    fs::rename(&temporary, path)?;
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIRST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
+    const LAST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 102);
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn mac(last: u8) -> MacAddr {
+        MacAddr([2, 0, 0, 0, 0, last])
+    }
+
+    fn pool(dir: &Path, reservations: Vec<(MacAddr, Ipv4Addr)>, now: SystemTime) -> Pool {
+        Pool::load(
+            FIRST,
+            LAST,
+            HOUR,
+            reservations,
+            dir.join("leases.json"),
+            now,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn clients_in_flight_never_share_an_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let mut pool = pool(
+            dir.path(),
+            vec![(mac(9), Ipv4Addr::new(10, 0, 0, 101))],
+            now,
+        );
+        let first = pool.offer(mac(1), None, now).unwrap();
+        let second = pool.offer(mac(2), Some(first), now).unwrap();
+        assert_eq!(
+            (first, second),
+            (FIRST, LAST),
+            "the reserved .101 is skipped"
+        );
+        assert_eq!(pool.offer(mac(3), None, now), None, "pool exhausted");
+        assert_eq!(
+            pool.offer(mac(1), None, now),
+            Some(first),
+            "a repeated DISCOVER keeps its offer"
+        );
+        assert_eq!(
+            pool.commit(mac(2), first, now),
+            Err(PoolError::Taken(first))
+        );
+        assert_eq!(
+            pool.offer(mac(3), None, now + OFFER_HOLD + Duration::from_secs(1)),
+            Some(FIRST)
+        );
+    }
+
+    #[test]
+    fn leases_survive_a_restart_and_keep_their_address() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let mut before = pool(dir.path(), vec![], now);
+        before.commit(mac(1), LAST, now).unwrap();
+        let mut after = pool(dir.path(), vec![], now);
+        assert_eq!(after.leases().collect::<Vec<_>>(), vec![(mac(1), LAST)]);
+        assert_eq!(after.offer(mac(1), None, now), Some(LAST));
+        assert_eq!(after.offer(mac(2), Some(LAST), now), Some(FIRST));
+    }
+
+    #[test]
+    fn stale_entries_are_dropped_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let mut before = pool(dir.path(), vec![], now);
+        before.commit(mac(1), FIRST, now).unwrap();
+        before.commit(mac(2), LAST, now).unwrap();
+        // mac(1) got a reservation since: its pool lease must not keep it in the pool.
+        let after = pool(dir.path(), vec![(mac(1), Ipv4Addr::new(10, 0, 0, 50))], now);
+        assert_eq!(after.leases().collect::<Vec<_>>(), vec![(mac(2), LAST)]);
+        let expired = pool(dir.path(), vec![], now + HOUR + Duration::from_secs(1));
+        assert_eq!(expired.leases().count(), 0);
+    }
+
+    #[test]
+    fn declined_and_released_addresses() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let mut pool = pool(dir.path(), vec![], now);
+        pool.commit(mac(1), FIRST, now).unwrap();
+        pool.decline(mac(1), FIRST, now);
+        assert_eq!(
+            pool.offer(mac(1), None, now),
+            Some(Ipv4Addr::new(10, 0, 0, 101))
+        );
+        pool.commit(mac(1), Ipv4Addr::new(10, 0, 0, 101), now)
+            .unwrap();
+        pool.release(mac(1));
+        assert_eq!(pool.leases().count(), 0);
+        assert_eq!(
+            pool.commit(mac(1), Ipv4Addr::new(10, 0, 1, 1), now),
+            Err(PoolError::OutOfRange(Ipv4Addr::new(10, 0, 1, 1)))
+        );
+    }
+}

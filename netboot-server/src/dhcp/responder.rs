@@ -1,0 +1,659 @@
+//! What to answer a decoded request with, in either mode. Pure decisions and packet building:
+//! sockets live in the parent module.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use dhcproto::v4::{
+    DhcpOption, Encodable, HType, Message, MessageType, Opcode, OptionCode, UnknownOption,
+};
+
+use super::decode::{OPTION_IPXE_ENCAP, Request, decode};
+use super::pool::{Pool, PoolError};
+use crate::http::Urls;
+use crate::metrics::{DHCP_DROPPED, DHCP_REPLIED, Metrics};
+use crate::policy::{BootPolicy, BootStep, Client, Host};
+use crate::timeline::{Event, Timeline};
+
+/// iPXE encapsulated option 176 (no-pxedhcp) = 1: don't wait ~3 s for ProxyDHCP offers.
+const IPXE_NO_PXEDHCP: [u8; 3] = [176, 1, 1];
+/// PXE vendor option 6 (discovery control) = 8: boot the file named in this packet, no
+/// boot server discovery; then the end of the encapsulated options.
+const PXE_BOOT_FROM_THIS_PACKET: [u8; 4] = [6, 1, 8, 255];
+/// Some PXE ROMs drop replies shorter than a BOOTP packet.
+const MIN_REPLY_LEN: usize = 300;
+/// The BOOTP `file` field holds 127 bytes and a NUL; longer URLs go in option 67 only.
+const FILE_FIELD_MAX: usize = 127;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The only DHCP server on the LAN: addresses and boot options.
+    Authoritative,
+    /// Beside a venue's DHCP: boot options only, on 67 and 4011, to known MACs.
+    Proxy,
+}
+
+/// Which socket a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// 67, where clients broadcast.
+    Dhcp,
+    /// 4011, where PXE clients send ProxyDHCP requests.
+    ProxyPxe,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub bytes: Vec<u8>,
+    pub to: SocketAddrV4,
+}
+
+/// Why a request got no reply; counted under that label.
+type Silent = &'static str;
+
+pub struct Responder {
+    pub mode: Mode,
+    pub server_ip: Ipv4Addr,
+    pub policy: Arc<dyn BootPolicy>,
+    pub pool: Option<Mutex<Pool>>,
+    pub timeline: Arc<Timeline>,
+    pub metrics: Arc<Metrics>,
+    pub urls: Urls,
+}
+
+impl Responder {
+    /// Everything about one packet: decode, decide, count, encode. Never panics on input.
+    pub fn handle(&self, port: Port, from: SocketAddrV4, packet: &[u8]) -> Option<Reply> {
+        let request = match decode(packet) {
+            Ok(request) => request,
+            Err(malformed) => {
+                tracing::debug!(%from, ?malformed, "dropped malformed DHCP packet");
+                self.metrics
+                    .inc(DHCP_DROPPED, &[("reason", malformed.label())]);
+                return None;
+            }
+        };
+        let outcome = match (self.mode, port) {
+            (Mode::Authoritative, _) => self.authoritative(&request),
+            (Mode::Proxy, Port::Dhcp) => self.proxy_dhcp(&request),
+            (Mode::Proxy, Port::ProxyPxe) => self.proxy_pxe(&request),
+        };
+        let message = match outcome {
+            Ok(message) => message,
+            Err(reason) => {
+                tracing::debug!(mac = %request.mac, kind = ?request.kind, reason, "no DHCP reply");
+                self.metrics.inc(DHCP_DROPPED, &[("reason", reason)]);
+                return None;
+            }
+        };
+        let mut bytes = match message.to_vec() {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::error!(mac = %request.mac, %error, "could not encode DHCP reply");
+                self.metrics
+                    .inc(DHCP_DROPPED, &[("reason", "encode_error")]);
+                return None;
+            }
+        };
+        bytes.resize(bytes.len().max(MIN_REPLY_LEN), 0);
+        let kind = message.opts().msg_type().unwrap_or(MessageType::Ack);
+        tracing::info!(mac = %request.mac, ip = %message.yiaddr(), file = ?message.fname_str(), ?kind, "DHCP reply");
+        self.metrics
+            .inc(DHCP_REPLIED, &[("type", reply_label(kind))]);
+        let to = match port {
+            Port::ProxyPxe => from,
+            Port::Dhcp => destination(&request.message, kind),
+        };
+        Some(Reply { bytes, to })
+    }
+
+    fn authoritative(&self, request: &Request) -> Result<Message, Silent> {
+        let host = self.policy.host(request.mac);
+        match request.kind {
+            MessageType::Discover => {
+                let ip = match host.and_then(|host| host.ip) {
+                    Some(reserved) => reserved,
+                    None => self
+                        .with_pool(|pool| {
+                            pool.offer(request.mac, request.requested_ip, SystemTime::now())
+                        })
+                        .flatten()
+                        .ok_or("no_address")?,
+                };
+                Ok(self.lease_reply(request, MessageType::Offer, ip, host))
+            }
+            MessageType::Request => {
+                if request
+                    .server_id
+                    .is_some_and(|server| server != self.server_ip)
+                {
+                    self.with_pool(|pool| pool.forget_offer(request.mac));
+                    return Err("other_server");
+                }
+                let wanted = request
+                    .requested_ip
+                    .or(nonzero(request.message.ciaddr()))
+                    .ok_or("no_requested_address")?;
+                let confirmed = match host.and_then(|host| host.ip) {
+                    Some(reserved) => Some(wanted == reserved),
+                    None => self.with_pool(|pool| {
+                        match pool.commit(request.mac, wanted, SystemTime::now()) {
+                            Ok(()) => true,
+                            Err(PoolError::OutOfRange(_) | PoolError::Taken(_)) => false,
+                        }
+                    }),
+                };
+                match confirmed {
+                    Some(true) => {
+                        self.timeline.bind_address(request.mac, wanted);
+                        self.timeline.record(request.mac, Event::Dhcp);
+                        Ok(self.lease_reply(request, MessageType::Ack, wanted, host))
+                    }
+                    Some(false) => Ok(self.nak(request)),
+                    // No reservation and no pool: RFC 2131 says stay silent about clients we
+                    // have no record of.
+                    None => Err("unknown_client"),
+                }
+            }
+            MessageType::Release => {
+                self.with_pool(|pool| pool.release(request.mac));
+                Err("released")
+            }
+            MessageType::Decline => {
+                if let Some(ip) = request.requested_ip {
+                    self.with_pool(|pool| pool.decline(request.mac, ip, SystemTime::now()));
+                }
+                Err("declined")
+            }
+            _ => Err("unsupported_type"),
+        }
+    }
+
+    /// Port 67 beside a venue DHCP: offer boot options to known PXE clients, and note which
+    /// address a known client asks the venue for (the host layer is served only there).
+    fn proxy_dhcp(&self, request: &Request) -> Result<Message, Silent> {
+        let host = self.policy.host(request.mac).ok_or("unknown_client")?;
+        match request.kind {
+            MessageType::Discover => self.proxy_reply(request, host, MessageType::Offer),
+            MessageType::Request if request.server_id == Some(self.server_ip) => {
+                self.proxy_reply(request, host, MessageType::Ack)
+            }
+            MessageType::Request => {
+                if let Some(ip) = request.requested_ip.or(nonzero(request.message.ciaddr())) {
+                    self.timeline.bind_address(host.mac, ip);
+                }
+                Err("venue_request")
+            }
+            _ => Err("unsupported_type"),
+        }
+    }
+
+    /// Port 4011: the PXE client, now with an address, asks us for its boot file.
+    fn proxy_pxe(&self, request: &Request) -> Result<Message, Silent> {
+        let host = self.policy.host(request.mac).ok_or("unknown_client")?;
+        if let Some(ip) = nonzero(request.message.ciaddr()) {
+            self.timeline.bind_address(host.mac, ip);
+        }
+        match request.kind {
+            MessageType::Request | MessageType::Inform => {
+                self.proxy_reply(request, host, MessageType::Ack)
+            }
+            _ => Err("unsupported_type"),
+        }
+    }
+
+    fn proxy_reply(
+        &self,
+        request: &Request,
+        host: &Host,
+        kind: MessageType,
+    ) -> Result<Message, Silent> {
+        if !request.pxe_client && !request.http_client {
+            return Err("not_pxe");
+        }
+        let mut message = reply_base(request, kind, self.server_ip);
+        if kind == MessageType::Ack {
+            message.set_ciaddr(request.message.ciaddr());
+        }
+        if !self.add_boot(&mut message, request) {
+            return Err("nothing_to_boot");
+        }
+        let opts = message.opts_mut();
+        if !request.http_client {
+            opts.insert(DhcpOption::ClassIdentifier(b"PXEClient".to_vec()));
+            opts.insert(DhcpOption::VendorExtensions(
+                PXE_BOOT_FROM_THIS_PACKET.to_vec(),
+            ));
+        }
+        if let Some(machine_id) = &request.machine_id {
+            opts.insert(DhcpOption::ClientMachineIdentifier(machine_id.clone()));
+        }
+        self.timeline.record(host.mac, Event::Dhcp);
+        Ok(message)
+    }
+
+    fn lease_reply(
+        &self,
+        request: &Request,
+        kind: MessageType,
+        ip: Ipv4Addr,
+        host: Option<&Host>,
+    ) -> Message {
+        let network = self.policy.network();
+        let mut message = reply_base(request, kind, self.server_ip);
+        message.set_yiaddr(ip);
+        if kind == MessageType::Ack {
+            message.set_ciaddr(request.message.ciaddr());
+        }
+        let lease_secs = u32::try_from(network.lease_time.as_secs()).unwrap_or(u32::MAX);
+        let opts = message.opts_mut();
+        opts.insert(DhcpOption::AddressLeaseTime(lease_secs));
+        opts.insert(DhcpOption::Renewal(lease_secs / 2));
+        opts.insert(DhcpOption::Rebinding(lease_secs / 8 * 7));
+        opts.insert(DhcpOption::SubnetMask(network.netmask));
+        if let Some(router) = network.router {
+            opts.insert(DhcpOption::Router(vec![router]));
+        }
+        if !network.dns.is_empty() {
+            opts.insert(DhcpOption::DomainNameServer(network.dns.clone()));
+        }
+        if let Some(domain) = &network.domain {
+            opts.insert(DhcpOption::DomainName(domain.clone()));
+        }
+        if let Some(host) = host {
+            opts.insert(DhcpOption::Hostname(host.hostname.clone()));
+            self.add_boot(&mut message, request);
+        }
+        message
+    }
+
+    fn nak(&self, request: &Request) -> Message {
+        let mut message = reply_base(request, MessageType::Nak, self.server_ip);
+        message
+            .opts_mut()
+            .insert(DhcpOption::Message("requested address is not yours".into()));
+        message
+    }
+
+    /// Adds what the policy says the client loads next; false if nothing.
+    fn add_boot(&self, message: &mut Message, request: &Request) -> bool {
+        let client = Client {
+            mac: request.mac,
+            arch: request.arch,
+            ipxe: request.ipxe,
+            ip: nonzero(message.yiaddr()).or(nonzero(request.message.ciaddr())),
+        };
+        let Some(step) = self.policy.next_boot(&client) else {
+            return false;
+        };
+        let file = match &step {
+            BootStep::Tftp(file) => {
+                message.set_siaddr(self.server_ip);
+                message.opts_mut().insert(DhcpOption::TFTPServerName(
+                    self.server_ip.to_string().into_bytes(),
+                ));
+                file.clone()
+            }
+            BootStep::HttpBoot(file) => {
+                message
+                    .opts_mut()
+                    .insert(DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()));
+                self.urls.firmware(file)
+            }
+            BootStep::IpxeScript => self.urls.ipxe_script(request.mac),
+        };
+        if file.len() <= FILE_FIELD_MAX {
+            message.set_fname_str(&file);
+        }
+        let opts = message.opts_mut();
+        opts.insert(DhcpOption::BootfileName(file.into_bytes()));
+        if request.ipxe {
+            let code = OptionCode::Unknown(OPTION_IPXE_ENCAP);
+            opts.insert(DhcpOption::Unknown(UnknownOption::new(
+                code,
+                IPXE_NO_PXEDHCP.to_vec(),
+            )));
+        }
+        true
+    }
+
+    fn with_pool<T>(&self, action: impl FnOnce(&mut Pool) -> T) -> Option<T> {
+        self.pool
+            .as_ref()
+            .map(|pool| action(&mut pool.lock().expect("pool lock")))
+    }
+}
+
+fn nonzero(ip: Ipv4Addr) -> Option<Ipv4Addr> {
+    (!ip.is_unspecified()).then_some(ip)
+}
+
+fn reply_base(request: &Request, kind: MessageType, server_ip: Ipv4Addr) -> Message {
+    let mut message = Message::default();
+    message
+        .set_opcode(Opcode::BootReply)
+        .set_htype(HType::Eth)
+        .set_xid(request.message.xid())
+        .set_flags(request.message.flags())
+        .set_giaddr(request.message.giaddr())
+        .set_chaddr(request.message.chaddr());
+    let opts = message.opts_mut();
+    opts.insert(DhcpOption::MessageType(kind));
+    opts.insert(DhcpOption::ServerIdentifier(server_ip));
+    message
+}
+
+/// RFC 2131 §4.1. A client without an address gets a broadcast: unicasting to `yiaddr` would
+/// need an ARP entry written by hand.
+fn destination(request: &Message, kind: MessageType) -> SocketAddrV4 {
+    if let Some(relay) = nonzero(request.giaddr()) {
+        return SocketAddrV4::new(relay, 67);
+    }
+    match nonzero(request.ciaddr()) {
+        Some(client) if kind != MessageType::Nak => SocketAddrV4::new(client, 68),
+        _ => SocketAddrV4::new(Ipv4Addr::BROADCAST, 68),
+    }
+}
+
+fn reply_label(kind: MessageType) -> &'static str {
+    match kind {
+        MessageType::Offer => "offer",
+        MessageType::Ack => "ack",
+        MessageType::Nak => "nak",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use dhcproto::v4::{Decodable, Decoder};
+
+    use super::*;
+    use crate::dhcp::decode::tests::packet;
+    use crate::mac::MacAddr;
+    use crate::policy::{Network, StaticPolicy};
+
+    const SERVER: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+    const RESERVED: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 10);
+    const KNOWN: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];
+    const FLOATING: [u8; 6] = [0x52, 0x54, 0, 0, 0, 2];
+    const STRANGER: [u8; 6] = [0x52, 0x54, 0, 0, 0, 9];
+    const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68);
+
+    fn responder(mode: Mode, pool_dir: Option<&std::path::Path>) -> Responder {
+        let hosts = vec![
+            Host {
+                mac: MacAddr(KNOWN),
+                hostname: "mixer1".into(),
+                ip: Some(RESERVED),
+            },
+            Host {
+                mac: MacAddr(FLOATING),
+                hostname: "encoder1".into(),
+                ip: None,
+            },
+        ];
+        let network = Network {
+            netmask: Ipv4Addr::new(255, 255, 255, 0),
+            router: Some(SERVER),
+            dns: vec![Ipv4Addr::new(10, 99, 0, 53)],
+            domain: Some("video.lan".into()),
+            lease_time: Duration::from_secs(3600),
+        };
+        let pool = pool_dir.map(|dir| {
+            let (first, last) = (Ipv4Addr::new(10, 99, 0, 200), Ipv4Addr::new(10, 99, 0, 201));
+            let reservations = [(MacAddr(KNOWN), RESERVED)];
+            let pool = Pool::load(
+                first,
+                last,
+                network.lease_time,
+                reservations,
+                dir.join("leases.json"),
+                SystemTime::now(),
+            );
+            Mutex::new(pool.unwrap())
+        });
+        Responder {
+            mode,
+            server_ip: SERVER,
+            policy: Arc::new(StaticPolicy::new(hosts, network)),
+            pool,
+            timeline: Arc::default(),
+            metrics: Arc::default(),
+            urls: Urls::new("http://10.99.0.1:8080"),
+        }
+    }
+
+    fn reply(responder: &Responder, port: Port, request: &[u8]) -> Option<(Message, SocketAddrV4)> {
+        let reply = responder.handle(port, CLIENT, request)?;
+        assert!(reply.bytes.len() >= MIN_REPLY_LEN);
+        Some((
+            Message::decode(&mut Decoder::new(&reply.bytes)).unwrap(),
+            reply.to,
+        ))
+    }
+
+    /// The BOOTP file field as sent; dhcproto keeps the NUL terminator when decoding.
+    fn file(message: &Message) -> Option<&str> {
+        message
+            .fname_str()?
+            .ok()
+            .map(|file| file.trim_end_matches('\0'))
+    }
+
+    fn option(message: &Message, code: OptionCode) -> Option<&DhcpOption> {
+        message.opts().get(code)
+    }
+
+    const BIOS_PXE_DISCOVER: &[u8] = &[
+        53, 1, 1, 93, 2, 0, 0, 60, 9, b'P', b'X', b'E', b'C', b'l', b'i', b'e', b'n', b't', 97, 2,
+        0, 7, 255,
+    ];
+
+    #[test]
+    fn reserved_host_is_offered_its_address_name_network_and_first_stage() {
+        let responder = responder(Mode::Authoritative, None);
+        let (offer, to) = reply(&responder, Port::Dhcp, &packet(KNOWN, BIOS_PXE_DISCOVER)).unwrap();
+        assert_eq!(to, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+        assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
+        assert_eq!((offer.yiaddr(), offer.siaddr()), (RESERVED, SERVER));
+        assert_eq!(file(&offer), Some("undionly.kpxe"));
+        assert_eq!(
+            option(&offer, OptionCode::Hostname),
+            Some(&DhcpOption::Hostname("mixer1".into()))
+        );
+        assert_eq!(
+            option(&offer, OptionCode::DomainName),
+            Some(&DhcpOption::DomainName("video.lan".into()))
+        );
+        assert_eq!(
+            option(&offer, OptionCode::Router),
+            Some(&DhcpOption::Router(vec![SERVER]))
+        );
+        assert_eq!(
+            option(&offer, OptionCode::ServerIdentifier),
+            Some(&DhcpOption::ServerIdentifier(SERVER))
+        );
+        assert_eq!(
+            option(&offer, OptionCode::Unknown(OPTION_IPXE_ENCAP)),
+            None,
+            "only iPXE reads 175"
+        );
+    }
+
+    #[test]
+    fn ipxe_gets_its_script_url_and_no_proxy_wait() {
+        let responder = responder(Mode::Authoritative, None);
+        let discover = packet(
+            KNOWN,
+            &[
+                53, 1, 1, 93, 2, 0, 7, 77, 4, b'i', b'P', b'X', b'E', 175, 3, 0xb1, 1, 1, 255,
+            ],
+        );
+        let (offer, _) = reply(&responder, Port::Dhcp, &discover).unwrap();
+        assert_eq!(
+            file(&offer),
+            Some("http://10.99.0.1:8080/ipxe/52:54:00:00:00:01")
+        );
+        let encapsulated = DhcpOption::Unknown(UnknownOption::new(
+            OptionCode::Unknown(175),
+            vec![176, 1, 1],
+        ));
+        assert_eq!(
+            option(&offer, OptionCode::Unknown(175)),
+            Some(&encapsulated)
+        );
+    }
+
+    #[test]
+    fn uefi_http_boot_gets_a_url_and_httpclient() {
+        let responder = responder(Mode::Authoritative, None);
+        let (offer, _) = reply(
+            &responder,
+            Port::Dhcp,
+            &packet(KNOWN, &[53, 1, 1, 93, 2, 0, 16, 255]),
+        )
+        .unwrap();
+        assert_eq!(
+            file(&offer),
+            Some("http://10.99.0.1:8080/firmware/snponly.efi")
+        );
+        assert_eq!(
+            option(&offer, OptionCode::ClassIdentifier),
+            Some(&DhcpOption::ClassIdentifier(b"HTTPClient".to_vec()))
+        );
+    }
+
+    #[test]
+    fn request_for_the_reservation_is_acked_and_anything_else_naked() {
+        let responder = responder(Mode::Authoritative, None);
+        let request = |ip: Ipv4Addr| {
+            let mut options = vec![53, 1, 3, 54, 4, 10, 99, 0, 1, 50, 4];
+            options.extend_from_slice(&ip.octets());
+            options.push(255);
+            packet(KNOWN, &options)
+        };
+        let (ack, _) = reply(&responder, Port::Dhcp, &request(RESERVED)).unwrap();
+        assert_eq!(
+            (ack.opts().msg_type(), ack.yiaddr()),
+            (Some(MessageType::Ack), RESERVED)
+        );
+        assert_eq!(responder.timeline.mac_of(RESERVED), Some(MacAddr(KNOWN)));
+        let (nak, to) = reply(
+            &responder,
+            Port::Dhcp,
+            &request(Ipv4Addr::new(10, 99, 0, 11)),
+        )
+        .unwrap();
+        assert_eq!(
+            (nak.opts().msg_type(), to.ip()),
+            (Some(MessageType::Nak), &Ipv4Addr::BROADCAST)
+        );
+    }
+
+    #[test]
+    fn pool_serves_hosts_without_reservation_and_strangers_without_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        let responder = responder(Mode::Authoritative, Some(dir.path()));
+        let (floating, _) =
+            reply(&responder, Port::Dhcp, &packet(FLOATING, BIOS_PXE_DISCOVER)).unwrap();
+        let (stranger, _) =
+            reply(&responder, Port::Dhcp, &packet(STRANGER, BIOS_PXE_DISCOVER)).unwrap();
+        assert_ne!(floating.yiaddr(), stranger.yiaddr());
+        assert_eq!(file(&floating), Some("undionly.kpxe"));
+        assert_eq!(
+            (stranger.fname(), option(&stranger, OptionCode::Hostname)),
+            (None, None)
+        );
+        assert!(
+            reply(
+                &responder,
+                Port::Dhcp,
+                &packet([2, 0, 0, 0, 0, 3], BIOS_PXE_DISCOVER)
+            )
+            .is_none(),
+            "pool full"
+        );
+        assert_eq!(
+            responder
+                .metrics
+                .get(DHCP_DROPPED, &[("reason", "no_address")]),
+            1
+        );
+    }
+
+    #[test]
+    fn strangers_get_nothing_without_a_pool_and_malformed_packets_are_counted() {
+        let responder = responder(Mode::Authoritative, None);
+        assert!(reply(&responder, Port::Dhcp, &packet(STRANGER, BIOS_PXE_DISCOVER)).is_none());
+        assert!(reply(&responder, Port::Dhcp, &[0u8; 10]).is_none());
+        assert_eq!(
+            responder
+                .metrics
+                .get(DHCP_DROPPED, &[("reason", "no_address")]),
+            1
+        );
+        assert_eq!(
+            responder
+                .metrics
+                .get(DHCP_DROPPED, &[("reason", "too_short")]),
+            1
+        );
+    }
+
+    #[test]
+    fn proxy_offers_boot_options_only_to_known_pxe_clients() {
+        let responder = responder(Mode::Proxy, None);
+        let (offer, _) = reply(&responder, Port::Dhcp, &packet(KNOWN, BIOS_PXE_DISCOVER)).unwrap();
+        assert_eq!(offer.yiaddr(), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(file(&offer), Some("undionly.kpxe"));
+        assert_eq!(
+            option(&offer, OptionCode::ClassIdentifier),
+            Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
+        );
+        assert_eq!(
+            option(&offer, OptionCode::VendorExtensions),
+            Some(&DhcpOption::VendorExtensions(vec![6, 1, 8, 255]))
+        );
+        assert_eq!(
+            option(&offer, OptionCode::ClientMachineIdentifier),
+            Some(&DhcpOption::ClientMachineIdentifier(vec![0, 7]))
+        );
+        assert_eq!(
+            (
+                option(&offer, OptionCode::AddressLeaseTime),
+                option(&offer, OptionCode::Hostname)
+            ),
+            (None, None)
+        );
+        assert!(reply(&responder, Port::Dhcp, &packet(STRANGER, BIOS_PXE_DISCOVER)).is_none());
+        assert!(
+            reply(&responder, Port::Dhcp, &packet(KNOWN, &[53, 1, 1, 255])).is_none(),
+            "not a PXE client"
+        );
+    }
+
+    #[test]
+    fn proxy_answers_port_4011_back_to_the_sender_and_learns_its_address() {
+        let responder = responder(Mode::Proxy, None);
+        let mut request = packet(
+            FLOATING,
+            &[
+                53, 1, 3, 60, 9, b'P', b'X', b'E', b'C', b'l', b'i', b'e', b'n', b't', 255,
+            ],
+        );
+        request[12..16].copy_from_slice(&[10, 99, 0, 77]);
+        let from = SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 77), 68);
+        let reply = responder.handle(Port::ProxyPxe, from, &request).unwrap();
+        assert_eq!(reply.to, from);
+        let ack = Message::decode(&mut Decoder::new(&reply.bytes)).unwrap();
+        assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+        assert_eq!(
+            responder.timeline.ip_of(MacAddr(FLOATING)),
+            Some(Ipv4Addr::new(10, 99, 0, 77))
+        );
+    }
+}

@@ -1,0 +1,390 @@
+//! HTTP: per-host iPXE scripts, immutable artifacts by content hash, per-host layers for
+//! their own host only, firmware files for UEFI HTTP boot, the boot reporter's endpoint, the
+//! boot timeline, metrics and health.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, MatchedPath, Path as UrlPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+use tower::ServiceExt;
+use tower_http::services::ServeFile;
+
+use crate::mac::MacAddr;
+use crate::metrics::{HTTP_RESPONSES, Metrics};
+use crate::policy::{BootPolicy, Host};
+use crate::safe_path;
+use crate::timeline::{Event, HostRecord, Timeline};
+
+const ROUTE_SCRIPT: &str = "/ipxe/{mac}";
+const ROUTE_ARTIFACT: &str = "/a/{hash}";
+const ROUTE_HOST_LAYER: &str = "/host/{mac}/layer";
+const ROUTE_FIRMWARE: &str = "/firmware/{file}";
+const ROUTE_REPORT: &str = "/api/report";
+const ROUTE_HOSTS: &str = "/api/hosts";
+const ROUTE_METRICS: &str = "/metrics";
+const ROUTE_HEALTH: &str = "/healthz";
+const ROUTES: [&str; 8] = [
+    ROUTE_SCRIPT,
+    ROUTE_ARTIFACT,
+    ROUTE_HOST_LAYER,
+    ROUTE_FIRMWARE,
+    ROUTE_REPORT,
+    ROUTE_HOSTS,
+    ROUTE_METRICS,
+    ROUTE_HEALTH,
+];
+
+/// Artifacts never change under their hash: cache them for a year.
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+/// Host layers carry secrets: no cache may keep them.
+const PRIVATE: &str = "no-store";
+
+/// Builds the URLs this server answers, from its base (`http://10.99.0.1:8080`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Urls {
+    base: String,
+}
+
+impl Urls {
+    pub fn new(base: impl Into<String>) -> Self {
+        Urls {
+            base: base.into().trim_end_matches('/').to_owned(),
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn route(&self, route: &str, parameter: &str) -> String {
+        let path = route
+            .split_once('{')
+            .map_or(route.to_owned(), |(before, after)| {
+                let rest = after.split_once('}').map_or("", |(_, rest)| rest);
+                format!("{before}{parameter}{rest}")
+            });
+        format!("{}{path}", self.base)
+    }
+
+    pub fn ipxe_script(&self, mac: MacAddr) -> String {
+        self.route(ROUTE_SCRIPT, &mac.to_string())
+    }
+
+    pub fn artifact(&self, hash: &str) -> String {
+        self.route(ROUTE_ARTIFACT, hash)
+    }
+
+    pub fn host_layer(&self, mac: MacAddr) -> String {
+        self.route(ROUTE_HOST_LAYER, &mac.to_string())
+    }
+
+    pub fn firmware(&self, file: &str) -> String {
+        self.route(ROUTE_FIRMWARE, file)
+    }
+}
+
+pub struct HttpState {
+    pub policy: Arc<dyn BootPolicy>,
+    pub timeline: Arc<Timeline>,
+    pub metrics: Arc<Metrics>,
+    pub urls: Urls,
+    /// The TFTP root, offered over HTTP to UEFI HTTP-boot firmware.
+    pub firmware_root: PathBuf,
+}
+
+type AppState = State<Arc<HttpState>>;
+type Peer = ConnectInfo<SocketAddr>;
+
+pub fn router(state: Arc<HttpState>) -> axum::Router {
+    axum::Router::new()
+        .route(ROUTE_SCRIPT, get(ipxe_script))
+        .route(ROUTE_ARTIFACT, get(artifact))
+        .route(ROUTE_HOST_LAYER, get(host_layer))
+        .route(ROUTE_FIRMWARE, get(firmware))
+        .route(ROUTE_REPORT, post(report))
+        .route(ROUTE_HOSTS, get(hosts))
+        .route(ROUTE_METRICS, get(metrics))
+        .route(ROUTE_HEALTH, get(|| async { "ok\n" }))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            count_responses,
+        ))
+        .with_state(state)
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<HttpState>,
+) -> std::io::Result<()> {
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).await
+}
+
+async fn count_responses(State(state): AppState, request: Request, next: Next) -> Response {
+    let matched = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned());
+    let route = ROUTES
+        .into_iter()
+        .find(|route| matched.as_deref() == Some(*route))
+        .unwrap_or("unmatched");
+    let response = next.run(request).await;
+    let status = match response.status().as_u16() {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    state
+        .metrics
+        .inc(HTTP_RESPONSES, &[("route", route), ("status", status)]);
+    response
+}
+
+fn peer_ipv4(peer: SocketAddr) -> Option<Ipv4Addr> {
+    match peer {
+        SocketAddr::V4(v4) => Some(*v4.ip()),
+        SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped(),
+    }
+}
+
+fn known_host<'a>(state: &'a HttpState, mac: &str) -> Result<&'a Host, StatusCode> {
+    let mac: MacAddr = mac.parse().map_err(|_| StatusCode::NOT_FOUND)?;
+    state.policy.host(mac).ok_or(StatusCode::NOT_FOUND)
+}
+
+async fn ipxe_script(
+    State(state): AppState,
+    UrlPath(mac): UrlPath<String>,
+) -> Result<Response, StatusCode> {
+    let host = known_host(&state, &mac)?;
+    let script = state
+        .policy
+        .ipxe_script(host, &state.urls)
+        .ok_or(StatusCode::NOT_FOUND)?;
+    state.timeline.record(host.mac, Event::IpxeScript);
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        script,
+    )
+        .into_response())
+}
+
+async fn artifact(
+    State(state): AppState,
+    ConnectInfo(peer): Peer,
+    UrlPath(hash): UrlPath<String>,
+    request: Request,
+) -> Result<Response, StatusCode> {
+    let artifact = state.policy.artifact(&hash).ok_or(StatusCode::NOT_FOUND)?;
+    if let Some(ip) = peer_ipv4(peer) {
+        state
+            .timeline
+            .record_from(ip, Event::Artifact(artifact.kind));
+    }
+    let etag = HeaderValue::from_str(&format!("\"{hash}\"")).map_err(|_| StatusCode::NOT_FOUND)?;
+    Ok(serve_file(request, &artifact.path, IMMUTABLE, Some(etag)).await)
+}
+
+/// Only to the address that holds the host's reservation or, without one, its latest lease.
+async fn host_layer(
+    State(state): AppState,
+    ConnectInfo(peer): Peer,
+    UrlPath(mac): UrlPath<String>,
+    request: Request,
+) -> Result<Response, StatusCode> {
+    let host = known_host(&state, &mac)?;
+    let holder = host.ip.or_else(|| state.timeline.ip_of(host.mac));
+    if holder.is_none() || holder != peer_ipv4(peer) {
+        tracing::warn!(%peer, mac = %host.mac, ?holder, "refused host layer to an address that does not hold it");
+        return Err(StatusCode::FORBIDDEN);
+    }
+    let path = state.policy.host_layer(host).ok_or(StatusCode::NOT_FOUND)?;
+    state.timeline.record(host.mac, Event::HostLayer);
+    Ok(serve_file(request, &path, PRIVATE, None).await)
+}
+
+async fn firmware(
+    State(state): AppState,
+    UrlPath(file): UrlPath<String>,
+    request: Request,
+) -> Result<Response, StatusCode> {
+    let path = safe_path::resolve(&state.firmware_root, &file).map_err(|error| match error {
+        safe_path::PathError::Escapes => StatusCode::FORBIDDEN,
+        _ => StatusCode::NOT_FOUND,
+    })?;
+    Ok(serve_file(request, &path, "public, max-age=300", None).await)
+}
+
+/// Range, HEAD and Last-Modified from tower-http; ETag and If-None-Match here.
+async fn serve_file(
+    request: Request,
+    path: &Path,
+    cache_control: &'static str,
+    etag: Option<HeaderValue>,
+) -> Response {
+    if let Some(etag) = &etag
+        && none_match(request.headers(), etag)
+    {
+        return (
+            StatusCode::NOT_MODIFIED,
+            [
+                (header::ETAG, etag.clone()),
+                (
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static(cache_control),
+                ),
+            ],
+        )
+            .into_response();
+    }
+    let response = match ServeFile::new(path).oneshot(request).await {
+        Ok(response) => response.map(Body::new),
+        Err(never) => match never {},
+    };
+    let mut response = response.into_response();
+    let status = response.status();
+    let headers = response.headers_mut();
+    if status.is_success() || status == StatusCode::NOT_MODIFIED {
+        headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(cache_control),
+        );
+        if let Some(etag) = etag {
+            headers.insert(header::ETAG, etag);
+        }
+    }
+    response
+}
+
+/// RFC 9110 §13.1.2: weak comparison, `*` matches anything.
+fn none_match(headers: &HeaderMap, etag: &HeaderValue) -> bool {
+    let ours = etag.to_str().unwrap_or_default();
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|candidate| {
+            let candidate = candidate.trim();
+            candidate == "*" || candidate.trim_start_matches("W/") == ours
+        })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ReportState {
+    Up,
+    Heartbeat,
+}
+
+/// What the boot reporter on each machine posts.
+#[derive(Debug, Deserialize)]
+struct Report {
+    host: String,
+    role: String,
+    image: String,
+    state: ReportState,
+}
+
+async fn report(
+    State(state): AppState,
+    ConnectInfo(peer): Peer,
+    Json(report): Json<Report>,
+) -> StatusCode {
+    let Some(host) = state.policy.host_named(&report.host) else {
+        return StatusCode::NOT_FOUND;
+    };
+    tracing::info!(host = %report.host, %peer, role = %report.role, image = %report.image, state = ?report.state, "boot report");
+    let event = match report.state {
+        ReportState::Up => Event::ReportedUp {
+            role: report.role,
+            image: report.image,
+        },
+        ReportState::Heartbeat => Event::Heartbeat,
+    };
+    state.timeline.record(host.mac, event);
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Debug, Serialize)]
+struct HostView<'a> {
+    mac: MacAddr,
+    hostname: &'a str,
+    reserved_ip: Option<Ipv4Addr>,
+    #[serde(flatten)]
+    timeline: HostRecord,
+}
+
+async fn hosts(State(state): AppState) -> Response {
+    let views: Vec<HostView> = state
+        .policy
+        .hosts()
+        .iter()
+        .map(|host| HostView {
+            mac: host.mac,
+            hostname: &host.hostname,
+            reserved_ip: host.ip,
+            timeline: state.timeline.get(host.mac),
+        })
+        .collect();
+    Json(views).into_response()
+}
+
+async fn metrics(State(state): AppState) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_fill_the_route_parameter() {
+        let urls = Urls::new("http://10.0.0.1:8080/");
+        let mac = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
+        assert_eq!(
+            urls.ipxe_script(mac),
+            "http://10.0.0.1:8080/ipxe/52:54:00:00:00:01"
+        );
+        assert_eq!(
+            urls.host_layer(mac),
+            "http://10.0.0.1:8080/host/52:54:00:00:00:01/layer"
+        );
+        assert_eq!(urls.artifact("abc"), "http://10.0.0.1:8080/a/abc");
+        assert_eq!(
+            urls.firmware("snponly.efi"),
+            "http://10.0.0.1:8080/firmware/snponly.efi"
+        );
+    }
+
+    #[test]
+    fn if_none_match_compares_weakly_and_accepts_lists() {
+        let etag = HeaderValue::from_static("\"abc\"");
+        let with = |value: &'static str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::IF_NONE_MATCH, HeaderValue::from_static(value));
+            none_match(&headers, &etag)
+        };
+        assert!(with("\"abc\""));
+        assert!(with("\"x\", W/\"abc\""));
+        assert!(with("*"));
+        assert!(!with("\"abd\""));
+        assert!(!none_match(&HeaderMap::new(), &etag));
+    }
+}

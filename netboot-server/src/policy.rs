@@ -1,0 +1,385 @@
+//! The one policy seam: every protocol asks this object what a client boots next.
+//!
+//! Protocol code hands over what it learned from the wire (a [`Client`]) and gets back
+//! generic netboot answers: an address and network parameters, a first-stage file, a URL, an
+//! iPXE script, the files behind artifact hashes. Rooms, roles and images stay on the other
+//! side: an implementation for the master plan only has to fill in the required methods.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::http::Urls;
+use crate::mac::MacAddr;
+
+/// A machine the policy knows, by MAC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub mac: MacAddr,
+    pub hostname: String,
+    /// Reserved address; `None` takes one from the dynamic pool (authoritative mode) or
+    /// whatever the venue's DHCP hands out (proxy mode).
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// Parameters every address is handed out with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Network {
+    pub netmask: Ipv4Addr,
+    pub router: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+    pub lease_time: Duration,
+}
+
+/// What a DHCP client told us about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    pub mac: MacAddr,
+    /// Option 93, the first architecture listed.
+    pub arch: Option<ClientArch>,
+    /// Sent option 175 or user class `iPXE`: already running iPXE.
+    pub ipxe: bool,
+    /// The address the client holds or asks for, if any.
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// Client system architecture (DHCP option 93, RFC 4578 and the IANA registry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientArch {
+    BiosPxe,
+    EfiIa32,
+    EfiX64,
+    EfiArm32,
+    EfiArm64,
+    EfiX86Http,
+    EfiX64Http,
+    EfiArm64Http,
+    BiosHttp,
+    Other(u16),
+}
+
+impl From<u16> for ClientArch {
+    fn from(code: u16) -> Self {
+        match code {
+            0 => ClientArch::BiosPxe,
+            6 => ClientArch::EfiIa32,
+            // 9 is registered as "EFI BC" but every x64 firmware seen sending it means x64.
+            7 | 9 => ClientArch::EfiX64,
+            10 => ClientArch::EfiArm32,
+            11 => ClientArch::EfiArm64,
+            15 => ClientArch::EfiX86Http,
+            16 => ClientArch::EfiX64Http,
+            19 => ClientArch::EfiArm64Http,
+            20 => ClientArch::BiosHttp,
+            other => ClientArch::Other(other),
+        }
+    }
+}
+
+/// The next thing a client loads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootStep {
+    /// Firmware PXE: this file from the TFTP root.
+    Tftp(String),
+    /// Firmware HTTP boot: this file from the TFTP root, fetched over HTTP.
+    HttpBoot(String),
+    /// iPXE is running: its per-host script over HTTP (ends the chainload loop).
+    IpxeScript,
+}
+
+/// The first-stage iPXE builds Debian's `ipxe` package ships.
+pub const BIOS_IPXE: &str = "undionly.kpxe";
+pub const EFI_X64_IPXE: &str = "snponly.efi";
+
+/// The usual chain: firmware loads iPXE, iPXE loads its script. Architectures without an
+/// iPXE build get nothing.
+pub fn standard_boot_step(client: &Client) -> Option<BootStep> {
+    if client.ipxe {
+        return Some(BootStep::IpxeScript);
+    }
+    match client.arch {
+        None | Some(ClientArch::BiosPxe) => Some(BootStep::Tftp(BIOS_IPXE.into())),
+        Some(ClientArch::EfiX64) => Some(BootStep::Tftp(EFI_X64_IPXE.into())),
+        Some(ClientArch::EfiX64Http) => Some(BootStep::HttpBoot(EFI_X64_IPXE.into())),
+        Some(_) => None,
+    }
+}
+
+/// What an artifact is, so the timeline can tell a kernel fetch from a root fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArtifactKind {
+    Kernel,
+    Initrd,
+    Root,
+    Other,
+}
+
+/// An immutable file named by its content hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Artifact {
+    pub path: PathBuf,
+    pub kind: ArtifactKind,
+}
+
+/// Answers "what does this client boot next?" for DHCP, TFTP and HTTP.
+pub trait BootPolicy: Send + Sync + 'static {
+    /// Every machine of the fleet.
+    fn hosts(&self) -> &[Host];
+
+    /// Netmask, router, DNS, domain and lease time handed out with every address.
+    fn network(&self) -> &Network;
+
+    /// The iPXE script for `host`, with URLs built by `urls`; `None` if it boots nothing.
+    fn ipxe_script(&self, host: &Host, urls: &Urls) -> Option<String>;
+
+    /// The file behind an artifact hash, if the policy serves it.
+    fn artifact(&self, hash: &str) -> Option<Artifact>;
+
+    /// The host's private layer (may hold secrets; served only to the host's own address).
+    fn host_layer(&self, host: &Host) -> Option<PathBuf>;
+
+    fn host(&self, mac: MacAddr) -> Option<&Host> {
+        self.hosts().iter().find(|host| host.mac == mac)
+    }
+
+    fn host_named(&self, hostname: &str) -> Option<&Host> {
+        self.hosts().iter().find(|host| host.hostname == hostname)
+    }
+
+    /// What a known client loads next; `None` sends it no boot options.
+    fn next_boot(&self, client: &Client) -> Option<BootStep> {
+        standard_boot_step(client)
+    }
+}
+
+/// A kernel, its initrds and command line, rendered as an iPXE script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpxeScript {
+    pub kernel_url: String,
+    pub initrd_urls: Vec<String>,
+    pub cmdline: String,
+}
+
+impl IpxeScript {
+    pub fn render(&self) -> String {
+        let names: Vec<String> = (0..self.initrd_urls.len())
+            .map(|index| format!("initrd{index}"))
+            .collect();
+        // UEFI iPXE hands initrds over only to a kernel whose command line names them.
+        let initrd_args: String = names.iter().map(|name| format!(" initrd={name}")).collect();
+        let mut script = format!(
+            "#!ipxe\nkernel {}{initrd_args} {}\n",
+            self.kernel_url, self.cmdline
+        );
+        for (name, url) in names.iter().zip(&self.initrd_urls) {
+            script.push_str(&format!("initrd --name {name} {url}\n"));
+        }
+        script.push_str("boot\n");
+        script
+    }
+}
+
+/// One image for every host: kernel, initrds and optional root by content hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticImage {
+    pub kernel: String,
+    pub initrds: Vec<String>,
+    pub root: Option<String>,
+    pub cmdline: String,
+}
+
+/// An in-memory policy: a host list, one network, at most one image for all hosts, artifacts
+/// in one directory named by hash and per-host layers in another named `<hostname>.cpio`.
+#[derive(Debug, Clone)]
+pub struct StaticPolicy {
+    hosts: Vec<Host>,
+    network: Network,
+    image: Option<StaticImage>,
+    artifact_dir: PathBuf,
+    layer_dir: Option<PathBuf>,
+    artifact_kinds: HashMap<String, ArtifactKind>,
+}
+
+impl StaticPolicy {
+    pub fn new(hosts: Vec<Host>, network: Network) -> Self {
+        StaticPolicy {
+            hosts,
+            network,
+            image: None,
+            artifact_dir: PathBuf::new(),
+            layer_dir: None,
+            artifact_kinds: HashMap::new(),
+        }
+    }
+
+    pub fn with_image(mut self, image: StaticImage, artifact_dir: PathBuf) -> Self {
+        let kinds = std::iter::once((image.kernel.clone(), ArtifactKind::Kernel))
+            .chain(
+                image
+                    .initrds
+                    .iter()
+                    .map(|hash| (hash.clone(), ArtifactKind::Initrd)),
+            )
+            .chain(
+                image
+                    .root
+                    .iter()
+                    .map(|hash| (hash.clone(), ArtifactKind::Root)),
+            );
+        self.artifact_kinds = kinds.collect();
+        self.image = Some(image);
+        self.artifact_dir = artifact_dir;
+        self
+    }
+
+    pub fn with_layer_dir(mut self, layer_dir: PathBuf) -> Self {
+        self.layer_dir = Some(layer_dir);
+        self
+    }
+}
+
+impl BootPolicy for StaticPolicy {
+    fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    fn network(&self) -> &Network {
+        &self.network
+    }
+
+    fn ipxe_script(&self, host: &Host, urls: &Urls) -> Option<String> {
+        let image = self.image.as_ref()?;
+        let mut initrd_urls: Vec<String> = image
+            .initrds
+            .iter()
+            .map(|hash| urls.artifact(hash))
+            .collect();
+        if self.host_layer(host).is_some() {
+            initrd_urls.push(urls.host_layer(host.mac));
+        }
+        let root = image
+            .root
+            .as_ref()
+            .map(|hash| format!(" lectern.root={}", urls.artifact(hash)));
+        let cmdline = format!(
+            "{} hostname={} lectern.server={}{}",
+            image.cmdline,
+            host.hostname,
+            urls.base(),
+            root.unwrap_or_default()
+        );
+        let script = IpxeScript {
+            kernel_url: urls.artifact(&image.kernel),
+            initrd_urls,
+            cmdline,
+        };
+        Some(script.render())
+    }
+
+    fn artifact(&self, hash: &str) -> Option<Artifact> {
+        let kind = *self.artifact_kinds.get(hash)?;
+        Some(Artifact {
+            path: self.artifact_dir.join(hash),
+            kind,
+        })
+    }
+
+    fn host_layer(&self, host: &Host) -> Option<PathBuf> {
+        let path = self
+            .layer_dir
+            .as_ref()?
+            .join(format!("{}.cpio", host.hostname));
+        path.is_file().then_some(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(arch: Option<u16>, ipxe: bool) -> Client {
+        Client {
+            mac: MacAddr([2, 0, 0, 0, 0, 1]),
+            arch: arch.map(ClientArch::from),
+            ipxe,
+            ip: None,
+        }
+    }
+
+    #[test]
+    fn firmware_gets_the_ipxe_build_for_its_architecture() {
+        assert_eq!(
+            standard_boot_step(&client(None, false)),
+            Some(BootStep::Tftp(BIOS_IPXE.into()))
+        );
+        assert_eq!(
+            standard_boot_step(&client(Some(0), false)),
+            Some(BootStep::Tftp(BIOS_IPXE.into()))
+        );
+        for efi in [7, 9] {
+            assert_eq!(
+                standard_boot_step(&client(Some(efi), false)),
+                Some(BootStep::Tftp(EFI_X64_IPXE.into()))
+            );
+        }
+        assert_eq!(
+            standard_boot_step(&client(Some(16), false)),
+            Some(BootStep::HttpBoot(EFI_X64_IPXE.into()))
+        );
+        assert_eq!(standard_boot_step(&client(Some(11), false)), None);
+    }
+
+    #[test]
+    fn ipxe_gets_its_script_whatever_the_architecture() {
+        for arch in [None, Some(0), Some(7), Some(16)] {
+            assert_eq!(
+                standard_boot_step(&client(arch, true)),
+                Some(BootStep::IpxeScript)
+            );
+        }
+    }
+
+    #[test]
+    fn script_names_every_initrd_on_the_command_line() {
+        let script = IpxeScript {
+            kernel_url: "http://s/a/k".into(),
+            initrd_urls: vec!["http://s/a/i".into(), "http://s/h/l".into()],
+            cmdline: "console=ttyS0".into(),
+        };
+        assert_eq!(
+            script.render(),
+            "#!ipxe\nkernel http://s/a/k initrd=initrd0 initrd=initrd1 console=ttyS0\n\
+             initrd --name initrd0 http://s/a/i\ninitrd --name initrd1 http://s/h/l\nboot\n"
+        );
+    }
+
+    #[test]
+    fn static_policy_serves_only_the_image_artifacts() {
+        let network = Network {
+            netmask: Ipv4Addr::new(255, 255, 255, 0),
+            router: None,
+            dns: vec![],
+            domain: None,
+            lease_time: Duration::from_secs(3600),
+        };
+        let image = StaticImage {
+            kernel: "k1".into(),
+            initrds: vec!["i1".into()],
+            root: None,
+            cmdline: String::new(),
+        };
+        let policy = StaticPolicy::new(vec![], network).with_image(image, PathBuf::from("/store"));
+        assert_eq!(
+            policy.artifact("k1").unwrap(),
+            Artifact {
+                path: "/store/k1".into(),
+                kind: ArtifactKind::Kernel
+            }
+        );
+        assert_eq!(policy.artifact("i1").unwrap().kind, ArtifactKind::Initrd);
+        assert_eq!(policy.artifact("../etc/passwd"), None);
+    }
+}

@@ -1,0 +1,591 @@
+//! TFTP, read-only: RFC 1350 with options (2347), blksize (2348), tsize and timeout (2349)
+//! and windowsize (7440).
+//!
+//! Our own small server rather than async-tftp 0.4: that crate ignores client ERROR packets,
+//! so a UEFI size probe (RRQ, OACK, ERROR 8) keeps it resending for minutes and it refuses
+//! new requests from that port meanwhile. Here a client ERROR ends the transfer at once,
+//! retries are bounded, and the packet decoder is a plain function to fuzz.
+
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::fs::File;
+use tokio::io::AsyncReadExt;
+use tokio::net::UdpSocket;
+
+use crate::metrics::{Metrics, TFTP_REQUESTS, TFTP_TRANSFERS};
+use crate::safe_path::{self, PathError};
+use crate::timeline::{Event, Timeline};
+
+pub const PORT: u16 = 69;
+const DEFAULT_BLKSIZE: usize = 512;
+const MAX_BLKSIZE: usize = 65_464;
+const MIN_BLKSIZE: usize = 8;
+/// Gains flatten near 64 (netboot-lab); more only fills buffers.
+const MAX_WINDOWSIZE: u16 = 64;
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Retransmissions of one window (or OACK) before a transfer is abandoned.
+const MAX_RETRIES: u32 = 5;
+
+const OP_RRQ: u16 = 1;
+const OP_WRQ: u16 = 2;
+const OP_DATA: u16 = 3;
+const OP_ACK: u16 = 4;
+const OP_ERROR: u16 = 5;
+const OP_OACK: u16 = 6;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum ErrorCode {
+    NotDefined = 0,
+    FileNotFound = 1,
+    AccessViolation = 2,
+    IllegalOperation = 4,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadRequest {
+    pub filename: String,
+    pub mode: String,
+    /// Option names lower-cased, in the order sent.
+    pub options: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Packet {
+    Read(ReadRequest),
+    Write,
+    Data { block: u16 },
+    Ack { block: u16 },
+    Error { code: u16, message: String },
+    OptionAck,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("packet too short")]
+    TooShort,
+    #[error("unknown opcode {0}")]
+    UnknownOpcode(u16),
+    #[error("string field not NUL-terminated")]
+    Unterminated,
+    #[error("string field not UTF-8")]
+    NotUtf8,
+}
+
+/// Decodes one packet from an untrusted peer.
+pub fn parse(bytes: &[u8]) -> Result<Packet, ParseError> {
+    let (opcode, body) = split_u16(bytes)?;
+    match opcode {
+        OP_RRQ => {
+            let mut fields = nul_terminated(body)?.into_iter();
+            let filename = fields.next().ok_or(ParseError::TooShort)?;
+            let mode = fields
+                .next()
+                .ok_or(ParseError::TooShort)?
+                .to_ascii_lowercase();
+            let mut options = Vec::new();
+            while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+                options.push((name.to_ascii_lowercase(), value));
+            }
+            Ok(Packet::Read(ReadRequest {
+                filename,
+                mode,
+                options,
+            }))
+        }
+        OP_WRQ => Ok(Packet::Write),
+        OP_DATA => Ok(Packet::Data {
+            block: split_u16(body)?.0,
+        }),
+        OP_ACK => Ok(Packet::Ack {
+            block: split_u16(body)?.0,
+        }),
+        OP_ERROR => {
+            let (code, text) = split_u16(body)?;
+            let message = nul_terminated(text)?.into_iter().next().unwrap_or_default();
+            Ok(Packet::Error { code, message })
+        }
+        OP_OACK => Ok(Packet::OptionAck),
+        other => Err(ParseError::UnknownOpcode(other)),
+    }
+}
+
+fn split_u16(bytes: &[u8]) -> Result<(u16, &[u8]), ParseError> {
+    match bytes {
+        [high, low, rest @ ..] => Ok((u16::from_be_bytes([*high, *low]), rest)),
+        _ => Err(ParseError::TooShort),
+    }
+}
+
+fn nul_terminated(bytes: &[u8]) -> Result<Vec<String>, ParseError> {
+    let Some(body) = bytes.strip_suffix(&[0]) else {
+        return if bytes.is_empty() {
+            Ok(Vec::new())
+        } else {
+            Err(ParseError::Unterminated)
+        };
+    };
+    body.split(|byte| *byte == 0)
+        .map(|field| String::from_utf8(field.to_vec()).map_err(|_| ParseError::NotUtf8))
+        .collect()
+}
+
+fn error_packet(code: ErrorCode, message: &str) -> Vec<u8> {
+    let mut packet = OP_ERROR.to_be_bytes().to_vec();
+    packet.extend_from_slice(&(code as u16).to_be_bytes());
+    packet.extend_from_slice(message.as_bytes());
+    packet.push(0);
+    packet
+}
+
+/// What we agreed to, and the OACK saying so (`None` if the client asked for nothing we honour).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Negotiated {
+    pub blksize: usize,
+    pub timeout: Duration,
+    pub windowsize: u16,
+    pub oack: Option<Vec<u8>>,
+}
+
+/// Honours blksize, tsize, timeout and windowsize within bounds; anything else, or a value
+/// out of range, is left out of the OACK as RFC 2347 allows.
+pub fn negotiate(options: &[(String, String)], file_size: u64) -> Negotiated {
+    let mut negotiated = Negotiated {
+        blksize: DEFAULT_BLKSIZE,
+        timeout: DEFAULT_TIMEOUT,
+        windowsize: 1,
+        oack: None,
+    };
+    let mut acknowledged: Vec<(&str, String)> = Vec::new();
+    for (name, value) in options {
+        let Ok(number) = value.parse::<u64>() else {
+            continue;
+        };
+        match name.as_str() {
+            "blksize" if number >= MIN_BLKSIZE as u64 => {
+                negotiated.blksize = usize::try_from(number)
+                    .unwrap_or(MAX_BLKSIZE)
+                    .min(MAX_BLKSIZE);
+                acknowledged.push(("blksize", negotiated.blksize.to_string()));
+            }
+            "tsize" => acknowledged.push(("tsize", file_size.to_string())),
+            "timeout" if (1..=255).contains(&number) => {
+                negotiated.timeout = Duration::from_secs(number);
+                acknowledged.push(("timeout", number.to_string()));
+            }
+            "windowsize" if number >= 1 => {
+                negotiated.windowsize = u16::try_from(number)
+                    .unwrap_or(MAX_WINDOWSIZE)
+                    .min(MAX_WINDOWSIZE);
+                acknowledged.push(("windowsize", negotiated.windowsize.to_string()));
+            }
+            _ => {}
+        }
+    }
+    if !acknowledged.is_empty() {
+        let mut oack = OP_OACK.to_be_bytes().to_vec();
+        for (name, value) in acknowledged {
+            oack.extend_from_slice(name.as_bytes());
+            oack.push(0);
+            oack.extend_from_slice(value.as_bytes());
+            oack.push(0);
+        }
+        negotiated.oack = Some(oack);
+    }
+    negotiated
+}
+
+pub struct TftpServer {
+    pub root: PathBuf,
+    pub timeline: Arc<Timeline>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl TftpServer {
+    /// Serves requests arriving on `listener` until it fails.
+    pub async fn serve(self: Arc<Self>, listener: UdpSocket) -> anyhow::Result<()> {
+        let local_ip = listener.local_addr()?.ip();
+        tracing::info!(address = %listener.local_addr()?, root = %self.root.display(), "TFTP listening");
+        let in_flight: Arc<Mutex<HashSet<SocketAddr>>> = Arc::default();
+        let mut buffer = vec![0u8; 2048];
+        loop {
+            let (len, client) = listener
+                .recv_from(&mut buffer)
+                .await
+                .context("receiving TFTP")?;
+            let packet = match parse(&buffer[..len]) {
+                Ok(packet) => packet,
+                Err(error) => {
+                    tracing::debug!(%client, %error, "dropped malformed TFTP packet");
+                    self.metrics.inc(TFTP_REQUESTS, &[("outcome", "malformed")]);
+                    continue;
+                }
+            };
+            // A client that resends its RRQ while we answer it must not get two transfers.
+            if !in_flight.lock().expect("tftp lock").insert(client) {
+                continue;
+            }
+            let server = Arc::clone(&self);
+            let in_flight = Arc::clone(&in_flight);
+            tokio::spawn(async move {
+                if let Err(error) = server
+                    .answer(packet, client, SocketAddr::new(local_ip, 0))
+                    .await
+                {
+                    tracing::warn!(%client, %error, "TFTP transfer failed");
+                }
+                in_flight.lock().expect("tftp lock").remove(&client);
+            });
+        }
+    }
+
+    /// Answers one request from a fresh port (the transfer ID, RFC 1350 §4).
+    async fn answer(
+        &self,
+        packet: Packet,
+        client: SocketAddr,
+        local: SocketAddr,
+    ) -> anyhow::Result<()> {
+        let socket = UdpSocket::bind(local).await?;
+        socket.connect(client).await?;
+        let request = match packet {
+            Packet::Read(request) => request,
+            Packet::Write => {
+                return self
+                    .refuse(
+                        &socket,
+                        ErrorCode::AccessViolation,
+                        "read-only server",
+                        "write",
+                    )
+                    .await;
+            }
+            _ => {
+                return self
+                    .refuse(
+                        &socket,
+                        ErrorCode::IllegalOperation,
+                        "expected a read request",
+                        "illegal",
+                    )
+                    .await;
+            }
+        };
+        if request.mode != "octet" {
+            return self
+                .refuse(
+                    &socket,
+                    ErrorCode::IllegalOperation,
+                    "only octet mode is served",
+                    "mode",
+                )
+                .await;
+        }
+        let path = match safe_path::resolve(&self.root, &request.filename) {
+            Ok(path) => path,
+            Err(PathError::Escapes) => {
+                tracing::warn!(%client, file = %request.filename, "refused TFTP path outside the root");
+                return self
+                    .refuse(
+                        &socket,
+                        ErrorCode::AccessViolation,
+                        "outside the served root",
+                        "refused",
+                    )
+                    .await;
+            }
+            Err(error) => {
+                tracing::info!(%client, file = %request.filename, %error, "TFTP file not served");
+                return self
+                    .refuse(
+                        &socket,
+                        ErrorCode::FileNotFound,
+                        "file not found",
+                        "not_found",
+                    )
+                    .await;
+            }
+        };
+        let file = File::open(&path).await?;
+        let size = file.metadata().await?.len();
+        let negotiated = negotiate(&request.options, size);
+        self.metrics.inc(TFTP_REQUESTS, &[("outcome", "accepted")]);
+        if let SocketAddr::V4(v4) = client {
+            self.timeline.record_from(
+                *v4.ip(),
+                Event::Tftp {
+                    file: request.filename.clone(),
+                },
+            );
+        }
+        tracing::info!(%client, file = %request.filename, size, blksize = negotiated.blksize, windowsize = negotiated.windowsize, "TFTP transfer");
+        let outcome = send_file(&socket, file, &negotiated).await;
+        let label = match &outcome {
+            Ok(Ending::Complete) => "complete",
+            Ok(Ending::ClientError) => "client_error",
+            Ok(Ending::TimedOut) => "timed_out",
+            Err(_) => "io_error",
+        };
+        self.metrics.inc(TFTP_TRANSFERS, &[("outcome", label)]);
+        tracing::debug!(%client, file = %request.filename, outcome = label, "TFTP transfer ended");
+        outcome?;
+        Ok(())
+    }
+
+    async fn refuse(
+        &self,
+        socket: &UdpSocket,
+        code: ErrorCode,
+        message: &str,
+        label: &'static str,
+    ) -> anyhow::Result<()> {
+        self.metrics.inc(TFTP_REQUESTS, &[("outcome", label)]);
+        socket.send(&error_packet(code, message)).await?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Complete,
+    /// The client sent ERROR (a UEFI size probe does right after the OACK).
+    ClientError,
+    TimedOut,
+}
+
+/// What the client said while we waited for an acknowledgement.
+enum Heard {
+    Ack(u16),
+    Error,
+    Nothing,
+}
+
+async fn listen(socket: &UdpSocket, timeout: Duration) -> std::io::Result<Heard> {
+    let mut buffer = [0u8; 512];
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let len = match tokio::time::timeout_at(deadline, socket.recv(&mut buffer)).await {
+            Err(_elapsed) => return Ok(Heard::Nothing),
+            // ICMP port unreachable: the client has gone.
+            Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return Ok(Heard::Error);
+            }
+            Ok(result) => result?,
+        };
+        match parse(&buffer[..len]) {
+            Ok(Packet::Ack { block }) => return Ok(Heard::Ack(block)),
+            Ok(Packet::Error { .. }) => return Ok(Heard::Error),
+            _ => {}
+        }
+    }
+}
+
+/// The blocks sent but not yet acknowledged, read ahead from the file.
+struct Window {
+    file: File,
+    blksize: usize,
+    /// (block number, payload), oldest first. Block numbers are 64-bit here; the wire
+    /// carries the low 16 bits and wraps to 0 as most clients expect.
+    blocks: VecDeque<(u64, Vec<u8>)>,
+    next_block: u64,
+    last_block: Option<u64>,
+}
+
+impl Window {
+    async fn fill(&mut self, windowsize: usize) -> std::io::Result<()> {
+        while self.blocks.len() < windowsize
+            && self.last_block.is_none_or(|last| self.next_block <= last)
+        {
+            let mut payload = Vec::with_capacity(self.blksize);
+            (&mut self.file)
+                .take(self.blksize as u64)
+                .read_to_end(&mut payload)
+                .await?;
+            if payload.len() < self.blksize {
+                self.last_block = Some(self.next_block);
+            }
+            self.blocks.push_back((self.next_block, payload));
+            self.next_block += 1;
+        }
+        Ok(())
+    }
+
+    /// Drops the blocks up to the one `ack` names; false if it names none in the window.
+    fn acknowledge(&mut self, ack: u16) -> bool {
+        let Some(position) = self
+            .blocks
+            .iter()
+            .position(|(block, _)| *block as u16 == ack)
+        else {
+            return false;
+        };
+        self.blocks.drain(..=position);
+        true
+    }
+
+    fn is_done(&self) -> bool {
+        self.blocks.is_empty() && self.last_block.is_some_and(|last| self.next_block > last)
+    }
+}
+
+async fn send_file(
+    socket: &UdpSocket,
+    file: File,
+    negotiated: &Negotiated,
+) -> std::io::Result<Ending> {
+    if let Some(oack) = &negotiated.oack {
+        if !send_option_ack(socket, oack, negotiated.timeout).await? {
+            return Ok(Ending::ClientError);
+        }
+    }
+    let mut window = Window {
+        file,
+        blksize: negotiated.blksize,
+        blocks: VecDeque::new(),
+        next_block: 1,
+        last_block: None,
+    };
+    let mut retries = 0;
+    while !window.is_done() {
+        window.fill(usize::from(negotiated.windowsize)).await?;
+        for (block, payload) in &window.blocks {
+            let mut packet = Vec::with_capacity(4 + payload.len());
+            packet.extend_from_slice(&OP_DATA.to_be_bytes());
+            packet.extend_from_slice(&(*block as u16).to_be_bytes());
+            packet.extend_from_slice(payload);
+            socket.send(&packet).await?;
+        }
+        loop {
+            match listen(socket, negotiated.timeout).await? {
+                Heard::Error => return Ok(Ending::ClientError),
+                Heard::Nothing => {
+                    retries += 1;
+                    if retries > MAX_RETRIES {
+                        return Ok(Ending::TimedOut);
+                    }
+                    break;
+                }
+                // An ACK for a block before the window is a duplicate: answering it would
+                // resend the window twice (Sorcerer's Apprentice); the timeout covers loss.
+                Heard::Ack(ack) if window.acknowledge(ack) => {
+                    retries = 0;
+                    break;
+                }
+                Heard::Ack(_) => {}
+            }
+        }
+    }
+    Ok(Ending::Complete)
+}
+
+/// Sends the OACK until the client acknowledges it as block 0; false if it sent ERROR (a
+/// size probe) or never answered.
+async fn send_option_ack(
+    socket: &UdpSocket,
+    oack: &[u8],
+    timeout: Duration,
+) -> std::io::Result<bool> {
+    for _ in 0..=MAX_RETRIES {
+        socket.send(oack).await?;
+        loop {
+            match listen(socket, timeout).await? {
+                Heard::Ack(0) => return Ok(true),
+                Heard::Ack(_) => {}
+                Heard::Error => return Ok(false),
+                Heard::Nothing => break,
+            }
+        }
+    }
+    Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rrq(fields: &[&str]) -> Vec<u8> {
+        let mut packet = OP_RRQ.to_be_bytes().to_vec();
+        for field in fields {
+            packet.extend_from_slice(field.as_bytes());
+            packet.push(0);
+        }
+        packet
+    }
+
+    #[test]
+    fn parses_read_requests_with_options() {
+        let packet = rrq(&["undionly.kpxe", "OCTET", "BlkSize", "1468", "tsize", "0"]);
+        assert_eq!(
+            parse(&packet).unwrap(),
+            Packet::Read(ReadRequest {
+                filename: "undionly.kpxe".into(),
+                mode: "octet".into(),
+                options: vec![
+                    ("blksize".into(), "1468".into()),
+                    ("tsize".into(), "0".into())
+                ],
+            })
+        );
+    }
+
+    #[test]
+    fn parses_acks_and_errors_and_rejects_garbage() {
+        assert_eq!(parse(&[0, 4, 1, 2]).unwrap(), Packet::Ack { block: 0x102 });
+        assert_eq!(
+            parse(&[0, 5, 0, 8, b'n', b'o', 0]).unwrap(),
+            Packet::Error {
+                code: 8,
+                message: "no".into()
+            }
+        );
+        assert_eq!(parse(&[0]).unwrap_err(), ParseError::TooShort);
+        assert_eq!(parse(&[0, 9]).unwrap_err(), ParseError::UnknownOpcode(9));
+        assert_eq!(parse(&[0, 1, b'a']).unwrap_err(), ParseError::Unterminated);
+        assert_eq!(parse(&[0, 1, 0xff, 0]).unwrap_err(), ParseError::NotUtf8);
+    }
+
+    #[test]
+    fn negotiates_within_bounds_and_reports_the_size() {
+        let options = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect()
+        };
+        let negotiated = negotiate(
+            &options(&[
+                ("blksize", "1468"),
+                ("tsize", "0"),
+                ("windowsize", "4"),
+                ("foo", "1"),
+            ]),
+            70_000,
+        );
+        assert_eq!((negotiated.blksize, negotiated.windowsize), (1468, 4));
+        let mut expected = vec![0, 6];
+        expected.extend_from_slice(b"blksize\x001468\x00tsize\x0070000\x00windowsize\x004\x00");
+        assert_eq!(negotiated.oack, Some(expected));
+
+        let clamped = negotiate(
+            &options(&[
+                ("blksize", "100000"),
+                ("windowsize", "1000"),
+                ("timeout", "0"),
+            ]),
+            1,
+        );
+        assert_eq!(
+            (clamped.blksize, clamped.windowsize, clamped.timeout),
+            (MAX_BLKSIZE, MAX_WINDOWSIZE, DEFAULT_TIMEOUT)
+        );
+        assert_eq!(
+            negotiate(&options(&[("blksize", "4"), ("bogus", "x")]), 1).oack,
+            None
+        );
+    }
+}
