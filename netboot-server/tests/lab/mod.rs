@@ -1,0 +1,300 @@
+//! A throwaway lab per test: a server namespace with a bridge, a client namespace joined to
+//! it by a veth pair, and netbootd running in the server namespace. Everything is removed in
+//! `Drop`, also when the test fails. Never touches an existing interface.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const SERVER_IP: &str = "10.99.0.1";
+pub const HTTP: &str = "http://10.99.0.1:8080";
+pub const BRIDGE: &str = "br0";
+pub const CLIENT_LINK: &str = "vc0";
+
+/// Runs `program args…`, returning its output; panics if it cannot start.
+pub fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|error| panic!("{program} {args:?}: {error}"))
+}
+
+/// Like [`run`], and panics with its stderr unless it succeeded.
+pub fn must(program: &str, args: &[&str]) -> String {
+    let output = run(program, args);
+    assert!(
+        output.status.success(),
+        "{program} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn on_path(tool: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .any(|dir| dir.join(tool).is_file())
+}
+
+/// Why this machine cannot run the lab, if it cannot.
+fn missing_prerequisite(tools: &[&str]) -> Option<String> {
+    let uid = run("id", &["-u"]);
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Some("network-namespace tests need root".into());
+    }
+    let missing: Vec<&str> = ["ip"]
+        .iter()
+        .chain(tools)
+        .copied()
+        .filter(|tool| !on_path(tool))
+        .collect();
+    (!missing.is_empty()).then(|| {
+        format!(
+            "missing tools: {} (Debian: iproute2 busybox-static tftp-hpa curl dnsmasq-base ipxe)",
+            missing.join(", ")
+        )
+    })
+}
+
+pub struct Lab {
+    pub server_ns: String,
+    pub client_ns: String,
+    pub dir: tempfile::TempDir,
+    children: Vec<(Child, PathBuf)>,
+}
+
+static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
+
+impl Lab {
+    /// A fresh lab, or `None` (after saying why) when prerequisites are missing and
+    /// `LECTERN_REQUIRE_NETNS=1` is not set; with it set, missing prerequisites fail the test.
+    pub fn new(tools: &[&str]) -> Option<Lab> {
+        let mut needed = vec!["/usr/lib/ipxe/undionly.kpxe"];
+        needed.retain(|file| !Path::new(file).is_file());
+        let why = missing_prerequisite(tools).or_else(|| {
+            (!needed.is_empty())
+                .then(|| format!("missing {} (Debian package ipxe)", needed.join(", ")))
+        });
+        if let Some(why) = why {
+            if std::env::var("LECTERN_REQUIRE_NETNS").as_deref() == Ok("1") {
+                panic!("LECTERN_REQUIRE_NETNS=1 but {why}");
+            }
+            eprintln!("skipping network-namespace test: {why}");
+            return None;
+        }
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT_LAB.fetch_add(1, Ordering::Relaxed)
+        );
+        let lab = Lab {
+            server_ns: format!("lectern-nbs-{id}"),
+            client_ns: format!("lectern-nbc-{id}"),
+            dir: tempfile::tempdir().expect("temporary directory"),
+            children: Vec::new(),
+        };
+        must("ip", &["netns", "add", &lab.server_ns]);
+        must("ip", &["netns", "add", &lab.client_ns]);
+        let (s, c) = (lab.server_ns.as_str(), lab.client_ns.as_str());
+        for args in [
+            vec!["-n", s, "link", "set", "lo", "up"],
+            vec!["-n", c, "link", "set", "lo", "up"],
+            vec!["-n", s, "link", "add", BRIDGE, "type", "bridge"],
+            vec!["-n", s, "addr", "add", "10.99.0.1/24", "dev", BRIDGE],
+            vec!["-n", s, "link", "set", BRIDGE, "up"],
+            vec![
+                "-n",
+                s,
+                "link",
+                "add",
+                "vs0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                CLIENT_LINK,
+                "netns",
+                c,
+            ],
+            vec!["-n", s, "link", "set", "vs0", "master", BRIDGE, "up"],
+            vec!["-n", c, "link", "set", CLIENT_LINK, "up"],
+        ] {
+            must("ip", &args);
+        }
+        Some(lab)
+    }
+
+    /// Gives the client link this MAC (the DHCP client's identity).
+    pub fn set_client_mac(&self, mac: &str) {
+        must(
+            "ip",
+            &["-n", &self.client_ns, "link", "set", CLIENT_LINK, "down"],
+        );
+        must(
+            "ip",
+            &[
+                "-n",
+                &self.client_ns,
+                "link",
+                "set",
+                CLIENT_LINK,
+                "address",
+                mac,
+            ],
+        );
+        must(
+            "ip",
+            &["-n", &self.client_ns, "link", "set", CLIENT_LINK, "up"],
+        );
+    }
+
+    /// Gives the client link this address (`10.99.0.10/24`), replacing any other.
+    pub fn set_client_address(&self, cidr: &str) {
+        must(
+            "ip",
+            &["-n", &self.client_ns, "addr", "flush", "dev", CLIENT_LINK],
+        );
+        must(
+            "ip",
+            &[
+                "-n",
+                &self.client_ns,
+                "addr",
+                "add",
+                cidr,
+                "dev",
+                CLIENT_LINK,
+            ],
+        );
+    }
+
+    /// Adds another address to the server's bridge.
+    pub fn add_server_address(&self, cidr: &str) {
+        must(
+            "ip",
+            &["-n", &self.server_ns, "addr", "add", cidr, "dev", BRIDGE],
+        );
+    }
+
+    /// Runs a command in the client namespace.
+    pub fn client(&self, program: &str, args: &[&str]) -> Output {
+        let mut full = vec!["netns", "exec", &self.client_ns, program];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// Starts a long-running program in the server namespace, its output kept in a log.
+    pub fn spawn_in_server(&mut self, name: &str, program: &str, args: &[&str]) {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let file = File::create(&log).expect("log file");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.server_ns, program])
+            .args(args)
+            .env("RUST_LOG", "lectern_netboot=debug,info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|error| panic!("starting {program}: {error}"));
+        self.children.push((child, log));
+    }
+
+    /// Starts netbootd at `server_ip` (an address of the bridge) with these arguments, and
+    /// waits until its HTTP side answers.
+    pub fn start_netbootd(&mut self, server_ip: &str, args: &[&str]) {
+        let state = self.dir.path().join("state");
+        std::fs::create_dir_all(&state).expect("state directory");
+        let mut full = vec![
+            "--interface",
+            BRIDGE,
+            "--server-ip",
+            server_ip,
+            "--state-dir",
+            state.to_str().unwrap(),
+        ];
+        full.extend_from_slice(args);
+        self.spawn_in_server("netbootd", env!("CARGO_BIN_EXE_netbootd"), &full);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let health = format!("http://{server_ip}:8080/healthz");
+        loop {
+            let probe = run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &self.server_ns,
+                    "curl",
+                    "-sf",
+                    "-m",
+                    "1",
+                    &health,
+                ],
+            );
+            if probe.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "netbootd did not come up:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.children
+            .iter()
+            .map(|(_, log)| {
+                format!(
+                    "--- {}\n{}",
+                    log.display(),
+                    std::fs::read_to_string(log).unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
+    /// Runs `action` on a thread that has entered the client namespace: sockets it opens
+    /// live there.
+    pub fn in_client_ns<T: Send>(&self, action: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.client_ns);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let namespace =
+                        File::open(&path).unwrap_or_else(|error| panic!("{path}: {error}"));
+                    // SAFETY: setns only changes this (scoped, about to end) thread's network namespace.
+                    let entered = unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) };
+                    assert_eq!(
+                        entered,
+                        0,
+                        "setns {path}: {}",
+                        std::io::Error::last_os_error()
+                    );
+                    action()
+                })
+                .join()
+                .expect("client-namespace thread")
+        })
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for (child, _) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        for namespace in [&self.server_ns, &self.client_ns] {
+            let _ = run("ip", &["netns", "del", namespace]);
+        }
+    }
+}

@@ -1,0 +1,613 @@
+//! netbootd against stock clients we did not write (busybox udhcpc, tftp-hpa, curl) and a
+//! stock venue DHCP (dnsmasq), each test in network namespaces it creates and removes.
+//! Needs root; set LECTERN_REQUIRE_NETNS=1 to fail rather than skip when it cannot run.
+
+mod lab;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use dhcproto::v4::{
+    Decodable, Decoder, DhcpOption, Encodable, Flags, Message, MessageType, Opcode, OptionCode,
+};
+use lab::{CLIENT_LINK, HTTP, Lab, SERVER_IP, must};
+use socket2::{Domain, Protocol, Socket, Type};
+
+const MIXER: &str = "52:54:00:00:00:01";
+const ENCODER: &str = "52:54:00:00:00:02";
+const STRANGER: &str = "52:54:00:00:00:03";
+const PROXY_IP: &str = "10.99.0.2";
+const BIOS_PXE_CLASS: &str = "PXEClient:Arch:00000:UNDI:002001";
+
+/// Runs busybox udhcpc once on the client link and returns what it handed its script.
+fn udhcpc(lab: &Lab, mac: &str, extra: &[&str]) -> HashMap<String, String> {
+    lab.set_client_mac(mac);
+    let script = lab.dir.path().join("udhcpc.sh");
+    let out = lab.dir.path().join("udhcpc.env");
+    let _ = std::fs::remove_file(&out);
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = bound ] && env > {}\nexit 0\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    must("chmod", &["+x", script.to_str().unwrap()]);
+    let mut args = vec![
+        "udhcpc",
+        "-i",
+        CLIENT_LINK,
+        "-f",
+        "-q",
+        "-n",
+        "-t",
+        "5",
+        "-T",
+        "1",
+        "-s",
+        script.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let output = lab.client("busybox", &args);
+    assert!(
+        output.status.success(),
+        "udhcpc got no lease: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        lab.logs()
+    );
+    let env = std::fs::read_to_string(&out).expect("udhcpc ran its script");
+    env.lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect()
+}
+
+fn var<'a>(env: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
+    env.get(key).map(String::as_str)
+}
+
+fn http(lab: &Lab, args: &[&str]) -> String {
+    let output = lab.client("curl", &[&["-sS", "-m", "10"], args].concat());
+    assert!(
+        output.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn authoritative_dhcp_gives_udhcpc_its_reservation_name_and_boot_file() {
+    let Some(mut lab) = Lab::new(&["busybox", "curl"]) else {
+        return;
+    };
+    lab.start_netbootd(
+        SERVER_IP,
+        &[
+            "--host",
+            &format!("{MIXER},10.99.0.10,mixer1"),
+            "--host",
+            &format!("{ENCODER},encoder1"),
+            "--router",
+            "10.99.0.1",
+            "--dns",
+            "10.99.0.53",
+            "--domain",
+            "video.lan",
+            "--pool",
+            "10.99.0.200-10.99.0.210",
+        ],
+    );
+
+    let bios = udhcpc(&lab, MIXER, &["-V", BIOS_PXE_CLASS, "-x", "0x5d:0000"]);
+    assert_eq!(var(&bios, "ip"), Some("10.99.0.10"));
+    assert_eq!(var(&bios, "hostname"), Some("mixer1"));
+    assert_eq!(var(&bios, "domain"), Some("video.lan"));
+    assert_eq!(var(&bios, "router"), Some("10.99.0.1"));
+    assert_eq!(var(&bios, "dns"), Some("10.99.0.53"));
+    assert_eq!(var(&bios, "subnet"), Some("255.255.255.0"));
+    assert_eq!(var(&bios, "siaddr"), Some("10.99.0.1"));
+    assert_eq!(var(&bios, "boot_file"), Some("undionly.kpxe"));
+
+    let efi = udhcpc(
+        &lab,
+        MIXER,
+        &["-V", "PXEClient:Arch:00007:UNDI:003016", "-x", "0x5d:0007"],
+    );
+    assert_eq!(var(&efi, "boot_file"), Some("snponly.efi"));
+
+    // iPXE announces itself with option 175; it gets its script and no proxy wait.
+    let ipxe = udhcpc(
+        &lab,
+        MIXER,
+        &[
+            "-V",
+            BIOS_PXE_CLASS,
+            "-x",
+            "0x5d:0000",
+            "-x",
+            "0xaf:130101",
+            "-O",
+            "175",
+        ],
+    );
+    assert_eq!(
+        var(&ipxe, "boot_file"),
+        Some("http://10.99.0.1:8080/ipxe/52:54:00:00:00:01")
+    );
+    assert_eq!(var(&ipxe, "opt175"), Some("b00101"));
+
+    let floating = udhcpc(&lab, ENCODER, &["-V", BIOS_PXE_CLASS]);
+    assert_eq!(var(&floating, "ip"), Some("10.99.0.200"));
+    assert_eq!(var(&floating, "hostname"), Some("encoder1"));
+    assert_eq!(var(&floating, "boot_file"), Some("undionly.kpxe"));
+
+    let stranger = udhcpc(&lab, STRANGER, &["-V", BIOS_PXE_CLASS]);
+    assert_eq!(var(&stranger, "ip"), Some("10.99.0.201"));
+    assert_eq!(
+        (var(&stranger, "hostname"), var(&stranger, "boot_file")),
+        (None, None)
+    );
+
+    let leases = std::fs::read_to_string(lab.dir.path().join("state/dhcp-leases.json")).unwrap();
+    assert!(
+        leases.contains(ENCODER) && leases.contains("10.99.0.200"),
+        "{leases}"
+    );
+    assert!(
+        !leases.contains(MIXER),
+        "reservations stay out of the lease file: {leases}"
+    );
+
+    lab.set_client_address("10.99.0.10/24");
+    let hosts = http(&lab, &[&format!("{HTTP}/api/hosts")]);
+    assert!(
+        hosts.contains("\"hostname\":\"mixer1\"") && hosts.contains("\"dhcp\":\"20"),
+        "{hosts}"
+    );
+}
+
+/// A PXE client's DISCOVER (or, to 4011, REQUEST) from `mac`; every reply that arrives
+/// within two seconds.
+fn pxe_exchange(
+    lab: &Lab,
+    mac: [u8; 6],
+    kind: MessageType,
+    to: SocketAddr,
+    ciaddr: Ipv4Addr,
+) -> Vec<Message> {
+    let mut request = Message::new(
+        ciaddr,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        &mac,
+    );
+    // The client link has no address: without the flag dnsmasq unicasts to the offered one.
+    request.set_flags(Flags::default().set_broadcast());
+    let opts = request.opts_mut();
+    opts.insert(DhcpOption::MessageType(kind));
+    opts.insert(DhcpOption::ClassIdentifier(
+        BIOS_PXE_CLASS.as_bytes().to_vec(),
+    ));
+    opts.insert(DhcpOption::ClientSystemArchitecture(0.into()));
+    opts.insert(DhcpOption::ClientMachineIdentifier(vec![0; 17]));
+    let bytes = request.to_vec().unwrap();
+    let xid = request.xid();
+    lab.in_client_ns(move || {
+        let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        socket.set_reuse_address(true).unwrap();
+        socket.set_broadcast(true).unwrap();
+        socket.bind_device(Some(CLIENT_LINK.as_bytes())).unwrap();
+        socket
+            .bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68)).into())
+            .unwrap();
+        let socket = std::net::UdpSocket::from(socket);
+        socket.send_to(&bytes, to).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut replies = Vec::new();
+        let mut buffer = [0u8; 1500];
+        while let Some(left) = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())
+        {
+            socket.set_read_timeout(Some(left)).unwrap();
+            let Ok(len) = socket.recv(&mut buffer) else {
+                break;
+            };
+            if let Ok(reply) = Message::decode(&mut Decoder::new(&buffer[..len])) {
+                if reply.xid() == xid && reply.opcode() == Opcode::BootReply {
+                    replies.push(reply);
+                }
+            }
+        }
+        replies
+    })
+}
+
+fn file(message: &Message) -> Option<String> {
+    Some(message.fname_str()?.ok()?.trim_end_matches('\0').to_owned())
+}
+
+#[test]
+fn proxy_mode_adds_boot_options_beside_a_venue_dnsmasq_and_ignores_unlisted_macs() {
+    let Some(mut lab) = Lab::new(&["busybox", "dnsmasq", "curl"]) else {
+        return;
+    };
+    let dir = lab.dir.path().to_owned();
+    lab.spawn_in_server(
+        "dnsmasq",
+        "dnsmasq",
+        &[
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-ping",
+            "--interface=br0",
+            "--bind-interfaces",
+            "--dhcp-authoritative",
+            "--log-dhcp",
+            "--log-facility=-",
+            "--user=root",
+            "--dhcp-range=10.99.0.100,10.99.0.150,255.255.255.0,1h",
+            &format!("--dhcp-leasefile={}", dir.join("venue.leases").display()),
+            &format!("--pid-file={}", dir.join("dnsmasq.pid").display()),
+        ],
+    );
+    // The venue's DHCP identifies itself as the bridge's first address; netbootd sits beside
+    // it on a second one, as it would on a machine of its own.
+    lab.add_server_address("10.99.0.2/24");
+    lab.start_netbootd(
+        PROXY_IP,
+        &["--mode", "proxy", "--host", &format!("{MIXER},mixer1")],
+    );
+    let broadcast = SocketAddr::from((Ipv4Addr::BROADCAST, 67));
+    let mixer = [0x52, 0x54, 0, 0, 0, 1];
+
+    let offers = pxe_exchange(
+        &lab,
+        mixer,
+        MessageType::Discover,
+        broadcast,
+        Ipv4Addr::UNSPECIFIED,
+    );
+    let (proxy, venue): (Vec<&Message>, Vec<&Message>) = offers
+        .iter()
+        .partition(|offer| offer.yiaddr().is_unspecified());
+    assert_eq!(
+        venue.len(),
+        1,
+        "one address offer, from the venue: {offers:?}\n{}",
+        lab.logs()
+    );
+    assert!(venue[0].yiaddr().octets()[3] >= 100 && file(venue[0]).is_none());
+    assert_eq!(
+        proxy.len(),
+        1,
+        "one ProxyDHCP offer, from netbootd: {offers:?}\n{}",
+        lab.logs()
+    );
+    assert_eq!(file(proxy[0]).as_deref(), Some("undionly.kpxe"));
+    assert_eq!(proxy[0].siaddr(), Ipv4Addr::new(10, 99, 0, 2));
+    assert_eq!(
+        proxy[0].opts().get(OptionCode::ClassIdentifier),
+        Some(&DhcpOption::ClassIdentifier(b"PXEClient".to_vec()))
+    );
+
+    let stranger = pxe_exchange(
+        &lab,
+        [0x52, 0x54, 0, 0, 0, 3],
+        MessageType::Discover,
+        broadcast,
+        Ipv4Addr::UNSPECIFIED,
+    );
+    assert_eq!(
+        stranger.len(),
+        1,
+        "only the venue answers an unlisted MAC: {stranger:?}"
+    );
+    assert!(!stranger[0].yiaddr().is_unspecified());
+
+    // With an address, the PXE client asks netbootd on 4011 and gets its boot file back.
+    lab.set_client_address("10.99.0.120/24");
+    let proxy_port = SocketAddr::from((Ipv4Addr::new(10, 99, 0, 2), 4011));
+    let acks = pxe_exchange(
+        &lab,
+        mixer,
+        MessageType::Request,
+        proxy_port,
+        Ipv4Addr::new(10, 99, 0, 120),
+    );
+    assert_eq!(acks.len(), 1, "{acks:?}\n{}", lab.logs());
+    assert_eq!(acks[0].opts().msg_type(), Some(MessageType::Ack));
+    assert_eq!(file(&acks[0]).as_deref(), Some("undionly.kpxe"));
+
+    // A stock client with an unlisted MAC gets its lease from the venue alone, no boot file.
+    must(
+        "ip",
+        &["-n", &lab.client_ns, "addr", "flush", "dev", CLIENT_LINK],
+    );
+    let env = udhcpc(&lab, STRANGER, &["-V", BIOS_PXE_CLASS, "-x", "0x5d:0000"]);
+    assert!(
+        var(&env, "ip").is_some_and(|ip| ip.starts_with("10.99.0.1")),
+        "{env:?}"
+    );
+    assert_eq!(var(&env, "boot_file"), None);
+    lab.set_client_address("10.99.0.121/24");
+    let metrics = http(&lab, &[&format!("http://{PROXY_IP}:8080/metrics")]);
+    assert!(
+        metrics.contains("netbootd_dhcp_dropped_total{reason=\"unknown_client\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn tftp_serves_ipxe_binaries_byte_exact_and_refuses_escapes() {
+    let Some(mut lab) = Lab::new(&["tftp", "curl"]) else {
+        return;
+    };
+    lab.start_netbootd(SERVER_IP, &[]);
+    lab.set_client_address("10.99.0.50/24");
+    let dir = lab.dir.path().to_owned();
+    for file in ["undionly.kpxe", "snponly.efi"] {
+        let local = dir.join(format!("hpa-{file}"));
+        let output = lab.client(
+            "tftp",
+            &[
+                "-m",
+                "binary",
+                "10.99.0.1",
+                "-c",
+                "get",
+                file,
+                local.to_str().unwrap(),
+            ],
+        );
+        assert!(output.status.success(), "{output:?}");
+        assert_eq!(
+            std::fs::read(&local).unwrap(),
+            std::fs::read(format!("/usr/lib/ipxe/{file}")).unwrap(),
+            "tftp-hpa {file}"
+        );
+
+        for blksize in ["512", "1468", "8192"] {
+            let local = dir.join(format!("curl-{blksize}-{file}"));
+            let url = format!("tftp://10.99.0.1/{file}");
+            http(
+                &lab,
+                &[
+                    "--tftp-blksize",
+                    blksize,
+                    &url,
+                    "-o",
+                    local.to_str().unwrap(),
+                ],
+            );
+            assert_eq!(
+                std::fs::read(&local).unwrap(),
+                std::fs::read(format!("/usr/lib/ipxe/{file}")).unwrap(),
+                "curl {blksize} {file}"
+            );
+        }
+    }
+
+    let escape = lab.client(
+        "tftp",
+        &[
+            "-m",
+            "binary",
+            "10.99.0.1",
+            "-c",
+            "get",
+            "../../etc/passwd",
+            dir.join("p1").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&escape.stdout).contains("Error code 2"),
+        "{escape:?}"
+    );
+    let absolute = lab.client(
+        "tftp",
+        &[
+            "-m",
+            "binary",
+            "10.99.0.1",
+            "-c",
+            "get",
+            "/etc/passwd",
+            dir.join("p2").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&absolute.stdout).contains("Error code 1"),
+        "{absolute:?}"
+    );
+    let curl_escape = lab.client(
+        "curl",
+        &[
+            "-sS",
+            "--path-as-is",
+            "tftp://10.99.0.1/../../etc/passwd",
+            "-o",
+            dir.join("p3").to_str().unwrap(),
+        ],
+    );
+    assert!(!curl_escape.status.success());
+    for refused in ["p1", "p2", "p3"] {
+        let contents = std::fs::read_to_string(dir.join(refused)).unwrap_or_default();
+        assert!(!contents.contains("root:"), "{refused} leaked /etc/passwd");
+    }
+}
+
+#[test]
+fn http_serves_ranges_etags_host_layers_to_their_owner_and_the_boot_timeline() {
+    let Some(mut lab) = Lab::new(&["curl"]) else {
+        return;
+    };
+    let store = lab.dir.path().join("store");
+    let layers = lab.dir.path().join("layers");
+    std::fs::create_dir_all(&store).unwrap();
+    std::fs::create_dir_all(&layers).unwrap();
+    let kernel: Vec<u8> = (0..200_000u32)
+        .map(|index| (index * 7 % 251) as u8)
+        .collect();
+    let kernel_hash = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    std::fs::write(store.join(kernel_hash), &kernel).unwrap();
+    std::fs::write(store.join("c0ffee"), b"initrd").unwrap();
+    std::fs::write(layers.join("mixer1.cpio"), b"secret layer").unwrap();
+    lab.start_netbootd(
+        SERVER_IP,
+        &[
+            "--host",
+            &format!("{MIXER},10.99.0.10,mixer1"),
+            "--artifact-dir",
+            store.to_str().unwrap(),
+            "--kernel",
+            kernel_hash,
+            "--initrd",
+            "c0ffee",
+            "--cmdline",
+            "console=ttyS0",
+            "--layer-dir",
+            layers.to_str().unwrap(),
+        ],
+    );
+    lab.set_client_address("10.99.0.10/24");
+
+    let script = http(&lab, &[&format!("{HTTP}/ipxe/{MIXER}")]);
+    assert!(script.starts_with("#!ipxe\n"), "{script}");
+    assert!(script.contains(&format!("kernel {HTTP}/a/{kernel_hash} initrd=initrd0 initrd=initrd1 console=ttyS0 hostname=mixer1")), "{script}");
+    assert!(
+        script.contains(&format!("initrd --name initrd1 {HTTP}/host/{MIXER}/layer")),
+        "{script}"
+    );
+
+    let artifact = format!("{HTTP}/a/{kernel_hash}");
+    let range = lab.client(
+        "curl",
+        &[
+            "-sS",
+            "-r",
+            "1000-1999",
+            "-o",
+            "-",
+            "-w",
+            "%{http_code}",
+            &artifact,
+        ],
+    );
+    let (body, status) = range.stdout.split_at(range.stdout.len() - 3);
+    assert_eq!((status, body), (&b"206"[..], &kernel[1000..2000]));
+    let headers = http(&lab, &["-D", "-", "-o", "/dev/null", &artifact]).to_ascii_lowercase();
+    assert!(
+        headers.contains(&format!("etag: \"{kernel_hash}\"")),
+        "{headers}"
+    );
+    assert!(
+        headers.contains("cache-control: public, max-age=31536000, immutable"),
+        "{headers}"
+    );
+    assert!(headers.contains("accept-ranges: bytes"), "{headers}");
+    let revalidate = http(
+        &lab,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            &format!("If-None-Match: \"{kernel_hash}\""),
+            &artifact,
+        ],
+    );
+    assert_eq!(revalidate, "304");
+    let unknown = http(
+        &lab,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{HTTP}/a/deadbeef"),
+        ],
+    );
+    assert_eq!(unknown, "404");
+
+    let layer = format!("{HTTP}/host/{MIXER}/layer");
+    assert_eq!(http(&lab, &[&layer]), "secret layer");
+    assert!(
+        http(&lab, &["-D", "-", "-o", "/dev/null", &layer])
+            .to_ascii_lowercase()
+            .contains("cache-control: no-store")
+    );
+    lab.set_client_address("10.99.0.11/24");
+    assert_eq!(
+        http(&lab, &["-o", "/dev/null", "-w", "%{http_code}", &layer]),
+        "403",
+        "another address must not get the layer"
+    );
+
+    let firmware = lab.dir.path().join("snponly.efi");
+    http(
+        &lab,
+        &[
+            &format!("{HTTP}/firmware/snponly.efi"),
+            "-o",
+            firmware.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read(&firmware).unwrap(),
+        std::fs::read("/usr/lib/ipxe/snponly.efi").unwrap()
+    );
+    let escape = http(
+        &lab,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{HTTP}/firmware/..%2F..%2Fetc%2Fpasswd"),
+        ],
+    );
+    assert_eq!(escape, "403");
+
+    let report = r#"{"host":"mixer1","role":"mixer","image":"sha256:abc","state":"up"}"#;
+    let posted = http(
+        &lab,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            report,
+            &format!("{HTTP}/api/report"),
+        ],
+    );
+    assert_eq!(posted, "204");
+    let hosts = http(&lab, &[&format!("{HTTP}/api/hosts")]);
+    for field in [
+        "\"kernel\":\"20",
+        "\"ipxe_script\":\"20",
+        "\"reported_up\":\"20",
+        "\"role\":\"mixer\"",
+        "\"image\":\"sha256:abc\"",
+    ] {
+        assert!(hosts.contains(field), "{field} missing from {hosts}");
+    }
+    let metrics = http(&lab, &[&format!("{HTTP}/metrics")]);
+    assert!(
+        metrics.contains(
+            "netbootd_http_responses_total{route=\"/host/{mac}/layer\",status=\"4xx\"} 1"
+        ),
+        "{metrics}"
+    );
+}
