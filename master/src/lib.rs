@@ -39,7 +39,7 @@ pub fn load(path: &Path) -> Result<Plan, Diagnostics> {
             Some("pass the right file with --config FILE".into()),
         )])
     })?;
-    load_from(path, &text, |secrets_path| Secrets::load(secrets_path))
+    load_from(path, &text, Secrets::load)
 }
 
 /// Checks and expands master-file `text` (named `path` in messages), with the secrets file

@@ -17,16 +17,22 @@ use serde::{Deserialize, Serialize};
 pub struct MasterFile {
     /// Version of this file format. Only `1` exists.
     pub schema_version: u32,
+    /// The event: names used in paths and on screen.
     pub conference: Conference,
+    /// Where encoders push the streams.
     pub streaming: Streaming,
+    /// The video LAN.
     pub network: Network,
     /// Settings of the netbootd process itself.
     #[serde(default)]
     pub netboot: Netboot,
+    /// Who can log in to the hosts.
     #[serde(default)]
     pub ssh: Ssh,
+    /// Video and encoding settings for every room; rooms override them one by one.
     #[serde(default)]
     pub defaults: Defaults,
+    /// Where the secrets file is.
     #[serde(default)]
     pub secrets: SecretsFileRef,
     /// The rooms that are recorded and streamed. The slug is the key everywhere.
@@ -52,13 +58,16 @@ pub struct Conference {
     pub slug: String,
     /// Organisation slug (the veyepar client slug); first level of the recordings tree.
     pub org: String,
+    /// The conference's web site.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// The schedule (Pentabarf/frab XML), for review and cutting tools.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule_url: Option<String>,
     /// IANA time zone of the venue, e.g. "Europe/Brussels".
     #[serde(default = "default_timezone")]
     pub timezone: String,
+    /// IRC network of the rooms' channels, e.g. "libera".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub irc_network: Option<String>,
 }
@@ -75,8 +84,10 @@ pub struct Streaming {
     /// Where encoders push. `{room}` is replaced by the room slug and `{key}` by the room's
     /// stream key (from the secrets file), e.g. "rtmp://backend.example.org/stream/{room}?key={key}".
     pub ingest_url: String,
+    /// Public HLS playlist per room (`{room}` replaced), for the web frontends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hls_url: Option<String>,
+    /// Public watch page per room (`{room}` replaced).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch_url: Option<String>,
 }
@@ -96,12 +107,15 @@ pub struct Network {
     pub domain: String,
     /// The video LAN in CIDR notation, e.g. "10.42.0.0/24".
     pub subnet: String,
+    /// Default router handed to hosts.
     pub gateway: Ipv4Addr,
+    /// DNS servers handed to hosts.
     #[serde(default)]
     pub dns: Vec<Ipv4Addr>,
     /// NTP servers handed to hosts; empty means the gateway.
     #[serde(default)]
     pub ntp: Vec<Ipv4Addr>,
+    /// How netbootd answers DHCP on the LAN.
     pub dhcp: Dhcp,
 }
 
@@ -171,8 +185,10 @@ pub struct Ssh {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Defaults {
+    /// Capture and mixing format.
     #[serde(default)]
     pub video: Video,
+    /// Stream encoding.
     #[serde(default)]
     pub encode: Encode,
 }
@@ -180,11 +196,13 @@ pub struct Defaults {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Video {
+    /// Picture size.
     #[serde(default = "default_video_mode")]
     pub mode: VideoMode,
     /// Frames per second.
     #[serde(default = "default_framerate")]
     pub framerate: u32,
+    /// Audio channels mixed and streamed.
     #[serde(default = "default_audio_channels")]
     pub audio_channels: u32,
     /// Audio sample rate in Hz.
@@ -250,15 +268,19 @@ pub struct VideoOverride {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Encode {
+    /// Hardware video encoding: `vaapi` on Intel/AMD GPUs, `none` for x264 on the CPU.
     #[serde(default = "default_hwaccel")]
     pub hwaccel: HwAccel,
+    /// Target video bitrate of the main rendition, kbit/s.
     #[serde(default = "default_video_kbps")]
     pub video_kbps: u32,
+    /// Peak video bitrate, kbit/s.
     #[serde(default = "default_maxrate_kbps")]
     pub maxrate_kbps: u32,
     /// Seconds between keyframes.
     #[serde(default = "default_keyframe_s")]
     pub keyframe_s: u32,
+    /// Audio bitrate, kbit/s.
     #[serde(default = "default_audio_kbps")]
     pub audio_kbps: u32,
     /// Extra lower-resolution renditions pushed beside the main one.
@@ -323,9 +345,11 @@ pub enum HwAccel {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Variant {
+    /// Rendition name, e.g. "480p"; appended to the stream name.
     pub name: String,
     /// Output height in pixels; width follows the aspect ratio.
     pub height: u32,
+    /// Video bitrate of this rendition, kbit/s.
     pub video_kbps: u32,
 }
 
@@ -357,8 +381,10 @@ pub struct Room {
     pub slug: String,
     /// Display name, e.g. "UB2.252A (Lameere)".
     pub name: String,
+    /// e.g. "#fosdem-lameere".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub irc_channel: Option<String>,
+    /// The room's schedule page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// Video sources in order: the n-th (from 0) feeds the mixer on port 10000+n.
@@ -369,8 +395,10 @@ pub struct Room {
     /// Reference into the secrets file, e.g. "secret:stream_keys.lameere".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_key: Option<String>,
+    /// This room's changes to `[defaults.video]`, e.g. `{ mode = "720p", framerate = 25 }`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub video: Option<VideoOverride>,
+    /// This room's changes to `[defaults.encode]`, e.g. `{ video_kbps = 2000 }`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encode: Option<EncodeOverride>,
 }
@@ -397,6 +425,7 @@ pub struct Machine {
     /// Fixed address; without it the host gets one from the DHCP range (or the venue DHCP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<Ipv4Addr>,
+    /// What the machine does.
     pub role: MachineRole,
     /// Room slug (mixers and sources).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -415,6 +444,7 @@ pub struct Machine {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Capture {
+    /// The capture hardware.
     pub kind: CaptureKind,
     /// Video device, e.g. "/dev/video0" (defaults depend on the kind).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -454,21 +484,26 @@ pub enum Where {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Encoder {
+    /// Short host name, e.g. "lameere-enc".
     pub hostname: String,
     /// Room slug whose live mix this encoder streams.
     pub room: String,
+    /// Where it runs.
     #[serde(rename = "where")]
     pub placement: Where,
     /// Required for `local-vm` and `bare-metal`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// Fixed address on the video LAN (`local-vm`, `bare-metal`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<Ipv4Addr>,
     /// For `local-vm`: the hypervisor's host name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// For `local-vm`: virtual CPUs (default 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vcpus: Option<u32>,
+    /// For `local-vm`: memory in MiB (default 2048).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u32>,
     /// For `ec2`: e.g. "eu-west-1".
@@ -493,8 +528,11 @@ pub enum ServerRole {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Server {
+    /// Short host name, e.g. "stream-backend".
     pub hostname: String,
+    /// What the server does.
     pub role: ServerRole,
+    /// Where it runs; the other fields mean what they mean for `[[encoders]]`.
     #[serde(rename = "where")]
     pub placement: Where,
     #[serde(default, skip_serializing_if = "Option::is_none")]

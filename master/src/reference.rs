@@ -60,7 +60,7 @@ fn section(root: &Value, schema: &Value, path: &str, array: bool, out: &mut Stri
     if let Some(description) = schema.get("description").and_then(Value::as_str) {
         out.push_str(&format!("{}\n\n", one_line(description)));
     }
-    out.push_str("| key | type | required | description |\n|---|---|---|---|\n");
+    out.push_str("| key | type | required / default | description |\n|---|---|---|---|\n");
     let mut nested = Vec::new();
     for (name, field) in properties {
         let full = if path.is_empty() {
@@ -78,14 +78,17 @@ fn section(root: &Value, schema: &Value, path: &str, array: bool, out: &mut Stri
             .and_then(Value::as_str)
             .map(one_line)
             .unwrap_or_default();
-        out.push_str(&format!(
-            "| `{name}` | {} | {} | {description} |\n",
-            type_name(root, field),
-            if required.contains(&name.as_str()) {
-                "yes"
-            } else {
-                "no"
+        let presence = match field.get("default") {
+            _ if required.contains(&name.as_str()) => "required".to_string(),
+            Some(Value::Array(a)) if a.is_empty() => "none".to_string(),
+            Some(value @ (Value::String(_) | Value::Number(_) | Value::Bool(_))) => {
+                format!("`{value}`")
             }
+            _ => "optional".to_string(),
+        };
+        out.push_str(&format!(
+            "| `{name}` | {} | {presence} | {description} |\n",
+            type_name(root, field),
         ));
     }
     out.push('\n');
@@ -134,7 +137,10 @@ fn type_name(root: &Value, field: &Value) -> String {
         _ => vec![],
     };
     match types.first().copied() {
-        Some("array") => format!("list of {}", type_name(root, &field["items"])),
+        Some("array") => match type_name(root, &field["items"]).as_str() {
+            "table" => "list of tables".into(),
+            item => format!("list of {item}"),
+        },
         Some("object") if field.get("properties").is_some() => "table".into(),
         Some("object") => "table of strings".into(),
         Some("string") if field["format"] == "ipv4" => "IPv4 address".into(),

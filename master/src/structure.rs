@@ -208,17 +208,16 @@ impl<'s> Walker<'s, '_> {
                     self.at.pop();
                 }
             }
-            DeValue::String(text) => {
+            DeValue::String(text)
                 if schema.get("format").and_then(Schema::as_str) == Some("ipv4")
-                    && text.parse::<Ipv4Addr>().is_err()
-                {
-                    self.report(
-                        value.span(),
-                        label,
-                        format!("\"{text}\" is not an IPv4 address"),
-                        Some("write four numbers from 0 to 255, like 10.42.0.1".into()),
-                    );
-                }
+                    && text.parse::<Ipv4Addr>().is_err() =>
+            {
+                self.report(
+                    value.span(),
+                    label,
+                    format!("\"{text}\" is not an IPv4 address"),
+                    Some("write four numbers from 0 to 255, like 10.42.0.1".into()),
+                );
             }
             DeValue::Integer(int) => self.integer_range(value.span(), int, schema, label),
             _ => {}

@@ -24,7 +24,11 @@ fn room_spec() -> impl Strategy<Value = RoomSpec> {
         "[a-z][a-z0-9]{0,8}",
         1usize..=3,
         proptest::option::of(prop_oneof![Just(25u32), Just(30), Just(50)]),
-        proptest::option::of(prop_oneof![Just(Where::LocalVm), Just(Where::Ec2), Just(Where::BareMetal)]),
+        proptest::option::of(prop_oneof![
+            Just(Where::LocalVm),
+            Just(Where::Ec2),
+            Just(Where::BareMetal)
+        ]),
         prop_oneof![
             Just(CaptureKind::Hdmi2usb),
             Just(CaptureKind::V4l2),
@@ -68,7 +72,10 @@ fn master_file(rooms: &[RoomSpec], mode: DhcpMode, seed: u8) -> MasterFile {
     let mut encoders = Vec::new();
     let mut room_entries = Vec::new();
     for room in rooms {
-        let sources: Vec<String> = SOURCE_NAMES[..room.sources].iter().map(|s| s.to_string()).collect();
+        let sources: Vec<String> = SOURCE_NAMES[..room.sources]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         machines.push(Machine {
             hostname: format!("{}-mixer", room.slug),
             mac: Some(next_mac()),

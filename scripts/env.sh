@@ -1,0 +1,6 @@
+# Sourced by the scripts: shared settings. Caches live outside the clone so repeated runs on one
+# machine are fast.
+export LECTERN_CACHE="${LECTERN_CACHE:-/var/cache/lectern}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$LECTERN_CACHE/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+mkdir -p "$LECTERN_CACHE"

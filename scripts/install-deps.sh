@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs the Debian packages lectern's build, demo and tests need. Idempotent and quick when
+# everything is already there. Run as root.
+set -euo pipefail
+
+packages=(
+  # images
+  mmdebstrap squashfs-tools erofs-utils cpio zstd e2fsprogs dosfstools mtools uidmap arch-test eatmydata
+  # network tests: namespaces, stock clients we did not write, reference servers
+  iproute2 busybox-static udhcpc isc-dhcp-client tftp-hpa tftpd-hpa curl dnsmasq-base tcpdump jq
+  # VMs: qemu with its iPXE ROMs, iPXE first stages, UEFI firmware
+  qemu-system-x86 ipxe-qemu ipxe ovmf
+  # benchmark peers and load generators
+  kea-dhcp4-server kea-admin nginx-light hyperfine
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-deps: missing Debian packages: ${missing[*]}" >&2
+  echo "install-deps: run as root, or: apt-get install ${missing[*]}" >&2
+  exit 1
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# Don't let package installs start services (tftpd-hpa, nginx, kea) on the host's interfaces.
+policy=/usr/sbin/policy-rc.d
+[ -e "$policy" ] || { printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; trap 'rm -f "$policy"' EXIT; }
+apt-get install -y -qq --no-install-recommends "${missing[@]}"
