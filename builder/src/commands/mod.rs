@@ -1,0 +1,76 @@
+//! One module per `imgbuild` subcommand; `main.rs` holds the clap enum that dispatches to them.
+
+pub mod all;
+pub mod gc;
+pub mod list;
+pub mod role;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use lectern_store::Store;
+
+use crate::build::{BuildOptions, Builder};
+use crate::context::Plan;
+use crate::recipe::Recipes;
+
+/// Fixed default so that builds are reproducible without any setup; override to date a release.
+const DEFAULT_SOURCE_DATE_EPOCH: u64 = 1_700_000_000;
+
+/// Options every subcommand shares.
+#[derive(Debug, clap::Args)]
+pub struct Global {
+    /// The image store (blobs, layers, manifests, host layers).
+    #[arg(
+        long,
+        global = true,
+        env = "LECTERN_STORE",
+        default_value = "/var/cache/lectern/store"
+    )]
+    pub store: PathBuf,
+    /// Directory of recipe files (base.toml and one per role).
+    #[arg(long, global = true, default_value = "recipes")]
+    pub recipes: PathBuf,
+    /// Directory of overlay trees (overlays/<recipe>/{image,config,host}).
+    #[arg(long, global = true, default_value = "overlays")]
+    pub overlays: PathBuf,
+    /// Persistent apt package cache shared by all builds.
+    #[arg(long, global = true, default_value = "/var/cache/lectern/apt")]
+    pub apt_cache: PathBuf,
+    /// Timestamp for every file in the images; same value + same packages = same bytes.
+    #[arg(long, global = true, env = "SOURCE_DATE_EPOCH", default_value_t = DEFAULT_SOURCE_DATE_EPOCH)]
+    pub source_date_epoch: u64,
+}
+
+impl Global {
+    pub fn open_store(&self) -> Result<Store> {
+        Ok(Store::open(&self.store)?)
+    }
+
+    pub fn builder(&self) -> Result<Builder> {
+        let recipes = Recipes::load(&self.recipes, &self.overlays)?;
+        let options = BuildOptions {
+            source_date_epoch: self.source_date_epoch,
+            apt_cache: self.apt_cache.clone(),
+        };
+        Builder::new(self.open_store()?, recipes, options)
+    }
+}
+
+/// The plan from `--config`, or an empty one (no hosts) for building role images alone.
+fn load_plan(config: Option<&std::path::Path>) -> Result<Plan> {
+    match config {
+        Some(path) => Plan::load(path),
+        None => Plan::from_json(serde_json::json!({ "hosts": [] })),
+    }
+}
+
+fn print_manifest_summary(manifest: &lectern_store::Manifest) {
+    println!("{} image {}", manifest.role, manifest.image.short());
+    for (name, blob) in &manifest.artifacts {
+        println!(
+            "  {name:<14} {:>12} bytes  sha256 {}",
+            blob.size, blob.sha256
+        );
+    }
+}

@@ -1,0 +1,27 @@
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use super::{Global, load_plan, print_manifest_summary};
+
+/// Build one role's image (and, with --config, its hosts' per-host layers).
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Role to build: `base` or a recipe name (mixer, source, encoder…).
+    pub role: String,
+    /// The plan to render overlays from (JSON until lectern-master's Plan is wired in).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+pub fn run(args: &Args, global: &Global) -> Result<()> {
+    let plan = load_plan(args.config.as_deref())?;
+    let builder = global.builder()?;
+    let manifest = builder.build_role(&args.role, &plan)?;
+    print_manifest_summary(&manifest);
+    let hosts = builder.build_host_layers(&args.role, &plan)?;
+    if !hosts.is_empty() {
+        println!("  {} per-host layers", hosts.len());
+    }
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! `imgbuild check`, `plan` and `schema`: what the master file says, without building.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+
+use lectern_master::plan::{Plan, RoleConfig};
+
+/// Validates the master file; prints every problem, or a one-line summary.
+pub fn check(config: &Path) -> ExitCode {
+    match lectern_master::load(config) {
+        Ok(plan) => {
+            println!(
+                "{}: ok ({} rooms, {} hosts, {} netbooted)",
+                config.display(),
+                plan.rooms.len(),
+                plan.hosts.len(),
+                plan.netbooted().count()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            eprintln!("{problems}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints the plan as a table, or as JSON; secrets show as `***` either way.
+pub fn plan(config: &Path, json: bool) -> ExitCode {
+    match lectern_master::load(config) {
+        Ok(plan) if json => {
+            let text = serde_json::to_string_pretty(&plan).expect("the plan is plain data");
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok(plan) => {
+            print!("{}", table(&plan));
+            ExitCode::SUCCESS
+        }
+        Err(problems) => {
+            eprintln!("{problems}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints the master file's JSON Schema, or its Markdown reference (for the README).
+pub fn schema(markdown: bool) -> ExitCode {
+    if markdown {
+        print!("{}", lectern_master::reference::markdown());
+    } else {
+        let schema = lectern_master::schema();
+        println!("{}", serde_json::to_string_pretty(&schema).expect("a schema is plain JSON"));
+    }
+    ExitCode::SUCCESS
+}
+
+fn table(plan: &Plan) -> String {
+    let header = ["HOST", "ROLE", "ROOM", "WHERE", "MAC", "IP", "WIRING"];
+    let rows: Vec<[String; 7]> = plan
+        .hosts
+        .iter()
+        .map(|h| {
+            [
+                h.hostname.clone(),
+                h.role.to_string(),
+                h.room.clone().unwrap_or_else(|| "-".into()),
+                serde_json::to_value(h.placement)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                h.mac.map_or("-".into(), |m| m.to_string()),
+                h.ip.map_or("dhcp".into(), |ip| ip.to_string()),
+                wiring(&h.config),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                let _ = write!(text, "{cell:<width$}  ", width = widths[i]);
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for row in &rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    let _ = writeln!(
+        out,
+        "\n{} rooms, {} hosts ({} netbooted from {}, DHCP {:?} on {})",
+        plan.rooms.len(),
+        plan.hosts.len(),
+        plan.netbooted().count(),
+        plan.netboot.base_url,
+        plan.network.dhcp.mode,
+        plan.network.dhcp.interface,
+    );
+    out
+}
+
+/// One line on what a host feeds, pulls or pushes.
+fn wiring(config: &RoleConfig) -> String {
+    match config {
+        RoleConfig::Mixer(m) => {
+            let inputs: Vec<String> = m
+                .sources
+                .iter()
+                .map(|s| format!("{}:{}<-{}", s.name, s.port, s.machine))
+                .collect();
+            let mut text = format!(
+                "{}x{}@{} in {} live :{}",
+                m.video.width,
+                m.video.height,
+                m.video.framerate,
+                inputs.join(" "),
+                m.live_out_port
+            );
+            for c in &m.contributions {
+                let _ = write!(text, " contribution->{}", c.url);
+            }
+            text
+        }
+        RoleConfig::Source(s) => format!(
+            "{} ({:?}) -> {}:{}",
+            s.source, s.capture.kind, s.mixer, s.mixer_port
+        ),
+        RoleConfig::Encoder(e) => format!("{} -> {}", e.pull_url, e.push_url),
+        RoleConfig::Netboot => "serves DHCP/TFTP/HTTP".into(),
+        RoleConfig::Server(_) => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wiring_names_ports_and_hides_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let master = dir.path().join("master.toml");
+        std::fs::copy(examples.join("master.toml"), &master).unwrap();
+        let secrets = dir.path().join("secrets.toml");
+        std::fs::copy(examples.join("secrets.toml.example"), &secrets).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = table(&lectern_master::load(&master).unwrap());
+        assert!(text.contains("cam:10000<-lameere-source-1 slides:10001<-lameere-source-2"), "{text}");
+        assert!(text.contains("tcp://10.42.0.10:15000 -> rtmp://stream-backend.video.example.org/stream/lameere?key=***"), "{text}");
+        assert!(!text.contains("example-key"), "{text}");
+    }
+}

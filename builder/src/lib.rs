@@ -1,0 +1,11 @@
+//! imgbuild: immutable, reproducible per-role netboot images (kernel, initrd, squashfs root) and per-host
+//! layers, built from `recipes/` and `overlays/` into a lectern-store.
+
+pub mod build;
+pub mod commands;
+pub mod context;
+pub mod recipe;
+pub mod render;
+pub mod step;
+pub mod tools;
+pub mod tree;

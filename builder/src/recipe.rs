@@ -1,0 +1,215 @@
+//! `recipes/*.toml`: imgbuild's own input format. `base.toml` describes the Debian base; every other file is
+//! a role that extends it with packages and systemd units. Overlays are found by convention under
+//! `overlays/<recipe>/`:
+//!
+//! - `image/`  static files put into the base before its packages install (base only; no templates)
+//! - `config/` role-wide files, rendered per role into the root image (base's apply to every role)
+//! - `host/`   per-host files, rendered per host into the per-host layer (base's apply to every host)
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use lectern_store::Digest;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecipeFile {
+    description: String,
+    extends: Option<String>,
+    #[serde(default)]
+    debian: Option<Debian>,
+    #[serde(default)]
+    packages: Vec<String>,
+    /// Units to enable (`systemctl enable`), e.g. the role's services.
+    #[serde(default)]
+    units: Vec<String>,
+    /// Files of the per-host layer that hold secrets: mode 0600.
+    #[serde(default)]
+    host_private: Vec<String>,
+}
+
+/// Where the base comes from (base recipe only).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Debian {
+    pub suite: String,
+    pub mirror: String,
+    /// mmdebstrap `--variant`.
+    pub variant: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct Recipe {
+    pub name: String,
+    pub description: String,
+    pub packages: Vec<String>,
+    pub units: Vec<String>,
+    pub host_private: Vec<String>,
+    /// sha256 of the recipe file: part of the layer keys.
+    pub digest: Digest,
+}
+
+/// All recipes: the base and the roles extending it.
+#[derive(Clone, Debug)]
+pub struct Recipes {
+    pub base: Recipe,
+    pub debian: Debian,
+    pub roles: BTreeMap<String, Recipe>,
+    pub overlays_dir: PathBuf,
+}
+
+pub const BASE: &str = "base";
+
+/// The overlay trees a recipe may have (see the module docs).
+#[derive(Clone, Copy, Debug)]
+pub enum OverlayKind {
+    Image,
+    Config,
+    Host,
+}
+
+impl Recipes {
+    pub fn load(recipes_dir: &Path, overlays_dir: &Path) -> Result<Self> {
+        let mut base = None;
+        let mut roles = BTreeMap::new();
+        let mut paths: Vec<PathBuf> = fs::read_dir(recipes_dir)
+            .with_context(|| format!("reading recipes from {}", recipes_dir.display()))?
+            .map(|entry| entry.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        paths.retain(|path| path.extension().is_some_and(|ext| ext == "toml"));
+        paths.sort();
+        for path in paths {
+            let name = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .context("recipe file name is not UTF-8")?
+                .to_owned();
+            let raw = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let file: RecipeFile =
+                toml::from_slice(&raw).with_context(|| format!("parsing {}", path.display()))?;
+            let recipe = Recipe {
+                name: name.clone(),
+                description: file.description,
+                packages: file.packages,
+                units: file.units,
+                host_private: file.host_private,
+                digest: Digest::of_bytes(&raw),
+            };
+            match (name.as_str(), file.extends.as_deref(), file.debian) {
+                (BASE, None, Some(debian)) => base = Some((recipe, debian)),
+                (BASE, ..) => bail!(
+                    "{}: the base recipe needs a [debian] table and extends nothing",
+                    path.display()
+                ),
+                (_, Some(BASE), None) => {
+                    roles.insert(name, recipe);
+                }
+                _ => bail!(
+                    "{}: a role recipe must say `extends = \"base\"` and has no [debian] table",
+                    path.display()
+                ),
+            }
+        }
+        let (base, debian) =
+            base.with_context(|| format!("no base.toml in {}", recipes_dir.display()))?;
+        Ok(Self {
+            base,
+            debian,
+            roles,
+            overlays_dir: overlays_dir.to_owned(),
+        })
+    }
+
+    /// The recipe for `role`; `base` is itself a bootable role with no additions.
+    pub fn role(&self, role: &str) -> Result<&Recipe> {
+        if role == BASE {
+            return Ok(&self.base);
+        }
+        self.roles.get(role).with_context(|| {
+            let known: Vec<&str> = self.names().collect();
+            format!("no recipe for role {role:?} (known: {})", known.join(", "))
+        })
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(BASE).chain(self.roles.keys().map(String::as_str))
+    }
+
+    pub fn overlay_dir(&self, recipe: &str, kind: OverlayKind) -> PathBuf {
+        let sub = match kind {
+            OverlayKind::Image => "image",
+            OverlayKind::Config => "config",
+            OverlayKind::Host => "host",
+        };
+        self.overlays_dir.join(recipe).join(sub)
+    }
+
+    /// The recipes whose overlays apply to `role`, base first.
+    pub fn chain<'a>(&'a self, role: &'a str) -> Vec<&'a str> {
+        if role == BASE {
+            vec![BASE]
+        } else {
+            vec![BASE, role]
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipes(files: &[(&str, &str)]) -> Result<Recipes> {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, body) in files {
+            fs::write(dir.path().join(name), body).unwrap();
+        }
+        Recipes::load(dir.path(), Path::new("overlays"))
+    }
+
+    const BASE_TOML: &str = r#"
+description = "base"
+packages = ["systemd"]
+[debian]
+suite = "bookworm"
+mirror = "http://deb.debian.org/debian"
+variant = "apt"
+"#;
+
+    #[test]
+    fn loads_base_and_roles() {
+        let mixer = "description = \"mixer\"\nextends = \"base\"\npackages = [\"voctomix-core\"]\nunits = [\"x.service\"]\n";
+        let all = recipes(&[
+            ("base.toml", BASE_TOML),
+            ("mixer.toml", mixer),
+            ("README", "ignored"),
+        ])
+        .unwrap();
+        assert_eq!(all.debian.suite, "bookworm");
+        assert_eq!(all.names().collect::<Vec<_>>(), ["base", "mixer"]);
+        assert_eq!(all.role("mixer").unwrap().packages, ["voctomix-core"]);
+        assert_eq!(all.chain("mixer"), ["base", "mixer"]);
+        let err = all.role("encoder").unwrap_err().to_string();
+        assert!(err.contains("known: base, mixer"), "{err}");
+    }
+
+    #[test]
+    fn rejects_malformed_recipes() {
+        assert!(
+            recipes(&[("mixer.toml", "description = \"m\"\nextends = \"base\"\n")]).is_err(),
+            "no base"
+        );
+        let orphan = "description = \"m\"\n";
+        assert!(
+            recipes(&[("base.toml", BASE_TOML), ("mixer.toml", orphan)]).is_err(),
+            "role without extends"
+        );
+        let typo = "description = \"m\"\nextends = \"base\"\npackges = []\n";
+        assert!(
+            recipes(&[("base.toml", BASE_TOML), ("mixer.toml", typo)]).is_err(),
+            "unknown field"
+        );
+    }
+}
