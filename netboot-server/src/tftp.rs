@@ -588,4 +588,155 @@ mod tests {
             None
         );
     }
+
+    /// A server on loopback serving one file of `size` bytes, and a client socket.
+    async fn server_and_client(
+        size: usize,
+    ) -> (
+        Arc<TftpServer>,
+        tempfile::TempDir,
+        UdpSocket,
+        SocketAddr,
+        Vec<u8>,
+    ) {
+        let root = tempfile::tempdir().unwrap();
+        let contents: Vec<u8> = (0..size).map(|index| (index % 253) as u8).collect();
+        std::fs::write(root.path().join("file.bin"), &contents).unwrap();
+        let server = Arc::new(TftpServer {
+            root: root.path().into(),
+            timeline: Arc::default(),
+            metrics: Arc::default(),
+        });
+        let listener = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(Arc::clone(&server).serve(listener));
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        (server, root, client, address, contents)
+    }
+
+    async fn receive(client: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+        let mut buffer = vec![0u8; 70_000];
+        let (len, from) =
+            tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buffer))
+                .await
+                .unwrap()
+                .unwrap();
+        buffer.truncate(len);
+        (buffer, from)
+    }
+
+    fn ack(block: u16) -> Vec<u8> {
+        [OP_ACK.to_be_bytes(), block.to_be_bytes()].concat()
+    }
+
+    #[tokio::test]
+    async fn windowed_transfer_delivers_every_byte_and_resends_after_a_lost_ack() {
+        // 10 full blocks and a short one: windows of 4, 4 and 3.
+        let (server, _root, client, address, contents) = server_and_client(10 * 512 + 100).await;
+        client
+            .send_to(
+                &rrq(&["file.bin", "octet", "windowsize", "4", "tsize", "0"]),
+                address,
+            )
+            .await
+            .unwrap();
+        let (oack, transfer) = receive(&client).await;
+        assert_eq!(
+            oack,
+            [&[0, 6][..], b"windowsize\x004\x00tsize\x005220\x00"].concat()
+        );
+        client.send_to(&ack(0), transfer).await.unwrap();
+        let mut received = Vec::new();
+        let mut ignored_first_window_ack = false;
+        loop {
+            let (packet, _) = receive(&client).await;
+            let block = u16::from_be_bytes([packet[2], packet[3]]);
+            if usize::from(block) != received.len() / 512 + 1 {
+                continue; // a resent block we already have
+            }
+            received.extend_from_slice(&packet[4..]);
+            let last = packet.len() - 4 < 512;
+            if block % 4 == 0 || last {
+                if block == 4 && !ignored_first_window_ack {
+                    // Pretend this ACK was lost: the server must resend the window.
+                    ignored_first_window_ack = true;
+                    received.truncate(0);
+                    continue;
+                }
+                client.send_to(&ack(block), transfer).await.unwrap();
+            }
+            if last {
+                break;
+            }
+        }
+        assert_eq!(received, contents);
+        for _ in 0..50 {
+            if server
+                .metrics
+                .get(TFTP_TRANSFERS, &[("outcome", "complete")])
+                == 1
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("transfer not counted complete: {}", server.metrics.render());
+    }
+
+    #[tokio::test]
+    async fn a_client_error_after_the_oack_ends_the_transfer_at_once() {
+        // What UEFI firmware does to learn a file's size.
+        let (server, _root, client, address, _) = server_and_client(5000).await;
+        client
+            .send_to(
+                &rrq(&["file.bin", "octet", "tsize", "0", "blksize", "1468"]),
+                address,
+            )
+            .await
+            .unwrap();
+        let (_oack, transfer) = receive(&client).await;
+        client
+            .send_to(&[0, 5, 0, 8, b'p', b'r', b'o', b'b', b'e', 0], transfer)
+            .await
+            .unwrap();
+        for _ in 0..25 {
+            if server
+                .metrics
+                .get(TFTP_TRANSFERS, &[("outcome", "client_error")])
+                == 1
+            {
+                let mut buffer = [0u8; 16];
+                let resent =
+                    tokio::time::timeout(Duration::from_millis(300), client.recv(&mut buffer))
+                        .await;
+                assert!(resent.is_err(), "nothing may follow the client's ERROR");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!(
+            "transfer not ended by the client's ERROR: {}",
+            server.metrics.render()
+        );
+    }
+
+    #[tokio::test]
+    async fn refuses_writes_and_escapes_with_tftp_errors() {
+        let (_server, _root, client, address, _) = server_and_client(10).await;
+        client
+            .send_to(&[&[0, 2][..], b"file.bin\0octet\0"].concat(), address)
+            .await
+            .unwrap();
+        assert_eq!(&receive(&client).await.0[..4], &[0, 5, 0, 2]);
+        client
+            .send_to(&rrq(&["../file.bin", "octet"]), address)
+            .await
+            .unwrap();
+        assert_eq!(&receive(&client).await.0[..4], &[0, 5, 0, 2]);
+        client
+            .send_to(&rrq(&["file.bin", "netascii"]), address)
+            .await
+            .unwrap();
+        assert_eq!(&receive(&client).await.0[..4], &[0, 5, 0, 4]);
+    }
 }
