@@ -157,6 +157,11 @@ fn peer_ipv4(peer: SocketAddr) -> Option<Ipv4Addr> {
     }
 }
 
+/// The address that holds the host's reservation or, without one, its latest lease.
+fn address_of(state: &HttpState, host: &Host) -> Option<Ipv4Addr> {
+    host.ip.or_else(|| state.timeline.ip_of(host.mac))
+}
+
 fn known_host<'a>(state: &'a HttpState, mac: &str) -> Result<&'a Host, StatusCode> {
     let mac: MacAddr = mac.parse().map_err(|_| StatusCode::NOT_FOUND)?;
     state.policy.host(mac).ok_or(StatusCode::NOT_FOUND)
@@ -198,7 +203,7 @@ async fn artifact(
     Ok(serve_file(request, &artifact.path, IMMUTABLE, Some(etag)).await)
 }
 
-/// Only to the address that holds the host's reservation or, without one, its latest lease.
+/// Only to the host's own address (see [`address_of`]).
 async fn host_layer(
     State(state): AppState,
     ConnectInfo(peer): Peer,
@@ -206,7 +211,7 @@ async fn host_layer(
     request: Request,
 ) -> Result<Response, StatusCode> {
     let host = known_host(&state, &mac)?;
-    let holder = host.ip.or_else(|| state.timeline.ip_of(host.mac));
+    let holder = address_of(&state, host);
     if holder.is_none() || holder != peer_ipv4(peer) {
         tracing::warn!(%peer, mac = %host.mac, ?holder, "refused host layer to an address that does not hold it");
         return Err(StatusCode::FORBIDDEN);
@@ -299,6 +304,8 @@ struct Report {
     state: ReportState,
 }
 
+/// Accepted from the host's own address when we know it (its reservation or lease); a
+/// proxy-mode host whose address we never saw may report from anywhere.
 async fn report(
     State(state): AppState,
     ConnectInfo(peer): Peer,
@@ -307,6 +314,11 @@ async fn report(
     let Some(host) = state.policy.host_named(&report.host) else {
         return StatusCode::NOT_FOUND;
     };
+    let holder = address_of(&state, host);
+    if holder.is_some() && holder != peer_ipv4(peer) {
+        tracing::warn!(host = %report.host, %peer, ?holder, "refused a boot report from another address");
+        return StatusCode::FORBIDDEN;
+    }
     tracing::info!(host = %report.host, %peer, role = %report.role, image = %report.image, state = ?report.state, "boot report");
     let event = match report.state {
         ReportState::Up => Event::ReportedUp {

@@ -3,6 +3,7 @@
 //! Until the master-plan adapter is wired in (`--config master.toml`), hosts, network and one
 //! image are given on the command line and served through the in-memory `StaticPolicy`.
 
+use std::io::IsTerminal;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -121,7 +122,7 @@ fn init_logging() {
         .with_writer(std::io::stderr);
     // journald stamps every line itself.
     if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().with_ansi(false).init();
+        builder.without_time().init();
     } else {
         builder.init();
     }

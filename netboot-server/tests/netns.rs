@@ -577,27 +577,37 @@ fn http_serves_ranges_etags_host_layers_to_their_owner_and_the_boot_timeline() {
     );
     assert_eq!(escape, "403");
 
-    let report = r#"{"host":"mixer1","role":"mixer","image":"sha256:abc","state":"up"}"#;
-    let posted = http(
-        &lab,
-        &[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            report,
-            &format!("{HTTP}/api/report"),
-        ],
-    );
-    assert_eq!(posted, "204");
+    let report = |state: &str| {
+        let body =
+            format!(r#"{{"host":"mixer1","role":"mixer","image":"sha256:abc","state":"{state}"}}"#);
+        let url = format!("{HTTP}/api/report");
+        let json = "Content-Type: application/json";
+        http(
+            &lab,
+            &[
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                json,
+                "-d",
+                &body,
+                &url,
+            ],
+        )
+    };
+    assert_eq!(report("up"), "403", "only the host itself reports");
+    lab.set_client_address("10.99.0.10/24");
+    assert_eq!(report("up"), "204");
+    assert_eq!(report("heartbeat"), "204");
+    assert_eq!(report("sideways"), "422");
     let hosts = http(&lab, &[&format!("{HTTP}/api/hosts")]);
     for field in [
         "\"kernel\":\"20",
         "\"ipxe_script\":\"20",
         "\"reported_up\":\"20",
+        "\"last_heartbeat\":\"20",
         "\"role\":\"mixer\"",
         "\"image\":\"sha256:abc\"",
     ] {

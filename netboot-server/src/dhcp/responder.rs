@@ -97,13 +97,17 @@ impl Responder {
             }
         };
         bytes.resize(bytes.len().max(MIN_REPLY_LEN), 0);
-        let kind = message.opts().msg_type().unwrap_or(MessageType::Ack);
-        tracing::info!(mac = %request.mac, ip = %message.yiaddr(), file = ?message.fname_str(), ?kind, "DHCP reply");
+        let kind = message.opts().msg_type();
+        let boot = match message.opts().get(OptionCode::BootfileName) {
+            Some(DhcpOption::BootfileName(file)) => String::from_utf8_lossy(file).into_owned(),
+            _ => String::new(),
+        };
+        tracing::info!(mac = %request.mac, ip = %message.yiaddr(), %boot, reply = reply_label(kind), "DHCP reply");
         self.metrics
             .inc(DHCP_REPLIED, &[("type", reply_label(kind))]);
         let to = match port {
             Port::ProxyPxe => from,
-            Port::Dhcp => destination(&request.message, kind),
+            Port::Dhcp => destination(&request.message, kind == Some(MessageType::Nak)),
         };
         Some(Reply { bytes, to })
     }
@@ -346,21 +350,21 @@ fn reply_base(request: &Request, kind: MessageType, server_ip: Ipv4Addr) -> Mess
 
 /// RFC 2131 §4.1. A client without an address gets a broadcast: unicasting to `yiaddr` would
 /// need an ARP entry written by hand.
-fn destination(request: &Message, kind: MessageType) -> SocketAddrV4 {
+fn destination(request: &Message, is_nak: bool) -> SocketAddrV4 {
     if let Some(relay) = nonzero(request.giaddr()) {
         return SocketAddrV4::new(relay, 67);
     }
     match nonzero(request.ciaddr()) {
-        Some(client) if kind != MessageType::Nak => SocketAddrV4::new(client, 68),
+        Some(client) if !is_nak => SocketAddrV4::new(client, 68),
         _ => SocketAddrV4::new(Ipv4Addr::BROADCAST, 68),
     }
 }
 
-fn reply_label(kind: MessageType) -> &'static str {
+fn reply_label(kind: Option<MessageType>) -> &'static str {
     match kind {
-        MessageType::Offer => "offer",
-        MessageType::Ack => "ack",
-        MessageType::Nak => "nak",
+        Some(MessageType::Offer) => "offer",
+        Some(MessageType::Ack) => "ack",
+        Some(MessageType::Nak) => "nak",
         _ => "other",
     }
 }
