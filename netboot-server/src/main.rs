@@ -119,7 +119,8 @@ fn init_logging() {
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     // journald stamps every line itself.
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         builder.without_time().init();
