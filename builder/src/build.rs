@@ -60,14 +60,14 @@ work="$1"; role_tar="$2"; config_cpio="$3"; out="$4"; epoch="$5"; shift 5
 root="$work/root"
 trap 'rm -rf "$root"' EXIT
 mkdir "$root"
-tar --extract --file "$role_tar" --directory "$root" --numeric-owner --xattrs --xattrs-include='*'
+tar UNTAR_OPTIONS --file "$role_tar" --directory "$root"
 cpio --quiet --extract --make-directories --unconditional --directory "$root" < "$config_cpio"
 if [ "$#" -gt 0 ]; then chroot "$root" systemctl enable --quiet "$@"; fi
 scrub() {
 SCRUB
 }
 scrub "$root"
-mksquashfs "$root" "$out" OPTIONS -all-time "$epoch" -mkfs-time "$epoch"
+mksquashfs "$root" "$out" MKSQUASHFS_OPTIONS -all-time "$epoch" -mkfs-time "$epoch"
 "#;
 
 pub struct BuildOptions {
@@ -236,7 +236,7 @@ impl Builder {
         self.layer(LayerKind::Role, key, &[ROOTFS_TAR], |work| {
             let base_tar = self.store.blob_path(&base.outputs[ROOTFS_TAR].sha256);
             let mut command = self.mmdebstrap("custom", recipe);
-            command.arg(format!("--setup-hook=tar-in {} /", path_arg(&base_tar)));
+            command.arg(format!("--setup-hook={}", untar_in(&base_tar)));
             self.run_mmdebstrap(command, work, &format!("{} role layer", recipe.name))
         })
     }
@@ -259,7 +259,7 @@ impl Builder {
             "below": below.key,
             "tree": tree.digest(),
             "units": units,
-            "script": CONFIG_LAYER,
+            "script": config_layer_script(),
             "mksquashfs": [MKSQUASHFS_OPTIONS, self.tool_versions.get("mksquashfs")],
             "source_date_epoch": self.options.source_date_epoch,
         }));
@@ -269,9 +269,7 @@ impl Builder {
                 &config_cpio,
                 tree.to_cpio("", self.options.source_date_epoch),
             )?;
-            let script = CONFIG_LAYER
-                .replace("SCRUB", SCRUB)
-                .replace("OPTIONS", MKSQUASHFS_OPTIONS);
+            let script = config_layer_script();
             let mut command = Command::new(tools::MMDEBSTRAP.command);
             command
                 .args(["--unshare-helper", "sh", "-c", &script, "config-layer"])
@@ -362,6 +360,13 @@ impl Builder {
     }
 }
 
+fn config_layer_script() -> String {
+    CONFIG_LAYER
+        .replace("UNTAR_OPTIONS", UNTAR_OPTIONS)
+        .replace("MKSQUASHFS_OPTIONS", MKSQUASHFS_OPTIONS)
+        .replace("SCRUB", SCRUB)
+}
+
 /// The per-host layer as loaded by the boot loader: every file under [`HOST_PREFIX`].
 pub fn host_archive(tree: &Tree, source_date_epoch: u64) -> Vec<u8> {
     tree.to_cpio(HOST_PREFIX, source_date_epoch)
@@ -383,6 +388,20 @@ fn layer_key(inputs: Value) -> Digest {
     }
     Digest::of_bytes(canonical(inputs).to_string().as_bytes())
 }
+
+/// Unpacks a lower layer's rootfs tarball into the chroot `$1` (a mmdebstrap hook command). Not `tar-in`:
+/// /dev must stay out, mmdebstrap creates its own device entries and fails on existing ones.
+fn untar_in(tarball: &Path) -> String {
+    format!(
+        "tar {UNTAR_OPTIONS} --directory \"$1\" --file {}",
+        sh_quote(&tarball.display().to_string())
+    )
+}
+
+/// How every layer tarball is unpacked: owners, xattrs (file capabilities) kept, /dev left out (devtmpfs
+/// covers it at boot, and device nodes cannot be created in an unprivileged user namespace).
+const UNTAR_OPTIONS: &str =
+    "--extract --numeric-owner --xattrs --xattrs-include='*' --exclude='./dev/*'";
 
 /// A path for an mmdebstrap special hook line, which splits on spaces.
 fn path_arg(path: &Path) -> String {
@@ -418,10 +437,11 @@ mod tests {
 
     #[test]
     fn config_script_substitutions_are_complete() {
-        let script = CONFIG_LAYER
-            .replace("SCRUB", SCRUB)
-            .replace("OPTIONS", MKSQUASHFS_OPTIONS);
-        assert!(!script.contains("SCRUB") && !script.contains("OPTIONS"));
+        let script = config_layer_script();
+        assert!(
+            !script.contains("SCRUB") && !script.contains("OPTIONS"),
+            "{script}"
+        );
         let check = Command::new("sh")
             .args(["-n", "-c", &script])
             .status()

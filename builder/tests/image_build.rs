@@ -1,0 +1,239 @@
+//! Real image builds with mmdebstrap (minutes): base + the encoder role from the fixture plan, inspected,
+//! rebuilt after a config-only change, and rebuilt from scratch to prove the artifacts are reproducible.
+//! Runs only with LECTERN_IMAGE_TESTS=1.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use lectern_builder::build::{BuildOptions, Builder, HOST_PREFIX};
+use lectern_builder::context::Plan;
+use lectern_builder::recipe::Recipes;
+use lectern_store::{Manifest, Store};
+use serde_json::Value;
+
+const ROLE: &str = "encoder";
+const ENCODER_HOST: &str = "lameere-enc";
+const SECRET: &str = "lectern-test-secret-7f3a9c";
+
+fn enabled() -> bool {
+    if std::env::var("LECTERN_IMAGE_TESTS").as_deref() == Ok("1") {
+        return true;
+    }
+    eprintln!("skipping: real image builds take minutes; set LECTERN_IMAGE_TESTS=1 to run them");
+    false
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+fn fixture_plan() -> Value {
+    let text = fs::read_to_string(repo().join("builder/tests/fixtures/plan.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn builder(store_dir: &Path) -> Builder {
+    let repo = repo();
+    let recipes = Recipes::load(&repo.join("recipes"), &repo.join("overlays")).unwrap();
+    let options = BuildOptions {
+        source_date_epoch: 1_700_000_000,
+        apt_cache: std::env::var_os("LECTERN_APT_CACHE")
+            .map_or_else(|| "/var/cache/lectern/apt".into(), PathBuf::from),
+    };
+    Builder::new(Store::open(store_dir).unwrap(), recipes, options).unwrap()
+}
+
+fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("lectern-image-test-")
+        .tempdir()
+        .unwrap()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+/// Extracts `root.squashfs` so that its files (compressed in the image) can be read and grepped.
+fn unsquash(store: &Store, manifest: &Manifest, into: &Path) -> PathBuf {
+    let image = store.blob_path(&manifest.artifacts["root.squashfs"].sha256);
+    let root = into.join("root");
+    let status = Command::new("unsquashfs")
+        .args(["-quiet", "-no-progress", "-d"])
+        .arg(&root)
+        .arg(&image)
+        .status();
+    assert!(status.unwrap().success(), "unsquashfs failed");
+    root
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                pending.push(entry.path());
+            } else if kind.is_file() {
+                files.push(entry.path());
+            }
+        }
+    }
+    files
+}
+
+/// The per-host layer's files as `(path without the prefix, mode, content)`, read with GNU cpio.
+fn host_layer_file(store: &Store, hostname: &str, path: &str) -> (u32, String) {
+    let layer = store
+        .host_layer(hostname)
+        .unwrap()
+        .expect("host layer recorded");
+    let archive = store.blob_path(&layer.blob.sha256);
+    let out = scratch();
+    let status = Command::new("cpio")
+        .args(["--quiet", "-idm", "-D"])
+        .arg(out.path())
+        .arg("-F")
+        .arg(&archive)
+        .status();
+    assert!(status.unwrap().success());
+    let file = out.path().join(HOST_PREFIX).join(path);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    (mode, fs::read_to_string(&file).unwrap())
+}
+
+#[test]
+fn encoder_image_is_complete_secret_free_and_reproducible() {
+    if !enabled() {
+        return;
+    }
+    let plan = Plan::from_json(fixture_plan()).unwrap();
+    let first_dir = scratch();
+    let first = builder(first_dir.path());
+    let started = Instant::now();
+    let manifest = first.build_role(ROLE, &plan).unwrap();
+    first.build_host_layers(ROLE, &plan).unwrap();
+    eprintln!(
+        "cold build of base + {ROLE}: {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    let store = Store::open(first_dir.path()).unwrap();
+
+    // The root image holds the role, its unit enabled, and nothing host-specific or unreproducible.
+    let work = scratch();
+    let root = unsquash(&store, &manifest, work.path());
+    assert_eq!(
+        fs::read_to_string(root.join("etc/lectern/role")).unwrap(),
+        "encoder\n"
+    );
+    let wants = root.join("etc/systemd/system/lectern-role.target.wants/lectern-encoder.service");
+    assert!(wants.symlink_metadata().is_ok(), "role unit enabled");
+    assert!(root.join("usr/bin/ffmpeg").exists());
+    assert!(
+        !root.join("etc/lectern/encoder.env").exists(),
+        "per-host config stays out of the role image"
+    );
+    assert_eq!(fs::read(root.join("etc/machine-id")).unwrap(), b"");
+    assert_eq!(
+        fs::read_to_string(root.join("etc/hostname")).unwrap(),
+        "lectern\n"
+    );
+    let ssh_keys: Vec<_> = fs::read_dir(root.join("etc/ssh"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with("ssh_host_"))
+        .collect();
+    assert!(
+        ssh_keys.is_empty(),
+        "ssh host keys in the image: {ssh_keys:?}"
+    );
+
+    // No secret in any byte of the role's artifacts and layers, nor in any file of the unpacked root.
+    let blobs: Vec<_> = manifest.blobs().collect();
+    for blob in blobs {
+        let bytes = fs::read(store.blob_path(&blob.sha256)).unwrap();
+        assert!(
+            !contains(&bytes, SECRET.as_bytes()),
+            "secret in blob {}",
+            blob.sha256
+        );
+    }
+    for file in files_under(&root) {
+        let bytes = fs::read(&file).unwrap();
+        assert!(
+            !contains(&bytes, SECRET.as_bytes()),
+            "secret in {}",
+            file.display()
+        );
+    }
+
+    // The per-host layer carries the rendered config with the secret, readable by root only.
+    let (mode, env) = host_layer_file(&store, ENCODER_HOST, "etc/lectern/encoder.env");
+    assert_eq!(mode, 0o600);
+    assert!(env.contains(&format!(
+        "PUSH_URL=rtmp://stream-backend.video.example.org/stream/lameere?key={SECRET}"
+    )));
+    assert!(
+        env.contains("PULL_URL=tcp://lameere-mixer:15000\n") && env.contains("VIDEO_KBPS=3000\n"),
+        "{env}"
+    );
+    let (_, hostname) = host_layer_file(&store, ENCODER_HOST, "etc/hostname");
+    assert_eq!(hostname, "lameere-enc\n");
+
+    // A bitrate change touches only the per-host layer: same image, new host layer, seconds.
+    let mut changed = fixture_plan();
+    for host in changed["hosts"].as_array_mut().unwrap() {
+        if host["hostname"] == ENCODER_HOST {
+            host["encoder"]["video_kbps"] = 4500.into();
+        }
+    }
+    let changed = Plan::from_json(changed).unwrap();
+    let before = store.host_layer(ENCODER_HOST).unwrap().unwrap();
+    let started = Instant::now();
+    let rebuilt = first.build_role(ROLE, &changed).unwrap();
+    first.build_host_layers(ROLE, &changed).unwrap();
+    eprintln!(
+        "config-only rebuild: {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(rebuilt.image, manifest.image);
+    assert_ne!(
+        store.host_layer(ENCODER_HOST).unwrap().unwrap().blob,
+        before.blob
+    );
+    assert!(
+        host_layer_file(&store, ENCODER_HOST, "etc/lectern/encoder.env")
+            .1
+            .contains("VIDEO_KBPS=4500\n")
+    );
+
+    // From scratch again, in a fresh store: identical bytes.
+    let second_dir = scratch();
+    let again = builder(second_dir.path()).build_role(ROLE, &plan).unwrap();
+    assert_eq!(
+        again.artifacts, manifest.artifacts,
+        "artifacts differ between two builds"
+    );
+    assert_eq!(again.image, manifest.image);
+    let layer_outputs = |m: &Manifest| {
+        m.layers
+            .iter()
+            .map(|l| l.outputs.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        layer_outputs(&again),
+        layer_outputs(&manifest),
+        "layer outputs differ between two builds"
+    );
+}

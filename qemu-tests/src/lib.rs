@@ -1,0 +1,260 @@
+//! A throwaway lab for VM tests: a network namespace with a bridge (10.99.0.1/24) and a tap, a DHCP server
+//! (busybox udhcpd, reservations per MAC), an HTTP server standing in for netbootd (serves a directory and
+//! logs POSTs to /api/report), and qemu guests (TCG: KVM does not run guests on these machines).
+//! Everything it starts is stopped by pid and the namespace deleted when the [`Lab`] is dropped.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::Value;
+
+pub const SERVER_IP: &str = "10.99.0.1";
+pub const HTTP_PORT: u16 = 8080;
+
+/// Tools a lab needs, with the apt package providing each.
+const TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("busybox", "busybox"),
+    ("python3", "python3"),
+];
+
+pub struct Lab {
+    netns: String,
+    dir: tempfile::TempDir,
+    children: Vec<Child>,
+    taps: usize,
+}
+
+/// Why a lab cannot run here (not root, a tool missing), or `None` if it can.
+pub fn unavailable() -> Option<String> {
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout == b"0\n");
+    if !is_root {
+        return Some("VM tests need root (network namespaces, taps)".to_owned());
+    }
+    let missing: Vec<String> = TOOLS
+        .iter()
+        .filter(|(tool, _)| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .is_ok_and(|o| !o.status.success())
+        })
+        .map(|(tool, package)| format!("{tool} (apt-get install {package})"))
+        .collect();
+    (!missing.is_empty()).then(|| format!("missing {}", missing.join(", ")))
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let status = Command::new("ip")
+        .args(args)
+        .status()
+        .context("running ip")?;
+    ensure!(status.success(), "ip {} failed", args.join(" "));
+    Ok(())
+}
+
+impl Lab {
+    /// Creates the namespace and bridge. `hosts` are DHCP reservations `(mac, ip)` inside 10.99.0.0/24.
+    pub fn new(hosts: &[(&str, &str)]) -> Result<Self> {
+        let netns = format!("lectern-lab-{}", std::process::id());
+        ip(&["netns", "add", &netns])?;
+        let mut lab = Self {
+            netns,
+            dir: tempfile::Builder::new().prefix("lectern-lab-").tempdir()?,
+            children: Vec::new(),
+            taps: 0,
+        };
+        let ns = lab.netns.clone();
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        ip(&["-n", &ns, "link", "add", "br0", "type", "bridge"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{SERVER_IP}/24"),
+            "dev",
+            "br0",
+        ])?;
+        ip(&["-n", &ns, "link", "set", "br0", "up"])?;
+        lab.start_dhcp(hosts)?;
+        Ok(lab)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn in_netns(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.netns, program]);
+        command
+    }
+
+    fn spawn(&mut self, mut command: Command, log: &str) -> Result<()> {
+        let log = fs::File::create(self.dir.path().join(log))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    fn start_dhcp(&mut self, hosts: &[(&str, &str)]) -> Result<()> {
+        let leases = self.dir.path().join("udhcpd.leases");
+        fs::write(&leases, b"")?;
+        let mut config = format!(
+            "start 10.99.0.200\nend 10.99.0.250\ninterface br0\nlease_file {}\noption subnet 255.255.255.0\n\
+             option router {SERVER_IP}\n",
+            leases.display()
+        );
+        for (mac, ip) in hosts {
+            config.push_str(&format!("static_lease {mac} {ip}\n"));
+        }
+        let config_path = self.dir.path().join("udhcpd.conf");
+        fs::write(&config_path, config)?;
+        let mut command = self.in_netns("busybox");
+        command.args(["udhcpd", "-f"]).arg(&config_path);
+        self.spawn(command, "udhcpd.log")
+    }
+
+    /// Serves `www` at http://10.99.0.1:8080/ and records POSTs to /api/report (see [`Lab::reports`]).
+    pub fn serve_http(&mut self, www: &Path) -> Result<()> {
+        let script = self.dir.path().join("lab_server.py");
+        fs::write(&script, include_str!("lab_server.py"))?;
+        let mut command = self.in_netns("python3");
+        command
+            .arg(&script)
+            .arg(www)
+            .arg(SERVER_IP)
+            .arg(HTTP_PORT.to_string())
+            .arg(self.reports_path());
+        self.spawn(command, "http.log")?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let probe = self
+                .in_netns("busybox")
+                .args([
+                    "wget",
+                    "-q",
+                    "-O",
+                    "/dev/null",
+                    &format!("http://{SERVER_IP}:{HTTP_PORT}/"),
+                ])
+                .status()?;
+            if probe.success() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!(
+            "the lab HTTP server did not come up; see {}",
+            self.dir.path().join("http.log").display()
+        )
+    }
+
+    fn reports_path(&self) -> PathBuf {
+        self.dir.path().join("reports.jsonl")
+    }
+
+    /// Every report POSTed so far, parsed.
+    pub fn reports(&self) -> Vec<Value> {
+        let text = fs::read_to_string(self.reports_path()).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    /// Boots a guest directly (`-kernel/-initrd/-append`) on a new tap. Several initrds are concatenated, each
+    /// padded to 4 bytes (the kernel looks for the next archive's magic at 4-byte boundaries), as iPXE does.
+    /// Returns the path of the guest's serial log.
+    pub fn boot_direct(
+        &mut self,
+        mac: &str,
+        kernel: &Path,
+        initrds: &[&Path],
+        cmdline: &str,
+    ) -> Result<PathBuf> {
+        let tap = format!("tap{}", self.taps);
+        self.taps += 1;
+        let ns = self.netns.clone();
+        ip(&["-n", &ns, "tuntap", "add", "dev", &tap, "mode", "tap"])?;
+        ip(&["-n", &ns, "link", "set", &tap, "master", "br0", "up"])?;
+
+        let initrd = self.dir.path().join(format!("{tap}.initrd"));
+        let mut combined = fs::File::create(&initrd)?;
+        for part in initrds {
+            let bytes = fs::read(part).with_context(|| format!("reading {}", part.display()))?;
+            combined.write_all(&bytes)?;
+            combined.write_all(&vec![0; bytes.len().next_multiple_of(4) - bytes.len()])?;
+        }
+        let serial = self.dir.path().join(format!("{tap}.serial.log"));
+        let mut command = self.in_netns("qemu-system-x86_64");
+        command
+            .args(["-machine", "pc", "-accel", "tcg", "-m", "1536", "-smp", "1"])
+            .args(["-nographic", "-monitor", "none", "-no-reboot"])
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()))
+            .args([
+                "-netdev",
+                &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+            ])
+            .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")])
+            .arg("-kernel")
+            .arg(kernel)
+            .arg("-initrd")
+            .arg(&initrd)
+            .args(["-append", cmdline]);
+        self.spawn(command, &format!("{tap}.qemu.log"))?;
+        Ok(serial)
+    }
+
+    /// Waits until a report satisfies `wanted`, or fails after `timeout` with the end of `serial`.
+    pub fn wait_for_report(
+        &self,
+        timeout: Duration,
+        serial: &Path,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(report) = self.reports().into_iter().find(|r| wanted(r)) {
+                return Ok(report);
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        let log = String::from_utf8_lossy(&fs::read(serial).unwrap_or_default()).into_owned();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        bail!(
+            "no matching report within {timeout:?}; reports: {:?}\nserial log tail:\n{}",
+            self.reports(),
+            tail.join("\n")
+        )
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = ip(&["netns", "del", &self.netns]);
+        if std::env::var_os("LECTERN_KEEP_LAB").is_some() {
+            let kept = self.dir.path().with_extension("kept");
+            let _ = fs::rename(self.dir.path(), &kept);
+            eprintln!("lab files kept in {}", kept.display());
+        }
+    }
+}
