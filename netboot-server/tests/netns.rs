@@ -621,3 +621,109 @@ fn http_serves_ranges_etags_host_layers_to_their_owner_and_the_boot_timeline() {
         "{metrics}"
     );
 }
+
+/// Real firmware, no kernel: qemu's own iPXE ROM (BIOS) and OVMF's PXE (UEFI) each chain
+/// through netbootd to the kernel download. The "kernel" is noise, so iPXE stops there.
+#[test]
+fn qemu_bios_and_uefi_firmware_chain_to_the_kernel_download() {
+    const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+    let Some(mut lab) = Lab::new(&["qemu-system-x86_64", "curl", OVMF]) else {
+        return;
+    };
+    let store = lab.dir.path().join("store");
+    std::fs::create_dir_all(&store).unwrap();
+    std::fs::write(store.join("kernel1"), vec![0x5a; 300_000]).unwrap();
+    std::fs::write(store.join("initrd1"), vec![0xa5; 100_000]).unwrap();
+    lab.start_netbootd(
+        SERVER_IP,
+        &[
+            "--host",
+            "52:54:00:00:00:11,10.99.0.11,bios1",
+            "--host",
+            "52:54:00:00:00:12,10.99.0.12,uefi1",
+            "--artifact-dir",
+            store.to_str().unwrap(),
+            "--kernel",
+            "kernel1",
+            "--initrd",
+            "initrd1",
+        ],
+    );
+    let guest =
+        |machine: &str, tap: &str, mac: &str, firmware: &[&str], nic_suffix: &str| -> Vec<String> {
+            let netdev = format!("tap,id=n0,ifname={tap},script=no,downscript=no");
+            let nic = format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1{nic_suffix}");
+            let mut args: Vec<String> = [
+                "-machine",
+                machine,
+                "-accel",
+                "tcg",
+                "-m",
+                "256",
+                "-nographic",
+            ]
+            .iter()
+            .chain(&[
+                "-monitor",
+                "none",
+                "-no-reboot",
+                "-netdev",
+                &netdev,
+                "-device",
+                &nic,
+            ])
+            .map(|arg| arg.to_string())
+            .collect();
+            args.extend(firmware.iter().map(|arg| arg.to_string()));
+            args
+        };
+    lab.add_tap("tapbios");
+    lab.add_tap("tapuefi");
+    let bios = guest("pc", "tapbios", "52:54:00:00:00:11", &["-boot", "n"], "");
+    // `romfile=` drops qemu's iPXE ROM: OVMF's own PXE client has to do the first stage.
+    let uefi = guest(
+        "q35",
+        "tapuefi",
+        "52:54:00:00:00:12",
+        &["-bios", OVMF],
+        ",romfile=",
+    );
+    for (name, args) in [("qemu-bios", bios), ("qemu-uefi", uefi)] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        lab.spawn_in_server(name, "qemu-system-x86_64", &args);
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(400);
+    let hosts = loop {
+        let output = lab.server("curl", &["-sf", &format!("{HTTP}/api/hosts")]);
+        let hosts: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        let fetched = |index: usize| hosts[index]["kernel"].is_string();
+        if fetched(0) && fetched(1) {
+            break hosts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no kernel download: {hosts:#}\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    let (bios, uefi) = (&hosts[0], &hosts[1]);
+    assert_eq!(bios["hostname"], "bios1");
+    for step in ["dhcp", "ipxe_script", "kernel"] {
+        assert!(
+            bios[step].is_string() && uefi[step].is_string(),
+            "{step} missing: {hosts:#}"
+        );
+    }
+    assert_eq!(uefi["tftp_file"], "snponly.efi", "{hosts:#}");
+    let metrics = String::from_utf8(
+        lab.server("curl", &["-sf", &format!("{HTTP}/metrics")])
+            .stdout,
+    )
+    .unwrap();
+    assert!(
+        metrics.contains("netbootd_tftp_transfers_total{outcome=\"complete\"}"),
+        "{metrics}"
+    );
+}

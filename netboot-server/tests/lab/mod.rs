@@ -33,6 +33,12 @@ pub fn must(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+fn exec_in(namespace: &str, program: &str, args: &[&str]) -> Output {
+    let mut full = vec!["netns", "exec", namespace, program];
+    full.extend_from_slice(args);
+    run("ip", &full)
+}
+
 fn on_path(tool: &str) -> bool {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
@@ -41,20 +47,26 @@ fn on_path(tool: &str) -> bool {
 }
 
 /// Why this machine cannot run the lab, if it cannot.
-fn missing_prerequisite(tools: &[&str]) -> Option<String> {
+fn missing_prerequisite(needs: &[&str]) -> Option<String> {
     let uid = run("id", &["-u"]);
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
         return Some("network-namespace tests need root".into());
     }
-    let missing: Vec<&str> = ["ip"]
+    let missing: Vec<&str> = ["ip", "/usr/lib/ipxe/undionly.kpxe"]
         .iter()
-        .chain(tools)
+        .chain(needs)
         .copied()
-        .filter(|tool| !on_path(tool))
+        .filter(|need| {
+            if need.starts_with('/') {
+                !Path::new(need).is_file()
+            } else {
+                !on_path(need)
+            }
+        })
         .collect();
     (!missing.is_empty()).then(|| {
         format!(
-            "missing tools: {} (Debian: iproute2 busybox-static tftp-hpa curl dnsmasq-base ipxe)",
+            "missing {} (Debian: iproute2 busybox-static tftp-hpa curl dnsmasq-base ipxe qemu-system-x86 ovmf)",
             missing.join(", ")
         )
     })
@@ -72,14 +84,9 @@ static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
 impl Lab {
     /// A fresh lab, or `None` (after saying why) when prerequisites are missing and
     /// `LECTERN_REQUIRE_NETNS=1` is not set; with it set, missing prerequisites fail the test.
-    pub fn new(tools: &[&str]) -> Option<Lab> {
-        let mut needed = vec!["/usr/lib/ipxe/undionly.kpxe"];
-        needed.retain(|file| !Path::new(file).is_file());
-        let why = missing_prerequisite(tools).or_else(|| {
-            (!needed.is_empty())
-                .then(|| format!("missing {} (Debian package ipxe)", needed.join(", ")))
-        });
-        if let Some(why) = why {
+    /// `needs` names commands, or files by absolute path.
+    pub fn new(needs: &[&str]) -> Option<Lab> {
+        if let Some(why) = missing_prerequisite(needs) {
             if std::env::var("LECTERN_REQUIRE_NETNS").as_deref() == Ok("1") {
                 panic!("LECTERN_REQUIRE_NETNS=1 but {why}");
             }
@@ -172,6 +179,36 @@ impl Lab {
         );
     }
 
+    /// Adds a tap device on the server's bridge, for a qemu guest in the server namespace.
+    pub fn add_tap(&self, name: &str) {
+        must(
+            "ip",
+            &[
+                "-n",
+                &self.server_ns,
+                "tuntap",
+                "add",
+                "dev",
+                name,
+                "mode",
+                "tap",
+            ],
+        );
+        must(
+            "ip",
+            &[
+                "-n",
+                &self.server_ns,
+                "link",
+                "set",
+                name,
+                "master",
+                BRIDGE,
+                "up",
+            ],
+        );
+    }
+
     /// Adds another address to the server's bridge.
     pub fn add_server_address(&self, cidr: &str) {
         must(
@@ -182,9 +219,12 @@ impl Lab {
 
     /// Runs a command in the client namespace.
     pub fn client(&self, program: &str, args: &[&str]) -> Output {
-        let mut full = vec!["netns", "exec", &self.client_ns, program];
-        full.extend_from_slice(args);
-        run("ip", &full)
+        exec_in(&self.client_ns, program, args)
+    }
+
+    /// Runs a command in the server namespace.
+    pub fn server(&self, program: &str, args: &[&str]) -> Output {
+        exec_in(&self.server_ns, program, args)
     }
 
     /// Starts a long-running program in the server namespace, its output kept in a log.
