@@ -10,6 +10,7 @@ pub mod http;
 pub mod mac;
 pub mod metrics;
 pub mod policy;
+pub mod ra;
 pub mod safe_path;
 pub mod server;
 pub mod tftp;

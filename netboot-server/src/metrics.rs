@@ -36,6 +36,11 @@ pub const HTTP_RESPONSES: Counter = Counter {
     help: "HTTP responses, by route and status class.",
 };
 
+pub const RA_SENT: Counter = Counter {
+    name: "netbootd_router_advertisements_total",
+    help: "IPv6 router advertisements sent to end iPXE's wait.",
+};
+
 type Labels = Vec<(&'static str, &'static str)>;
 
 #[derive(Debug, Default)]

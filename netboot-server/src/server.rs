@@ -12,6 +12,7 @@ use crate::dhcp::{self, Mode, Responder, pool::Pool};
 use crate::http::{self, HttpState, Urls};
 use crate::metrics::Metrics;
 use crate::policy::BootPolicy;
+use crate::ra;
 use crate::tftp::{self, TftpServer};
 use crate::timeline::Timeline;
 
@@ -89,6 +90,23 @@ pub async fn run(config: ServerConfig, policy: Arc<dyn BootPolicy>) -> anyhow::R
     let http_listener = TcpListener::bind(http_address)
         .await
         .with_context(|| format!("binding HTTP {http_address}"))?;
+    // Without CAP_NET_RAW the rest still works; boots just take the IPv6 wait.
+    let router_advertisements = {
+        let (interface, policy, metrics) = (
+            config.interface.clone(),
+            Arc::clone(&policy),
+            Arc::clone(&metrics),
+        );
+        async move {
+            if let Err(error) = ra::serve(&interface, policy, metrics).await {
+                tracing::warn!(
+                    error = format!("{error:#}"),
+                    "no IPv6 router advertisements: iPXE will wait for one"
+                );
+            }
+            std::future::pending().await
+        }
+    };
     let http_state = Arc::new(HttpState {
         policy,
         timeline,
@@ -100,6 +118,7 @@ pub async fn run(config: ServerConfig, policy: Arc<dyn BootPolicy>) -> anyhow::R
 
     tokio::select! {
         result = dhcp::serve(responder, &config.interface) => result.context("DHCP"),
+        result = router_advertisements => result,
         result = tftp.serve(tftp_socket) => result.context("TFTP"),
         result = http::serve(http_listener, http_state) => result.context("HTTP"),
         signal = shutdown_signal() => {

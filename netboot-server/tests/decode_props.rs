@@ -1,4 +1,4 @@
-//! No panics at the untrusted-input boundaries: DHCP and TFTP packets, arbitrary bytes and
+//! No panics at the untrusted-input boundaries: DHCP, TFTP and router-solicitation packets, arbitrary bytes and
 //! near-valid ones (a well-formed header followed by random options). The same entry points
 //! are the cargo-fuzz targets in `fuzz/`.
 
@@ -10,7 +10,7 @@ use lectern_netboot::dhcp::{Mode, Port, Responder, decode};
 use lectern_netboot::http::Urls;
 use lectern_netboot::mac::MacAddr;
 use lectern_netboot::policy::{Host, Network, StaticPolicy};
-use lectern_netboot::tftp;
+use lectern_netboot::{ra, tftp};
 use proptest::prelude::*;
 
 const KNOWN: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];
@@ -100,6 +100,15 @@ proptest! {
         if let Some(reply) = responder(mode).handle(port, from, &packet) {
             prop_assert!(reply.bytes.len() >= 300);
         }
+    }
+
+    #[test]
+    fn router_solicitation_parse_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..64), solicitation in any::<bool>()) {
+        let mut message = bytes;
+        if solicitation && !message.is_empty() {
+            message[0] = 133;
+        }
+        let _ = ra::solicitation_source(&message);
     }
 
     #[test]

@@ -717,6 +717,21 @@ fn qemu_bios_and_uefi_firmware_chain_to_the_kernel_download() {
         );
     }
     assert_eq!(uefi["tftp_file"], "snponly.efi", "{hosts:#}");
+    // netbootd's router advertisements end iPXE's 13–17 s wait for one after DHCP.
+    let unix = |stamp: &serde_json::Value| -> i64 {
+        must("date", &["-d", stamp.as_str().unwrap(), "+%s"])
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    for host in [bios, uefi] {
+        let wait = unix(&host["ipxe_script"]) - unix(&host["dhcp"]);
+        assert!(
+            wait < 8,
+            "{wait} s from DHCP to the script request: {hosts:#}\n{}",
+            lab.logs()
+        );
+    }
     let metrics = String::from_utf8(
         lab.server("curl", &["-sf", &format!("{HTTP}/metrics")])
             .stdout,
@@ -724,6 +739,10 @@ fn qemu_bios_and_uefi_firmware_chain_to_the_kernel_download() {
     .unwrap();
     assert!(
         metrics.contains("netbootd_tftp_transfers_total{outcome=\"complete\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("netbootd_router_advertisements_total "),
         "{metrics}"
     );
 }
