@@ -19,7 +19,7 @@ use tower_http::services::ServeFile;
 
 use crate::mac::MacAddr;
 use crate::metrics::{HTTP_RESPONSES, Metrics};
-use crate::policy::{BootPolicy, Host};
+use crate::policy::{BootPolicy, Host, SharedPolicy};
 use crate::safe_path;
 use crate::timeline::{Event, HostRecord, Timeline};
 
@@ -92,7 +92,7 @@ impl Urls {
 }
 
 pub struct HttpState {
-    pub policy: Arc<dyn BootPolicy>,
+    pub policy: SharedPolicy,
     pub timeline: Arc<Timeline>,
     pub metrics: Arc<Metrics>,
     pub urls: Urls,
@@ -162,18 +162,18 @@ fn address_of(state: &HttpState, host: &Host) -> Option<Ipv4Addr> {
     host.ip.or_else(|| state.timeline.ip_of(host.mac))
 }
 
-fn known_host<'a>(state: &'a HttpState, mac: &str) -> Result<&'a Host, StatusCode> {
+fn known_host<'a>(policy: &'a dyn BootPolicy, mac: &str) -> Result<&'a Host, StatusCode> {
     let mac: MacAddr = mac.parse().map_err(|_| StatusCode::NOT_FOUND)?;
-    state.policy.host(mac).ok_or(StatusCode::NOT_FOUND)
+    policy.host(mac).ok_or(StatusCode::NOT_FOUND)
 }
 
 async fn ipxe_script(
     State(state): AppState,
     UrlPath(mac): UrlPath<String>,
 ) -> Result<Response, StatusCode> {
-    let host = known_host(&state, &mac)?;
-    let script = state
-        .policy
+    let policy = state.policy.current();
+    let host = known_host(&*policy, &mac)?;
+    let script = policy
         .ipxe_script(host, &state.urls)
         .ok_or(StatusCode::NOT_FOUND)?;
     state.timeline.record(host.mac, Event::IpxeScript);
@@ -193,7 +193,11 @@ async fn artifact(
     UrlPath(hash): UrlPath<String>,
     request: Request,
 ) -> Result<Response, StatusCode> {
-    let artifact = state.policy.artifact(&hash).ok_or(StatusCode::NOT_FOUND)?;
+    let artifact = state
+        .policy
+        .current()
+        .artifact(&hash)
+        .ok_or(StatusCode::NOT_FOUND)?;
     if let Some(ip) = peer_ipv4(peer) {
         state
             .timeline
@@ -210,13 +214,14 @@ async fn host_layer(
     UrlPath(mac): UrlPath<String>,
     request: Request,
 ) -> Result<Response, StatusCode> {
-    let host = known_host(&state, &mac)?;
+    let policy = state.policy.current();
+    let host = known_host(&*policy, &mac)?;
     let holder = address_of(&state, host);
     if holder.is_none() || holder != peer_ipv4(peer) {
         tracing::warn!(%peer, mac = %host.mac, ?holder, "refused host layer to an address that does not hold it");
         return Err(StatusCode::FORBIDDEN);
     }
-    let path = state.policy.host_layer(host).ok_or(StatusCode::NOT_FOUND)?;
+    let path = policy.host_layer(host).ok_or(StatusCode::NOT_FOUND)?;
     state.timeline.record(host.mac, Event::HostLayer);
     Ok(serve_file(request, &path, PRIVATE, None).await)
 }
@@ -311,7 +316,8 @@ async fn report(
     ConnectInfo(peer): Peer,
     Json(report): Json<Report>,
 ) -> StatusCode {
-    let Some(host) = state.policy.host_named(&report.host) else {
+    let policy = state.policy.current();
+    let Some(host) = policy.host_named(&report.host) else {
         return StatusCode::NOT_FOUND;
     };
     let holder = address_of(&state, host);
@@ -341,8 +347,8 @@ struct HostView<'a> {
 }
 
 async fn hosts(State(state): AppState) -> Response {
-    let views: Vec<HostView> = state
-        .policy
+    let policy = state.policy.current();
+    let views: Vec<HostView> = policy
         .hosts()
         .iter()
         .map(|host| HostView {

@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use lectern_netboot::dhcp::Mode;
 use lectern_netboot::mac::MacAddr;
-use lectern_netboot::policy::{Host, Network, StaticImage, StaticPolicy};
+use lectern_netboot::policy::{BootPolicy, Host, Network, StaticImage, StaticPolicy};
 use lectern_netboot::server::{self, ServerConfig};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -169,5 +169,9 @@ async fn main() -> anyhow::Result<()> {
         tftp_root: args.tftp_root,
         http_port: args.http_port,
     };
-    server::run(config, Arc::new(policy)).await
+    // Everything comes from the command line, so a reload re-applies the same policy.
+    server::run(config, move || {
+        Ok(Arc::new(policy.clone()) as Arc<dyn BootPolicy>)
+    })
+    .await
 }

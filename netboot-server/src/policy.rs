@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::http::Urls;
@@ -152,6 +153,25 @@ pub trait BootPolicy: Send + Sync + 'static {
     /// What a known client loads next; `None` sends it no boot options.
     fn next_boot(&self, client: &Client) -> Option<BootStep> {
         standard_boot_step(client)
+    }
+}
+
+/// The policy in force, replaced whole on reload. Each exchange takes the current one and
+/// keeps it to the end, so a reload never changes an answer halfway.
+#[derive(Clone)]
+pub struct SharedPolicy(Arc<RwLock<Arc<dyn BootPolicy>>>);
+
+impl SharedPolicy {
+    pub fn new(policy: Arc<dyn BootPolicy>) -> Self {
+        SharedPolicy(Arc::new(RwLock::new(policy)))
+    }
+
+    pub fn current(&self) -> Arc<dyn BootPolicy> {
+        Arc::clone(&self.0.read().expect("policy lock"))
+    }
+
+    pub fn replace(&self, policy: Arc<dyn BootPolicy>) {
+        *self.0.write().expect("policy lock") = policy;
     }
 }
 

@@ -15,7 +15,7 @@ use tokio::net::UdpSocket;
 
 use crate::mac::MacAddr;
 use crate::metrics::{Metrics, RA_SENT};
-use crate::policy::BootPolicy;
+use crate::policy::SharedPolicy;
 
 const ROUTER_SOLICITATION: u8 = 133;
 const ROUTER_ADVERTISEMENT: u8 = 134;
@@ -92,7 +92,7 @@ fn bind(interface: &str) -> anyhow::Result<(Socket, u32)> {
 /// Answers known clients' router solicitations until a receive fails.
 pub async fn serve(
     interface: &str,
-    policy: Arc<dyn BootPolicy>,
+    policy: SharedPolicy,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
     let (socket, index) = bind(interface)?;
@@ -107,7 +107,7 @@ pub async fn serve(
         let Some(mac) = solicitation_source(&buffer[..len]) else {
             continue;
         };
-        if policy.host(mac).is_none() {
+        if policy.current().host(mac).is_none() {
             continue;
         }
         match socket.send_to(&EMPTY_ADVERTISEMENT, all_nodes).await {

@@ -1,4 +1,5 @@
-//! Wires the protocols to one policy, timeline and metrics, and runs them until a signal.
+//! Wires the protocols to one policy, timeline and metrics, and runs them until SIGTERM or
+//! SIGINT. SIGHUP reloads the policy; transfers in flight keep what they opened.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -7,11 +8,13 @@ use std::time::SystemTime;
 
 use anyhow::Context;
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::dhcp::{self, Mode, Responder, pool::Pool};
 use crate::http::{self, HttpState, Urls};
+use crate::mac::MacAddr;
 use crate::metrics::Metrics;
-use crate::policy::BootPolicy;
+use crate::policy::{BootPolicy, SharedPolicy};
 use crate::ra;
 use crate::tftp::{self, TftpServer};
 use crate::timeline::Timeline;
@@ -19,6 +22,7 @@ use crate::timeline::Timeline;
 /// Lease file name inside the state directory.
 pub const LEASE_FILE: &str = "dhcp-leases.json";
 
+/// What needs new sockets to change; a reload leaves it as it is.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// DHCP listens only here.
@@ -33,27 +37,50 @@ pub struct ServerConfig {
     pub http_port: u16,
 }
 
-pub async fn run(config: ServerConfig, policy: Arc<dyn BootPolicy>) -> anyhow::Result<()> {
-    let timeline = Arc::new(Timeline::default());
-    let metrics = Arc::new(Metrics::default());
-    let urls = Urls::new(format!("http://{}:{}", config.server_ip, config.http_port));
-    let reservations: Vec<_> = policy
+fn reservations(policy: &dyn BootPolicy) -> Vec<(MacAddr, Ipv4Addr)> {
+    policy
         .hosts()
         .iter()
         .filter_map(|host| Some((host.mac, host.ip?)))
-        .collect();
-    for (mac, ip) in &reservations {
+        .collect()
+}
+
+/// Puts `policy` in force: its reservations go to the timeline and out of the pool.
+pub fn apply_policy(
+    policy: Arc<dyn BootPolicy>,
+    shared: &SharedPolicy,
+    pool: Option<&Mutex<Pool>>,
+    timeline: &Timeline,
+) {
+    let reserved = reservations(&*policy);
+    for (mac, ip) in &reserved {
         timeline.bind_address(*mac, *ip);
     }
+    if let Some(pool) = pool {
+        pool.lock().expect("pool lock").set_reservations(reserved);
+    }
+    shared.replace(policy);
+}
+
+/// Serves until a signal. `load` builds the policy, at start and again on every SIGHUP; a
+/// failed reload keeps the running policy.
+pub async fn run(
+    config: ServerConfig,
+    load: impl Fn() -> anyhow::Result<Arc<dyn BootPolicy>>,
+) -> anyhow::Result<()> {
+    let initial = load().context("loading the boot policy")?;
+    let timeline = Arc::new(Timeline::default());
+    let metrics = Arc::new(Metrics::default());
+    let urls = Urls::new(format!("http://{}:{}", config.server_ip, config.http_port));
     let pool = match (config.pool, config.mode) {
         (Some((first, last)), Mode::Authoritative) => {
             let lease_file = config.state_dir.join(LEASE_FILE);
-            let lease_time = policy.network().lease_time;
+            let lease_time = initial.network().lease_time;
             let pool = Pool::load(
                 first,
                 last,
                 lease_time,
-                reservations,
+                reservations(&*initial),
                 lease_file.clone(),
                 SystemTime::now(),
             )
@@ -69,10 +96,12 @@ pub async fn run(config: ServerConfig, policy: Arc<dyn BootPolicy>) -> anyhow::R
         }
         (None, _) => None,
     };
+    let policy = SharedPolicy::new(Arc::clone(&initial));
+    apply_policy(initial, &policy, pool.as_ref(), &timeline);
     let responder = Arc::new(Responder {
         mode: config.mode,
         server_ip: config.server_ip,
-        policy: Arc::clone(&policy),
+        policy: policy.clone(),
         pool,
         timeline: Arc::clone(&timeline),
         metrics: Arc::clone(&metrics),
@@ -90,11 +119,12 @@ pub async fn run(config: ServerConfig, policy: Arc<dyn BootPolicy>) -> anyhow::R
     let http_listener = TcpListener::bind(http_address)
         .await
         .with_context(|| format!("binding HTTP {http_address}"))?;
+    tracing::info!(%http_address, "HTTP listening");
     // Without CAP_NET_RAW the rest still works; boots just take the IPv6 wait.
     let router_advertisements = {
         let (interface, policy, metrics) = (
             config.interface.clone(),
-            Arc::clone(&policy),
+            policy.clone(),
             Arc::clone(&metrics),
         );
         async move {
@@ -108,31 +138,38 @@ pub async fn run(config: ServerConfig, policy: Arc<dyn BootPolicy>) -> anyhow::R
         }
     };
     let http_state = Arc::new(HttpState {
-        policy,
-        timeline,
+        policy: policy.clone(),
+        timeline: Arc::clone(&timeline),
         metrics,
         urls,
         firmware_root: config.tftp_root,
     });
-    tracing::info!(%http_address, "HTTP listening");
-
-    tokio::select! {
-        result = dhcp::serve(responder, &config.interface) => result.context("DHCP"),
-        result = router_advertisements => result,
-        result = tftp.serve(tftp_socket) => result.context("TFTP"),
-        result = http::serve(http_listener, http_state) => result.context("HTTP"),
-        signal = shutdown_signal() => {
-            tracing::info!(signal, "stopping");
-            Ok(())
+    let serving = async {
+        tokio::select! {
+            result = dhcp::serve(Arc::clone(&responder), &config.interface) => result.context("DHCP"),
+            result = tftp.serve(tftp_socket) => result.context("TFTP"),
+            result = http::serve(http_listener, http_state) => result.context("HTTP"),
+            result = router_advertisements => result,
+        }
+    };
+    tokio::pin!(serving);
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            result = &mut serving => return result,
+            _ = hangup.recv() => match load() {
+                Ok(reloaded) => {
+                    let hosts = reloaded.hosts().len();
+                    apply_policy(reloaded, &policy, responder.pool.as_ref(), &timeline);
+                    tracing::info!(hosts, "reloaded the boot policy");
+                }
+                Err(error) => tracing::error!(error = format!("{error:#}"), "reload failed: keeping the running policy"),
+            },
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
         }
     }
-}
-
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = terminate.recv() => "SIGTERM",
-    }
+    tracing::info!("stopping");
+    Ok(())
 }

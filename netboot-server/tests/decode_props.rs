@@ -9,7 +9,7 @@ use std::time::Duration;
 use lectern_netboot::dhcp::{Mode, Port, Responder, decode};
 use lectern_netboot::http::Urls;
 use lectern_netboot::mac::MacAddr;
-use lectern_netboot::policy::{Host, Network, StaticPolicy};
+use lectern_netboot::policy::{Host, Network, SharedPolicy, StaticPolicy};
 use lectern_netboot::{ra, tftp};
 use proptest::prelude::*;
 
@@ -31,7 +31,7 @@ fn responder(mode: Mode) -> Responder {
     Responder {
         mode,
         server_ip: Ipv4Addr::new(10, 99, 0, 1),
-        policy: Arc::new(StaticPolicy::new(vec![host], network)),
+        policy: SharedPolicy::new(Arc::new(StaticPolicy::new(vec![host], network))),
         pool: None,
         timeline: Arc::default(),
         metrics: Arc::default(),

@@ -161,6 +161,16 @@ fn authoritative_dhcp_gives_udhcpc_its_reservation_name_and_boot_file() {
         "reservations stay out of the lease file: {leases}"
     );
 
+    // SIGHUP reloads the policy and keeps serving.
+    lab.signal("netbootd", "HUP");
+    let again = udhcpc(&lab, MIXER, &["-V", BIOS_PXE_CLASS]);
+    assert_eq!(var(&again, "ip"), Some("10.99.0.10"));
+    assert!(
+        lab.log("netbootd").contains("reloaded the boot policy"),
+        "{}",
+        lab.logs()
+    );
+
     lab.set_client_address("10.99.0.10/24");
     let hosts = http(&lab, &[&format!("{HTTP}/api/hosts")]);
     assert!(

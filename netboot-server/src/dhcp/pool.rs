@@ -117,6 +117,21 @@ impl Pool {
         Ok(())
     }
 
+    /// New reservations from a reloaded policy: their MACs and addresses leave the pool.
+    pub fn set_reservations(
+        &mut self,
+        reservations: impl IntoIterator<Item = (MacAddr, Ipv4Addr)>,
+    ) {
+        (self.reserved_macs, self.reserved_ips) = reservations.into_iter().unzip();
+        let before = self.leases.len();
+        let (macs, ips) = (&self.reserved_macs, &self.reserved_ips);
+        self.leases
+            .retain(|ip, lease| !ips.contains(ip) && !macs.contains(&lease.mac));
+        if self.leases.len() != before {
+            self.persist();
+        }
+    }
+
     /// Picks an address for `mac` and holds it: its current lease or offer, else the address
     /// it asks for, else the lowest free one.
     pub fn offer(
@@ -298,6 +313,32 @@ mod tests {
         assert_eq!(after.leases().collect::<Vec<_>>(), vec![(mac(2), LAST)]);
         let expired = pool(dir.path(), vec![], now + HOUR + Duration::from_secs(1));
         assert_eq!(expired.leases().count(), 0);
+    }
+
+    #[test]
+    fn new_reservations_take_their_hosts_and_addresses_out_of_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let mut pool = pool(dir.path(), vec![], now);
+        pool.commit(mac(1), FIRST, now).unwrap();
+        pool.commit(mac(2), LAST, now).unwrap();
+        pool.set_reservations([(mac(1), Ipv4Addr::new(10, 0, 0, 50)), (mac(7), LAST)]);
+        assert_eq!(pool.leases().count(), 0);
+        assert_eq!(pool.offer(mac(2), None, now), Some(FIRST));
+        let reloaded = Pool::load(
+            FIRST,
+            LAST,
+            HOUR,
+            vec![],
+            dir.path().join("leases.json"),
+            now,
+        )
+        .unwrap();
+        assert_eq!(
+            reloaded.leases().count(),
+            0,
+            "the pruned table was persisted"
+        );
     }
 
     #[test]

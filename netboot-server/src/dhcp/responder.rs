@@ -13,7 +13,7 @@ use super::decode::{OPTION_IPXE_ENCAP, Request, decode};
 use super::pool::{Pool, PoolError};
 use crate::http::Urls;
 use crate::metrics::{DHCP_DROPPED, DHCP_REPLIED, Metrics};
-use crate::policy::{BootPolicy, BootStep, Client, Host};
+use crate::policy::{BootPolicy, BootStep, Client, Host, SharedPolicy};
 use crate::timeline::{Event, Timeline};
 
 /// iPXE encapsulated option 176 (no-pxedhcp) = 1: don't wait ~3 s for ProxyDHCP offers.
@@ -55,7 +55,7 @@ type Silent = &'static str;
 pub struct Responder {
     pub mode: Mode,
     pub server_ip: Ipv4Addr,
-    pub policy: Arc<dyn BootPolicy>,
+    pub policy: SharedPolicy,
     pub pool: Option<Mutex<Pool>>,
     pub timeline: Arc<Timeline>,
     pub metrics: Arc<Metrics>,
@@ -74,10 +74,12 @@ impl Responder {
                 return None;
             }
         };
+        // One policy for the whole exchange, even if a reload swaps it meanwhile.
+        let policy = self.policy.current();
         let outcome = match (self.mode, port) {
-            (Mode::Authoritative, _) => self.authoritative(&request),
-            (Mode::Proxy, Port::Dhcp) => self.proxy_dhcp(&request),
-            (Mode::Proxy, Port::ProxyPxe) => self.proxy_pxe(&request),
+            (Mode::Authoritative, _) => self.authoritative(&*policy, &request),
+            (Mode::Proxy, Port::Dhcp) => self.proxy_dhcp(&*policy, &request),
+            (Mode::Proxy, Port::ProxyPxe) => self.proxy_pxe(&*policy, &request),
         };
         let message = match outcome {
             Ok(message) => message,
@@ -112,8 +114,8 @@ impl Responder {
         Some(Reply { bytes, to })
     }
 
-    fn authoritative(&self, request: &Request) -> Result<Message, Silent> {
-        let host = self.policy.host(request.mac);
+    fn authoritative(&self, policy: &dyn BootPolicy, request: &Request) -> Result<Message, Silent> {
+        let host = policy.host(request.mac);
         match request.kind {
             MessageType::Discover => {
                 let ip = match host.and_then(|host| host.ip) {
@@ -125,7 +127,7 @@ impl Responder {
                         .flatten()
                         .ok_or("no_address")?,
                 };
-                Ok(self.lease_reply(request, MessageType::Offer, ip, host))
+                Ok(self.lease_reply(policy, request, MessageType::Offer, ip, host))
             }
             MessageType::Request => {
                 if request
@@ -152,7 +154,7 @@ impl Responder {
                     Some(true) => {
                         self.timeline.bind_address(request.mac, wanted);
                         self.timeline.record(request.mac, Event::Dhcp);
-                        Ok(self.lease_reply(request, MessageType::Ack, wanted, host))
+                        Ok(self.lease_reply(policy, request, MessageType::Ack, wanted, host))
                     }
                     Some(false) => Ok(self.nak(request)),
                     // No reservation and no pool: RFC 2131 says stay silent about clients we
@@ -176,12 +178,12 @@ impl Responder {
 
     /// Port 67 beside a venue DHCP: offer boot options to known PXE clients, and note which
     /// address a known client asks the venue for (the host layer is served only there).
-    fn proxy_dhcp(&self, request: &Request) -> Result<Message, Silent> {
-        let host = self.policy.host(request.mac).ok_or("unknown_client")?;
+    fn proxy_dhcp(&self, policy: &dyn BootPolicy, request: &Request) -> Result<Message, Silent> {
+        let host = policy.host(request.mac).ok_or("unknown_client")?;
         match request.kind {
-            MessageType::Discover => self.proxy_reply(request, host, MessageType::Offer),
+            MessageType::Discover => self.proxy_reply(policy, request, host, MessageType::Offer),
             MessageType::Request if request.server_id == Some(self.server_ip) => {
-                self.proxy_reply(request, host, MessageType::Ack)
+                self.proxy_reply(policy, request, host, MessageType::Ack)
             }
             MessageType::Request => {
                 if let Some(ip) = request.requested_ip.or(nonzero(request.message.ciaddr())) {
@@ -194,14 +196,14 @@ impl Responder {
     }
 
     /// Port 4011: the PXE client, now with an address, asks us for its boot file.
-    fn proxy_pxe(&self, request: &Request) -> Result<Message, Silent> {
-        let host = self.policy.host(request.mac).ok_or("unknown_client")?;
+    fn proxy_pxe(&self, policy: &dyn BootPolicy, request: &Request) -> Result<Message, Silent> {
+        let host = policy.host(request.mac).ok_or("unknown_client")?;
         if let Some(ip) = nonzero(request.message.ciaddr()) {
             self.timeline.bind_address(host.mac, ip);
         }
         match request.kind {
             MessageType::Request | MessageType::Inform => {
-                self.proxy_reply(request, host, MessageType::Ack)
+                self.proxy_reply(policy, request, host, MessageType::Ack)
             }
             _ => Err("unsupported_type"),
         }
@@ -209,6 +211,7 @@ impl Responder {
 
     fn proxy_reply(
         &self,
+        policy: &dyn BootPolicy,
         request: &Request,
         host: &Host,
         kind: MessageType,
@@ -220,7 +223,7 @@ impl Responder {
         if kind == MessageType::Ack {
             message.set_ciaddr(request.message.ciaddr());
         }
-        if !self.add_boot(&mut message, request) {
+        if !self.add_boot(policy, &mut message, request) {
             return Err("nothing_to_boot");
         }
         let opts = message.opts_mut();
@@ -239,12 +242,13 @@ impl Responder {
 
     fn lease_reply(
         &self,
+        policy: &dyn BootPolicy,
         request: &Request,
         kind: MessageType,
         ip: Ipv4Addr,
         host: Option<&Host>,
     ) -> Message {
-        let network = self.policy.network();
+        let network = policy.network();
         let mut message = reply_base(request, kind, self.server_ip);
         message.set_yiaddr(ip);
         if kind == MessageType::Ack {
@@ -267,7 +271,7 @@ impl Responder {
         }
         if let Some(host) = host {
             opts.insert(DhcpOption::Hostname(host.hostname.clone()));
-            self.add_boot(&mut message, request);
+            self.add_boot(policy, &mut message, request);
         }
         message
     }
@@ -281,14 +285,14 @@ impl Responder {
     }
 
     /// Adds what the policy says the client loads next; false if nothing.
-    fn add_boot(&self, message: &mut Message, request: &Request) -> bool {
+    fn add_boot(&self, policy: &dyn BootPolicy, message: &mut Message, request: &Request) -> bool {
         let client = Client {
             mac: request.mac,
             arch: request.arch,
             ipxe: request.ipxe,
             ip: nonzero(message.yiaddr()).or(nonzero(request.message.ciaddr())),
         };
-        let Some(step) = self.policy.next_boot(&client) else {
+        let Some(step) = policy.next_boot(&client) else {
             return false;
         };
         let file = match &step {
@@ -423,7 +427,7 @@ mod tests {
         Responder {
             mode,
             server_ip: SERVER,
-            policy: Arc::new(StaticPolicy::new(hosts, network)),
+            policy: SharedPolicy::new(Arc::new(StaticPolicy::new(hosts, network))),
             pool,
             timeline: Arc::default(),
             metrics: Arc::default(),
@@ -605,6 +609,41 @@ mod tests {
                 .metrics
                 .get(DHCP_DROPPED, &[("reason", "too_short")]),
             1
+        );
+    }
+
+    #[test]
+    fn a_reloaded_policy_answers_the_next_exchange() {
+        let responder = responder(Mode::Authoritative, None);
+        assert!(reply(&responder, Port::Dhcp, &packet(STRANGER, BIOS_PXE_DISCOVER)).is_none());
+        let mut network = responder.policy.current().network().clone();
+        network.domain = Some("reloaded.lan".into());
+        let newcomer = Host {
+            mac: MacAddr(STRANGER),
+            hostname: "newcomer".into(),
+            ip: Some(Ipv4Addr::new(10, 99, 0, 33)),
+        };
+        let reloaded = Arc::new(StaticPolicy::new(vec![newcomer], network));
+        crate::server::apply_policy(
+            reloaded,
+            &responder.policy,
+            responder.pool.as_ref(),
+            &responder.timeline,
+        );
+        let (offer, _) =
+            reply(&responder, Port::Dhcp, &packet(STRANGER, BIOS_PXE_DISCOVER)).unwrap();
+        assert_eq!(offer.yiaddr(), Ipv4Addr::new(10, 99, 0, 33));
+        assert_eq!(
+            option(&offer, OptionCode::DomainName),
+            Some(&DhcpOption::DomainName("reloaded.lan".into()))
+        );
+        assert_eq!(
+            responder.timeline.mac_of(Ipv4Addr::new(10, 99, 0, 33)),
+            Some(MacAddr(STRANGER))
+        );
+        assert!(
+            reply(&responder, Port::Dhcp, &packet(KNOWN, BIOS_PXE_DISCOVER)).is_none(),
+            "mixer1 left the policy"
         );
     }
 

@@ -286,6 +286,23 @@ impl Lab {
         }
     }
 
+    /// Sends `signal` (`HUP`, `TERM`…) to the program started under `name`.
+    pub fn signal(&self, name: &str, signal: &str) {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let (child, _) = self
+            .children
+            .iter()
+            .find(|(_, path)| *path == log)
+            .expect("no such program");
+        // `ip netns exec` execs the program: the child's pid is the program's.
+        must("kill", &[&format!("-{signal}"), &child.id().to_string()]);
+    }
+
+    /// The log of the program started under `name`.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
     pub fn logs(&self) -> String {
         self.children
             .iter()
