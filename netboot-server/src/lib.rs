@@ -5,6 +5,7 @@
 //! rooms or roles; whatever they see is recorded into the shared [`timeline::Timeline`] and
 //! counted in [`metrics::Metrics`].
 
+pub mod check;
 pub mod dhcp;
 pub mod http;
 pub mod mac;

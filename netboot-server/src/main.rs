@@ -6,12 +6,14 @@
 use std::io::IsTerminal;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
+use lectern_netboot::check;
 use lectern_netboot::dhcp::Mode;
 use lectern_netboot::mac::MacAddr;
 use lectern_netboot::policy::{BootPolicy, Host, Network, StaticImage, StaticPolicy};
@@ -59,8 +61,7 @@ fn parse_range(text: &str) -> anyhow::Result<(Ipv4Addr, Ipv4Addr)> {
     Ok(range)
 }
 
-#[derive(Debug, Parser)]
-#[command(version, about)]
+#[derive(Debug, clap::Args)]
 struct Args {
     /// Interface DHCP listens on.
     #[arg(long)]
@@ -129,10 +130,23 @@ fn init_logging() {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    init_logging();
-    let args = Args::parse();
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve DHCP, TFTP and HTTP until SIGTERM; SIGHUP reloads.
+    Serve(Args),
+    /// Check the configuration and the files it names, without touching the network.
+    Check(Args),
+}
+
+/// The server settings and the policy the arguments describe.
+fn configure(args: Args) -> (ServerConfig, StaticPolicy) {
     let network = Network {
         netmask: args.netmask,
         router: args.router,
@@ -140,10 +154,8 @@ async fn main() -> anyhow::Result<()> {
         domain: args.domain,
         lease_time: Duration::from_secs(args.lease_secs),
     };
-    let mut policy = StaticPolicy::new(
-        args.hosts.into_iter().map(|HostArg(host)| host).collect(),
-        network,
-    );
+    let hosts = args.hosts.into_iter().map(|HostArg(host)| host).collect();
+    let mut policy = StaticPolicy::new(hosts, network);
     if let (Some(artifact_dir), Some(kernel)) = (args.artifact_dir, args.kernel) {
         let image = StaticImage {
             kernel,
@@ -169,9 +181,34 @@ async fn main() -> anyhow::Result<()> {
         tftp_root: args.tftp_root,
         http_port: args.http_port,
     };
-    // Everything comes from the command line, so a reload re-applies the same policy.
-    server::run(config, move || {
-        Ok(Arc::new(policy.clone()) as Arc<dyn BootPolicy>)
-    })
-    .await
+    (config, policy)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<ExitCode> {
+    init_logging();
+    match Cli::parse().command {
+        Command::Serve(args) => {
+            let (config, policy) = configure(args);
+            // Everything comes from the command line, so a reload re-applies the same policy.
+            server::run(config, move || {
+                Ok(Arc::new(policy.clone()) as Arc<dyn BootPolicy>)
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check(args) => {
+            let (config, policy) = configure(args);
+            let problems = check::check(&config, &policy);
+            for problem in &problems {
+                println!("problem: {problem}");
+            }
+            if problems.is_empty() {
+                println!("ok: {} hosts", policy.hosts().len());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    }
 }

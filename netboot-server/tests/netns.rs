@@ -756,3 +756,55 @@ fn qemu_bios_and_uefi_firmware_chain_to_the_kernel_download() {
         "{metrics}"
     );
 }
+
+#[test]
+fn runs_as_nobody_with_only_the_bind_and_raw_capabilities() {
+    let Some(mut lab) = Lab::new(&["busybox", "tftp", "curl", "setpriv"]) else {
+        return;
+    };
+    lab.start_netbootd_unprivileged(
+        SERVER_IP,
+        &["--host", &format!("{MIXER},10.99.0.10,mixer1")],
+    );
+    let pid = lab.pid("netbootd");
+    let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        proc_status
+            .lines()
+            .any(|line| line.starts_with("Uid:\t65534\t")),
+        "{proc_status}"
+    );
+    // CAP_NET_BIND_SERVICE (10) and CAP_NET_RAW (13), nothing else.
+    assert!(
+        proc_status.contains("CapEff:\t0000000000002400"),
+        "{proc_status}"
+    );
+
+    let lease = udhcpc(&lab, MIXER, &["-V", BIOS_PXE_CLASS]);
+    assert_eq!(var(&lease, "ip"), Some("10.99.0.10"));
+    lab.set_client_address("10.99.0.10/24");
+    let local = lab.dir.path().join("undionly.kpxe");
+    let output = lab.client(
+        "tftp",
+        &[
+            "-m",
+            "binary",
+            SERVER_IP,
+            "-c",
+            "get",
+            "undionly.kpxe",
+            local.to_str().unwrap(),
+        ],
+    );
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        std::fs::read(&local).unwrap(),
+        std::fs::read("/usr/lib/ipxe/undionly.kpxe").unwrap()
+    );
+    assert!(
+        !lab.log("netbootd")
+            .contains("no IPv6 router advertisements"),
+        "{}",
+        lab.logs()
+    );
+}

@@ -246,34 +246,51 @@ impl Lab {
     /// Starts netbootd at `server_ip` (an address of the bridge) with these arguments, and
     /// waits until its HTTP side answers.
     pub fn start_netbootd(&mut self, server_ip: &str, args: &[&str]) {
+        self.start_netbootd_via(&[], server_ip, args);
+    }
+
+    /// Like [`Lab::start_netbootd`], as user nobody holding only the capabilities netbootd
+    /// documents: binding ports below 1024 and raw ICMPv6.
+    pub fn start_netbootd_unprivileged(&mut self, server_ip: &str, args: &[&str]) {
+        must("chmod", &["755", self.dir.path().to_str().unwrap()]);
+        let caps = "-all,+net_bind_service,+net_raw";
+        let launcher = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            &format!("--inh-caps={caps}"),
+            &format!("--ambient-caps={caps}"),
+            &format!("--bounding-set={caps}"),
+            "--",
+        ]
+        .map(String::from);
+        let launcher: Vec<&str> = launcher.iter().map(String::as_str).collect();
+        self.start_netbootd_via(&launcher, server_ip, args);
+    }
+
+    fn start_netbootd_via(&mut self, launcher: &[&str], server_ip: &str, args: &[&str]) {
         let state = self.dir.path().join("state");
         std::fs::create_dir_all(&state).expect("state directory");
-        let mut full = vec![
+        must("chown", &["65534:65534", state.to_str().unwrap()]);
+        let binary = env!("CARGO_BIN_EXE_netbootd");
+        let mut full = launcher.to_vec();
+        full.extend_from_slice(&[
+            binary,
+            "serve",
             "--interface",
             BRIDGE,
             "--server-ip",
             server_ip,
-            "--state-dir",
-            state.to_str().unwrap(),
-        ];
+        ]);
+        full.extend_from_slice(&["--state-dir", state.to_str().unwrap()]);
         full.extend_from_slice(args);
-        self.spawn_in_server("netbootd", env!("CARGO_BIN_EXE_netbootd"), &full);
+        let (program, rest) = full.split_first().expect("a program");
+        self.spawn_in_server("netbootd", program, rest);
         let deadline = Instant::now() + Duration::from_secs(20);
         let health = format!("http://{server_ip}:8080/healthz");
         loop {
-            let probe = run(
-                "ip",
-                &[
-                    "netns",
-                    "exec",
-                    &self.server_ns,
-                    "curl",
-                    "-sf",
-                    "-m",
-                    "1",
-                    &health,
-                ],
-            );
+            let probe = self.server("curl", &["-sf", "-m", "1", &health]);
             if probe.status.success() {
                 return;
             }
@@ -286,16 +303,24 @@ impl Lab {
         }
     }
 
-    /// Sends `signal` (`HUP`, `TERM`…) to the program started under `name`.
-    pub fn signal(&self, name: &str, signal: &str) {
+    /// The pid of the program started under `name` (`ip netns exec` execs it, so the child's
+    /// pid is the program's).
+    pub fn pid(&self, name: &str) -> u32 {
         let log = self.dir.path().join(format!("{name}.log"));
         let (child, _) = self
             .children
             .iter()
             .find(|(_, path)| *path == log)
             .expect("no such program");
-        // `ip netns exec` execs the program: the child's pid is the program's.
-        must("kill", &[&format!("-{signal}"), &child.id().to_string()]);
+        child.id()
+    }
+
+    /// Sends `signal` (`HUP`, `TERM`…) to the program started under `name`.
+    pub fn signal(&self, name: &str, signal: &str) {
+        must(
+            "kill",
+            &[&format!("-{signal}"), &self.pid(name).to_string()],
+        );
     }
 
     /// The log of the program started under `name`.
