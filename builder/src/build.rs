@@ -149,11 +149,10 @@ impl Builder {
 
     /// Renders and stores the per-host layer of every host of `role` in the plan.
     pub fn build_host_layers(&self, role: &str, plan: &Plan) -> Result<Vec<HostLayer>> {
-        let chain = self.recipes.chain(role);
         plan.host_contexts(role)
             .into_iter()
             .map(|(hostname, context)| {
-                let tree = self.render(&chain, OverlayKind::Host, &context)?;
+                let tree = self.recipes.render(role, OverlayKind::Host, &context)?;
                 let archive = host_archive(&tree, self.options.source_date_epoch);
                 let blob = self.store.put_blob(&archive)?;
                 let layer = HostLayer::new(&hostname, role, tree.digest(), blob);
@@ -162,25 +161,6 @@ impl Builder {
             })
             .collect::<Result<_>>()
             .with_context(|| format!("building the per-host layers of role {role}"))
-    }
-
-    /// Renders one overlay kind of every recipe in `chain`, later recipes winning, with private files 0600.
-    fn render(&self, chain: &[&str], kind: OverlayKind, context: &Value) -> Result<Tree> {
-        let mut tree = Tree::default();
-        for name in chain {
-            tree.merge(Tree::load(
-                &self.recipes.overlay_dir(name, kind),
-                Some(context),
-            )?);
-        }
-        if matches!(kind, OverlayKind::Host) {
-            for name in chain {
-                for path in &self.recipes.role(name)?.host_private {
-                    tree.make_private(path)?;
-                }
-            }
-        }
-        Ok(tree)
     }
 
     fn base_layer(&self) -> Result<LayerRecord> {
@@ -248,7 +228,7 @@ impl Builder {
         context: &Value,
     ) -> Result<LayerRecord> {
         let recipe = self.recipes.role(role)?;
-        let tree = self.render(&self.recipes.chain(role), OverlayKind::Config, context)?;
+        let tree = self.recipes.render(role, OverlayKind::Config, context)?;
         let units = if role == BASE {
             Vec::new()
         } else {

@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use lectern_store::Digest;
 use serde::Deserialize;
+use serde_json::Value;
+
+use crate::tree::Tree;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -157,6 +160,26 @@ impl Recipes {
     }
 }
 
+impl Recipes {
+    /// Renders one overlay kind of every recipe in `role`'s chain against `context`, later recipes winning;
+    /// for the host kind, the recipes' `host_private` files become 0600.
+    pub fn render(&self, role: &str, kind: OverlayKind, context: &Value) -> Result<Tree> {
+        let chain = self.chain(role);
+        let mut tree = Tree::default();
+        for name in &chain {
+            tree.merge(Tree::load(&self.overlay_dir(name, kind), Some(context))?);
+        }
+        if matches!(kind, OverlayKind::Host) {
+            for name in &chain {
+                for path in &self.role(name)?.host_private {
+                    tree.make_private(path)?;
+                }
+            }
+        }
+        Ok(tree)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +234,89 @@ variant = "apt"
             recipes(&[("base.toml", BASE_TOML), ("mixer.toml", typo)]).is_err(),
             "unknown field"
         );
+    }
+
+    /// The repository's own recipes and overlays against the test fixture plan.
+    fn repo_recipes() -> (Recipes, serde_json::Value) {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let recipes = Recipes::load(&repo.join("recipes"), &repo.join("overlays")).unwrap();
+        let text = fs::read_to_string(repo.join("builder/tests/fixtures/plan.json")).unwrap();
+        (recipes, serde_json::from_str(&text).unwrap())
+    }
+
+    fn host_tree(recipes: &Recipes, plan: serde_json::Value, role: &str, hostname: &str) -> Tree {
+        let plan = crate::context::Plan::from_json(plan).unwrap();
+        let (_, context) = plan
+            .host_contexts(role)
+            .into_iter()
+            .find(|(name, _)| name == hostname)
+            .unwrap();
+        recipes.render(role, OverlayKind::Host, &context).unwrap()
+    }
+
+    fn file_text(tree: &Tree, path: &str) -> String {
+        match tree.get(path) {
+            Some(crate::tree::Entry::File { content, .. }) => {
+                String::from_utf8(content.clone()).unwrap()
+            }
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_role_renders_against_the_fixture() {
+        let (recipes, plan_json) = repo_recipes();
+        let plan = crate::context::Plan::from_json(plan_json).unwrap();
+        for role in plan.roles() {
+            recipes
+                .render(&role, OverlayKind::Config, &plan.role_context(&role))
+                .unwrap();
+            for (_, context) in plan.host_contexts(&role) {
+                recipes.render(&role, OverlayKind::Host, &context).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn voctocore_ini_follows_the_room() {
+        let (recipes, plan) = repo_recipes();
+        let ini = file_text(
+            &host_tree(&recipes, plan, "mixer", "lameere-mixer"),
+            "etc/voctomix/voctocore.ini",
+        );
+        assert!(ini.contains("\nsources=cam,slides\n"), "{ini}");
+        assert!(
+            ini.contains("width=1920,height=1080,framerate=30/1"),
+            "{ini}"
+        );
+        assert!(ini.contains("[source.slides]\nkind=tcp"), "{ini}");
+        assert!(ini.contains("audiosource=cam\n"), "{ini}");
+    }
+
+    #[test]
+    fn a_bitrate_change_touches_only_the_host_layer() {
+        let (recipes, plan) = repo_recipes();
+        let mut changed = plan.clone();
+        changed["hosts"][3]["encoder"]["video_kbps"] = 4500.into();
+        let role_tree = |plan: serde_json::Value| {
+            let plan = crate::context::Plan::from_json(plan).unwrap();
+            recipes
+                .render(
+                    "encoder",
+                    OverlayKind::Config,
+                    &plan.role_context("encoder"),
+                )
+                .unwrap()
+                .digest()
+        };
+        assert_eq!(role_tree(plan.clone()), role_tree(changed.clone()));
+        let before = host_tree(&recipes, plan, "encoder", "lameere-enc");
+        let after = host_tree(&recipes, changed, "encoder", "lameere-enc");
+        assert_ne!(before.digest(), after.digest());
+        assert!(file_text(&after, "etc/lectern/encoder.env").contains("VIDEO_KBPS=4500\n"));
+        assert!(matches!(
+            after.get("etc/lectern/encoder.env"),
+            Some(crate::tree::Entry::File { mode: 0o600, .. })
+        ));
     }
 }

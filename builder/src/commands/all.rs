@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use super::{Global, print_manifest_summary};
 use crate::context::Plan;
@@ -16,16 +16,15 @@ pub struct Args {
 pub fn run(args: &Args, global: &Global) -> Result<()> {
     let plan = Plan::load(&args.config)?;
     let builder = global.builder()?;
-    let roles = plan.roles();
-    let unknown: Vec<&str> = roles
-        .iter()
-        .map(String::as_str)
-        .filter(|role| builder.recipes().role(role).is_err())
-        .collect();
-    if !unknown.is_empty() {
-        bail!(
-            "the plan has hosts with roles that have no recipe: {}",
-            unknown.join(", ")
+    // Hosts such as the pxe/control server are not netbooted from an image: say so, build the rest.
+    let (roles, skipped): (Vec<String>, Vec<String>) = plan
+        .roles()
+        .into_iter()
+        .partition(|role| builder.recipes().role(role).is_ok());
+    if !skipped.is_empty() {
+        eprintln!(
+            "no recipe, not netbooted: hosts with role {}",
+            skipped.join(", ")
         );
     }
     let mut host_count = 0;
