@@ -35,13 +35,8 @@ pub const NEWUIDMAP: Tool = Tool {
     package: "uidmap",
     version_args: &[],
 };
-pub const EATMYDATA: Tool = Tool {
-    command: "eatmydata",
-    package: "eatmydata",
-    version_args: &[],
-};
 
-pub const IMAGE_TOOLS: &[Tool] = &[MMDEBSTRAP, MKSQUASHFS, CPIO, NEWUIDMAP, EATMYDATA];
+pub const IMAGE_TOOLS: &[Tool] = &[MMDEBSTRAP, MKSQUASHFS, CPIO, NEWUIDMAP];
 
 fn on_path(command: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|path| {
