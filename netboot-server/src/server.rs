@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use anyhow::Context;
+use anyhow::{Context, anyhow};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::oneshot;
 
 use crate::dhcp::{self, Mode, Responder, pool::Pool};
 use crate::http::{self, HttpState, Urls};
@@ -62,6 +63,32 @@ pub fn apply_policy(
     shared.replace(policy);
 }
 
+/// TFTP is lock-step ping-pong of small packets: on a multi-threaded runtime most ACKs wake
+/// the transfer on another thread, which halved throughput here. A single-threaded runtime of
+/// its own keeps each exchange on one thread. Resolves when the server stops.
+fn serve_tftp_on_own_thread(
+    server: Arc<TftpServer>,
+    socket: std::net::UdpSocket,
+) -> anyhow::Result<oneshot::Receiver<anyhow::Result<()>>> {
+    let (stopped, result) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("tftp".into())
+        .spawn(move || {
+            let outcome = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| {
+                    runtime.block_on(async {
+                        socket.set_nonblocking(true)?;
+                        server.serve(UdpSocket::from_std(socket)?).await
+                    })
+                });
+            let _ = stopped.send(outcome);
+        })?;
+    Ok(result)
+}
+
 /// Serves until a signal. `load` builds the policy, at start and again on every SIGHUP; a
 /// failed reload keeps the running policy.
 pub async fn run(
@@ -107,8 +134,7 @@ pub async fn run(
         metrics: Arc::clone(&metrics),
         urls: urls.clone(),
     });
-    let tftp_socket = UdpSocket::bind((config.server_ip, tftp::PORT))
-        .await
+    let tftp_socket = std::net::UdpSocket::bind((config.server_ip, tftp::PORT))
         .with_context(|| format!("binding TFTP {}:{}", config.server_ip, tftp::PORT))?;
     let tftp = Arc::new(TftpServer {
         root: config.tftp_root.clone(),
@@ -144,10 +170,11 @@ pub async fn run(
         urls,
         firmware_root: config.tftp_root,
     });
+    let tftp_stopped = serve_tftp_on_own_thread(tftp, tftp_socket)?;
     let serving = async {
         tokio::select! {
             result = dhcp::serve(Arc::clone(&responder), &config.interface) => result.context("DHCP"),
-            result = tftp.serve(tftp_socket) => result.context("TFTP"),
+            result = tftp_stopped => result.unwrap_or_else(|_| Err(anyhow!("TFTP thread died"))).context("TFTP"),
             result = http::serve(http_listener, http_state) => result.context("HTTP"),
             result = router_advertisements => result,
         }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::fs::File;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, BufReader};
 use tokio::net::UdpSocket;
 
 use crate::metrics::{Metrics, TFTP_REQUESTS, TFTP_TRANSFERS};
@@ -28,6 +28,9 @@ const MIN_BLKSIZE: usize = 8;
 /// Gains flatten near 64 (netboot-lab); more only fills buffers.
 const MAX_WINDOWSIZE: u16 = 64;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bytes read from the file at a time: tokio's file reads each cost a trip to the blocking
+/// pool, far more than sending one block.
+const READ_AHEAD: usize = 256 * 1024;
 /// Retransmissions of one window (or OACK) before a transfer is abandoned.
 const MAX_RETRIES: u32 = 5;
 
@@ -385,11 +388,11 @@ async fn listen(socket: &UdpSocket, timeout: Duration) -> std::io::Result<Heard>
     }
 }
 
-/// The blocks sent but not yet acknowledged, read ahead from the file.
+/// The DATA packets sent but not yet acknowledged, read ahead from the file.
 struct Window {
-    file: File,
+    file: BufReader<File>,
     blksize: usize,
-    /// (block number, payload), oldest first. Block numbers are 64-bit here; the wire
+    /// (block number, DATA packet), oldest first. Block numbers are 64-bit here; the wire
     /// carries the low 16 bits and wraps to 0 as most clients expect.
     blocks: VecDeque<(u64, Vec<u8>)>,
     next_block: u64,
@@ -401,15 +404,17 @@ impl Window {
         while self.blocks.len() < windowsize
             && self.last_block.is_none_or(|last| self.next_block <= last)
         {
-            let mut payload = Vec::with_capacity(self.blksize);
+            let mut packet = Vec::with_capacity(4 + self.blksize);
+            packet.extend_from_slice(&OP_DATA.to_be_bytes());
+            packet.extend_from_slice(&(self.next_block as u16).to_be_bytes());
             (&mut self.file)
                 .take(self.blksize as u64)
-                .read_to_end(&mut payload)
+                .read_to_end(&mut packet)
                 .await?;
-            if payload.len() < self.blksize {
+            if packet.len() - 4 < self.blksize {
                 self.last_block = Some(self.next_block);
             }
-            self.blocks.push_back((self.next_block, payload));
+            self.blocks.push_back((self.next_block, packet));
             self.next_block += 1;
         }
         Ok(())
@@ -444,7 +449,7 @@ async fn send_file(
         }
     }
     let mut window = Window {
-        file,
+        file: BufReader::with_capacity(READ_AHEAD, file),
         blksize: negotiated.blksize,
         blocks: VecDeque::new(),
         next_block: 1,
@@ -453,12 +458,8 @@ async fn send_file(
     let mut retries = 0;
     while !window.is_done() {
         window.fill(usize::from(negotiated.windowsize)).await?;
-        for (block, payload) in &window.blocks {
-            let mut packet = Vec::with_capacity(4 + payload.len());
-            packet.extend_from_slice(&OP_DATA.to_be_bytes());
-            packet.extend_from_slice(&(*block as u16).to_be_bytes());
-            packet.extend_from_slice(payload);
-            socket.send(&packet).await?;
+        for (_, packet) in &window.blocks {
+            socket.send(packet).await?;
         }
         loop {
             match listen(socket, negotiated.timeout).await? {

@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# Reproduces BENCHMARKS.md: netbootd against Kea and dnsmasq (DHCP), tftpd-hpa and dnsmasq
+# (TFTP) and nginx (HTTP), one server at a time on the same bridge in throwaway network
+# namespaces; clients in a second namespace over a veth pair. Needs root and
+#   apt-get install kea-dhcp4-server kea-admin dnsmasq-base tftpd-hpa nginx-light curl iproute2
+# Usage: bash netboot-server/bench/bench.sh [path/to/release/netbootd]
+set -euo pipefail
+
+NETBOOTD=$(realpath "${1:-${CARGO_TARGET_DIR:-target}/release/netbootd}")
+DHCP_CLIENTS=${DHCP_CLIENTS:-1000}   # simulated clients per DHCP run
+DHCP_SECONDS=${DHCP_SECONDS:-10}
+TFTP_MB=${TFTP_MB:-32}
+HTTP_MB=${HTTP_MB:-1024}
+HTTP_CLIENTS=${HTTP_CLIENTS:-64}
+
+work=$(mktemp -d ${BENCH_TMP:+-p "$BENCH_TMP"})
+server_ns=lnb-bench-s-$$
+client_ns=lnb-bench-c-$$
+pid=""
+
+stop() {
+    if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=""; fi
+}
+cleanup() {
+    stop
+    ip netns del "$server_ns" 2>/dev/null || true
+    ip netns del "$client_ns" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+in_server() { ip netns exec "$server_ns" "$@"; }
+in_client() { ip netns exec "$client_ns" "$@"; }
+
+# start NAME COMMAND...: runs a server in the server namespace and waits for its port.
+start() {
+    local name=$1 port=$2
+    shift 2
+    # Not through in_server: a backgrounded function is a subshell, and killing it would
+    # leave the server running.
+    ip netns exec "$server_ns" "$@" >"$work/$name.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 100); do
+        if in_server ss -Hlnu "sport = :$port" | grep -q . || in_server ss -Hlnt "sport = :$port" | grep -q .; then
+            return
+        fi
+        sleep 0.1
+    done
+    echo "$name did not start:" >&2
+    cat "$work/$name.log" >&2
+    exit 1
+}
+
+ip netns add "$server_ns"
+ip netns add "$client_ns"
+ip -n "$server_ns" link set lo up
+ip -n "$client_ns" link set lo up
+ip -n "$server_ns" link add br0 type bridge
+ip -n "$server_ns" addr add 10.99.0.1/16 dev br0
+ip -n "$server_ns" link set br0 up
+ip -n "$server_ns" link add vs0 type veth peer name vc0 netns "$client_ns"
+ip -n "$server_ns" link set vs0 master br0 up
+ip -n "$client_ns" addr add 10.99.0.2/16 dev vc0
+ip -n "$client_ns" link set vc0 up
+
+chmod 755 "$work" # nginx workers run as nobody
+mkdir -p "$work/tftp" "$work/store" "$work/state" "$work/nginx"
+head -c "${TFTP_MB}M" /dev/urandom >"$work/tftp/big.bin"
+head -c "${HTTP_MB}M" /dev/urandom >"$work/store/artifact"
+pool_first=10.99.1.1
+pool_last=10.99.255.250
+
+echo "| measure | server | result |"
+echo "|---|---|---|"
+
+# --- DHCP: 4-way exchanges per second, perfdhcp simulating $DHCP_CLIENTS clients ------------
+dhcp_rate() {
+    local output
+    output=$(in_client perfdhcp -4 -l vc0 -r 100000 -R "$DHCP_CLIENTS" -p "$DHCP_SECONDS" 2>&1 || true)
+    grep -oP 'Rate: \K[0-9.]+(?= 4-way)' <<<"$output" || { echo "$output" >&2; echo 0; }
+}
+
+rm -f "$work/state/"*
+start netbootd 67 "$NETBOOTD" serve --interface br0 --server-ip 10.99.0.1 --netmask 255.255.0.0 \
+    --pool "$pool_first-$pool_last" --state-dir "$work/state" --tftp-root "$work/tftp"
+echo "| DHCP exchanges/s | netbootd | $(dhcp_rate) |"
+stop
+
+cat >"$work/kea.json" <<KEA
+{"Dhcp4": {
+  "interfaces-config": {"interfaces": ["br0"], "dhcp-socket-type": "raw"},
+  "lease-database": {"type": "memfile", "persist": true, "name": "$work/kea-leases4.csv", "lfc-interval": 0},
+  "valid-lifetime": 3600,
+  "subnet4": [{"id": 1, "subnet": "10.99.0.0/16", "pools": [{"pool": "$pool_first - $pool_last"}]}],
+  "loggers": [{"name": "kea-dhcp4", "severity": "ERROR", "output_options": [{"output": "stderr"}]}]
+}}
+KEA
+KEA_LOCKFILE_DIR=none KEA_PIDFILE_DIR=$work start kea 67 kea-dhcp4 -c "$work/kea.json"
+echo "| DHCP exchanges/s | Kea $(kea-dhcp4 -v) | $(dhcp_rate) |"
+stop
+
+start dnsmasq 67 dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 --no-resolv --no-hosts --no-ping \
+    --interface=br0 --bind-interfaces --dhcp-authoritative --user=root --dhcp-lease-max=70000 \
+    --dhcp-range="$pool_first,$pool_last,255.255.0.0,1h" --dhcp-leasefile="$work/dnsmasq.leases" \
+    --pid-file="$work/dnsmasq.pid"
+echo "| DHCP exchanges/s | dnsmasq $(dnsmasq --version | head -1 | grep -oP 'version \K\S+') | $(dhcp_rate) |"
+stop
+
+# --- TFTP: one client, curl with 1468-byte blocks (the usual firmware choice) ----------------
+tftp_speed() {
+    local best=0 speed
+    for _ in 1 2 3; do
+        speed=$(in_client curl -s --tftp-blksize 1468 -o /dev/null -w '%{speed_download}' tftp://10.99.0.1/big.bin)
+        best=$(awk -v a="$best" -v b="$speed" 'BEGIN { print (b > a) ? b : a }')
+    done
+    awk -v bytes="$best" 'BEGIN { printf "%.1f MB/s", bytes / 1e6 }'
+}
+
+start netbootd 69 "$NETBOOTD" serve --interface br0 --server-ip 10.99.0.1 --netmask 255.255.0.0 \
+    --state-dir "$work/state" --tftp-root "$work/tftp"
+echo "| TFTP ${TFTP_MB} MB | netbootd | $(tftp_speed) |"
+stop
+start tftpd-hpa 69 in.tftpd --foreground --listen --address 10.99.0.1:69 --secure "$work/tftp"
+echo "| TFTP ${TFTP_MB} MB | tftpd-hpa | $(tftp_speed) |"
+stop
+start dnsmasq-tftp 69 dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 --interface=br0 \
+    --bind-interfaces --user=root --enable-tftp --tftp-root="$work/tftp" --pid-file="$work/dnsmasq.pid"
+echo "| TFTP ${TFTP_MB} MB | dnsmasq | $(tftp_speed) |"
+stop
+
+# --- HTTP: $HTTP_CLIENTS clients each fetching the whole artifact at once ------------------
+http_throughput() {
+    local url=$1 start_ns end_ns
+    local urls=()
+    for _ in $(seq "$HTTP_CLIENTS"); do urls+=("$url"); done
+    start_ns=$(date +%s%N)
+    in_client curl -sS --fail --no-progress-meter --parallel --parallel-max "$HTTP_CLIENTS" \
+        $(printf -- '-o /dev/null %s ' "${urls[@]}")
+    end_ns=$(date +%s%N)
+    awk -v mb="$HTTP_MB" -v n="$HTTP_CLIENTS" -v ns=$((end_ns - start_ns)) \
+        'BEGIN { printf "%.0f MB/s aggregate (%.1f s)", mb * 1.048576 * n / (ns / 1e9), ns / 1e9 }'
+}
+
+start netbootd 8080 "$NETBOOTD" serve --interface br0 --server-ip 10.99.0.1 --netmask 255.255.0.0 \
+    --state-dir "$work/state" --tftp-root "$work/tftp" --artifact-dir "$work/store" --kernel artifact
+echo "| HTTP ${HTTP_MB} MiB x ${HTTP_CLIENTS} | netbootd | $(http_throughput http://10.99.0.1:8080/a/artifact) |"
+stop
+
+cat >"$work/nginx/nginx.conf" <<NGINX
+daemon off;
+worker_processes auto;
+pid $work/nginx/nginx.pid;
+error_log stderr;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    sendfile on;
+    client_body_temp_path $work/nginx;
+    server { listen 10.99.0.1:8080; root $work/store; location /a/ { alias $work/store/; } }
+}
+NGINX
+start nginx 8080 nginx -c "$work/nginx/nginx.conf"
+echo "| HTTP ${HTTP_MB} MiB x ${HTTP_CLIENTS} | nginx $(nginx -v 2>&1 | grep -oP '/\K\S+') | $(http_throughput http://10.99.0.1:8080/a/artifact) |"
+stop
