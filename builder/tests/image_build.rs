@@ -45,7 +45,7 @@ fn builder(store_dir: &Path) -> Builder {
         apt_cache: std::env::var_os("LECTERN_APT_CACHE")
             .map_or_else(|| "/var/cache/lectern/apt".into(), PathBuf::from),
     };
-    Builder::new(Store::open(store_dir).unwrap(), recipes, options).unwrap()
+    Builder::new(Store::create(store_dir).unwrap(), recipes, options).unwrap()
 }
 
 fn scratch() -> tempfile::TempDir {

@@ -45,7 +45,7 @@ fn base_boots_and_reports_and_a_wrong_pin_refuses_to_boot() {
         apt_cache: std::env::var_os("LECTERN_APT_CACHE")
             .map_or_else(|| "/var/cache/lectern/apt".into(), PathBuf::from),
     };
-    let builder = Builder::new(Store::open(&store_dir).unwrap(), recipes, options).unwrap();
+    let builder = Builder::new(Store::create(&store_dir).unwrap(), recipes, options).unwrap();
     let plan_text = fs::read_to_string(repo.join("builder/tests/fixtures/plan.json")).unwrap();
     let plan = Plan::from_json(serde_json::from_str(&plan_text).unwrap()).unwrap();
     let manifest = builder.build_role("base", &plan).unwrap();

@@ -152,7 +152,7 @@ mod tests {
     #[test]
     fn keeps_newest_releases_and_their_blobs() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::create(dir.path()).unwrap();
         let releases: Vec<Manifest> = (0..4)
             .map(|i| release(&store, "mixer", format!("v{i}").as_bytes()))
             .collect();
@@ -199,7 +199,7 @@ mod tests {
     #[test]
     fn grace_protects_fresh_outputs() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::create(dir.path()).unwrap();
         let orphan = store
             .put_blob(b"just built, manifest not yet written")
             .unwrap();

@@ -11,7 +11,8 @@
 //! ```
 //!
 //! Every file is written to a temp path, fsynced and renamed (or linked) into place, so an interrupted build
-//! never damages what is already there. Readers need nothing but [`Store::open`], [`Store::latest_manifest`],
+//! never damages what is already there. Writers start with [`Store::create`]; readers need nothing but
+//! [`Store::open`], [`Store::latest_manifest`],
 //! [`Store::host_layer`] and [`Store::blob_path`].
 
 mod atomic;
@@ -32,18 +33,19 @@ pub use digest::{Digest, InvalidDigest};
 pub use gc::GcReport;
 pub use records::{BlobRef, FORMAT, HostLayer, LayerKind, LayerRecord, Manifest};
 
+/// Each variant's message includes its cause (they are not chained as `source()`, so it prints once).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{action} {path}: {source}")]
+    #[error("{action} {path}: {cause}")]
     Io {
         action: &'static str,
         path: PathBuf,
-        source: io::Error,
+        cause: io::Error,
     },
-    #[error("{path} is not a valid record: {source}")]
+    #[error("{path} is not a valid record: {cause}")]
     Corrupt {
         path: PathBuf,
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     #[error("{0:?} is not a usable role or host name (letters, digits, '-', '_' and '.' only)")]
     BadName(String),
@@ -53,10 +55,10 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
     let path = path.to_owned();
-    move |source| StoreError::Io {
+    move |cause| StoreError::Io {
         action,
         path,
-        source,
+        cause,
     }
 }
 
@@ -89,8 +91,25 @@ impl Records {
 }
 
 impl Store {
-    /// Opens the store at `dir`, creating its layout if needed.
+    /// Opens an existing store (what readers such as netbootd want: a wrong path is an error, not a new store).
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
+        let root = dir.as_ref().to_owned();
+        if !root.join("blobs/sha256").is_dir() {
+            let cause = io::Error::new(
+                io::ErrorKind::NotFound,
+                "no blobs/sha256 inside: not a lectern store",
+            );
+            return Err(StoreError::Io {
+                action: "opening the store",
+                path: root,
+                cause,
+            });
+        }
+        Ok(Self { root })
+    }
+
+    /// Opens the store at `dir`, creating it and its layout if needed (for writers).
+    pub fn create(dir: impl AsRef<Path>) -> Result<Self> {
         let store = Self {
             root: dir.as_ref().to_owned(),
         };
@@ -333,9 +352,9 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
         Ok(bytes) => {
             serde_json::from_slice(&bytes)
                 .map(Some)
-                .map_err(|source| StoreError::Corrupt {
+                .map_err(|cause| StoreError::Corrupt {
                     path: path.to_owned(),
-                    source,
+                    cause,
                 })
         }
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -351,7 +370,7 @@ mod tests {
     #[test]
     fn import_names_blob_by_content_and_dedups() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::create(dir.path()).unwrap();
         let mut blobs = Vec::new();
         for _ in 0..2 {
             let temp = store.temp_path("vmlinuz");
@@ -371,7 +390,7 @@ mod tests {
     #[test]
     fn layer_cache_needs_its_blobs() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::create(dir.path()).unwrap();
         let blob = store.put_blob(b"rootfs").unwrap();
         let record = LayerRecord {
             kind: LayerKind::Role,
@@ -387,7 +406,7 @@ mod tests {
     #[test]
     fn releases_append_and_skip_repeats() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::create(dir.path()).unwrap();
         assert_eq!(store.latest_manifest("mixer").unwrap(), None);
         let first = sample_manifest("mixer", b"k1");
         let second = sample_manifest("mixer", b"k2");
@@ -405,7 +424,7 @@ mod tests {
     #[test]
     fn host_layers_latest_wins() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::create(dir.path()).unwrap();
         let old = store.put_blob(b"cpio 1").unwrap();
         let new = store.put_blob(b"cpio 2").unwrap();
         let key = Digest::of_bytes(b"k");
@@ -421,9 +440,18 @@ mod tests {
     }
 
     #[test]
+    fn open_needs_an_existing_store() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Store::open(dir.path().join("missing")).is_err());
+        assert!(!dir.path().join("missing").exists());
+        Store::create(dir.path()).unwrap();
+        assert!(Store::open(dir.path()).is_ok());
+    }
+
+    #[test]
     fn names_cannot_escape_the_store() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::create(dir.path()).unwrap();
         assert!(matches!(
             store.latest_manifest("../etc"),
             Err(StoreError::BadName(_))

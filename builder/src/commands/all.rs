@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::{Global, print_manifest_summary};
+use super::{Global, manifest_summary, print};
 use crate::context::Plan;
 
 /// Build every role the plan uses and every host's per-host layer.
@@ -29,9 +29,11 @@ pub fn run(args: &Args, global: &Global) -> Result<()> {
     }
     let mut host_count = 0;
     for role in &roles {
-        print_manifest_summary(&builder.build_role(role, &plan)?);
+        print(&manifest_summary(&builder.build_role(role, &plan)?))?;
         host_count += builder.build_host_layers(role, &plan)?.len();
     }
-    println!("{} roles, {host_count} per-host layers", roles.len());
-    Ok(())
+    print(&format!(
+        "{} roles, {host_count} per-host layers\n",
+        roles.len()
+    ))
 }

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::Global;
+use super::{Global, print};
 
 /// Delete old releases and everything only they used.
 #[derive(Debug, clap::Args)]
@@ -18,13 +18,12 @@ pub struct Args {
 pub fn run(args: &Args, global: &Global) -> Result<()> {
     let store = global.open_store()?;
     let report = store.gc(args.keep, Duration::from_secs(args.grace_minutes * 60))?;
-    println!(
-        "removed {} releases, {} host layers, {} cached layers, {} blobs ({} MiB freed)",
+    print(&format!(
+        "removed {} releases, {} host layers, {} cached layers, {} blobs ({} MiB freed)\n",
         report.manifests,
         report.host_layers,
         report.layers,
         report.blobs,
         report.bytes >> 20
-    );
-    Ok(())
+    ))
 }

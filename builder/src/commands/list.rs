@@ -1,6 +1,8 @@
+use std::fmt::Write;
+
 use anyhow::Result;
 
-use super::Global;
+use super::{Global, print};
 
 /// Show the releases and per-host layers in the store.
 #[derive(Debug, clap::Args)]
@@ -12,33 +14,39 @@ pub struct Args {
 
 pub fn run(args: &Args, global: &Global) -> Result<()> {
     let store = global.open_store()?;
+    let mut text = String::new();
     for role in store.roles()? {
-        let mut releases = store.manifests(&role)?;
+        let releases = store.manifests(&role)?;
         let shown = if args.all { releases.len() } else { 1 };
-        let current = releases.len();
-        for (index, manifest) in releases.drain(..).rev().take(shown).enumerate() {
+        for (index, manifest) in releases.iter().enumerate().rev().take(shown) {
             let size: u64 = manifest.artifacts.values().map(|blob| blob.size).sum();
-            let marker = if index == 0 { "current" } else { "" };
-            println!(
-                "{role:<10} #{:<3} image {}  {:>6} MiB  built {}  {marker}",
-                current - index,
+            let current = if index + 1 == releases.len() {
+                "current"
+            } else {
+                ""
+            };
+            writeln!(
+                text,
+                "{role:<10} image {}  {:>6} MiB  built {}  {current}",
                 manifest.image.short(),
                 size >> 20,
                 manifest.created_unix,
-            );
+            )?;
         }
     }
     let hosts = store.hosts()?;
-    println!("{} per-host layers", hosts.len());
+    writeln!(text, "{} per-host layers", hosts.len())?;
     for host in hosts {
         if let Some(layer) = store.host_layer(&host)? {
-            println!(
+            let blob = &layer.blob;
+            writeln!(
+                text,
                 "  {host:<24} {:<10} {:>7} bytes  {}",
                 layer.role,
-                layer.blob.size,
-                layer.blob.sha256.short()
-            );
+                blob.size,
+                blob.sha256.short()
+            )?;
         }
     }
-    Ok(())
+    print(&text)
 }

@@ -53,7 +53,7 @@ impl Global {
             source_date_epoch: self.source_date_epoch,
             apt_cache: self.apt_cache.clone(),
         };
-        Builder::new(self.open_store()?, recipes, options)
+        Builder::new(Store::create(&self.store)?, recipes, options)
     }
 }
 
@@ -65,12 +65,22 @@ fn load_plan(config: Option<&std::path::Path>) -> Result<Plan> {
     }
 }
 
-fn print_manifest_summary(manifest: &lectern_store::Manifest) {
-    println!("{} image {}", manifest.role, manifest.image.short());
-    for (name, blob) in &manifest.artifacts {
-        println!(
-            "  {name:<14} {:>12} bytes  sha256 {}",
-            blob.size, blob.sha256
-        );
+/// Writes command output to stdout; a closed pipe (`imgbuild list | head`) is not an error.
+fn print(text: &str) -> Result<()> {
+    use std::io::Write;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
     }
+}
+
+fn manifest_summary(manifest: &lectern_store::Manifest) -> String {
+    let mut text = format!("{} image {}\n", manifest.role, manifest.image.short());
+    for (name, blob) in &manifest.artifacts {
+        text.push_str(&format!(
+            "  {name:<14} {:>12} bytes  sha256 {}\n",
+            blob.size, blob.sha256
+        ));
+    }
+    text
 }

@@ -2,7 +2,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use super::{Global, load_plan, print_manifest_summary};
+use super::{Global, load_plan, manifest_summary, print};
 
 /// Build one role's image (and, with --config, its hosts' per-host layers).
 #[derive(Debug, clap::Args)]
@@ -18,10 +18,10 @@ pub fn run(args: &Args, global: &Global) -> Result<()> {
     let plan = load_plan(args.config.as_deref())?;
     let builder = global.builder()?;
     let manifest = builder.build_role(&args.role, &plan)?;
-    print_manifest_summary(&manifest);
+    let mut text = manifest_summary(&manifest);
     let hosts = builder.build_host_layers(&args.role, &plan)?;
     if !hosts.is_empty() {
-        println!("  {} per-host layers", hosts.len());
+        text.push_str(&format!("  {} per-host layers\n", hosts.len()));
     }
-    Ok(())
+    print(&text)
 }
