@@ -58,7 +58,9 @@ pub fn apply_policy(
         timeline.bind_address(*mac, *ip);
     }
     if let Some(pool) = pool {
-        pool.lock().expect("pool lock").set_reservations(reserved);
+        let mut pool = pool.lock().expect("pool lock");
+        pool.set_reservations(reserved);
+        pool.save();
     }
     shared.replace(policy);
 }

@@ -17,6 +17,8 @@ pub use responder::{Mode, Port, Reply, Responder};
 
 pub const SERVER_PORT: u16 = 67;
 pub const PROXY_PXE_PORT: u16 = 4011;
+/// Most requests handled before their replies go out (and the leases are written).
+const MAX_BATCH: usize = 64;
 
 /// A UDP socket on `0.0.0.0:port` that only sees `interface` and may broadcast.
 pub fn bind(interface: &str, port: u16) -> anyhow::Result<UdpSocket> {
@@ -57,23 +59,41 @@ async fn answer(responder: Arc<Responder>, port: Port, socket: UdpSocket) -> any
         Port::ProxyPxe => "4011",
     };
     let mut buffer = vec![0u8; 1500];
+    let mut replies = Vec::with_capacity(MAX_BATCH);
     loop {
-        let (len, from) = socket
-            .recv_from(&mut buffer)
-            .await
-            .context("receiving DHCP")?;
-        responder
-            .metrics
-            .inc(DHCP_RECEIVED, &[("port", port_label)]);
-        let SocketAddr::V4(from) = from else { continue };
-        let Some(reply) = responder.handle(port, from, &buffer[..len]) else {
-            continue;
-        };
-        if let Err(error) = socket.send_to(&reply.bytes, SocketAddr::V4(reply.to)).await {
-            tracing::warn!(to = %reply.to, %error, "could not send DHCP reply");
+        // Wait for one request, then take whatever else has already arrived: one lease-table
+        // write covers the batch. A quiet LAN sees batches of one.
+        let mut received = Some(
+            socket
+                .recv_from(&mut buffer)
+                .await
+                .context("receiving DHCP")?,
+        );
+        let mut handled = 0;
+        while let Some((len, from)) = received {
+            handled += 1;
             responder
                 .metrics
-                .inc(DHCP_DROPPED, &[("reason", "send_error")]);
+                .inc(DHCP_RECEIVED, &[("port", port_label)]);
+            if let SocketAddr::V4(from) = from {
+                replies.extend(responder.handle(port, from, &buffer[..len]));
+            }
+            // Nothing more waiting (WouldBlock) or a real error: either way the next
+            // recv_from reports it.
+            received = if handled < MAX_BATCH {
+                socket.try_recv_from(&mut buffer).ok()
+            } else {
+                None
+            };
+        }
+        responder.save_leases();
+        for reply in replies.drain(..) {
+            if let Err(error) = socket.send_to(&reply.bytes, SocketAddr::V4(reply.to)).await {
+                tracing::warn!(to = %reply.to, %error, "could not send DHCP reply");
+                responder
+                    .metrics
+                    .inc(DHCP_DROPPED, &[("reason", "send_error")]);
+            }
         }
     }
 }

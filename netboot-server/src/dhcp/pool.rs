@@ -43,6 +43,8 @@ pub struct Pool {
     offers: HashMap<Ipv4Addr, (MacAddr, SystemTime)>,
     declined: HashMap<Ipv4Addr, SystemTime>,
     lease_file: PathBuf,
+    /// Leases changed since the table was last written.
+    unsaved: bool,
 }
 
 fn unix_secs(when: SystemTime) -> u64 {
@@ -74,6 +76,7 @@ impl Pool {
             offers: HashMap::new(),
             declined: HashMap::new(),
             lease_file,
+            unsaved: false,
         };
         let stored: Vec<Lease> = match fs::read(&pool.lease_file) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other)?,
@@ -127,9 +130,7 @@ impl Pool {
         let (macs, ips) = (&self.reserved_macs, &self.reserved_ips);
         self.leases
             .retain(|ip, lease| !ips.contains(ip) && !macs.contains(&lease.mac));
-        if self.leases.len() != before {
-            self.persist();
-        }
+        self.unsaved |= self.leases.len() != before;
     }
 
     /// Picks an address for `mac` and holds it: its current lease or offer, else the address
@@ -165,14 +166,15 @@ impl Pool {
         Some(ip)
     }
 
-    /// Binds `ip` to `mac` for one lease time (a REQUEST we ACK) and persists the table.
+    /// Binds `ip` to `mac` for one lease time (a REQUEST we ACK); [`Pool::save`] before the
+    /// ACK leaves.
     pub fn commit(&mut self, mac: MacAddr, ip: Ipv4Addr, now: SystemTime) -> Result<(), PoolError> {
         self.available_to(ip, mac, now)?;
         self.offers.retain(|_, (holder, _)| *holder != mac);
         self.leases.retain(|_, lease| lease.mac != mac);
         let expires = unix_secs(now + self.lease_time);
         self.leases.insert(ip, Lease { mac, ip, expires });
-        self.persist();
+        self.unsaved = true;
         Ok(())
     }
 
@@ -184,16 +186,14 @@ impl Pool {
     pub fn release(&mut self, mac: MacAddr) {
         let before = self.leases.len();
         self.leases.retain(|_, lease| lease.mac != mac);
-        if self.leases.len() != before {
-            self.persist();
-        }
+        self.unsaved |= self.leases.len() != before;
     }
 
     /// The client found `ip` in use (RFC 2131 DHCPDECLINE): keep it out for a lease time.
     pub fn decline(&mut self, mac: MacAddr, ip: Ipv4Addr, now: SystemTime) {
         if self.leases.get(&ip).is_some_and(|lease| lease.mac == mac) {
             self.leases.remove(&ip);
-            self.persist();
+            self.unsaved = true;
         }
         self.offers.remove(&ip);
         self.declined.insert(ip, now + self.lease_time);
@@ -204,8 +204,15 @@ impl Pool {
         self.leases.values().map(|lease| (lease.mac, lease.ip))
     }
 
+    /// Writes the table if it changed since the last save. The DHCP loop calls this once per
+    /// batch of requests, before any reply leaves: one atomic write covers every lease in the
+    /// batch (group commit), and no client holds an ACK for a lease not on disk.
     /// A failed write is logged, not fatal: the LAN keeps booting on the in-memory table.
-    fn persist(&self) {
+    pub fn save(&mut self) {
+        if !self.unsaved {
+            return;
+        }
+        self.unsaved = false;
         let leases: Vec<&Lease> = self.leases.values().collect();
         if let Err(error) = write_atomically(
             &self.lease_file,
@@ -295,10 +302,28 @@ mod tests {
         let now = SystemTime::now();
         let mut before = pool(dir.path(), vec![], now);
         before.commit(mac(1), LAST, now).unwrap();
+        before.save();
         let mut after = pool(dir.path(), vec![], now);
         assert_eq!(after.leases().collect::<Vec<_>>(), vec![(mac(1), LAST)]);
         assert_eq!(after.offer(mac(1), None, now), Some(LAST));
         assert_eq!(after.offer(mac(2), Some(LAST), now), Some(FIRST));
+    }
+
+    #[test]
+    fn leases_reach_the_disk_on_save_only_once_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("leases.json");
+        let now = SystemTime::now();
+        let mut pool = pool(dir.path(), vec![], now);
+        pool.offer(mac(1), None, now);
+        pool.save();
+        assert!(!file.exists(), "an offer is not a lease");
+        pool.commit(mac(1), FIRST, now).unwrap();
+        assert!(!file.exists(), "written on save, once per batch");
+        pool.save();
+        let written = fs::metadata(&file).unwrap().modified().unwrap();
+        pool.save();
+        assert_eq!(fs::metadata(&file).unwrap().modified().unwrap(), written);
     }
 
     #[test]
@@ -308,6 +333,7 @@ mod tests {
         let mut before = pool(dir.path(), vec![], now);
         before.commit(mac(1), FIRST, now).unwrap();
         before.commit(mac(2), LAST, now).unwrap();
+        before.save();
         // mac(1) got a reservation since: its pool lease must not keep it in the pool.
         let after = pool(dir.path(), vec![(mac(1), Ipv4Addr::new(10, 0, 0, 50))], now);
         assert_eq!(after.leases().collect::<Vec<_>>(), vec![(mac(2), LAST)]);
@@ -322,7 +348,9 @@ mod tests {
         let mut pool = pool(dir.path(), vec![], now);
         pool.commit(mac(1), FIRST, now).unwrap();
         pool.commit(mac(2), LAST, now).unwrap();
+        pool.save();
         pool.set_reservations([(mac(1), Ipv4Addr::new(10, 0, 0, 50)), (mac(7), LAST)]);
+        pool.save();
         assert_eq!(pool.leases().count(), 0);
         assert_eq!(pool.offer(mac(2), None, now), Some(FIRST));
         let reloaded = Pool::load(

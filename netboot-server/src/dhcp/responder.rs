@@ -326,6 +326,11 @@ impl Responder {
         true
     }
 
+    /// Writes lease changes to disk; call before sending the replies that announce them.
+    pub fn save_leases(&self) {
+        self.with_pool(Pool::save);
+    }
+
     fn with_pool<T>(&self, action: impl FnOnce(&mut Pool) -> T) -> Option<T> {
         self.pool
             .as_ref()
