@@ -243,20 +243,17 @@ impl<'l, 'a> Expander<'l, 'a> {
             ip: h.ip,
             on_lan: h.role != MachineRole::Netboot,
         });
-        let encoders = m.encoders.iter().enumerate().map(|(i, h)| HostEntry {
-            path: format!("encoders[{i}]"),
-            hostname: &h.hostname,
-            mac: h.mac.as_deref(),
-            ip: h.ip,
-            on_lan: h.placement != Where::Ec2,
-        });
-        let servers = m.servers.iter().enumerate().map(|(i, h)| HostEntry {
-            path: format!("servers[{i}]"),
-            hostname: &h.hostname,
-            mac: h.mac.as_deref(),
-            ip: h.ip,
-            on_lan: h.placement != Where::Ec2,
-        });
+        let deployed = |list: &str, i: usize, hostname: &'m str, d: &'m Deployment| HostEntry {
+            path: format!("{list}[{i}]"),
+            hostname,
+            mac: d.mac.as_deref(),
+            ip: d.ip,
+            on_lan: d.placement != Where::Ec2,
+        };
+        let encoders = (m.encoders.iter().enumerate())
+            .map(|(i, e)| deployed("encoders", i, &e.hostname, &e.deployment));
+        let servers = (m.servers.iter().enumerate())
+            .map(|(i, s)| deployed("servers", i, &s.hostname, &s.deployment));
         machines.chain(encoders).chain(servers).collect()
     }
 
@@ -604,9 +601,6 @@ impl<'l, 'a> Expander<'l, 'a> {
             .filter(|h| h.role == MachineRole::Mixer)
             .filter_map(|h| Some((h.room.as_deref()?, h)))
             .collect();
-        let address = |hostname: &str, ip: Option<Ipv4Addr>| {
-            ip.map_or_else(|| format!("{hostname}.local"), |ip| ip.to_string())
-        };
         for (i, h) in m.machines.iter().enumerate() {
             let path = format!("machines[{i}]");
             let room_index = match h.role {
@@ -620,7 +614,7 @@ impl<'l, 'a> Expander<'l, 'a> {
                     let room = &m.rooms[r];
                     let mixer = mixer_of
                         .get(room.slug.as_str())
-                        .map(|x| address(&x.hostname, x.ip));
+                        .map(|x| reach(&x.hostname, x.ip));
                     self.source_config(&path, h, room)
                         .map(|(source, port, capture)| {
                             RoleConfig::Source(SourceConfig {
@@ -648,79 +642,66 @@ impl<'l, 'a> Expander<'l, 'a> {
                 MachineRole::Netboot => Role::Netboot,
             };
             if let Some(config) = config {
-                hosts.push(Host {
-                    hostname: h.hostname.clone(),
-                    fqdn: format!("{}.{domain}", h.hostname),
-                    mac: h.mac.as_deref().and_then(|m| m.parse().ok()),
-                    ip: h.ip,
-                    address: address(&h.hostname, h.ip),
-                    role,
-                    room: h.room.clone(),
-                    placement: Where::BareMetal,
-                    netboot: role != Role::Netboot,
-                    config,
-                });
+                let identity = (
+                    h.hostname.as_str(),
+                    h.mac.as_deref(),
+                    h.ip,
+                    Where::BareMetal,
+                );
+                let mut host = new_host(identity, domain, role, h.room.clone(), config);
+                host.netboot = role != Role::Netboot;
+                hosts.push(host);
             }
         }
         for (i, e) in m.encoders.iter().enumerate() {
             let path = format!("encoders[{i}]");
-            let placement = self.placement(&path, e.placement, &PlacementFields::of_encoder(e), m);
+            let (vm, cloud) = self.deployment(&path, &e.deployment, m);
             let Some(r) = self.room_index(m, &path, Some(&e.room), rooms) else {
                 continue;
             };
             let room = &m.rooms[r];
-            let mixer = mixer_of
-                .get(room.slug.as_str())
-                .map(|x| address(&x.hostname, x.ip));
-            let pull_url = match e.placement {
+            let pull_url = match e.deployment.placement {
                 Where::Ec2 => format!("srt://0.0.0.0:{}?mode=listener", ports::CONTRIBUTION),
-                _ => format!("tcp://{}:{}", mixer.unwrap_or_default(), ports::LIVE_OUT),
+                _ => {
+                    let mixer = mixer_of.get(room.slug.as_str());
+                    let mixer = mixer.map(|x| reach(&x.hostname, x.ip)).unwrap_or_default();
+                    format!("tcp://{mixer}:{}", ports::LIVE_OUT)
+                }
             };
             let Some(push_url) = self.push_url(m, r, room) else {
                 continue;
             };
             let encode = self.encode(m, room);
-            hosts.push(Host {
-                hostname: e.hostname.clone(),
-                fqdn: format!("{}.{domain}", e.hostname),
-                mac: e.mac.as_deref().and_then(|m| m.parse().ok()),
-                ip: e.ip,
-                address: address(&e.hostname, e.ip),
-                role: Role::Encoder,
-                room: Some(room.slug.clone()),
-                placement: e.placement,
-                netboot: e.placement != Where::Ec2,
-                config: RoleConfig::Encoder(EncoderConfig {
-                    room: room.slug.clone(),
-                    pull_url,
-                    push_url,
-                    ingest: m.streaming.ingest,
-                    video: self.video(m, room),
-                    hwaccel: encode.hwaccel,
-                    encode,
-                    vm: placement.0,
-                    cloud: placement.1,
-                }),
+            let config = RoleConfig::Encoder(EncoderConfig {
+                room: room.slug.clone(),
+                pull_url,
+                push_url,
+                ingest: m.streaming.ingest,
+                video: self.video(m, room),
+                hwaccel: encode.hwaccel,
+                encode,
+                vm,
+                cloud,
             });
+            let identity = deployed_identity(&e.hostname, &e.deployment);
+            hosts.push(new_host(
+                identity,
+                domain,
+                Role::Encoder,
+                Some(room.slug.clone()),
+                config,
+            ));
         }
         for (i, s) in m.servers.iter().enumerate() {
             let path = format!("servers[{i}]");
-            let (vm, cloud) = self.placement(&path, s.placement, &PlacementFields::of_server(s), m);
-            hosts.push(Host {
-                hostname: s.hostname.clone(),
-                fqdn: format!("{}.{domain}", s.hostname),
-                mac: s.mac.as_deref().and_then(|m| m.parse().ok()),
-                ip: s.ip,
-                address: address(&s.hostname, s.ip),
-                role: match s.role {
-                    ServerRole::StreamingBackend => Role::StreamingBackend,
-                    ServerRole::StreamingFrontend => Role::StreamingFrontend,
-                },
-                room: None,
-                placement: s.placement,
-                netboot: s.placement != Where::Ec2,
-                config: RoleConfig::Server(ServerConfig { vm, cloud }),
-            });
+            let (vm, cloud) = self.deployment(&path, &s.deployment, m);
+            let role = match s.role {
+                ServerRole::StreamingBackend => Role::StreamingBackend,
+                ServerRole::StreamingFrontend => Role::StreamingFrontend,
+            };
+            let config = RoleConfig::Server(ServerConfig { vm, cloud });
+            let identity = deployed_identity(&s.hostname, &s.deployment);
+            hosts.push(new_host(identity, domain, role, None, config));
         }
         hosts
     }
@@ -730,7 +711,7 @@ impl<'l, 'a> Expander<'l, 'a> {
         let contributions = m
             .encoders
             .iter()
-            .filter(|e| e.room == room.slug && e.placement == Where::Ec2)
+            .filter(|e| e.room == room.slug && e.deployment.placement == Where::Ec2)
             .map(|e| {
                 let encode = self.encode(m, room);
                 let target = e
@@ -803,14 +784,13 @@ impl<'l, 'a> Expander<'l, 'a> {
         Some((source.clone(), ports::SOURCE_BASE + index as u16, capture))
     }
 
-    fn placement(
+    fn deployment(
         &mut self,
         path: &str,
-        placement: Where,
-        f: &PlacementFields,
+        f: &Deployment,
         m: &MasterFile,
     ) -> (Option<VmPlan>, Option<CloudPlan>) {
-        match placement {
+        match f.placement {
             Where::Ec2 => {
                 let mut need = |field: &str, value: Option<&String>| match value {
                     Some(v) => v.clone(),
@@ -820,13 +800,13 @@ impl<'l, 'a> Expander<'l, 'a> {
                     }
                 };
                 let cloud = CloudPlan {
-                    region: need("region", f.region),
-                    instance_type: need("instance_type", f.instance_type),
+                    region: need("region", f.region.as_ref()),
+                    instance_type: need("instance_type", f.instance_type.as_ref()),
                 };
                 (None, Some(cloud))
             }
             Where::LocalVm => {
-                if let Some(hypervisor) = f.host {
+                if let Some(hypervisor) = &f.host {
                     let known: Vec<String> =
                         m.machines.iter().map(|h| h.hostname.clone()).collect();
                     if !known.contains(hypervisor) {
@@ -840,7 +820,7 @@ impl<'l, 'a> Expander<'l, 'a> {
                     }
                 }
                 let vm = VmPlan {
-                    hypervisor: f.host.cloned(),
+                    hypervisor: f.host.clone(),
                     vcpus: f.vcpus.unwrap_or(2),
                     memory_mb: f.memory_mb.unwrap_or(2048),
                 };
@@ -952,34 +932,36 @@ impl<'l, 'a> Expander<'l, 'a> {
     }
 }
 
-/// The placement fields encoders and servers share.
-struct PlacementFields<'m> {
-    host: Option<&'m String>,
-    vcpus: Option<u32>,
-    memory_mb: Option<u32>,
-    region: Option<&'m String>,
-    instance_type: Option<&'m String>,
+/// How other hosts reach a host: its fixed address, else its mDNS name.
+fn reach(hostname: &str, ip: Option<Ipv4Addr>) -> String {
+    ip.map_or_else(|| format!("{hostname}.local"), |ip| ip.to_string())
 }
 
-impl<'m> PlacementFields<'m> {
-    fn of_encoder(e: &'m Encoder) -> Self {
-        PlacementFields {
-            host: e.host.as_ref(),
-            vcpus: e.vcpus,
-            memory_mb: e.memory_mb,
-            region: e.region.as_ref(),
-            instance_type: e.instance_type.as_ref(),
-        }
-    }
+/// Host name, MAC, fixed address and placement.
+type Identity<'m> = (&'m str, Option<&'m str>, Option<Ipv4Addr>, Where);
 
-    fn of_server(s: &'m Server) -> Self {
-        PlacementFields {
-            host: s.host.as_ref(),
-            vcpus: s.vcpus,
-            memory_mb: s.memory_mb,
-            region: s.region.as_ref(),
-            instance_type: s.instance_type.as_ref(),
-        }
+fn deployed_identity<'m>(hostname: &'m str, d: &'m Deployment) -> Identity<'m> {
+    (hostname, d.mac.as_deref(), d.ip, d.placement)
+}
+
+fn new_host(
+    (hostname, mac, ip, placement): Identity,
+    domain: &str,
+    role: Role,
+    room: Option<String>,
+    config: RoleConfig,
+) -> Host {
+    Host {
+        hostname: hostname.to_string(),
+        fqdn: format!("{hostname}.{domain}"),
+        mac: mac.and_then(|m| m.parse().ok()),
+        ip,
+        address: reach(hostname, ip),
+        role,
+        room,
+        placement,
+        netboot: placement != Where::Ec2,
+        config,
     }
 }
 

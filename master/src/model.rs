@@ -481,13 +481,10 @@ pub enum Where {
     BareMetal,
 }
 
+/// Where an encoder or server runs and how it is reached; shared by `[[encoders]]` and
+/// `[[servers]]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Encoder {
-    /// Short host name, e.g. "lameere-enc".
-    pub hostname: String,
-    /// Room slug whose live mix this encoder streams.
-    pub room: String,
+pub struct Deployment {
     /// Where it runs.
     #[serde(rename = "where")]
     pub placement: Where,
@@ -512,6 +509,20 @@ pub struct Encoder {
     /// For `ec2`: e.g. "c6i.xlarge".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_type: Option<String>,
+}
+
+// serde cannot deny unknown fields beside `flatten`; the schema does, and the structural check
+// that runs before deserialisation enforces it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+/// An encoder: pulls its room's live mix and pushes the stream to the ingest.
+pub struct Encoder {
+    /// Short host name, e.g. "lameere-enc".
+    pub hostname: String,
+    /// Room slug whose live mix this encoder streams.
+    pub room: String,
+    #[serde(flatten)]
+    pub deployment: Deployment,
     /// For `ec2`: the public DNS name the room's mixer sends its contribution feed to;
     /// defaults to `<hostname>.<domain>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -526,29 +537,15 @@ pub enum ServerRole {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
+#[schemars(deny_unknown_fields)]
+/// A streaming server (backend or frontend).
 pub struct Server {
     /// Short host name, e.g. "stream-backend".
     pub hostname: String,
     /// What the server does.
     pub role: ServerRole,
-    /// Where it runs; the other fields mean what they mean for `[[encoders]]`.
-    #[serde(rename = "where")]
-    pub placement: Where,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mac: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip: Option<Ipv4Addr>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vcpus: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory_mb: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub region: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub instance_type: Option<String>,
+    #[serde(flatten)]
+    pub deployment: Deployment,
 }
 
 /// The secrets file (`secrets.toml`): free-form tables of strings, addressed from the master

@@ -35,6 +35,17 @@ struct Case {
 
 const CASES: &[Case] = &[
     Case {
+        name: "unknown key beside shared deployment fields",
+        edits: &[("vcpus = 4", "vcpu = 4")],
+        expected: r#"error: master.toml:140:1: encoders[lameere-enc].vcpu: unknown key `vcpu` in encoders[lameere-enc]
+    |
+140 | vcpu = 4
+    | ^^^^
+  help: did you mean `vcpus`?
+
+1 error found"#,
+    },
+    Case {
         name: "unknown key",
         edits: &[("record_disk = \"/dev/sdb\"", "record_dsk = \"/dev/sdb\"")],
         expected: r#"error: master.toml:90:1: machines[lameere-mixer].record_dsk: unknown key `record_dsk` in machines[lameere-mixer]

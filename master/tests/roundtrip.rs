@@ -109,14 +109,16 @@ fn master_file(rooms: &[RoomSpec], mode: DhcpMode, seed: u8) -> MasterFile {
             encoders.push(Encoder {
                 hostname: format!("{}-enc", room.slug),
                 room: room.slug.clone(),
-                placement,
-                mac: (!cloud).then(&mut next_mac),
-                ip: (!cloud).then(&mut next_ip),
-                host: None,
-                vcpus: Some(4),
-                memory_mb: Some(4096),
-                region: cloud.then(|| "eu-west-1".into()),
-                instance_type: cloud.then(|| "c6i.xlarge".into()),
+                deployment: Deployment {
+                    placement,
+                    mac: (!cloud).then(&mut next_mac),
+                    ip: (!cloud).then(&mut next_ip),
+                    host: None,
+                    vcpus: Some(4),
+                    memory_mb: Some(4096),
+                    region: cloud.then(|| "eu-west-1".into()),
+                    instance_type: cloud.then(|| "c6i.xlarge".into()),
+                },
                 address: None,
             });
         }
