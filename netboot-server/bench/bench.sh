@@ -7,6 +7,8 @@
 set -euo pipefail
 
 NETBOOTD=$(realpath "${1:-${CARGO_TARGET_DIR:-target}/release/netbootd}")
+# Per-request logging off everywhere, as for Kea (ERROR) and dnsmasq (no log-dhcp).
+export RUST_LOG=warn
 DHCP_CLIENTS=${DHCP_CLIENTS:-1000}   # simulated clients per DHCP run
 DHCP_SECONDS=${DHCP_SECONDS:-10}
 TFTP_MB=${TFTP_MB:-32}
