@@ -190,12 +190,6 @@ impl Builder {
                 command
                     .arg("--hook-dir=/usr/share/mmdebstrap/hooks/eatmydata")
                     .arg(format!("--essential-hook={}", cpio_in(&overlay)));
-                if !base.units.is_empty() {
-                    command.arg(format!(
-                        "--customize-hook=chroot \"$1\" systemctl enable --quiet {}",
-                        base.units.join(" ")
-                    ));
-                }
                 command.arg(format!(
                     "--customize-hook=sh -c {} take-kernel \"$1\" {}",
                     sh_quote(TAKE_KERNEL),
@@ -227,13 +221,8 @@ impl Builder {
         below: &LayerRecord,
         context: &Value,
     ) -> Result<LayerRecord> {
-        let recipe = self.recipes.role(role)?;
         let tree = self.recipes.render(role, OverlayKind::Config, context)?;
-        let units = if role == BASE {
-            Vec::new()
-        } else {
-            recipe.units.clone()
-        };
+        let units = self.recipes.units(role)?;
         let key = layer_key(json!({
             "layer": "config",
             "below": below.key,

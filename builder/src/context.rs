@@ -11,8 +11,9 @@
 //!
 //! Two contexts, so that a change to one host never rebuilds a role image:
 //! - role-wide (config layer): `{ role, conference }`; it must hold no secrets.
-//! - per host (host layer): `{ role, conference, ssh_authorized_keys, host }`, with secrets revealed;
-//!   it only ever reaches the per-host layer.
+//! - per host (host layer): `{ role, conference, ssh_authorized_keys, host, room_hosts }`, with secrets
+//!   revealed; it only ever reaches the per-host layer. `room_hosts` lists `{hostname, ip}` of the host's
+//!   room peers.
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
@@ -86,9 +87,22 @@ impl Plan {
                     "conference": self.conference(),
                     "ssh_authorized_keys": keys,
                     "host": host,
+                    "room_hosts": self.room_hosts(host),
                 });
                 (hostname, context)
             })
+            .collect()
+    }
+}
+
+impl Plan {
+    /// `{hostname, ip}` of the other hosts in `host`'s room that have an address, so that /etc/hosts can
+    /// resolve the single-label names the plan uses (mDNS only answers for `.local`).
+    fn room_hosts(&self, host: &Value) -> Vec<Value> {
+        let Some(room) = host.get("room").filter(|room| room.is_string()) else { return Vec::new() };
+        hosts(&self.plan)
+            .filter(|peer| peer.get("room") == Some(room) && peer["hostname"] != host["hostname"])
+            .filter_map(|peer| Some(json!({ "hostname": peer["hostname"], "ip": peer.get("ip")?.as_str()? })))
             .collect()
     }
 }
@@ -113,7 +127,8 @@ mod tests {
             "conference": { "org": "fosdem", "slug": "fosdem2027" },
             "ssh_authorized_keys": ["ssh-ed25519 AAAA team"],
             "hosts": [
-                { "hostname": "a-mixer", "role": "mixer", "room": "a" },
+                { "hostname": "a-mixer", "role": "mixer", "room": "a", "ip": "10.0.0.1" },
+                { "hostname": "a-src", "role": "source", "room": "a", "ip": "10.0.0.2" },
                 { "hostname": "a-enc", "role": "encoder", "encoder": { "push_url": "rtmp://x/a?key=s3cret" } },
                 { "hostname": "b-mixer", "role": "mixer", "room": "b" }
             ]
@@ -133,7 +148,7 @@ mod tests {
     #[test]
     fn host_contexts_select_the_role() {
         let plan = plan();
-        assert_eq!(plan.roles(), ["encoder", "mixer"]);
+        assert_eq!(plan.roles(), ["encoder", "mixer", "source"]);
         let mixers = plan.host_contexts("mixer");
         let names: Vec<&str> = mixers.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(names, ["a-mixer", "b-mixer"]);

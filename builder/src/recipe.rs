@@ -2,8 +2,10 @@
 //! a role that extends it with packages and systemd units. Overlays are found by convention under
 //! `overlays/<recipe>/`:
 //!
-//! - `image/`  static files put into the base before its packages install (base only; no templates)
-//! - `config/` role-wide files, rendered per role into the root image (base's apply to every role)
+//! - `image/`  static files put into the base before its packages install (base only; no templates): what
+//!   the kernel's initrd must contain, since it is built while the packages install
+//! - `config/` role-wide files, rendered per role into the root image (base's apply to every role); cheap
+//!   to change: only the root image is rebuilt
 //! - `host/`   per-host files, rendered per host into the per-host layer (base's apply to every host)
 
 use std::collections::BTreeMap;
@@ -26,7 +28,8 @@ struct RecipeFile {
     debian: Option<Debian>,
     #[serde(default)]
     packages: Vec<String>,
-    /// Units to enable (`systemctl enable`), e.g. the role's services.
+    /// Units to enable (`systemctl enable`) in the root image, e.g. the role's services; their files come
+    /// from packages or the config overlays.
     #[serde(default)]
     units: Vec<String>,
     /// Files of the per-host layer that hold secrets: mode 0600.
@@ -161,6 +164,15 @@ impl Recipes {
 }
 
 impl Recipes {
+    /// The units enabled in `role`'s root image: base's, then the role's own.
+    pub fn units(&self, role: &str) -> Result<Vec<String>> {
+        let mut units = Vec::new();
+        for name in self.chain(role) {
+            units.extend(self.role(name)?.units.iter().cloned());
+        }
+        Ok(units)
+    }
+
     /// Renders one overlay kind of every recipe in `role`'s chain against `context`, later recipes winning;
     /// for the host kind, the recipes' `host_private` files become 0600.
     pub fn render(&self, role: &str, kind: OverlayKind, context: &Value) -> Result<Tree> {
@@ -195,6 +207,7 @@ mod tests {
     const BASE_TOML: &str = r#"
 description = "base"
 packages = ["systemd"]
+units = ["base.target"]
 [debian]
 suite = "bookworm"
 mirror = "http://deb.debian.org/debian"
@@ -214,6 +227,8 @@ variant = "apt"
         assert_eq!(all.names().collect::<Vec<_>>(), ["base", "mixer"]);
         assert_eq!(all.role("mixer").unwrap().packages, ["voctomix-core"]);
         assert_eq!(all.chain("mixer"), ["base", "mixer"]);
+        assert_eq!(all.units("mixer").unwrap(), ["base.target", "x.service"]);
+        assert_eq!(all.units("base").unwrap(), ["base.target"]);
         let err = all.role("encoder").unwrap_err().to_string();
         assert!(err.contains("known: base, mixer"), "{err}");
     }

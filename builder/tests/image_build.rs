@@ -138,6 +138,8 @@ fn encoder_image_is_complete_secret_free_and_reproducible() {
     );
     let wants = root.join("etc/systemd/system/lectern-role.target.wants/lectern-encoder.service");
     assert!(wants.symlink_metadata().is_ok(), "role unit enabled");
+    let role_target = root.join("etc/systemd/system/multi-user.target.wants/lectern-role.target");
+    assert!(role_target.symlink_metadata().is_ok(), "base units enabled");
     assert!(root.join("usr/bin/ffmpeg").exists());
     assert!(
         !root.join("etc/lectern/encoder.env").exists(),

@@ -2,6 +2,7 @@
 //! (busybox udhcpd, reservations per MAC), an HTTP server standing in for netbootd (serves a directory and
 //! logs POSTs to /api/report), and qemu guests (TCG: KVM does not run guests on these machines).
 //! Everything it starts is stopped by pid and the namespace deleted when the [`Lab`] is dropped.
+//! [`Lab::netboot`] boots a role's artifacts from a lectern store the way netbootd hands them out.
 
 use std::fs;
 use std::io::Write;
@@ -10,6 +11,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use lectern_builder::build::{BuildOptions, Builder};
+use lectern_builder::context::Plan;
+use lectern_builder::recipe::Recipes;
+use lectern_store::{HostLayer, Manifest, Store};
 use serde_json::Value;
 
 pub const SERVER_IP: &str = "10.99.0.1";
@@ -86,6 +91,8 @@ impl Lab {
         ])?;
         ip(&["-n", &ns, "link", "set", "br0", "up"])?;
         lab.start_dhcp(hosts)?;
+        fs::create_dir(lab.www())?;
+        lab.serve_http()?;
         Ok(lab)
     }
 
@@ -128,8 +135,14 @@ impl Lab {
         self.spawn(command, "udhcpd.log")
     }
 
-    /// Serves `www` at http://10.99.0.1:8080/ and records POSTs to /api/report (see [`Lab::reports`]).
-    pub fn serve_http(&mut self, www: &Path) -> Result<()> {
+    /// The directory served at http://10.99.0.1:8080/.
+    pub fn www(&self) -> PathBuf {
+        self.dir.path().join("www")
+    }
+
+    /// Serves [`Lab::www`] and records POSTs to /api/report (see [`Lab::reports`]).
+    fn serve_http(&mut self) -> Result<()> {
+        let www = self.www();
         let script = self.dir.path().join("lab_server.py");
         fs::write(&script, include_str!("lab_server.py"))?;
         let mut command = self.in_netns("python3");
@@ -201,7 +214,7 @@ impl Lab {
         let serial = self.dir.path().join(format!("{tap}.serial.log"));
         let mut command = self.in_netns("qemu-system-x86_64");
         command
-            .args(["-machine", "pc", "-accel", "tcg", "-m", "1536", "-smp", "1"])
+            .args(["-machine", "pc", "-accel", "tcg", "-m", "2048", "-smp", "1"])
             .args(["-nographic", "-monitor", "none", "-no-reboot"])
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
@@ -217,6 +230,38 @@ impl Lab {
             .args(["-append", cmdline]);
         self.spawn(command, &format!("{tap}.qemu.log"))?;
         Ok(serial)
+    }
+
+    /// Boots `manifest`'s artifacts on a guest with `mac`, like netbootd will: kernel + initrd + the host's
+    /// layer, root image over HTTP pinned by `root_sha256` (pass a wrong one to test the refusal).
+    pub fn netboot(
+        &mut self,
+        store: &Store,
+        manifest: &Manifest,
+        host_layer: Option<&HostLayer>,
+        mac: &str,
+        root_sha256: &str,
+    ) -> Result<PathBuf> {
+        let artifact = |name: &str| -> Result<PathBuf> {
+            let blob = manifest.artifacts.get(name).with_context(|| format!("manifest has no {name}"))?;
+            Ok(store.blob_path(&blob.sha256))
+        };
+        let root = artifact("root.squashfs")?;
+        let root_name = format!("{}.squashfs", manifest.artifacts["root.squashfs"].sha256);
+        let served = self.www().join(&root_name);
+        if !served.exists() {
+            std::os::unix::fs::symlink(&root, &served)?;
+        }
+        let server = format!("http://{SERVER_IP}:{HTTP_PORT}");
+        let cmdline = format!(
+            "console=ttyS0 boot=lectern ip=dhcp lectern.root={server}/{root_name} lectern.root_sha256={root_sha256} \
+             lectern.server={server} lectern.image={}",
+            manifest.image
+        );
+        let initrd = artifact("initrd")?;
+        let host_cpio = host_layer.map(|layer| store.blob_path(&layer.blob.sha256));
+        let initrds: Vec<&Path> = std::iter::once(initrd.as_path()).chain(host_cpio.as_deref()).collect();
+        self.boot_direct(mac, &artifact("vmlinuz")?, &initrds, &cmdline)
     }
 
     /// Waits until a report satisfies `wanted`, or fails after `timeout` with the end of `serial`.
@@ -257,4 +302,44 @@ impl Drop for Lab {
             eprintln!("lab files kept in {}", kept.display());
         }
     }
+}
+
+/// The repository checkout (recipes, overlays, fixtures).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("qemu-tests sits in the repo").to_owned()
+}
+
+/// The builder tests' fixture plan (one room: mixer, two sources, encoder; plus `lab-base`).
+pub fn fixture_plan() -> Plan {
+    let text = fs::read_to_string(repo().join("builder/tests/fixtures/plan.json")).expect("fixture plan");
+    Plan::from_json(serde_json::from_str(&text).expect("fixture is JSON")).expect("fixture is a plan")
+}
+
+/// A builder over the repository's recipes into `store_dir`, with the apt cache from LECTERN_APT_CACHE.
+pub fn fixture_builder(store_dir: &Path) -> Result<Builder> {
+    let repo = repo();
+    let recipes = Recipes::load(&repo.join("recipes"), &repo.join("overlays"))?;
+    let apt_cache = std::env::var_os("LECTERN_APT_CACHE").map_or_else(|| "/var/cache/lectern/apt".into(), PathBuf::from);
+    Builder::new(Store::create(store_dir)?, recipes, BuildOptions { source_date_epoch: 1_700_000_000, apt_cache })
+}
+
+/// Whether VM tests should run: LECTERN_IMAGE_TESTS=1 (they take minutes). Panics if asked for but
+/// impossible here, so CI cannot pass by skipping.
+pub fn vm_tests_enabled() -> bool {
+    if std::env::var("LECTERN_IMAGE_TESTS").as_deref() != Ok("1") {
+        eprintln!("skipping: VM boots take minutes; set LECTERN_IMAGE_TESTS=1 to run them");
+        return false;
+    }
+    if let Some(reason) = unavailable() {
+        panic!("LECTERN_IMAGE_TESTS=1 but the VM lab cannot run: {reason}");
+    }
+    true
+}
+
+/// The store VM tests build into: LECTERN_TEST_STORE if set, else `lectern-test-store` in `target_tmpdir`
+/// (pass `env!("CARGO_TARGET_TMPDIR")`). Either way it persists, so the tests share layers and reruns are
+/// quick; unchanged layers are never rebuilt.
+pub fn test_store_dir(target_tmpdir: &str) -> PathBuf {
+    std::env::var_os("LECTERN_TEST_STORE")
+        .map_or_else(|| Path::new(target_tmpdir).join("lectern-test-store"), PathBuf::from)
 }
