@@ -109,8 +109,7 @@ pub fn standard_boot_step(client: &Client) -> Option<BootStep> {
 }
 
 /// What an artifact is, so the timeline can tell a kernel fetch from a root fetch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArtifactKind {
     Kernel,
     Initrd,

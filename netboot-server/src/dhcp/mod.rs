@@ -20,10 +20,13 @@ pub const PROXY_PXE_PORT: u16 = 4011;
 /// Most requests handled before their replies go out (and the leases are written).
 const MAX_BATCH: usize = 64;
 
-/// A UDP socket on `0.0.0.0:port` that only sees `interface` and may broadcast.
-pub fn bind(interface: &str, port: u16) -> anyhow::Result<UdpSocket> {
+/// A UDP socket on `0.0.0.0:port` that only sees `interface` and may broadcast. `shared`
+/// lets a ProxyDHCP server sit beside a DHCP server on the same machine and interface; an
+/// authoritative server must be alone there, so a second one fails to start instead of two
+/// servers answering.
+pub fn bind(interface: &str, port: u16, shared: bool) -> anyhow::Result<UdpSocket> {
     let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-    socket.set_reuse_address(true)?;
+    socket.set_reuse_address(shared)?;
     socket.set_broadcast(true)?;
     socket
         .bind_device(Some(interface.as_bytes()))
@@ -38,9 +41,10 @@ pub fn bind(interface: &str, port: u16) -> anyhow::Result<UdpSocket> {
 
 /// Answers on 67 (and 4011 in proxy mode) until an I/O error on receive.
 pub async fn serve(responder: Arc<Responder>, interface: &str) -> anyhow::Result<()> {
-    let mut listeners = vec![(Port::Dhcp, bind(interface, SERVER_PORT)?)];
-    if responder.mode == Mode::Proxy {
-        listeners.push((Port::ProxyPxe, bind(interface, PROXY_PXE_PORT)?));
+    let proxy = responder.mode == Mode::Proxy;
+    let mut listeners = vec![(Port::Dhcp, bind(interface, SERVER_PORT, proxy)?)];
+    if proxy {
+        listeners.push((Port::ProxyPxe, bind(interface, PROXY_PXE_PORT, proxy)?));
     }
     tracing::info!(%interface, mode = ?responder.mode, server = %responder.server_ip, "DHCP listening");
     let mut tasks = tokio::task::JoinSet::new();
