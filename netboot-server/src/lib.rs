@@ -4,6 +4,11 @@
 //! [`policy::BootPolicy`]: "what does this client boot next?". The protocols know nothing of
 //! rooms or roles; whatever they see is recorded into the shared [`timeline::Timeline`] and
 //! counted in [`metrics::Metrics`].
+//!
+//! A deployment provides one `BootPolicy` (hosts, network parameters, per-host iPXE script,
+//! artifacts by hash, per-host layers) and hands [`server::run`] a closure that builds it;
+//! the closure runs again on every SIGHUP. [`policy::StaticPolicy`] is the in-memory one that
+//! tests and the command line use.
 
 pub mod check;
 pub mod dhcp;
