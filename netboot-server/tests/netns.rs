@@ -241,36 +241,39 @@ fn file(message: &Message) -> Option<String> {
     Some(message.fname_str()?.ok()?.trim_end_matches('\0').to_owned())
 }
 
+/// dnsmasq as the venue's DHCP server (addresses .100–.150, no boot options) on the bridge's
+/// first address, and a second address for netbootd beside it, as on a machine of its own.
+fn start_venue_dhcp(lab: &mut Lab) {
+    let dir = lab.dir.path().to_owned();
+    let lease_file = format!("--dhcp-leasefile={}", dir.join("venue.leases").display());
+    let pid_file = format!("--pid-file={}", dir.join("dnsmasq.pid").display());
+    let args = [
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--port=0",
+        "--no-resolv",
+        "--no-hosts",
+        "--no-ping",
+        "--interface=br0",
+        "--bind-interfaces",
+        "--dhcp-authoritative",
+        "--log-dhcp",
+        "--log-facility=-",
+        "--user=root",
+        "--dhcp-range=10.99.0.100,10.99.0.150,255.255.255.0,1h",
+        &lease_file,
+        &pid_file,
+    ];
+    lab.spawn_in_server("dnsmasq", "dnsmasq", &args);
+    lab.add_server_address(&format!("{PROXY_IP}/24"));
+}
+
 #[test]
 fn proxy_mode_adds_boot_options_beside_a_venue_dnsmasq_and_ignores_unlisted_macs() {
     let Some(mut lab) = Lab::new(&["busybox", "dnsmasq", "curl"]) else {
         return;
     };
-    let dir = lab.dir.path().to_owned();
-    lab.spawn_in_server(
-        "dnsmasq",
-        "dnsmasq",
-        &[
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--port=0",
-            "--no-resolv",
-            "--no-hosts",
-            "--no-ping",
-            "--interface=br0",
-            "--bind-interfaces",
-            "--dhcp-authoritative",
-            "--log-dhcp",
-            "--log-facility=-",
-            "--user=root",
-            "--dhcp-range=10.99.0.100,10.99.0.150,255.255.255.0,1h",
-            &format!("--dhcp-leasefile={}", dir.join("venue.leases").display()),
-            &format!("--pid-file={}", dir.join("dnsmasq.pid").display()),
-        ],
-    );
-    // The venue's DHCP identifies itself as the bridge's first address; netbootd sits beside
-    // it on a second one, as it would on a machine of its own.
-    lab.add_server_address("10.99.0.2/24");
+    start_venue_dhcp(&mut lab);
     lab.start_netbootd(
         PROXY_IP,
         &["--mode", "proxy", "--host", &format!("{MIXER},mixer1")],
@@ -632,83 +635,84 @@ fn http_serves_ranges_etags_host_layers_to_their_owner_and_the_boot_timeline() {
     );
 }
 
-/// Real firmware, no kernel: qemu's own iPXE ROM (BIOS) and OVMF's PXE (UEFI) each chain
-/// through netbootd to the kernel download. The "kernel" is noise, so iPXE stops there.
-#[test]
-fn qemu_bios_and_uefi_firmware_chain_to_the_kernel_download() {
-    const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
-    let Some(mut lab) = Lab::new(&["qemu-system-x86_64", "curl", OVMF]) else {
-        return;
-    };
+const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+const QEMU_NEEDS: [&str; 3] = ["qemu-system-x86_64", "curl", OVMF];
+const BIOS_GUEST: &str = "52:54:00:00:00:11";
+const UEFI_GUEST: &str = "52:54:00:00:00:12";
+
+/// A store with noise for kernel and initrd: iPXE fetches the kernel, fails to boot it, stops.
+fn noise_image(lab: &Lab) -> Vec<String> {
     let store = lab.dir.path().join("store");
     std::fs::create_dir_all(&store).unwrap();
     std::fs::write(store.join("kernel1"), vec![0x5a; 300_000]).unwrap();
     std::fs::write(store.join("initrd1"), vec![0xa5; 100_000]).unwrap();
-    lab.start_netbootd(
-        SERVER_IP,
-        &[
-            "--host",
-            "52:54:00:00:00:11,10.99.0.11,bios1",
-            "--host",
-            "52:54:00:00:00:12,10.99.0.12,uefi1",
-            "--artifact-dir",
-            store.to_str().unwrap(),
-            "--kernel",
-            "kernel1",
-            "--initrd",
-            "initrd1",
-        ],
-    );
-    let guest =
-        |machine: &str, tap: &str, mac: &str, firmware: &[&str], nic_suffix: &str| -> Vec<String> {
-            let netdev = format!("tap,id=n0,ifname={tap},script=no,downscript=no");
-            let nic = format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1{nic_suffix}");
-            let mut args: Vec<String> = [
-                "-machine",
-                machine,
-                "-accel",
-                "tcg",
-                "-m",
-                "256",
-                "-nographic",
-            ]
-            .iter()
-            .chain(&[
-                "-monitor",
-                "none",
-                "-no-reboot",
-                "-netdev",
-                &netdev,
-                "-device",
-                &nic,
-            ])
-            .map(|arg| arg.to_string())
-            .collect();
-            args.extend(firmware.iter().map(|arg| arg.to_string()));
-            args
-        };
-    lab.add_tap("tapbios");
-    lab.add_tap("tapuefi");
-    let bios = guest("pc", "tapbios", "52:54:00:00:00:11", &["-boot", "n"], "");
-    // `romfile=` drops qemu's iPXE ROM: OVMF's own PXE client has to do the first stage.
-    let uefi = guest(
-        "q35",
-        "tapuefi",
-        "52:54:00:00:00:12",
-        &["-bios", OVMF],
-        ",romfile=",
-    );
-    for (name, args) in [("qemu-bios", bios), ("qemu-uefi", uefi)] {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let store = store.to_str().unwrap();
+    [
+        "--artifact-dir",
+        store,
+        "--kernel",
+        "kernel1",
+        "--initrd",
+        "initrd1",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Boots two real firmwares against netbootd at `server_ip`: qemu's own iPXE ROM (BIOS) and
+/// OVMF's PXE client (UEFI, `romfile=` drops the iPXE ROM). Returns `/api/hosts` once both
+/// have fetched their kernel, after checking every step of the chain.
+fn boot_firmware_to_kernel(lab: &mut Lab, server_ip: &str) -> serde_json::Value {
+    for (name, machine, tap, mac, firmware) in [
+        (
+            "qemu-bios",
+            "pc",
+            "tapbios",
+            BIOS_GUEST,
+            ["-boot", "n", "", ""],
+        ),
+        (
+            "qemu-uefi",
+            "q35",
+            "tapuefi",
+            UEFI_GUEST,
+            ["-bios", OVMF, ",romfile=", ""],
+        ),
+    ] {
+        lab.add_tap(tap);
+        let netdev = format!("tap,id=n0,ifname={tap},script=no,downscript=no");
+        let nic = format!(
+            "virtio-net-pci,netdev=n0,mac={mac},bootindex=1{}",
+            firmware[2]
+        );
+        let args = [
+            "-machine",
+            machine,
+            "-accel",
+            "tcg",
+            "-m",
+            "256",
+            "-nographic",
+            "-monitor",
+            "none",
+            "-no-reboot",
+            "-netdev",
+            &netdev,
+            "-device",
+            &nic,
+            firmware[0],
+            firmware[1],
+        ];
         lab.spawn_in_server(name, "qemu-system-x86_64", &args);
     }
-
     let deadline = Instant::now() + Duration::from_secs(400);
     let hosts = loop {
-        let output = lab.server("curl", &["-sf", &format!("{HTTP}/api/hosts")]);
+        let output = lab.server(
+            "curl",
+            &["-sf", &format!("http://{server_ip}:8080/api/hosts")],
+        );
         let hosts: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
-        let fetched = |index: usize| hosts[index]["kernel"].is_string();
-        if fetched(0) && fetched(1) {
+        if hosts[0]["kernel"].is_string() && hosts[1]["kernel"].is_string() {
             break hosts;
         }
         assert!(
@@ -719,7 +723,10 @@ fn qemu_bios_and_uefi_firmware_chain_to_the_kernel_download() {
         std::thread::sleep(Duration::from_secs(2));
     };
     let (bios, uefi) = (&hosts[0], &hosts[1]);
-    assert_eq!(bios["hostname"], "bios1");
+    assert_eq!(
+        (&bios["hostname"], &uefi["hostname"]),
+        (&"bios1".into(), &"uefi1".into())
+    );
     for step in ["dhcp", "ipxe_script", "kernel"] {
         assert!(
             bios[step].is_string() && uefi[step].is_string(),
@@ -742,13 +749,19 @@ fn qemu_bios_and_uefi_firmware_chain_to_the_kernel_download() {
             lab.logs()
         );
     }
-    let metrics = String::from_utf8(
-        lab.server("curl", &["-sf", &format!("{HTTP}/metrics")])
-            .stdout,
-    )
-    .unwrap();
+    let metrics = must(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &lab.server_ns,
+            "curl",
+            "-sf",
+            &format!("http://{server_ip}:8080/metrics"),
+        ],
+    );
+    // Accepted, not necessarily complete yet: a lost final ACK is only noticed later.
     assert!(
-        // Accepted, not necessarily complete yet: a lost final ACK is only noticed later.
         metrics.contains("netbootd_tftp_requests_total{outcome=\"accepted\"}"),
         "{metrics}"
     );
@@ -756,6 +769,58 @@ fn qemu_bios_and_uefi_firmware_chain_to_the_kernel_download() {
         metrics.contains("netbootd_router_advertisements_total "),
         "{metrics}"
     );
+    hosts
+}
+
+#[test]
+fn qemu_bios_and_uefi_firmware_chain_to_the_kernel_download() {
+    let Some(mut lab) = Lab::new(&QEMU_NEEDS) else {
+        return;
+    };
+    let mut args = vec![
+        format!("--host={BIOS_GUEST},10.99.0.11,bios1"),
+        format!("--host={UEFI_GUEST},10.99.0.12,uefi1"),
+    ];
+    args.extend(noise_image(&lab));
+    lab.start_netbootd(
+        SERVER_IP,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let hosts = boot_firmware_to_kernel(&mut lab, SERVER_IP);
+    assert_eq!(
+        (&hosts[0]["ip"], &hosts[1]["ip"]),
+        (&"10.99.0.11".into(), &"10.99.0.12".into())
+    );
+}
+
+/// The same firmware beside a venue DHCP: addresses from dnsmasq, boot from netbootd's
+/// ProxyDHCP offers (iPXE drops proxy replies without a next-server; this caught it).
+#[test]
+fn qemu_firmware_boots_through_proxy_mode_beside_a_venue_dnsmasq() {
+    let mut needs = QEMU_NEEDS.to_vec();
+    needs.push("dnsmasq");
+    let Some(mut lab) = Lab::new(&needs) else {
+        return;
+    };
+    start_venue_dhcp(&mut lab);
+    let mut args = vec![
+        "--mode=proxy".into(),
+        format!("--host={BIOS_GUEST},bios1"),
+        format!("--host={UEFI_GUEST},uefi1"),
+    ];
+    args.extend(noise_image(&lab));
+    lab.start_netbootd(
+        PROXY_IP,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let hosts = boot_firmware_to_kernel(&mut lab, PROXY_IP);
+    for host in [&hosts[0], &hosts[1]] {
+        let ip = host["ip"].as_str().unwrap_or_default();
+        assert!(
+            ip.starts_with("10.99.0.1") && ip.len() == 11,
+            "a venue address, not {ip}: {hosts:#}"
+        );
+    }
 }
 
 #[test]

@@ -295,9 +295,10 @@ impl Responder {
         let Some(step) = policy.next_boot(&client) else {
             return false;
         };
+        // Next server, whatever the step: iPXE ignores a ProxyDHCP reply without one.
+        message.set_siaddr(self.server_ip);
         let file = match &step {
             BootStep::Tftp(file) => {
-                message.set_siaddr(self.server_ip);
                 message.opts_mut().insert(DhcpOption::TFTPServerName(
                     self.server_ip.to_string().into_bytes(),
                 ));
@@ -682,6 +683,25 @@ mod tests {
             reply(&responder, Port::Dhcp, &packet(KNOWN, &[53, 1, 1, 255])).is_none(),
             "not a PXE client"
         );
+    }
+
+    #[test]
+    fn proxy_replies_to_ipxe_name_the_next_server_or_ipxe_ignores_them() {
+        let responder = responder(Mode::Proxy, None);
+        let discover = packet(
+            KNOWN,
+            &[
+                &BIOS_PXE_DISCOVER[..BIOS_PXE_DISCOVER.len() - 1],
+                &[175, 3, 0xb1, 1, 1, 255],
+            ]
+            .concat(),
+        );
+        let (offer, _) = reply(&responder, Port::Dhcp, &discover).unwrap();
+        assert_eq!(
+            file(&offer),
+            Some("http://10.99.0.1:8080/ipxe/52:54:00:00:00:01")
+        );
+        assert_eq!(offer.siaddr(), SERVER);
     }
 
     #[test]
