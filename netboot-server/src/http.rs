@@ -396,6 +396,18 @@ mod tests {
     }
 
     #[test]
+    fn reports_may_carry_more_than_netbootd_reads() {
+        // The base image's reporter also sends its boot id.
+        let body =
+            r#"{"host":"h","role":"base","image":"sha","state":"heartbeat","boot_id":"dc31"}"#;
+        let report: Report = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            (report.host.as_str(), report.state),
+            ("h", ReportState::Heartbeat)
+        );
+    }
+
+    #[test]
     fn if_none_match_compares_weakly_and_accepts_lists() {
         let etag = HeaderValue::from_static("\"abc\"");
         let with = |value: &'static str| {
