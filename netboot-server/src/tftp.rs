@@ -43,8 +43,7 @@ const OP_OACK: u16 = 6;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u16)]
-pub enum ErrorCode {
-    NotDefined = 0,
+enum ErrorCode {
     FileNotFound = 1,
     AccessViolation = 2,
     IllegalOperation = 4,

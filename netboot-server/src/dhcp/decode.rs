@@ -77,7 +77,7 @@ fn length_rule(code: u8) -> Option<fn(usize) -> bool> {
 
 /// Checks the header and every option length, and rebuilds the packet from the options we
 /// read (repeated options concatenated per RFC 3396, in ascending code order).
-pub fn sanitize(packet: &[u8]) -> Result<Vec<u8>, Malformed> {
+fn sanitize(packet: &[u8]) -> Result<Vec<u8>, Malformed> {
     if packet.len() < HEADER_LEN {
         return Err(Malformed::TooShort);
     }
