@@ -99,10 +99,14 @@ impl Plan {
     /// `{hostname, ip}` of the other hosts in `host`'s room that have an address, so that /etc/hosts can
     /// resolve the single-label names the plan uses (mDNS only answers for `.local`).
     fn room_hosts(&self, host: &Value) -> Vec<Value> {
-        let Some(room) = host.get("room").filter(|room| room.is_string()) else { return Vec::new() };
+        let Some(room) = host.get("room").filter(|room| room.is_string()) else {
+            return Vec::new();
+        };
         hosts(&self.plan)
             .filter(|peer| peer.get("room") == Some(room) && peer["hostname"] != host["hostname"])
-            .filter_map(|peer| Some(json!({ "hostname": peer["hostname"], "ip": peer.get("ip")?.as_str()? })))
+            .filter_map(|peer| {
+                Some(json!({ "hostname": peer["hostname"], "ip": peer.get("ip")?.as_str()? }))
+            })
             .collect()
     }
 }

@@ -309,6 +309,23 @@ variant = "apt"
     }
 
     #[test]
+    fn recording_disk_gets_a_mount_unit_only_when_planned() {
+        let (recipes, mut plan) = repo_recipes();
+        let mount = "etc/systemd/system/srv-recordings.mount";
+        assert!(
+            host_tree(&recipes, plan.clone(), "mixer", "lameere-mixer")
+                .get(mount)
+                .is_none()
+        );
+        plan["hosts"][0]["mixer"]["recording"]["disk"] = "/dev/sdb".into();
+        let unit = file_text(&host_tree(&recipes, plan, "mixer", "lameere-mixer"), mount);
+        assert!(
+            unit.contains("What=/dev/sdb\nWhere=/srv/recordings\n"),
+            "{unit}"
+        );
+    }
+
+    #[test]
     fn a_bitrate_change_touches_only_the_host_layer() {
         let (recipes, plan) = repo_recipes();
         let mut changed = plan.clone();

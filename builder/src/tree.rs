@@ -30,7 +30,8 @@ pub struct Tree {
 
 impl Tree {
     /// Reads `dir` (absent = empty tree). Files ending in `.j2` are rendered against `context` and lose the
-    /// suffix; without a context, a template is an error (the layer being built must not depend on the plan).
+    /// suffix; one that renders to nothing but whitespace is left out. Without a context, a template is an
+    /// error (the layer being built must not depend on the plan).
     pub fn load(dir: &Path, context: Option<&Value>) -> Result<Self> {
         let mut tree = Self::default();
         if dir.exists() {
@@ -76,6 +77,10 @@ impl Tree {
                         };
                         let content =
                             crate::render::render(&path.display().to_string(), &raw, context)?;
+                        // Lets a template wrap itself in `{% if %}`: files some hosts need and others not.
+                        if content.trim().is_empty() {
+                            continue;
+                        }
                         self.insert(
                             rendered,
                             Entry::File {
@@ -229,6 +234,24 @@ mod tests {
         assert!(
             matches!(tree.get("etc/static.conf"), Some(Entry::File { content, .. }) if content.starts_with(b"{{"))
         );
+    }
+
+    #[test]
+    fn empty_renders_are_left_out() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "etc/disk.mount.j2",
+            "{% if host.disk is defined %}What={{ host.disk }}{% endif %}\n",
+        );
+        let without = Tree::load(dir.path(), Some(&serde_json::json!({ "host": {} }))).unwrap();
+        assert_eq!(without.get("etc/disk.mount"), None);
+        let with = Tree::load(
+            dir.path(),
+            Some(&serde_json::json!({ "host": { "disk": "/dev/sdb" } })),
+        )
+        .unwrap();
+        assert!(with.get("etc/disk.mount").is_some());
     }
 
     #[test]

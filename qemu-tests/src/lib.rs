@@ -243,7 +243,10 @@ impl Lab {
         root_sha256: &str,
     ) -> Result<PathBuf> {
         let artifact = |name: &str| -> Result<PathBuf> {
-            let blob = manifest.artifacts.get(name).with_context(|| format!("manifest has no {name}"))?;
+            let blob = manifest
+                .artifacts
+                .get(name)
+                .with_context(|| format!("manifest has no {name}"))?;
             Ok(store.blob_path(&blob.sha256))
         };
         let root = artifact("root.squashfs")?;
@@ -258,9 +261,16 @@ impl Lab {
              lectern.server={server} lectern.image={}",
             manifest.image
         );
+        // e.g. LECTERN_LAB_CMDLINE=systemd.journald.forward_to_console=1 puts the journal in the serial log.
+        let cmdline = match std::env::var("LECTERN_LAB_CMDLINE") {
+            Ok(extra) => format!("{cmdline} {extra}"),
+            Err(_) => cmdline,
+        };
         let initrd = artifact("initrd")?;
         let host_cpio = host_layer.map(|layer| store.blob_path(&layer.blob.sha256));
-        let initrds: Vec<&Path> = std::iter::once(initrd.as_path()).chain(host_cpio.as_deref()).collect();
+        let initrds: Vec<&Path> = std::iter::once(initrd.as_path())
+            .chain(host_cpio.as_deref())
+            .collect();
         self.boot_direct(mac, &artifact("vmlinuz")?, &initrds, &cmdline)
     }
 
@@ -306,21 +316,34 @@ impl Drop for Lab {
 
 /// The repository checkout (recipes, overlays, fixtures).
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("qemu-tests sits in the repo").to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("qemu-tests sits in the repo")
+        .to_owned()
 }
 
 /// The builder tests' fixture plan (one room: mixer, two sources, encoder; plus `lab-base`).
 pub fn fixture_plan() -> Plan {
-    let text = fs::read_to_string(repo().join("builder/tests/fixtures/plan.json")).expect("fixture plan");
-    Plan::from_json(serde_json::from_str(&text).expect("fixture is JSON")).expect("fixture is a plan")
+    let text =
+        fs::read_to_string(repo().join("builder/tests/fixtures/plan.json")).expect("fixture plan");
+    Plan::from_json(serde_json::from_str(&text).expect("fixture is JSON"))
+        .expect("fixture is a plan")
 }
 
 /// A builder over the repository's recipes into `store_dir`, with the apt cache from LECTERN_APT_CACHE.
 pub fn fixture_builder(store_dir: &Path) -> Result<Builder> {
     let repo = repo();
     let recipes = Recipes::load(&repo.join("recipes"), &repo.join("overlays"))?;
-    let apt_cache = std::env::var_os("LECTERN_APT_CACHE").map_or_else(|| "/var/cache/lectern/apt".into(), PathBuf::from);
-    Builder::new(Store::create(store_dir)?, recipes, BuildOptions { source_date_epoch: 1_700_000_000, apt_cache })
+    let apt_cache = std::env::var_os("LECTERN_APT_CACHE")
+        .map_or_else(|| "/var/cache/lectern/apt".into(), PathBuf::from);
+    Builder::new(
+        Store::create(store_dir)?,
+        recipes,
+        BuildOptions {
+            source_date_epoch: 1_700_000_000,
+            apt_cache,
+        },
+    )
 }
 
 /// Whether VM tests should run: LECTERN_IMAGE_TESTS=1 (they take minutes). Panics if asked for but
@@ -340,6 +363,8 @@ pub fn vm_tests_enabled() -> bool {
 /// (pass `env!("CARGO_TARGET_TMPDIR")`). Either way it persists, so the tests share layers and reruns are
 /// quick; unchanged layers are never rebuilt.
 pub fn test_store_dir(target_tmpdir: &str) -> PathBuf {
-    std::env::var_os("LECTERN_TEST_STORE")
-        .map_or_else(|| Path::new(target_tmpdir).join("lectern-test-store"), PathBuf::from)
+    std::env::var_os("LECTERN_TEST_STORE").map_or_else(
+        || Path::new(target_tmpdir).join("lectern-test-store"),
+        PathBuf::from,
+    )
 }

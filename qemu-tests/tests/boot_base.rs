@@ -23,31 +23,63 @@ fn base_boots_and_reports_and_a_wrong_pin_refuses_to_boot() {
     let plan = fixture_plan();
     let manifest = builder.build_role("base", &plan).unwrap();
     let host_layers = builder.build_host_layers("base", &plan).unwrap();
-    let host_layer = host_layers.iter().find(|layer| layer.hostname == HOST).expect("fixture has lab-base");
+    let host_layer = host_layers
+        .iter()
+        .find(|layer| layer.hostname == HOST)
+        .expect("fixture has lab-base");
     let store = Store::open(&store_dir).unwrap();
 
     let mut lab = Lab::new(&[(HOST_MAC, HOST_IP)]).unwrap();
     let root_sha256 = manifest.artifacts["root.squashfs"].sha256.to_string();
     let started = Instant::now();
-    let serial = lab.netboot(&store, &manifest, Some(host_layer), HOST_MAC, &root_sha256).unwrap();
-    let rogue_serial = lab.netboot(&store, &manifest, None, ROGUE_MAC, &"0".repeat(64)).unwrap();
+    let serial = lab
+        .netboot(&store, &manifest, Some(host_layer), HOST_MAC, &root_sha256)
+        .unwrap();
+    let rogue_serial = lab
+        .netboot(&store, &manifest, None, ROGUE_MAC, &"0".repeat(64))
+        .unwrap();
 
     let image = manifest.image.to_string();
     let is_ours = |report: &Value| {
-        report["host"] == HOST && report["role"] == "base" && report["image"] == image.as_str() && report["state"] == "up"
+        report["host"] == HOST
+            && report["role"] == "base"
+            && report["image"] == image.as_str()
+            && report["state"] == "up"
     };
-    let first = lab.wait_for_report(Duration::from_secs(480), &serial, is_ours).unwrap();
-    eprintln!("boot report after {:.0} s: {first}", started.elapsed().as_secs_f64());
+    let first = lab
+        .wait_for_report(Duration::from_secs(480), &serial, is_ours)
+        .unwrap();
+    eprintln!(
+        "boot report after {:.0} s: {first}",
+        started.elapsed().as_secs_f64()
+    );
 
     let rogue_log = std::fs::read_to_string(&rogue_serial).unwrap_or_default();
-    assert!(rogue_log.contains("refusing to boot"), "the guest with a wrong pin did not refuse:\n{rogue_log}");
-    assert!(lab.reports().iter().all(is_ours), "only the good guest reports: {:?}", lab.reports());
+    assert!(
+        rogue_log.contains("refusing to boot"),
+        "the guest with a wrong pin did not refuse:\n{rogue_log}"
+    );
+    assert!(
+        lab.reports().iter().all(is_ours),
+        "only the good guest reports: {:?}",
+        lab.reports()
+    );
 
     // The heartbeat timer repeats the report within ~30 s, from the same boot.
     let boot_id = first["boot_id"].clone();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while lab.reports().iter().filter(|r| is_ours(r) && r["boot_id"] == boot_id).count() < 2 {
-        assert!(Instant::now() < deadline, "no heartbeat after the first report: {:?}", lab.reports());
+    while lab
+        .reports()
+        .iter()
+        .filter(|r| is_ours(r) && r["boot_id"] == boot_id)
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no heartbeat after the first report: {:?}",
+            lab.reports()
+        );
         std::thread::sleep(Duration::from_secs(2));
     }
 }

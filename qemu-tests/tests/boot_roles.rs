@@ -1,6 +1,7 @@
 //! Boots a room: the mixer and a `test` capture source from the fixture plan, each with its per-host layer.
-//! Both must still report "up" in a heartbeat (every role service active after 30 s+): the source's ingest
-//! only stays up if it reached the mixer's voctocore by the name the plan uses. LECTERN_IMAGE_TESTS=1, root.
+//! Both must report "up" twice in a row with unchanged restart counts (every role service active and not
+//! crash-looping for 30 s): the source's ingest only stays up if it reached the mixer's voctocore by the
+//! name the plan uses. LECTERN_IMAGE_TESTS=1, root.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,12 @@ use serde_json::Value;
 /// (hostname, role, mac, ip) from the fixture plan.
 const GUESTS: [(&str, &str, &str, &str); 2] = [
     ("lameere-mixer", "mixer", "8c:16:45:00:e6:f6", "10.99.0.64"),
-    ("lameere-source-2", "source", "10:02:b5:86:07:e8", "10.99.0.129"),
+    (
+        "lameere-source-2",
+        "source",
+        "10:02:b5:86:07:e8",
+        "10.99.0.129",
+    ),
 ];
 
 #[test]
@@ -27,7 +33,10 @@ fn mixer_and_test_source_come_up_and_stay_up() {
     for (hostname, role, mac, _) in GUESTS {
         let manifest = builder.build_role(role, &plan).unwrap();
         let layers = builder.build_host_layers(role, &plan).unwrap();
-        let layer = layers.into_iter().find(|layer| layer.hostname == hostname).unwrap();
+        let layer = layers
+            .into_iter()
+            .find(|layer| layer.hostname == hostname)
+            .unwrap();
         boots.push((hostname, role, mac, manifest, layer));
     }
     let store = Store::open(&store_dir).unwrap();
@@ -36,24 +45,48 @@ fn mixer_and_test_source_come_up_and_stay_up() {
     let mut serials = Vec::new();
     for (_, _, mac, manifest, layer) in &boots {
         let pin = manifest.artifacts["root.squashfs"].sha256.to_string();
-        serials.push(lab.netboot(&store, manifest, Some(layer), mac, &pin).unwrap());
+        serials.push(
+            lab.netboot(&store, manifest, Some(layer), mac, &pin)
+                .unwrap(),
+        );
     }
 
     for ((hostname, role, _, manifest, _), serial) in boots.iter().zip(&serials) {
         let image = manifest.image.to_string();
-        let ours = |report: &Value| report["host"] == *hostname && report["role"] == *role && report["image"] == image.as_str();
-        let first = lab.wait_for_report(Duration::from_secs(600), serial, ours).unwrap();
-        eprintln!("{hostname}: first report after {:.0} s: {first}", started.elapsed().as_secs_f64());
+        let ours = |report: &Value| {
+            report["host"] == *hostname
+                && report["role"] == *role
+                && report["image"] == image.as_str()
+        };
+        let first = lab
+            .wait_for_report(Duration::from_secs(600), serial, ours)
+            .unwrap();
+        eprintln!(
+            "{hostname}: first report after {:.0} s: {first}",
+            started.elapsed().as_secs_f64()
+        );
         let boot_id = first["boot_id"].clone();
-        // A heartbeat at least 30 s after the first report, still "up": nothing crash-looping.
-        let healthy = |report: &Value| ours(report) && report["boot_id"] == boot_id && report["state"] == "up";
-        let deadline = Instant::now() + Duration::from_secs(240);
+        // Two consecutive reports (30 s apart), both "up" with the same restart counts: nothing crash-loops.
+        let deadline = Instant::now() + Duration::from_secs(300);
         loop {
-            let reports: Vec<Value> = lab.reports().into_iter().filter(|r| ours(r) && r["boot_id"] == boot_id).collect();
-            if reports.len() >= 2 && reports.last().is_some_and(healthy) {
+            let reports: Vec<Value> = lab
+                .reports()
+                .into_iter()
+                .filter(|r| ours(r) && r["boot_id"] == boot_id)
+                .collect();
+            let stable = reports.windows(2).any(|pair| {
+                pair[0]["state"] == "up"
+                    && pair[1]["state"] == "up"
+                    && pair[0]["restarts"] == pair[1]["restarts"]
+            });
+            if stable {
+                eprintln!("{hostname}: stable: {}", reports.last().unwrap());
                 break;
             }
-            assert!(Instant::now() < deadline, "{hostname} is not healthy: {reports:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{hostname} is not stable: {reports:?}"
+            );
             std::thread::sleep(Duration::from_secs(3));
         }
     }
