@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
@@ -21,7 +21,7 @@ use crate::mac::MacAddr;
 use crate::metrics::{HTTP_RESPONSES, Metrics};
 use crate::policy::{BootPolicy, Host, SharedPolicy};
 use crate::safe_path;
-use crate::timeline::{Event, HostRecord, Timeline};
+use crate::timeline::{Event, HostRecord, Report, Timeline};
 
 const ROUTE_SCRIPT: &str = "/ipxe/{mac}";
 const ROUTE_ARTIFACT: &str = "/a/{hash}";
@@ -297,22 +297,6 @@ fn none_match(headers: &HeaderMap, etag: &HeaderValue) -> bool {
         })
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum ReportState {
-    Up,
-    Heartbeat,
-}
-
-/// What the boot reporter on each machine posts.
-#[derive(Debug, Deserialize)]
-struct Report {
-    host: String,
-    role: String,
-    image: String,
-    state: ReportState,
-}
-
 /// Accepted from the host's own address when we know it (its reservation or lease); a
 /// proxy-mode host whose address we never saw may report from anywhere.
 async fn report(
@@ -329,15 +313,8 @@ async fn report(
         tracing::warn!(host = %report.host, %peer, ?holder, "refused a boot report from another address");
         return StatusCode::FORBIDDEN;
     }
-    tracing::info!(host = %report.host, %peer, role = %report.role, image = %report.image, state = ?report.state, "boot report");
-    let event = match report.state {
-        ReportState::Up => Event::ReportedUp {
-            role: report.role,
-            image: report.image,
-        },
-        ReportState::Heartbeat => Event::Heartbeat,
-    };
-    state.timeline.record(host.mac, event);
+    tracing::info!(host = %report.host, %peer, role = %report.role, image = %report.image, state = ?report.state, failed = ?report.failed, "boot report");
+    state.timeline.record(host.mac, Event::Report(report));
     StatusCode::NO_CONTENT
 }
 
@@ -392,18 +369,6 @@ mod tests {
         assert_eq!(
             urls.firmware("snponly.efi"),
             "http://10.0.0.1:8080/firmware/snponly.efi"
-        );
-    }
-
-    #[test]
-    fn reports_may_carry_more_than_netbootd_reads() {
-        // The base image's reporter also sends its boot id.
-        let body =
-            r#"{"host":"h","role":"base","image":"sha","state":"heartbeat","boot_id":"dc31"}"#;
-        let report: Report = serde_json::from_str(body).unwrap();
-        assert_eq!(
-            (report.host.as_str(), report.state),
-            ("h", ReportState::Heartbeat)
         );
     }
 

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::mac::MacAddr;
 use crate::policy::ArtifactKind;
@@ -19,8 +19,37 @@ pub enum Event {
     IpxeScript,
     Artifact(ArtifactKind),
     HostLayer,
-    ReportedUp { role: String, image: String },
+    Report(Report),
+}
+
+/// How a host's role is doing, as its boot reporter sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReportState {
+    /// Every service of the role is active.
+    Up,
+    /// Some are not (named in `failed`).
+    Degraded,
+    /// Still alive, nothing new.
     Heartbeat,
+}
+
+/// What the boot reporter on each machine posts to `/api/report`, once the role is up and
+/// then every 30 s. Fields beyond these are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Report {
+    pub host: String,
+    pub role: String,
+    pub image: String,
+    pub state: ReportState,
+    #[serde(default)]
+    pub failed: Vec<String>,
+    /// Automatic restarts per service: rising between reports means a crash loop.
+    #[serde(default)]
+    pub restarts: BTreeMap<String, u64>,
+    /// The kernel's boot id: a new one is a new boot.
+    #[serde(default)]
+    pub boot_id: Option<String>,
 }
 
 /// When each step last happened, as RFC 3339 UTC timestamps.
@@ -35,10 +64,26 @@ pub struct HostRecord {
     pub initrd: Option<String>,
     pub root: Option<String>,
     pub host_layer: Option<String>,
+    /// When this boot first reported its role up.
     pub reported_up: Option<String>,
+    /// When the host last reported anything.
     pub last_heartbeat: Option<String>,
     pub role: Option<String>,
     pub image: Option<String>,
+    pub state: Option<ReportState>,
+    pub failed: Vec<String>,
+    pub restarts: BTreeMap<String, u64>,
+    pub boot_id: Option<String>,
+}
+
+impl HostRecord {
+    fn forget_reports(&mut self) {
+        self.reported_up = None;
+        self.state = None;
+        self.failed.clear();
+        self.restarts.clear();
+        self.boot_id = None;
+    }
 }
 
 #[derive(Debug, Default)]
@@ -106,19 +151,34 @@ impl Timeline {
                 record.tftp = stamp;
                 record.tftp_file = Some(file);
             }
-            Event::IpxeScript => record.ipxe_script = stamp,
+            Event::IpxeScript => {
+                // Fetching its script means the host is booting anew: the old boot's reports
+                // no longer hold.
+                record.ipxe_script = stamp;
+                record.forget_reports();
+            }
             Event::Artifact(ArtifactKind::Kernel) => record.kernel = stamp,
             Event::Artifact(ArtifactKind::Initrd) => record.initrd = stamp,
             Event::Artifact(ArtifactKind::Root) => record.root = stamp,
             Event::Artifact(ArtifactKind::Other) => {}
             Event::HostLayer => record.host_layer = stamp,
-            Event::ReportedUp { role, image } => {
-                record.reported_up = stamp.clone();
+            Event::Report(report) => {
+                if report.boot_id.is_some() && report.boot_id != record.boot_id {
+                    record.forget_reports();
+                    record.boot_id = report.boot_id;
+                }
+                if report.state == ReportState::Up && record.reported_up.is_none() {
+                    record.reported_up = stamp.clone();
+                }
+                if report.state != ReportState::Heartbeat {
+                    record.state = Some(report.state);
+                    record.failed = report.failed;
+                    record.restarts = report.restarts;
+                }
                 record.last_heartbeat = stamp;
-                record.role = Some(role);
-                record.image = Some(image);
+                record.role = Some(report.role);
+                record.image = Some(report.image);
             }
-            Event::Heartbeat => record.last_heartbeat = stamp,
         }
     }
 
@@ -173,6 +233,77 @@ mod tests {
         );
     }
 
+    fn report(state: ReportState, boot_id: &str, failed: &[&str]) -> Event {
+        Event::Report(Report {
+            host: "mixer1".into(),
+            role: "mixer".into(),
+            image: "sha".into(),
+            state,
+            failed: failed.iter().map(|unit| unit.to_string()).collect(),
+            restarts: BTreeMap::new(),
+            boot_id: Some(boot_id.into()),
+        })
+    }
+
+    #[test]
+    fn reads_what_the_image_reporter_sends_and_ignores_the_rest() {
+        let body = r#"{"host":"h","role":"base","image":"sha","state":"degraded","failed":["a.service"],
+            "restarts":{"a.service":3},"boot_id":"dc31","uptime":12}"#;
+        let report: Report = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            (report.host.as_str(), report.state),
+            ("h", ReportState::Degraded)
+        );
+        assert_eq!((report.failed.len(), report.restarts["a.service"]), (1, 3));
+        let minimal = r#"{"host":"h","role":"r","image":"i","state":"heartbeat"}"#;
+        let minimal: Report = serde_json::from_str(minimal).unwrap();
+        assert_eq!(
+            (minimal.state, minimal.boot_id),
+            (ReportState::Heartbeat, None)
+        );
+        assert!(
+            serde_json::from_str::<Report>(
+                r#"{"host":"h","role":"r","image":"i","state":"sideways"}"#
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn reports_keep_the_first_up_of_each_boot_and_the_latest_state() {
+        let timeline = Timeline::default();
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        let at = |secs| UNIX_EPOCH + Duration::from_secs(secs);
+        timeline.record_at(mac, report(ReportState::Up, "boot-a", &[]), at(100));
+        timeline.record_at(
+            mac,
+            report(ReportState::Degraded, "boot-a", &["x.service"]),
+            at(130),
+        );
+        timeline.record_at(mac, report(ReportState::Heartbeat, "boot-a", &[]), at(160));
+        let record = timeline.get(mac);
+        assert_eq!(record.reported_up, Some(rfc3339(at(100))));
+        assert_eq!(record.last_heartbeat, Some(rfc3339(at(160))));
+        assert_eq!(
+            (record.state, record.failed),
+            (Some(ReportState::Degraded), vec!["x.service".to_string()])
+        );
+
+        timeline.record_at(mac, report(ReportState::Up, "boot-b", &[]), at(400));
+        assert_eq!(
+            timeline.get(mac).reported_up,
+            Some(rfc3339(at(400))),
+            "a new boot id is a new boot"
+        );
+        timeline.record_at(mac, Event::IpxeScript, at(500));
+        let rebooting = timeline.get(mac);
+        assert_eq!(
+            (rebooting.reported_up, rebooting.state),
+            (None, None),
+            "a script fetch starts a new boot"
+        );
+    }
+
     #[test]
     fn addresses_follow_the_latest_lease() {
         let timeline = Timeline::default();
@@ -190,6 +321,6 @@ mod tests {
             timeline.get(mac).tftp_file.as_deref(),
             Some("undionly.kpxe")
         );
-        assert!(!timeline.record_from(Ipv4Addr::new(10, 0, 0, 7), Event::Heartbeat));
+        assert!(!timeline.record_from(Ipv4Addr::new(10, 0, 0, 7), Event::Dhcp));
     }
 }

@@ -590,9 +590,11 @@ fn http_serves_ranges_etags_host_layers_to_their_owner_and_the_boot_timeline() {
     );
     assert_eq!(escape, "403");
 
-    let report = |state: &str| {
-        let body =
-            format!(r#"{{"host":"mixer1","role":"mixer","image":"sha256:abc","state":"{state}"}}"#);
+    // What the image's reporter (overlays/base/.../lectern/report) posts.
+    let report = |state: &str, failed: &str| {
+        let body = format!(
+            r#"{{"host":"mixer1","role":"mixer","image":"sha256:abc","state":"{state}","failed":[{failed}],"restarts":{{"voctocore.service":2}},"boot_id":"b1"}}"#
+        );
         let url = format!("{HTTP}/api/report");
         let json = "Content-Type: application/json";
         http(
@@ -610,11 +612,11 @@ fn http_serves_ranges_etags_host_layers_to_their_owner_and_the_boot_timeline() {
             ],
         )
     };
-    assert_eq!(report("up"), "403", "only the host itself reports");
+    assert_eq!(report("up", ""), "403", "only the host itself reports");
     lab.set_client_address("10.99.0.10/24");
-    assert_eq!(report("up"), "204");
-    assert_eq!(report("heartbeat"), "204");
-    assert_eq!(report("sideways"), "422");
+    assert_eq!(report("up", ""), "204");
+    assert_eq!(report("degraded", r#""voctocore.service""#), "204");
+    assert_eq!(report("sideways", ""), "422");
     let hosts = http(&lab, &[&format!("{HTTP}/api/hosts")]);
     for field in [
         "\"kernel\":\"20",
@@ -623,6 +625,10 @@ fn http_serves_ranges_etags_host_layers_to_their_owner_and_the_boot_timeline() {
         "\"last_heartbeat\":\"20",
         "\"role\":\"mixer\"",
         "\"image\":\"sha256:abc\"",
+        "\"state\":\"degraded\"",
+        "\"failed\":[\"voctocore.service\"]",
+        "\"restarts\":{\"voctocore.service\":2}",
+        "\"boot_id\":\"b1\"",
     ] {
         assert!(hosts.contains(field), "{field} missing from {hosts}");
     }
