@@ -64,6 +64,21 @@ fn udhcpc(lab: &Lab, mac: &str, extra: &[&str]) -> HashMap<String, String> {
         .collect()
 }
 
+/// Compares two files byte for byte, reporting sizes rather than bytes on a mismatch.
+fn assert_same_bytes(
+    got: impl AsRef<std::path::Path>,
+    want: impl AsRef<std::path::Path>,
+    what: &str,
+) {
+    let (got, want) = (std::fs::read(got).unwrap(), std::fs::read(want).unwrap());
+    assert!(
+        got == want,
+        "{what}: got {} bytes, want {} bytes, contents differ",
+        got.len(),
+        want.len()
+    );
+}
+
 fn var<'a>(env: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
     env.get(key).map(String::as_str)
 }
@@ -363,9 +378,38 @@ fn tftp_serves_ipxe_binaries_byte_exact_and_refuses_escapes() {
     let Some(mut lab) = Lab::new(&["tftp", "curl"]) else {
         return;
     };
-    lab.start_netbootd(SERVER_IP, &[]);
+    // The iPXE binaries, and a file past 65535 blocks of 512 bytes: block numbers wrap to 0.
+    let root = lab.dir.path().join("tftp");
+    std::fs::create_dir_all(&root).unwrap();
+    for file in ["undionly.kpxe", "snponly.efi"] {
+        // Copies: a symlink out of the root is refused, as it should be.
+        std::fs::copy(format!("/usr/lib/ipxe/{file}"), root.join(file)).unwrap();
+    }
+    let big: Vec<u8> = (0..34_000_000u32)
+        .map(|index| (index % 251) as u8)
+        .collect();
+    std::fs::write(root.join("big.bin"), &big).unwrap();
+    lab.start_netbootd(SERVER_IP, &["--tftp-root", root.to_str().unwrap()]);
     lab.set_client_address("10.99.0.50/24");
     let dir = lab.dir.path().to_owned();
+    let local = dir.join("big.bin");
+    let output = lab.client(
+        "tftp",
+        &[
+            "-m",
+            "binary",
+            SERVER_IP,
+            "-c",
+            "get",
+            "big.bin",
+            local.to_str().unwrap(),
+        ],
+    );
+    assert!(output.status.success(), "{output:?}");
+    assert!(
+        std::fs::read(&local).unwrap() == big,
+        "34 MB file differs after the block-number wrap"
+    );
     for file in ["undionly.kpxe", "snponly.efi"] {
         let local = dir.join(format!("hpa-{file}"));
         let output = lab.client(
@@ -381,10 +425,10 @@ fn tftp_serves_ipxe_binaries_byte_exact_and_refuses_escapes() {
             ],
         );
         assert!(output.status.success(), "{output:?}");
-        assert_eq!(
-            std::fs::read(&local).unwrap(),
-            std::fs::read(format!("/usr/lib/ipxe/{file}")).unwrap(),
-            "tftp-hpa {file}"
+        assert_same_bytes(
+            &local,
+            format!("/usr/lib/ipxe/{file}"),
+            &format!("tftp-hpa {file}"),
         );
 
         for blksize in ["512", "1468", "8192"] {
@@ -400,10 +444,10 @@ fn tftp_serves_ipxe_binaries_byte_exact_and_refuses_escapes() {
                     local.to_str().unwrap(),
                 ],
             );
-            assert_eq!(
-                std::fs::read(&local).unwrap(),
-                std::fs::read(format!("/usr/lib/ipxe/{file}")).unwrap(),
-                "curl {blksize} {file}"
+            assert_same_bytes(
+                &local,
+                format!("/usr/lib/ipxe/{file}"),
+                &format!("curl {blksize} {file}"),
             );
         }
     }
@@ -574,9 +618,10 @@ fn http_serves_ranges_etags_host_layers_to_their_owner_and_the_boot_timeline() {
             firmware.to_str().unwrap(),
         ],
     );
-    assert_eq!(
-        std::fs::read(&firmware).unwrap(),
-        std::fs::read("/usr/lib/ipxe/snponly.efi").unwrap()
+    assert_same_bytes(
+        &firmware,
+        "/usr/lib/ipxe/snponly.efi",
+        "snponly.efi over HTTP",
     );
     let escape = http(
         &lab,
@@ -869,9 +914,10 @@ fn runs_as_nobody_with_only_the_bind_and_raw_capabilities() {
         ],
     );
     assert!(output.status.success(), "{output:?}");
-    assert_eq!(
-        std::fs::read(&local).unwrap(),
-        std::fs::read("/usr/lib/ipxe/undionly.kpxe").unwrap()
+    assert_same_bytes(
+        &local,
+        "/usr/lib/ipxe/undionly.kpxe",
+        "undionly.kpxe from netbootd as nobody",
     );
     assert!(
         !lab.log("netbootd")
