@@ -83,7 +83,7 @@ dhcp_rate() {
 }
 
 rm -f "$work/state/"*
-start netbootd 67 "$NETBOOTD" serve --interface br0 --server-ip 10.99.0.1 --netmask 255.255.0.0 \
+start netbootd 67 "$NETBOOTD" serve-static --interface br0 --server-ip 10.99.0.1 --netmask 255.255.0.0 \
     --pool "$pool_first-$pool_last" --state-dir "$work/state" --tftp-root "$work/tftp"
 echo "| DHCP exchanges/s | netbootd | $(dhcp_rate) |"
 stop
@@ -118,7 +118,7 @@ tftp_speed() {
     awk -v bytes="$best" 'BEGIN { printf "%.1f MB/s", bytes / 1e6 }'
 }
 
-start netbootd 69 "$NETBOOTD" serve --interface br0 --server-ip 10.99.0.1 --netmask 255.255.0.0 \
+start netbootd 69 "$NETBOOTD" serve-static --interface br0 --server-ip 10.99.0.1 --netmask 255.255.0.0 \
     --state-dir "$work/state" --tftp-root "$work/tftp"
 echo "| TFTP ${TFTP_MB} MB | netbootd | $(tftp_speed) |"
 stop
@@ -143,7 +143,7 @@ http_throughput() {
         'BEGIN { printf "%.0f MB/s aggregate (%.1f s)", mb * 1.048576 * n / (ns / 1e9), ns / 1e9 }'
 }
 
-start netbootd 8080 "$NETBOOTD" serve --interface br0 --server-ip 10.99.0.1 --netmask 255.255.0.0 \
+start netbootd 8080 "$NETBOOTD" serve-static --interface br0 --server-ip 10.99.0.1 --netmask 255.255.0.0 \
     --state-dir "$work/state" --tftp-root "$work/tftp" --artifact-dir "$work/store" --kernel artifact
 echo "| HTTP ${HTTP_MB} MiB x ${HTTP_CLIENTS} | netbootd | $(http_throughput http://10.99.0.1:8080/a/artifact) |"
 stop

@@ -15,6 +15,7 @@ pub mod dhcp;
 pub mod http;
 pub mod mac;
 pub mod metrics;
+pub mod plan_policy;
 pub mod policy;
 pub mod ra;
 pub mod safe_path;

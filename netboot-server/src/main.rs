@@ -1,7 +1,8 @@
 //! netbootd: serves DHCP, TFTP and HTTP so every machine boots its role by MAC.
 //!
-//! Until the master-plan adapter is wired in (`--config master.toml`), hosts, network and one
-//! image are given on the command line and served through the in-memory `StaticPolicy`.
+//! `netbootd --config master.toml` serves the master file's hosts with the images imgbuild put
+//! in the store. `netbootd serve-static …` takes hosts, network and one image on the command
+//! line instead (tests and one-off setups).
 
 use std::io::IsTerminal;
 use std::net::Ipv4Addr;
@@ -16,6 +17,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use lectern_netboot::check;
 use lectern_netboot::dhcp::Mode;
 use lectern_netboot::mac::MacAddr;
+use lectern_netboot::plan_policy::{self, PlanPolicy};
 use lectern_netboot::policy::{BootPolicy, Host, Network, StaticImage, StaticPolicy};
 use lectern_netboot::server::{self, ServerConfig};
 
@@ -88,12 +90,6 @@ struct Args {
     domain: Option<String>,
     #[arg(long, default_value_t = 3600)]
     lease_secs: u64,
-    /// Where the lease table is kept.
-    #[arg(long, default_value = "/var/lib/netbootd")]
-    state_dir: PathBuf,
-    /// TFTP root (and HTTP-boot firmware): the iPXE binaries.
-    #[arg(long, default_value = "/usr/lib/ipxe")]
-    tftp_root: PathBuf,
     #[arg(long, default_value_t = 8080)]
     http_port: u16,
     /// Directory of artifacts named by content hash.
@@ -133,20 +129,39 @@ fn init_logging() {
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    #[command(flatten)]
+    master: MasterArgs,
+    /// Without a subcommand: serve the master file's hosts until SIGTERM; SIGHUP reloads.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+}
+
+/// Serving what the master file describes.
+#[derive(Debug, clap::Args)]
+struct MasterArgs {
+    /// The master file.
+    #[arg(long, global = true, default_value = "master.toml")]
+    config: PathBuf,
+    /// Where the lease table is kept.
+    #[arg(long, global = true, default_value = "/var/lib/netbootd")]
+    state_dir: PathBuf,
+    /// TFTP root (and HTTP-boot firmware): the iPXE binaries.
+    #[arg(long, global = true, default_value = "/usr/lib/ipxe")]
+    tftp_root: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve DHCP, TFTP and HTTP until SIGTERM; SIGHUP reloads.
-    Serve(Args),
-    /// Check the configuration and the files it names, without touching the network.
-    Check(Args),
+    /// Check the master file, the store and the TFTP root without touching the network.
+    Check,
+    /// Serve hosts and one image given on the command line until SIGTERM; SIGHUP reloads.
+    ServeStatic(Args),
+    /// Check a command-line configuration without touching the network.
+    CheckStatic(Args),
 }
 
 /// The server settings and the policy the arguments describe.
-fn configure(args: Args) -> (ServerConfig, StaticPolicy) {
+fn configure(args: Args, state_dir: PathBuf, tftp_root: PathBuf) -> (ServerConfig, StaticPolicy) {
     let network = Network {
         netmask: args.netmask,
         router: args.router,
@@ -177,19 +192,62 @@ fn configure(args: Args) -> (ServerConfig, StaticPolicy) {
         server_ip: args.server_ip,
         mode,
         pool: args.pool,
-        state_dir: args.state_dir,
-        tftp_root: args.tftp_root,
+        state_dir,
+        tftp_root,
         http_port: args.http_port,
     };
     (config, policy)
 }
 
+/// Prints the problems `check` found; the exit code says whether there were any.
+fn report(problems: &[String], summary: &str) -> ExitCode {
+    for problem in problems {
+        println!("problem: {problem}");
+    }
+    if problems.is_empty() {
+        println!("ok: {summary}");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
     init_logging();
-    match Cli::parse().command {
-        Command::Serve(args) => {
-            let (config, policy) = configure(args);
+    let cli = Cli::parse();
+    let MasterArgs {
+        config: master,
+        state_dir,
+        tftp_root,
+    } = cli.master;
+    match cli.command {
+        None => {
+            let (plan, _) = plan_policy::load(&master)?;
+            let config = plan_policy::server_config(&plan, state_dir, tftp_root);
+            // Runs at start and on every SIGHUP: reread the master file and the store.
+            server::run(config, move || {
+                let (plan, store) = plan_policy::load(&master)?;
+                let policy = PlanPolicy::new(&plan, &store);
+                for gap in policy.gaps() {
+                    tracing::warn!("{gap}");
+                }
+                Ok(Arc::new(policy) as Arc<dyn BootPolicy>)
+            })
+            .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Check) => {
+            let (plan, store) = plan_policy::load(&master)?;
+            let config = plan_policy::server_config(&plan, state_dir, tftp_root);
+            let policy = PlanPolicy::new(&plan, &store);
+            let mut problems = check::check(&config, &policy);
+            problems.extend(policy.gaps().iter().cloned());
+            let summary = format!("{} netbooted hosts", policy.hosts().len());
+            Ok(report(&problems, &summary))
+        }
+        Some(Command::ServeStatic(args)) => {
+            let (config, policy) = configure(args, state_dir, tftp_root);
             // Everything comes from the command line, so a reload re-applies the same policy.
             server::run(config, move || {
                 Ok(Arc::new(policy.clone()) as Arc<dyn BootPolicy>)
@@ -197,18 +255,13 @@ async fn main() -> anyhow::Result<ExitCode> {
             .await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check(args) => {
-            let (config, policy) = configure(args);
+        Some(Command::CheckStatic(args)) => {
+            let (config, policy) = configure(args, state_dir, tftp_root);
             let problems = check::check(&config, &policy);
-            for problem in &problems {
-                println!("problem: {problem}");
-            }
-            if problems.is_empty() {
-                println!("ok: {} hosts", policy.hosts().len());
-                Ok(ExitCode::SUCCESS)
-            } else {
-                Ok(ExitCode::FAILURE)
-            }
+            Ok(report(
+                &problems,
+                &format!("{} hosts", policy.hosts().len()),
+            ))
         }
     }
 }

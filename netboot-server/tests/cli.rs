@@ -4,7 +4,7 @@ use std::process::Command;
 
 fn check(args: &[&str]) -> (bool, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_netbootd"))
-        .arg("check")
+        .arg("check-static")
         .args(args)
         .output()
         .expect("netbootd runs");

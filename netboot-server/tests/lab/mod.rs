@@ -277,7 +277,7 @@ impl Lab {
         let mut full = launcher.to_vec();
         full.extend_from_slice(&[
             binary,
-            "serve",
+            "serve-static",
             "--interface",
             BRIDGE,
             "--server-ip",

@@ -1,0 +1,337 @@
+//! The conference's boot policy: hosts and network from the master file's plan, images from
+//! the store imgbuild fills. This is the only module that knows about roles and the store; the
+//! protocols see it through [`BootPolicy`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lectern_master::Plan;
+use lectern_store::{Manifest, Store};
+
+use crate::dhcp::Mode;
+use crate::http::Urls;
+use crate::mac::MacAddr;
+use crate::policy::{Artifact, ArtifactKind, BootPolicy, Host, IpxeScript, Network};
+use crate::server::ServerConfig;
+
+/// The artifact names imgbuild gives a role's netboot files.
+const KERNEL: &str = "vmlinuz";
+const INITRD: &str = "initrd";
+const ROOT: &str = "root.squashfs";
+
+/// A role's current image, by content hash.
+#[derive(Debug, Clone)]
+struct RoleImage {
+    id: String,
+    kernel: String,
+    initrd: String,
+    root: String,
+}
+
+impl RoleImage {
+    /// `None` (with the reason) if the manifest lacks a netboot artifact.
+    fn from_manifest(manifest: &Manifest) -> Result<RoleImage, String> {
+        let hash = |name: &str| {
+            manifest
+                .artifacts
+                .get(name)
+                .map(|blob| blob.sha256.as_str().to_owned())
+                .ok_or_else(|| format!("the {} image has no {name}", manifest.role))
+        };
+        Ok(RoleImage {
+            id: manifest.image.as_str().to_owned(),
+            kernel: hash(KERNEL)?,
+            initrd: hash(INITRD)?,
+            root: hash(ROOT)?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct HostBoot {
+    hostname: String,
+    role: String,
+    image: Option<RoleImage>,
+    layer: Option<PathBuf>,
+}
+
+/// Boot answers for every netbooted host of a plan.
+#[derive(Debug, Clone)]
+pub struct PlanPolicy {
+    hosts: Vec<Host>,
+    network: Network,
+    boots: HashMap<MacAddr, HostBoot>,
+    artifacts: HashMap<String, Artifact>,
+    /// What is missing for some host to boot (role images or host layers not built yet).
+    gaps: Vec<String>,
+}
+
+impl PlanPolicy {
+    pub fn new(plan: &Plan, store: &Store) -> PlanPolicy {
+        let mut gaps = Vec::new();
+        let mut images: HashMap<String, Option<RoleImage>> = HashMap::new();
+        let mut artifacts = HashMap::new();
+        let mut hosts = Vec::new();
+        let mut boots = HashMap::new();
+        for host in plan.netbooted() {
+            let Some(mac) = host.mac else { continue };
+            let mac = MacAddr(mac.0);
+            let role = host.role.as_str();
+            let image = images
+                .entry(role.to_owned())
+                .or_insert_with(|| {
+                    let image = match store.latest_manifest(role) {
+                        Ok(Some(manifest)) => RoleImage::from_manifest(&manifest),
+                        Ok(None) => Err(format!(
+                            "no {role} image in the store yet (run: imgbuild role {role})"
+                        )),
+                        Err(e) => Err(format!("cannot read the {role} image: {e}")),
+                    };
+                    match image {
+                        Ok(image) => {
+                            for (hash, kind) in [
+                                (&image.kernel, ArtifactKind::Kernel),
+                                (&image.initrd, ArtifactKind::Initrd),
+                                (&image.root, ArtifactKind::Root),
+                            ] {
+                                let digest = hash.parse().expect("manifests hold valid digests");
+                                let path = store.blob_path(&digest);
+                                artifacts.insert(hash.clone(), Artifact { path, kind });
+                            }
+                            Some(image)
+                        }
+                        Err(gap) => {
+                            gaps.push(gap);
+                            None
+                        }
+                    }
+                })
+                .clone();
+            let layer = match store.host_layer(&host.hostname) {
+                Ok(Some(layer)) if layer.role == role => Some(store.blob_path(&layer.blob.sha256)),
+                Ok(Some(layer)) => {
+                    gaps.push(format!(
+                        "{}'s host layer was built for role {}, not {role} (run: imgbuild all)",
+                        host.hostname, layer.role
+                    ));
+                    None
+                }
+                Ok(None) => {
+                    gaps.push(format!(
+                        "{} has no host layer yet (run: imgbuild all)",
+                        host.hostname
+                    ));
+                    None
+                }
+                Err(e) => {
+                    gaps.push(format!("cannot read {}'s host layer: {e}", host.hostname));
+                    None
+                }
+            };
+            hosts.push(Host {
+                mac,
+                hostname: host.hostname.clone(),
+                ip: host.ip,
+            });
+            let boot = HostBoot {
+                hostname: host.hostname.clone(),
+                role: role.to_owned(),
+                image,
+                layer,
+            };
+            boots.insert(mac, boot);
+        }
+        let n = &plan.network;
+        let network = Network {
+            netmask: n.netmask,
+            router: Some(n.gateway),
+            dns: n.dns.clone(),
+            domain: Some(n.domain.clone()),
+            lease_time: Duration::from_secs(n.dhcp.lease_secs.into()),
+        };
+        PlanPolicy {
+            hosts,
+            network,
+            boots,
+            artifacts,
+            gaps,
+        }
+    }
+
+    /// Hosts that cannot boot yet and why.
+    pub fn gaps(&self) -> &[String] {
+        &self.gaps
+    }
+}
+
+impl BootPolicy for PlanPolicy {
+    fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    fn network(&self) -> &Network {
+        &self.network
+    }
+
+    fn ipxe_script(&self, host: &Host, urls: &Urls) -> Option<String> {
+        let boot = self.boots.get(&host.mac)?;
+        let image = boot.image.as_ref()?;
+        let mut initrd_urls = vec![urls.artifact(&image.initrd)];
+        if boot.layer.is_some() {
+            initrd_urls.push(urls.host_layer(host.mac));
+        }
+        // The initrd fetches and verifies the root; the reporter tells us when the role is up.
+        let cmdline = format!(
+            "boot=lectern ip=dhcp lectern.root={} lectern.root_sha256={} lectern.server={} \
+             lectern.image={} lectern.role={} systemd.hostname={} console=tty0 console=ttyS0,115200n8",
+            urls.artifact(&image.root),
+            image.root,
+            urls.base(),
+            image.id,
+            boot.role,
+            boot.hostname,
+        );
+        let script = IpxeScript {
+            kernel_url: urls.artifact(&image.kernel),
+            initrd_urls,
+            cmdline,
+        };
+        Some(script.render())
+    }
+
+    fn artifact(&self, hash: &str) -> Option<Artifact> {
+        self.artifacts.get(hash).cloned()
+    }
+
+    fn host_layer(&self, host: &Host) -> Option<PathBuf> {
+        self.boots.get(&host.mac)?.layer.clone()
+    }
+}
+
+/// Loads the master file (and its secrets file, for validation) and the store it names.
+pub fn load(config: &Path) -> anyhow::Result<(Plan, Store)> {
+    let plan = lectern_master::load(config).map_err(|problems| anyhow::anyhow!("{problems}"))?;
+    let store = Store::open(&plan.netboot.store).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}\n  help: build the images first: imgbuild all --config {}",
+            config.display()
+        )
+    })?;
+    Ok((plan, store))
+}
+
+/// The server settings a plan implies; `state_dir` and `tftp_root` are the host's own choice.
+pub fn server_config(plan: &Plan, state_dir: PathBuf, tftp_root: PathBuf) -> ServerConfig {
+    let dhcp = &plan.network.dhcp;
+    ServerConfig {
+        interface: dhcp.interface.clone(),
+        server_ip: plan.netboot.server_ip,
+        mode: match dhcp.mode {
+            lectern_master::model::DhcpMode::Authoritative => Mode::Authoritative,
+            lectern_master::model::DhcpMode::Proxy => Mode::Proxy,
+        },
+        pool: dhcp.range.map(|[first, last]| (first, last)),
+        state_dir,
+        tftp_root,
+        http_port: plan.netboot.http_port,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use std::net::Ipv4Addr;
+
+    use lectern_store::{BlobRef, HostLayer, Manifest};
+
+    const MASTER: &str = include_str!("../../examples/master.toml");
+    const SECRETS: &str = include_str!("../../examples/secrets.toml.example");
+
+    fn plan(dir: &Path) -> Plan {
+        use std::os::unix::fs::PermissionsExt;
+        let master = dir.join("master.toml");
+        std::fs::write(&master, MASTER).unwrap();
+        let secrets = dir.join("secrets.toml");
+        std::fs::write(&secrets, SECRETS).unwrap();
+        std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+        lectern_master::load(&master).unwrap()
+    }
+
+    fn put(store: &Store, content: &str) -> BlobRef {
+        store.put_blob(content.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn hosts_boot_their_role_image_with_their_own_layer() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = plan(dir.path());
+        let store = Store::create(dir.path().join("store")).unwrap();
+        let artifacts: BTreeMap<String, BlobRef> = [KERNEL, INITRD, ROOT]
+            .into_iter()
+            .map(|name| (name.to_owned(), put(&store, &format!("source {name}"))))
+            .collect();
+        let manifest = Manifest::new(
+            "source",
+            vec![],
+            artifacts.clone(),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        );
+        store.add_manifest(&manifest).unwrap();
+        let layer = put(&store, "layer of lameere-source-1");
+        let key = layer.sha256.clone();
+        store
+            .add_host_layer(&HostLayer::new(
+                "lameere-source-1",
+                "source",
+                key,
+                layer.clone(),
+            ))
+            .unwrap();
+
+        let policy = PlanPolicy::new(&plan, &store);
+        let mac: MacAddr = "52:54:00:42:01:11".parse().unwrap();
+        let host = policy.host(mac).unwrap().clone();
+        assert_eq!(host.ip, Some(Ipv4Addr::new(10, 42, 0, 11)));
+        let urls = Urls::new("http://10.42.0.1:8080");
+        let script = policy.ipxe_script(&host, &urls).unwrap();
+        let root = artifacts[ROOT].sha256.as_str();
+        assert!(
+            script.contains(&format!("lectern.root_sha256={root}")),
+            "{script}"
+        );
+        assert!(
+            script.contains(&format!("lectern.image={}", manifest.image.as_str())),
+            "{script}"
+        );
+        assert!(
+            script.contains("systemd.hostname=lameere-source-1"),
+            "{script}"
+        );
+        assert!(script.contains(&urls.host_layer(mac)), "{script}");
+        assert_eq!(
+            policy.host_layer(&host),
+            Some(store.blob_path(&layer.sha256))
+        );
+        assert_eq!(policy.artifact(root).unwrap().kind, ArtifactKind::Root);
+
+        // A mixer: no image built yet, so no script, and `check` can say why.
+        let mixer = policy
+            .host("52:54:00:42:01:10".parse().unwrap())
+            .unwrap()
+            .clone();
+        assert_eq!(policy.ipxe_script(&mixer, &urls), None);
+        assert!(
+            policy
+                .gaps()
+                .iter()
+                .any(|g| g.contains("imgbuild role mixer")),
+            "{:?}",
+            policy.gaps()
+        );
+        // The cloud encoder does not netboot at all.
+        assert!(policy.hosts().iter().all(|h| h.hostname != "cornil-enc"));
+    }
+}
