@@ -1,65 +1,69 @@
-//! Render contexts for overlays, cut from the plan (lectern-master's expanded master file).
+//! Render contexts for overlays, cut from lectern-master's `Plan` (the expanded master file) as JSON.
 //!
-//! Until imgbuild links lectern-master, the plan arrives as JSON (what the `Plan` serializes to) with this
-//! shape; only these parts are read here:
-//!
-//! ```json
-//! { "conference": { "org": "...", "slug": "...", ... },
-//!   "ssh_authorized_keys": ["ssh-ed25519 ..."],
-//!   "hosts": [ { "hostname": "...", "role": "mixer", "room": "...", "mixer": { ... } }, ... ] }
-//! ```
-//!
-//! Two contexts, so that a change to one host never rebuilds a role image:
-//! - role-wide (config layer): `{ role, conference }`; it must hold no secrets.
-//! - per host (host layer): `{ role, conference, ssh_authorized_keys, host, room_hosts }`, with secrets
-//!   revealed; it only ever reaches the per-host layer. `room_hosts` lists `{hostname, ip}` of the host's
-//!   room peers.
+//! Two contexts, so that a change to one host never rebuilds a role image and secrets never reach one:
+//! - role-wide (config layer): `{ role, conference }`, from the plan's ordinary serialization, in which
+//!   secrets are `***`.
+//! - per host (host layer): `{ role, conference, ssh_authorized_keys, host, room, room_hosts }`, from the
+//!   plan serialized with secrets revealed; `host` is the plan's host (`hostname`, `mac`, `ip`, `room`,
+//!   `config.<role>`…), `room` the plan's entry for its room (or null) and `room_hosts` lists
+//!   `{hostname, ip}` of the other hosts of its room.
 
-use anyhow::{Context, Result, bail};
+use std::path::Path;
+
+use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
 pub struct Plan {
-    plan: Value,
+    /// Secrets shown as `***`: the only view role-wide contexts are cut from.
+    redacted: Value,
+    /// Secrets revealed: only per-host contexts are cut from it.
+    revealed: Value,
 }
 
 impl Plan {
-    pub fn from_json(plan: Value) -> Result<Self> {
-        if !plan.get("hosts").is_some_and(Value::is_array) {
-            bail!("the plan has no `hosts` list");
+    /// Reads, checks and expands a master file (with its secrets file).
+    pub fn load(master_file: &Path) -> Result<Self> {
+        let plan = lectern_master::load(master_file).map_err(|diagnostics| {
+            anyhow::anyhow!(
+                "{} is not a usable master file:\n{diagnostics}",
+                master_file.display()
+            )
+        })?;
+        let redacted = serde_json::to_value(&plan)?;
+        let revealed = lectern_master::with_secrets_revealed(|| serde_json::to_value(&plan))?;
+        Self::from_views(redacted, revealed)
+    }
+
+    /// A plan with no hosts: role images need no more than this.
+    pub fn empty() -> Self {
+        let nothing = json!({ "hosts": [] });
+        Self {
+            redacted: nothing.clone(),
+            revealed: nothing,
         }
-        for host in hosts(&plan) {
+    }
+
+    /// The two serializations of one plan.
+    pub fn from_views(redacted: Value, revealed: Value) -> Result<Self> {
+        for host in hosts(&revealed) {
             for field in ["hostname", "role"] {
                 if !host.get(field).is_some_and(Value::is_string) {
                     bail!("a host in the plan has no string `{field}`: {host}");
                 }
             }
         }
-        Ok(Self { plan })
+        Ok(Self { redacted, revealed })
     }
 
-    pub fn load(path: &std::path::Path) -> Result<Self> {
-        let is_json = path.extension().is_some_and(|ext| ext == "json");
-        if !is_json {
-            bail!(
-                "{}: reading master.toml needs lectern-master's Plan, which imgbuild does not link yet; \
-                 pass the plan as JSON (--config plan.json)",
-                path.display()
-            );
-        }
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let plan =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        Self::from_json(plan)
-    }
-
-    fn conference(&self) -> Value {
-        self.plan.get("conference").cloned().unwrap_or(Value::Null)
+    /// The redacted and revealed views, for tests that edit a plan.
+    #[cfg(test)]
+    pub(crate) fn into_views(self) -> (Value, Value) {
+        (self.redacted, self.revealed)
     }
 
     /// Roles some host in the plan has, sorted and deduplicated.
     pub fn roles(&self) -> Vec<String> {
-        let mut roles: Vec<String> = hosts(&self.plan)
+        let mut roles: Vec<String> = hosts(&self.revealed)
             .map(|host| role_of(host).to_owned())
             .collect();
         roles.sort();
@@ -68,26 +72,27 @@ impl Plan {
     }
 
     pub fn role_context(&self, role: &str) -> Value {
-        json!({ "role": role, "conference": self.conference() })
+        json!({ "role": role, "conference": self.redacted.get("conference").cloned().unwrap_or(Value::Null) })
     }
 
     /// `(hostname, context)` for every host of `role`, in plan order.
     pub fn host_contexts(&self, role: &str) -> Vec<(String, Value)> {
-        let keys = self
-            .plan
+        let plan = &self.revealed;
+        let keys = plan
             .get("ssh_authorized_keys")
             .cloned()
             .unwrap_or_else(|| json!([]));
-        hosts(&self.plan)
+        hosts(plan)
             .filter(|host| role_of(host) == role)
             .map(|host| {
                 let hostname = host["hostname"].as_str().unwrap_or_default().to_owned();
                 let context = json!({
                     "role": role,
-                    "conference": self.conference(),
+                    "conference": plan.get("conference").cloned().unwrap_or(Value::Null),
                     "ssh_authorized_keys": keys,
                     "host": host,
-                    "room_hosts": self.room_hosts(host),
+                    "room": room_of(plan, host),
+                    "room_hosts": room_hosts(plan, host),
                 });
                 (hostname, context)
             })
@@ -95,20 +100,33 @@ impl Plan {
     }
 }
 
-impl Plan {
-    /// `{hostname, ip}` of the other hosts in `host`'s room that have an address, so that /etc/hosts can
-    /// resolve the single-label names the plan uses (mDNS only answers for `.local`).
-    fn room_hosts(&self, host: &Value) -> Vec<Value> {
-        let Some(room) = host.get("room").filter(|room| room.is_string()) else {
-            return Vec::new();
-        };
-        hosts(&self.plan)
-            .filter(|peer| peer.get("room") == Some(room) && peer["hostname"] != host["hostname"])
-            .filter_map(|peer| {
-                Some(json!({ "hostname": peer["hostname"], "ip": peer.get("ip")?.as_str()? }))
-            })
-            .collect()
-    }
+/// The plan's entry for `host`'s room (`slug`, `sources` in mixer order with ports and machines, `video`,
+/// `encode`…), or null.
+fn room_of(plan: &Value, host: &Value) -> Value {
+    let slug = host.get("room");
+    let mut rooms = plan
+        .get("rooms")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten();
+    rooms
+        .find(|room| slug.is_some_and(|slug| room.get("slug") == Some(slug)))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// `{hostname, ip}` of the other hosts in `host`'s room that have a fixed address, so that /etc/hosts
+/// resolves the names the plan uses (mDNS only answers for `.local`).
+fn room_hosts(plan: &Value, host: &Value) -> Vec<Value> {
+    let Some(room) = host.get("room").filter(|room| room.is_string()) else {
+        return Vec::new();
+    };
+    hosts(plan)
+        .filter(|peer| peer.get("room") == Some(room) && peer["hostname"] != host["hostname"])
+        .filter_map(|peer| {
+            Some(json!({ "hostname": peer["hostname"], "ip": peer.get("ip")?.as_str()? }))
+        })
+        .collect()
 }
 
 fn hosts(plan: &Value) -> impl Iterator<Item = &Value> {
@@ -123,49 +141,66 @@ fn role_of(host: &Value) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
-    fn plan() -> Plan {
-        Plan::from_json(json!({
-            "conference": { "org": "fosdem", "slug": "fosdem2027" },
-            "ssh_authorized_keys": ["ssh-ed25519 AAAA team"],
-            "hosts": [
-                { "hostname": "a-mixer", "role": "mixer", "room": "a", "ip": "10.0.0.1" },
-                { "hostname": "a-src", "role": "source", "room": "a", "ip": "10.0.0.2" },
-                { "hostname": "a-enc", "role": "encoder", "encoder": { "push_url": "rtmp://x/a?key=s3cret" } },
-                { "hostname": "b-mixer", "role": "mixer", "room": "b" }
-            ]
-        }))
-        .unwrap()
+    pub(crate) const FIXTURE_SECRET: &str = "lectern-test-secret-7f3a9c";
+
+    /// The fixture master file. Its secrets file must be 0600 to be used, which git cannot record.
+    pub(crate) fn fixture_path() -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let secrets = fixtures.join("fixture-secrets.toml");
+        std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+        fixtures.join("master.toml")
+    }
+
+    #[test]
+    fn fixture_master_file_loads() {
+        let plan = Plan::load(&fixture_path()).unwrap();
+        assert_eq!(plan.roles(), ["encoder", "mixer", "netboot", "source"]);
+        assert!(plan.redacted.to_string().contains("***"));
+        assert!(!plan.redacted.to_string().contains(FIXTURE_SECRET));
+        assert!(plan.revealed.to_string().contains(FIXTURE_SECRET));
     }
 
     #[test]
     fn role_context_has_no_hosts_and_no_secrets() {
-        let context = plan().role_context("encoder");
+        let plan = Plan::load(&fixture_path()).unwrap();
+        let context = plan.role_context("encoder");
         assert_eq!(context["role"], "encoder");
         assert_eq!(context["conference"]["org"], "fosdem");
-        assert!(!context.to_string().contains("s3cret"));
         assert!(context.get("host").is_none());
+        assert!(!context.to_string().contains(FIXTURE_SECRET));
     }
 
     #[test]
-    fn host_contexts_select_the_role() {
-        let plan = plan();
-        assert_eq!(plan.roles(), ["encoder", "mixer", "source"]);
-        let mixers = plan.host_contexts("mixer");
-        let names: Vec<&str> = mixers.iter().map(|(name, _)| name.as_str()).collect();
-        assert_eq!(names, ["a-mixer", "b-mixer"]);
-        assert_eq!(mixers[1].1["host"]["room"], "b");
-        assert_eq!(
-            mixers[0].1["ssh_authorized_keys"][0],
-            "ssh-ed25519 AAAA team"
-        );
+    fn host_contexts_select_the_role_and_reveal_secrets() {
+        let plan = Plan::load(&fixture_path()).unwrap();
+        let sources = plan.host_contexts("source");
+        let names: Vec<&str> = sources.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["lameere-source-1", "lameere-source-2"]);
+        let context = &sources[1].1;
+        assert_eq!(context["host"]["room"], "lameere");
+        assert_eq!(context["room"]["sources"][1]["port"], 10001);
+        assert_eq!(context["ssh_authorized_keys"].as_array().unwrap().len(), 1);
+        let peers: Vec<&str> = context["room_hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["hostname"].as_str().unwrap())
+            .collect();
+        assert_eq!(peers, ["lameere-mixer", "lameere-source-1", "lameere-enc"]);
+        let (_, encoder) = &plan.host_contexts("encoder")[0];
+        assert!(encoder.to_string().contains(FIXTURE_SECRET));
     }
 
     #[test]
     fn rejects_hosts_without_role() {
-        assert!(Plan::from_json(json!({ "hosts": [{ "hostname": "x" }] })).is_err());
-        assert!(Plan::from_json(json!({})).is_err());
+        let bad = json!({ "hosts": [{ "hostname": "x" }] });
+        assert!(Plan::from_views(bad.clone(), bad).is_err());
+        assert!(Plan::empty().roles().is_empty());
     }
 }

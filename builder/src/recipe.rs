@@ -251,16 +251,36 @@ variant = "apt"
         );
     }
 
-    /// The repository's own recipes and overlays against the test fixture plan.
-    fn repo_recipes() -> (Recipes, serde_json::Value) {
+    /// The repository's own recipes and overlays, and the fixture master file's plan views.
+    fn repo_recipes() -> (Recipes, Value, Value) {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         let recipes = Recipes::load(&repo.join("recipes"), &repo.join("overlays")).unwrap();
-        let text = fs::read_to_string(repo.join("builder/tests/fixtures/plan.json")).unwrap();
-        (recipes, serde_json::from_str(&text).unwrap())
+        let plan = crate::context::Plan::load(&crate::context::tests::fixture_path()).unwrap();
+        let (redacted, revealed) = plan.into_views();
+        (recipes, redacted, revealed)
     }
 
-    fn host_tree(recipes: &Recipes, plan: serde_json::Value, role: &str, hostname: &str) -> Tree {
-        let plan = crate::context::Plan::from_json(plan).unwrap();
+    /// Applies `edit` to every host named `hostname` in both views.
+    fn edit_host(views: [&mut Value; 2], hostname: &str, edit: impl Fn(&mut Value)) {
+        for view in views {
+            for host in view["hosts"].as_array_mut().unwrap() {
+                if host["hostname"] == hostname {
+                    edit(host);
+                }
+            }
+        }
+    }
+
+    fn plan(redacted: &Value, revealed: &Value) -> crate::context::Plan {
+        crate::context::Plan::from_views(redacted.clone(), revealed.clone()).unwrap()
+    }
+
+    fn host_tree(
+        recipes: &Recipes,
+        plan: &crate::context::Plan,
+        role: &str,
+        hostname: &str,
+    ) -> Tree {
         let (_, context) = plan
             .host_contexts(role)
             .into_iter()
@@ -280,25 +300,31 @@ variant = "apt"
 
     #[test]
     fn every_role_renders_against_the_fixture() {
-        let (recipes, plan_json) = repo_recipes();
-        let plan = crate::context::Plan::from_json(plan_json).unwrap();
-        for role in plan.roles() {
-            recipes
-                .render(&role, OverlayKind::Config, &plan.role_context(&role))
+        let (recipes, redacted, revealed) = repo_recipes();
+        let plan = plan(&redacted, &revealed);
+        let roles: Vec<String> = plan
+            .roles()
+            .into_iter()
+            .filter(|role| recipes.role(role).is_ok())
+            .collect();
+        assert_eq!(roles, ["encoder", "mixer", "source"]);
+        for role in &roles {
+            let config = recipes
+                .render(role, OverlayKind::Config, &plan.role_context(role))
                 .unwrap();
-            for (_, context) in plan.host_contexts(&role) {
-                recipes.render(&role, OverlayKind::Host, &context).unwrap();
+            assert!(!config.is_empty());
+            for (_, context) in plan.host_contexts(role) {
+                recipes.render(role, OverlayKind::Host, &context).unwrap();
             }
         }
     }
 
     #[test]
-    fn voctocore_ini_follows_the_room() {
-        let (recipes, plan) = repo_recipes();
-        let ini = file_text(
-            &host_tree(&recipes, plan, "mixer", "lameere-mixer"),
-            "etc/voctomix/voctocore.ini",
-        );
+    fn host_files_follow_the_plan() {
+        let (recipes, redacted, revealed) = repo_recipes();
+        let plan = plan(&redacted, &revealed);
+        let mixer = host_tree(&recipes, &plan, "mixer", "lameere-mixer");
+        let ini = file_text(&mixer, "etc/voctomix/voctocore.ini");
         assert!(ini.contains("\nsources=cam,slides\n"), "{ini}");
         assert!(
             ini.contains("width=1920,height=1080,framerate=30/1"),
@@ -306,19 +332,66 @@ variant = "apt"
         );
         assert!(ini.contains("[source.slides]\nkind=tcp"), "{ini}");
         assert!(ini.contains("audiosource=cam\n"), "{ini}");
+        let record = file_text(&mixer, "etc/lectern/record.env");
+        assert!(
+            record.contains("RECORD_DIR=") && record.contains("fosdem"),
+            "{record}"
+        );
+        assert_eq!(file_text(&mixer, "etc/hostname"), "lameere-mixer\n");
+        assert!(file_text(&mixer, "etc/hosts").contains("10.99.0.129\tlameere-source-2\n"));
+        let network = file_text(&mixer, "etc/systemd/network/10-lectern-boot.network");
+        assert!(
+            network.contains("MACAddress=8c:16:45:00:e6:f6\n"),
+            "{network}"
+        );
+
+        let source = file_text(
+            &host_tree(&recipes, &plan, "source", "lameere-source-2"),
+            "etc/lectern/ingest.env",
+        );
+        assert!(
+            source.contains("MIXER_PORT=10001\n") && source.contains("CAPTURE_KIND=test\n"),
+            "{source}"
+        );
+        let encoder = host_tree(&recipes, &plan, "encoder", "lameere-enc");
+        let env = file_text(&encoder, "etc/lectern/encoder.env");
+        assert!(env.contains(crate::context::tests::FIXTURE_SECRET), "{env}");
+        assert!(
+            env.contains("PULL_URL=tcp://") && env.contains(":15000\n"),
+            "{env}"
+        );
+        assert!(matches!(
+            encoder.get("etc/lectern/encoder.env"),
+            Some(crate::tree::Entry::File { mode: 0o600, .. })
+        ));
     }
 
     #[test]
     fn recording_disk_gets_a_mount_unit_only_when_planned() {
-        let (recipes, mut plan) = repo_recipes();
+        let (recipes, mut redacted, mut revealed) = repo_recipes();
         let mount = "etc/systemd/system/srv-recordings.mount";
         assert!(
-            host_tree(&recipes, plan.clone(), "mixer", "lameere-mixer")
-                .get(mount)
-                .is_none()
+            host_tree(
+                &recipes,
+                &plan(&redacted, &revealed),
+                "mixer",
+                "lameere-mixer"
+            )
+            .get(mount)
+            .is_none()
         );
-        plan["hosts"][0]["mixer"]["recording"]["disk"] = "/dev/sdb".into();
-        let unit = file_text(&host_tree(&recipes, plan, "mixer", "lameere-mixer"), mount);
+        edit_host([&mut redacted, &mut revealed], "lameere-mixer", |host| {
+            host["config"]["mixer"]["record_disk"] = "/dev/sdb".into();
+        });
+        let unit = file_text(
+            &host_tree(
+                &recipes,
+                &plan(&redacted, &revealed),
+                "mixer",
+                "lameere-mixer",
+            ),
+            mount,
+        );
         assert!(
             unit.contains("What=/dev/sdb\nWhere=/srv/recordings\n"),
             "{unit}"
@@ -327,11 +400,18 @@ variant = "apt"
 
     #[test]
     fn a_bitrate_change_touches_only_the_host_layer() {
-        let (recipes, plan) = repo_recipes();
-        let mut changed = plan.clone();
-        changed["hosts"][3]["encoder"]["video_kbps"] = 4500.into();
-        let role_tree = |plan: serde_json::Value| {
-            let plan = crate::context::Plan::from_json(plan).unwrap();
+        let (recipes, redacted, revealed) = repo_recipes();
+        let (mut changed_redacted, mut changed_revealed) = (redacted.clone(), revealed.clone());
+        edit_host(
+            [&mut changed_redacted, &mut changed_revealed],
+            "lameere-enc",
+            |host| {
+                host["config"]["encoder"]["encode"]["video_kbps"] = 4500.into();
+            },
+        );
+        let before = plan(&redacted, &revealed);
+        let after = plan(&changed_redacted, &changed_revealed);
+        let role_tree = |plan: &crate::context::Plan| {
             recipes
                 .render(
                     "encoder",
@@ -341,14 +421,10 @@ variant = "apt"
                 .unwrap()
                 .digest()
         };
-        assert_eq!(role_tree(plan.clone()), role_tree(changed.clone()));
-        let before = host_tree(&recipes, plan, "encoder", "lameere-enc");
-        let after = host_tree(&recipes, changed, "encoder", "lameere-enc");
-        assert_ne!(before.digest(), after.digest());
-        assert!(file_text(&after, "etc/lectern/encoder.env").contains("VIDEO_KBPS=4500\n"));
-        assert!(matches!(
-            after.get("etc/lectern/encoder.env"),
-            Some(crate::tree::Entry::File { mode: 0o600, .. })
-        ));
+        assert_eq!(role_tree(&before), role_tree(&after));
+        let old = host_tree(&recipes, &before, "encoder", "lameere-enc");
+        let new = host_tree(&recipes, &after, "encoder", "lameere-enc");
+        assert_ne!(old.digest(), new.digest());
+        assert!(file_text(&new, "etc/lectern/encoder.env").contains("VIDEO_KBPS=4500\n"));
     }
 }

@@ -322,12 +322,16 @@ pub fn repo() -> PathBuf {
         .to_owned()
 }
 
-/// The builder tests' fixture plan (one room: mixer, two sources, encoder; plus `lab-base`).
-pub fn fixture_plan() -> Plan {
-    let text =
-        fs::read_to_string(repo().join("builder/tests/fixtures/plan.json")).expect("fixture plan");
-    Plan::from_json(serde_json::from_str(&text).expect("fixture is JSON"))
-        .expect("fixture is a plan")
+/// The builder tests' fixture master file (one room on this lab's 10.99.0.0/24: mixer, two sources,
+/// encoder), expanded into its plan. Its secrets file must be 0600 to be used, which git cannot record.
+pub fn fixture_plan() -> Result<Plan> {
+    use std::os::unix::fs::PermissionsExt;
+    let fixtures = repo().join("builder/tests/fixtures");
+    fs::set_permissions(
+        fixtures.join("fixture-secrets.toml"),
+        fs::Permissions::from_mode(0o600),
+    )?;
+    Plan::load(&fixtures.join("master.toml"))
 }
 
 /// A builder over the repository's recipes into `store_dir`, with the apt cache from LECTERN_APT_CACHE.

@@ -1,14 +1,17 @@
-//! Boots the `base` netboot artifacts the way netbootd will hand them out (kernel + initrd + per-host layer,
-//! root image fetched over HTTP and pinned by sha256) and waits for the boot reporter and its heartbeat.
-//! A second guest gets a wrong pin and must refuse to boot. LECTERN_IMAGE_TESTS=1, root.
+//! Boots the `base` netboot artifacts the way netbootd will hand them out (kernel + initrd, root image
+//! fetched over HTTP and pinned by sha256) and waits for the boot reporter and its heartbeat. No host in
+//! the plan has role base, so it boots without a per-host layer (boot_roles covers those) and reports the
+//! image's own hostname. A second guest gets a wrong pin and must refuse to boot. LECTERN_IMAGE_TESTS=1, root.
 
 use std::time::{Duration, Instant};
 
-use lectern_qemu_tests::{Lab, fixture_builder, fixture_plan, test_store_dir, vm_tests_enabled};
+use lectern_builder::context::Plan;
+use lectern_qemu_tests::{Lab, fixture_builder, test_store_dir, vm_tests_enabled};
 use lectern_store::Store;
 use serde_json::Value;
 
-const HOST: &str = "lab-base";
+/// What the base image calls itself until a per-host layer names it.
+const HOST: &str = "lectern";
 const HOST_MAC: &str = "52:54:00:00:00:01";
 const HOST_IP: &str = "10.99.0.10";
 const ROGUE_MAC: &str = "52:54:00:00:00:66";
@@ -20,20 +23,14 @@ fn base_boots_and_reports_and_a_wrong_pin_refuses_to_boot() {
     }
     let store_dir = test_store_dir(env!("CARGO_TARGET_TMPDIR"));
     let builder = fixture_builder(&store_dir).unwrap();
-    let plan = fixture_plan();
-    let manifest = builder.build_role("base", &plan).unwrap();
-    let host_layers = builder.build_host_layers("base", &plan).unwrap();
-    let host_layer = host_layers
-        .iter()
-        .find(|layer| layer.hostname == HOST)
-        .expect("fixture has lab-base");
+    let manifest = builder.build_role("base", &Plan::empty()).unwrap();
     let store = Store::open(&store_dir).unwrap();
 
     let mut lab = Lab::new(&[(HOST_MAC, HOST_IP)]).unwrap();
     let root_sha256 = manifest.artifacts["root.squashfs"].sha256.to_string();
     let started = Instant::now();
     let serial = lab
-        .netboot(&store, &manifest, Some(host_layer), HOST_MAC, &root_sha256)
+        .netboot(&store, &manifest, None, HOST_MAC, &root_sha256)
         .unwrap();
     let rogue_serial = lab
         .netboot(&store, &manifest, None, ROGUE_MAC, &"0".repeat(64))

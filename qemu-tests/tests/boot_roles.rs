@@ -27,7 +27,7 @@ fn mixer_and_test_source_come_up_and_stay_up() {
     }
     let store_dir = test_store_dir(env!("CARGO_TARGET_TMPDIR"));
     let builder = fixture_builder(&store_dir).unwrap();
-    let plan = fixture_plan();
+    let plan = fixture_plan().unwrap();
     let reservations: Vec<(&str, &str)> = GUESTS.iter().map(|&(_, _, mac, ip)| (mac, ip)).collect();
     let mut boots = Vec::new();
     for (hostname, role, mac, _) in GUESTS {

@@ -8,7 +8,7 @@ use crate::context::Plan;
 /// Build every role the plan uses and every host's per-host layer.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The plan to render overlays from (JSON until lectern-master's Plan is wired in).
+    /// The master file (master.toml) whose plan the overlays are rendered from.
     #[arg(long)]
     pub config: PathBuf,
 }

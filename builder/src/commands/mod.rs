@@ -57,12 +57,9 @@ impl Global {
     }
 }
 
-/// The plan from `--config`, or an empty one (no hosts) for building role images alone.
+/// The plan from `--config` (a master file), or an empty one for building role images alone.
 fn load_plan(config: Option<&std::path::Path>) -> Result<Plan> {
-    match config {
-        Some(path) => Plan::load(path),
-        None => Plan::from_json(serde_json::json!({ "hosts": [] })),
-    }
+    config.map_or_else(|| Ok(Plan::empty()), Plan::load)
 }
 
 /// Writes command output to stdout; a closed pipe (`imgbuild list | head`) is not an error.

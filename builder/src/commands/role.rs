@@ -9,7 +9,7 @@ use super::{Global, load_plan, manifest_summary, print};
 pub struct Args {
     /// Role to build: `base` or a recipe name (mixer, source, encoder…).
     pub role: String,
-    /// The plan to render overlays from (JSON until lectern-master's Plan is wired in).
+    /// The master file (master.toml) whose plan the overlays are rendered from.
     #[arg(long)]
     pub config: Option<PathBuf>,
 }
