@@ -399,6 +399,36 @@ variant = "apt"
     }
 
     #[test]
+    fn contributions_are_listed_only_for_mixers_with_cloud_encoders() {
+        let (recipes, mut redacted, mut revealed) = repo_recipes();
+        let list = "etc/lectern/contributions";
+        assert!(
+            host_tree(
+                &recipes,
+                &plan(&redacted, &revealed),
+                "mixer",
+                "lameere-mixer"
+            )
+            .get(list)
+            .is_none()
+        );
+        edit_host([&mut redacted, &mut revealed], "lameere-mixer", |host| {
+            let feed = serde_json::json!({ "encoder": "e", "url": "srt://e.example.org:9000", "video_kbps": 8000, "audio_kbps": 256 });
+            host["config"]["mixer"]["contributions"] = serde_json::json!([feed]);
+        });
+        let text = file_text(
+            &host_tree(
+                &recipes,
+                &plan(&redacted, &revealed),
+                "mixer",
+                "lameere-mixer",
+            ),
+            list,
+        );
+        assert_eq!(text, "srt://e.example.org:9000 8000 256\n");
+    }
+
+    #[test]
     fn a_bitrate_change_touches_only_the_host_layer() {
         let (recipes, redacted, revealed) = repo_recipes();
         let (mut changed_redacted, mut changed_revealed) = (redacted.clone(), revealed.clone());
