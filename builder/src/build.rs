@@ -168,7 +168,7 @@ impl Builder {
         let image_overlay = Tree::load(&self.recipes.overlay_dir(BASE, OverlayKind::Image), None)?;
         let key = layer_key(json!({
             "layer": "base",
-            "recipe": base.digest,
+            "packages": base.packages,
             "debian": { "suite": self.recipes.debian.suite, "mirror": self.recipes.debian.mirror,
                         "variant": self.recipes.debian.variant },
             "image_overlay": image_overlay.digest(),
@@ -201,12 +201,7 @@ impl Builder {
     }
 
     fn role_layer(&self, base: &LayerRecord, recipe: &Recipe) -> Result<LayerRecord> {
-        let key = layer_key(json!({
-            "layer": "role",
-            "base": base.key,
-            "recipe": recipe.digest,
-            "scripts": [SCRUB],
-        }));
+        let key = role_key(&base.key, &recipe.packages);
         self.layer(LayerKind::Role, key, &[ROOTFS_TAR], |work| {
             let base_tar = self.store.blob_path(&base.outputs[ROOTFS_TAR].sha256);
             let mut command = self.mmdebstrap("custom", recipe);
@@ -341,6 +336,12 @@ pub fn host_archive(tree: &Tree, source_date_epoch: u64) -> Vec<u8> {
     tree.to_cpio(HOST_PREFIX, source_date_epoch)
 }
 
+/// The role layer's key: the base below it and the packages installed on top. Nothing else of the recipe
+/// goes in: its units and overlays only reach the config layer, so editing them rebuilds only that.
+fn role_key(base: &Digest, packages: &[String]) -> Digest {
+    layer_key(json!({ "layer": "role", "base": base, "packages": packages, "scripts": [SCRUB] }))
+}
+
 /// A layer key: the sha256 of its inputs as JSON with object keys sorted (serde_json keeps insertion order
 /// when any crate in the build enables its `preserve_order` feature).
 fn layer_key(inputs: Value) -> Digest {
@@ -401,6 +402,19 @@ mod tests {
         assert_ne!(
             a,
             layer_key(json!({ "layer": "role", "base": "b1", "recipe": "r2" }))
+        );
+    }
+
+    #[test]
+    fn role_key_follows_the_base_and_the_packages() {
+        let base = Digest::of_bytes(b"base layer key");
+        let packages = ["ffmpeg".to_owned()];
+        let key = role_key(&base, &packages);
+        assert_eq!(key, role_key(&base.clone(), &packages.clone()));
+        assert_ne!(key, role_key(&Digest::of_bytes(b"another base"), &packages));
+        assert_ne!(
+            key,
+            role_key(&base, &["ffmpeg".to_owned(), "x264".to_owned()])
         );
     }
 
