@@ -312,7 +312,7 @@ variant = "apt"
             let config = recipes
                 .render(role, OverlayKind::Config, &plan.role_context(role))
                 .unwrap();
-            assert!(!config.is_empty());
+            assert_eq!(file_text(&config, "etc/lectern/role"), format!("{role}\n"));
             for (_, context) in plan.host_contexts(role) {
                 recipes.render(role, OverlayKind::Host, &context).unwrap();
             }

@@ -141,14 +141,6 @@ impl Tree {
         self.entries.get(path)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    pub fn paths(&self) -> impl Iterator<Item = &str> {
-        self.entries.keys().map(String::as_str)
-    }
-
     /// Content hash over paths, kinds, modes and bytes: equal trees, equal digests.
     pub fn digest(&self) -> Digest {
         Digest::of_bytes(&self.to_cpio("", 0))
@@ -220,10 +212,8 @@ mod tests {
         write(dir.path(), "etc/static.conf", "{{ not rendered }}");
         let context = serde_json::json!({ "host": { "hostname": "lameere-mixer" } });
         let tree = Tree::load(dir.path(), Some(&context)).unwrap();
-        assert_eq!(
-            tree.paths().collect::<Vec<_>>(),
-            ["etc", "etc/hostname", "etc/static.conf"]
-        );
+        assert_eq!(tree.get("etc"), Some(&Entry::Dir { mode: 0o755 }));
+        assert_eq!(tree.get("etc/hostname.j2"), None);
         assert_eq!(
             tree.get("etc/hostname"),
             Some(&Entry::File {
