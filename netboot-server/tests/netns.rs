@@ -296,13 +296,20 @@ fn proxy_mode_adds_boot_options_beside_a_venue_dnsmasq_and_ignores_unlisted_macs
     let broadcast = SocketAddr::from((Ipv4Addr::BROADCAST, 67));
     let mixer = [0x52, 0x54, 0, 0, 0, 1];
 
-    let offers = pxe_exchange(
-        &lab,
-        mixer,
-        MessageType::Discover,
-        broadcast,
-        Ipv4Addr::UNSPECIFIED,
-    );
+    // Like a real client, retransmit: a loaded machine can leave the venue server slow to answer.
+    let mut offers = Vec::new();
+    for _ in 0..3 {
+        offers = pxe_exchange(
+            &lab,
+            mixer,
+            MessageType::Discover,
+            broadcast,
+            Ipv4Addr::UNSPECIFIED,
+        );
+        if offers.iter().any(|offer| !offer.yiaddr().is_unspecified()) {
+            break;
+        }
+    }
     let (proxy, venue): (Vec<&Message>, Vec<&Message>) = offers
         .iter()
         .partition(|offer| offer.yiaddr().is_unspecified());
