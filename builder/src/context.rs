@@ -34,6 +34,12 @@ impl Plan {
         Self::from_views(redacted, revealed)
     }
 
+    /// The image store the master file names (where netbootd serves from).
+    pub fn store_dir(&self) -> Option<std::path::PathBuf> {
+        let store = self.redacted.get("netboot")?.get("store")?.as_str()?;
+        Some(store.into())
+    }
+
     /// A plan with no hosts: role images need no more than this.
     pub fn empty() -> Self {
         let nothing = json!({ "hosts": [] });

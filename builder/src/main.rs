@@ -15,6 +15,20 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Validate the master file and its secrets (exit code 0 or 1).
+    Check,
+    /// Show every host with its role, room, addresses and wiring.
+    Plan {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the master file's JSON Schema.
+    Schema {
+        /// Print the Markdown field reference instead (as in the README).
+        #[arg(long)]
+        markdown: bool,
+    },
     Role(commands::role::Args),
     All(commands::all::Args),
     List(commands::list::Args),
@@ -24,6 +38,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
+        Command::Check => return commands::inspect::check(&cli.global.config),
+        Command::Plan { json } => return commands::inspect::plan(&cli.global.config, *json),
+        Command::Schema { markdown } => return commands::inspect::schema(*markdown),
         Command::Role(args) => commands::role::run(args, &cli.global),
         Command::All(args) => commands::all::run(args, &cli.global),
         Command::List(args) => commands::list::run(args, &cli.global),

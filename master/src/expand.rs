@@ -85,8 +85,15 @@ impl<'l, 'a> Expander<'l, 'a> {
         self.identities(&hosts, network.as_ref().map(|(_, net)| *net), &m.network);
         let rooms = self.rooms(m);
         let netboot = self.netboot_server(m, master_dir);
-        let plan_hosts = self.hosts(m, &rooms);
+        let mut plan_hosts = self.hosts(m, &rooms);
         let rooms = self.room_plans(m, rooms, &plan_hosts);
+        for host in &mut plan_hosts {
+            if let RoleConfig::Mixer(mixer) = &mut host.config {
+                if let Some(room) = rooms.iter().find(|r| r.slug == mixer.room) {
+                    mixer.sources = room.sources.clone();
+                }
+            }
+        }
         match (network, netboot, self.problems.is_empty()) {
             (Some((network, _)), Some(netboot), true) => Ok(Plan {
                 conference: m.conference.clone(),

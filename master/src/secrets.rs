@@ -101,7 +101,7 @@ impl Secrets {
             refuse(
                 format!("cannot read the secrets file: {e}"),
                 Some(
-                    "create it from examples/secrets.toml.example, or set [secrets] file in the master file"
+                    "create it (see examples/secrets.toml.example) and chmod 600 it, or set [secrets] file in the master file"
                         .into(),
                 ),
             )

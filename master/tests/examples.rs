@@ -78,6 +78,12 @@ fn two_room_example_wires_sources_mixer_and_encoders() {
         panic!("cornil-mixer is a mixer");
     };
     assert_eq!(mixer.contributions.len(), 1);
+    let inputs: Vec<(&str, u16)> = mixer
+        .sources
+        .iter()
+        .map(|s| (s.name.as_str(), s.port))
+        .collect();
+    assert_eq!(inputs, [("cam", 10000), ("slides", 10001)]);
     assert_eq!(
         mixer.contributions[0].url,
         "srt://cornil-enc.video.example.org:9000"

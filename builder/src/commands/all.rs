@@ -1,21 +1,14 @@
-use std::path::PathBuf;
-
 use anyhow::Result;
 
 use super::{Global, manifest_summary, print};
-use crate::context::Plan;
 
 /// Build every role the plan uses and every host's per-host layer.
 #[derive(Debug, clap::Args)]
-pub struct Args {
-    /// The master file (master.toml) whose plan the overlays are rendered from.
-    #[arg(long)]
-    pub config: PathBuf,
-}
+pub struct Args {}
 
-pub fn run(args: &Args, global: &Global) -> Result<()> {
-    let plan = Plan::load(&args.config)?;
-    let builder = global.builder()?;
+pub fn run(_: &Args, global: &Global) -> Result<()> {
+    let plan = global.plan()?;
+    let builder = global.builder(&plan)?;
     // Hosts such as the pxe/control server are not netbooted from an image: say so, build the rest.
     let (roles, skipped): (Vec<String>, Vec<String>) = plan
         .roles()

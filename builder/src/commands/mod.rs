@@ -2,10 +2,11 @@
 
 pub mod all;
 pub mod gc;
+pub mod inspect;
 pub mod list;
 pub mod role;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use lectern_store::Store;
@@ -17,22 +18,25 @@ use crate::recipe::Recipes;
 /// Fixed default so that builds are reproducible without any setup; override to date a release.
 const DEFAULT_SOURCE_DATE_EPOCH: u64 = 1_700_000_000;
 
+/// The master file commands read unless told otherwise.
+const DEFAULT_CONFIG: &str = "master.toml";
+/// Where images go without a master file naming a store.
+const FALLBACK_STORE: &str = "/var/cache/lectern/store";
+
 /// Options every subcommand shares.
 #[derive(Debug, clap::Args)]
 pub struct Global {
-    /// The image store (blobs, layers, manifests, host layers).
-    #[arg(
-        long,
-        global = true,
-        env = "LECTERN_STORE",
-        default_value = "/var/cache/lectern/store"
-    )]
-    pub store: PathBuf,
+    /// The master file (secrets are read from the file it names).
+    #[arg(long, global = true, default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// The image store. Default: the master file's `[netboot] store`, where netbootd serves from.
+    #[arg(long, global = true, env = "LECTERN_STORE")]
+    pub store: Option<PathBuf>,
     /// Directory of recipe files (base.toml and one per role).
-    #[arg(long, global = true, default_value = "recipes")]
+    #[arg(long, global = true, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../recipes"))]
     pub recipes: PathBuf,
     /// Directory of overlay trees (overlays/<recipe>/{image,config,host}).
-    #[arg(long, global = true, default_value = "overlays")]
+    #[arg(long, global = true, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../overlays"))]
     pub overlays: PathBuf,
     /// Persistent apt package cache shared by all builds.
     #[arg(long, global = true, default_value = "/var/cache/lectern/apt")]
@@ -43,23 +47,40 @@ pub struct Global {
 }
 
 impl Global {
-    pub fn open_store(&self) -> Result<Store> {
-        Ok(Store::open(&self.store)?)
+    /// The master file's plan.
+    pub fn plan(&self) -> Result<Plan> {
+        Plan::load(&self.config)
     }
 
-    pub fn builder(&self) -> Result<Builder> {
+    /// The plan, or an empty one (role images need no more) when the default master file is
+    /// absent. A master file named with --config must exist.
+    pub fn plan_if_any(&self) -> Result<Plan> {
+        if self.config == Path::new(DEFAULT_CONFIG) && !self.config.exists() {
+            eprintln!("no {DEFAULT_CONFIG} here: building without per-host layers");
+            return Ok(Plan::empty());
+        }
+        self.plan()
+    }
+
+    /// --store, else the plan's store, else the fallback.
+    fn store_dir(&self, plan: &Plan) -> PathBuf {
+        (self.store.clone())
+            .or_else(|| plan.store_dir())
+            .unwrap_or_else(|| FALLBACK_STORE.into())
+    }
+
+    pub fn open_store(&self) -> Result<Store> {
+        Ok(Store::open(self.store_dir(&self.plan_if_any()?))?)
+    }
+
+    pub fn builder(&self, plan: &Plan) -> Result<Builder> {
         let recipes = Recipes::load(&self.recipes, &self.overlays)?;
         let options = BuildOptions {
             source_date_epoch: self.source_date_epoch,
             apt_cache: self.apt_cache.clone(),
         };
-        Builder::new(Store::create(&self.store)?, recipes, options)
+        Builder::new(Store::create(self.store_dir(plan))?, recipes, options)
     }
-}
-
-/// The plan from `--config` (a master file), or an empty one for building role images alone.
-fn load_plan(config: Option<&std::path::Path>) -> Result<Plan> {
-    config.map_or_else(|| Ok(Plan::empty()), Plan::load)
 }
 
 /// Writes command output to stdout; a closed pipe (`imgbuild list | head`) is not an error.

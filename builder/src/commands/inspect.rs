@@ -51,7 +51,10 @@ pub fn schema(markdown: bool) -> ExitCode {
         print!("{}", lectern_master::reference::markdown());
     } else {
         let schema = lectern_master::schema();
-        println!("{}", serde_json::to_string_pretty(&schema).expect("a schema is plain JSON"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&schema).expect("a schema is plain JSON")
+        );
     }
     ExitCode::SUCCESS
 }
@@ -66,12 +69,13 @@ fn table(plan: &Plan) -> String {
                 h.hostname.clone(),
                 h.role.to_string(),
                 h.room.clone().unwrap_or_else(|| "-".into()),
-                serde_json::to_value(h.placement)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
+                name_of(h.placement),
                 h.mac.map_or("-".into(), |m| m.to_string()),
-                h.ip.map_or("dhcp".into(), |ip| ip.to_string()),
+                match (h.ip, h.netboot) {
+                    (Some(ip), _) => ip.to_string(),
+                    (None, true) => "dhcp".into(),
+                    (None, false) => "-".into(),
+                },
                 wiring(&h.config),
             ]
         })
@@ -135,13 +139,24 @@ fn wiring(config: &RoleConfig) -> String {
             text
         }
         RoleConfig::Source(s) => format!(
-            "{} ({:?}) -> {}:{}",
-            s.source, s.capture.kind, s.mixer, s.mixer_port
+            "{} ({}) -> {}:{}",
+            s.source,
+            name_of(s.capture.kind),
+            s.mixer,
+            s.mixer_port
         ),
         RoleConfig::Encoder(e) => format!("{} -> {}", e.pull_url, e.push_url),
         RoleConfig::Netboot => "serves DHCP/TFTP/HTTP".into(),
         RoleConfig::Server(_) => String::new(),
     }
+}
+
+/// A choice as the master file spells it.
+fn name_of(value: impl serde::Serialize) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -159,7 +174,10 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
         let text = table(&lectern_master::load(&master).unwrap());
-        assert!(text.contains("cam:10000<-lameere-source-1 slides:10001<-lameere-source-2"), "{text}");
+        assert!(
+            text.contains("cam:10000<-lameere-source-1 slides:10001<-lameere-source-2"),
+            "{text}"
+        );
         assert!(text.contains("tcp://10.42.0.10:15000 -> rtmp://stream-backend.video.example.org/stream/lameere?key=***"), "{text}");
         assert!(!text.contains("example-key"), "{text}");
     }

@@ -1,0 +1,118 @@
+//! `imgbuild check`, `plan` and `schema` on the bundled examples: exit codes, wiring, and no
+//! secret value in any output.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// The examples, with their example secrets as real (0600) secrets files, in a temp dir.
+fn examples() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    for (file, secrets) in [
+        ("master.toml", "secrets.toml"),
+        ("fosdem-25.toml", "fosdem-25.secrets.toml"),
+    ] {
+        std::fs::copy(examples.join(file), dir.path().join(file)).unwrap();
+        let target = dir.path().join(secrets);
+        std::fs::copy(examples.join(format!("{secrets}.example")), &target).unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    dir
+}
+
+fn imgbuild(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_imgbuild"))
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[test]
+fn both_examples_check_and_no_output_shows_a_secret() {
+    let dir = examples();
+    let secrets: Vec<String> = ["secrets.toml", "fosdem-25.secrets.toml"]
+        .iter()
+        .flat_map(|f| {
+            let table: toml::Table =
+                toml::from_str(&std::fs::read_to_string(dir.path().join(f)).unwrap()).unwrap();
+            let keys = table["stream_keys"].as_table().unwrap().clone();
+            keys.values()
+                .map(|v| v.as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(secrets.len() >= 27);
+    for config in ["master.toml", "fosdem-25.toml"] {
+        for args in [vec!["check"], vec!["plan"], vec!["plan", "--json"]] {
+            let mut args = args.clone();
+            args.extend(["--config", config]);
+            let output = imgbuild(dir.path(), &args);
+            let shown = text(&output);
+            assert!(output.status.success(), "imgbuild {args:?}:\n{shown}");
+            for secret in &secrets {
+                assert!(
+                    !shown.contains(secret.as_str()),
+                    "imgbuild {args:?} shows a secret"
+                );
+            }
+        }
+    }
+    // The default --config is ./master.toml.
+    let plan = imgbuild(dir.path(), &["plan", "--json"]);
+    let plan: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let lameere = plan["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["slug"] == "lameere")
+        .unwrap();
+    assert_eq!(lameere["sources"][1]["port"], 10001);
+    assert_eq!(
+        lameere["push_url"],
+        "rtmp://stream-backend.video.example.org/stream/lameere?key=***"
+    );
+}
+
+#[test]
+fn a_broken_master_file_fails_check_with_its_line() {
+    let dir = examples();
+    let master = dir.path().join("master.toml");
+    let broken = std::fs::read_to_string(&master)
+        .unwrap()
+        .replace("mac = \"52:54:00:42:01:11\"", "mac = \"52:54:00:42:01\"");
+    std::fs::write(&master, broken).unwrap();
+    let output = imgbuild(dir.path(), &["check"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output).contains("master.toml:94:7: machines[lameere-source-1].mac"),
+        "{}",
+        text(&output)
+    );
+}
+
+#[test]
+fn schema_is_json_and_markdown_names_every_table() {
+    let dir = examples();
+    let schema = imgbuild(dir.path(), &["schema"]);
+    let schema: serde_json::Value = serde_json::from_slice(&schema.stdout).unwrap();
+    assert_eq!(schema["additionalProperties"], false);
+    let markdown = text(&imgbuild(dir.path(), &["schema", "--markdown"]));
+    for table in [
+        "`[network.dhcp]`",
+        "`[[rooms]]`",
+        "`[[machines]]`",
+        "`[[encoders]]`",
+    ] {
+        assert!(markdown.contains(table), "{table}");
+    }
+}
