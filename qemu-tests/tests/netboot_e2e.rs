@@ -1,0 +1,449 @@
+//! End to end: real firmware PXE-boots the fixture plan's hosts from the real `netbootd --config master.toml`.
+//!
+//! Two guests boot at once in one network namespace, both under TCG:
+//! - `lameere-mixer` on BIOS (`-machine pc`, qemu's own iPXE NIC ROM): DHCP → HTTP iPXE script;
+//! - `lameere-source-2` (`capture = { kind = "test" }`) on UEFI (OVMF, `romfile=` empty): OVMF's PXE does DHCP
+//!   and fetches `snponly.efi` over TFTP, which does DHCP again and fetches the HTTP iPXE script.
+//!
+//! Each then loads kernel + initrd + its per-host layer over HTTP; the initrd fetches the root image and checks
+//! its sha256; systemd starts the role's services; the image's boot reporter POSTs to netbootd. The test reads
+//! netbootd's `GET /api/hosts` until both hosts are `up` with their role and image, every boot step is stamped,
+//! and a later heartbeat of the same boot is still `up` with unchanged restart counts (nothing crash-loops; the
+//! source's ingest only stays up if it reached the mixer's voctocore).
+//!
+//! Before serving, `netbootd check --config …` must pass. netbootd is the workspace binary next to this test's
+//! executable (`cargo build -p lectern-netboot`). Images are built into the shared VM test store
+//! (`LECTERN_TEST_STORE`); unchanged layers are reused. LECTERN_IMAGE_TESTS=1, root.
+//! `LECTERN_KEEP_LAB=1` keeps the lab directory (netbootd log, serial logs).
+//!
+//! Measured wall time (images already in the store, 2 loaded cores): see the figure recorded below.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use lectern_qemu_tests::{
+    HTTP_PORT, SERVER_IP, fixture_builder, fixture_plan, repo, test_store_dir, vm_tests_enabled,
+};
+use serde_json::Value;
+
+const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+const TFTP_ROOT: &str = "/usr/lib/ipxe";
+
+#[derive(Clone, Copy)]
+enum Firmware {
+    Bios,
+    Uefi,
+}
+
+/// (hostname, role, mac, firmware) from the fixture plan.
+const GUESTS: [(&str, &str, &str, Firmware); 2] = [
+    (
+        "lameere-mixer",
+        "mixer",
+        "8c:16:45:00:e6:f6",
+        Firmware::Bios,
+    ),
+    (
+        "lameere-source-2",
+        "source",
+        "10:02:b5:86:07:e8",
+        Firmware::Uefi,
+    ),
+];
+
+/// A namespace with a bridge (10.99.0.1/24, `br0` as the master file says) and nothing serving on it: netbootd
+/// is the only server. Everything it started is killed by pid and the namespace deleted on drop.
+struct BareLab {
+    netns: String,
+    dir: tempfile::TempDir,
+    children: Vec<Child>,
+    taps: usize,
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let status = Command::new("ip")
+        .args(args)
+        .status()
+        .context("running ip")?;
+    ensure!(status.success(), "ip {} failed", args.join(" "));
+    Ok(())
+}
+
+impl BareLab {
+    fn new() -> Result<Self> {
+        let netns = format!("lectern-e2e-{}", std::process::id());
+        ip(&["netns", "add", &netns])?;
+        let lab = BareLab {
+            netns,
+            dir: tempfile::Builder::new().prefix("lectern-e2e-").tempdir()?,
+            children: Vec::new(),
+            taps: 0,
+        };
+        let ns = lab.netns.as_str();
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        ip(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{SERVER_IP}/24"),
+            "dev",
+            "br0",
+        ])?;
+        ip(&["-n", ns, "link", "set", "br0", "up"])?;
+        Ok(lab)
+    }
+
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn in_netns(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.netns, program]);
+        command
+    }
+
+    fn spawn(&mut self, mut command: Command, log: &str) -> Result<()> {
+        let log = fs::File::create(self.dir().join(log))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// GETs `path` from netbootd inside the namespace; `None` if it does not answer 2xx.
+    fn get(&self, path: &str) -> Option<String> {
+        let output = self
+            .in_netns("curl")
+            .args([
+                "-sf",
+                "-m",
+                "5",
+                &format!("http://{SERVER_IP}:{HTTP_PORT}{path}"),
+            ])
+            .output()
+            .ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    fn hosts(&self) -> Value {
+        self.get("/api/hosts")
+            .and_then(|body| serde_json::from_str(&body).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Starts a guest that PXE-boots from its NIC; returns its serial log.
+    fn pxe_boot(&mut self, mac: &str, firmware: Firmware) -> Result<PathBuf> {
+        let tap = format!("tap{}", self.taps);
+        self.taps += 1;
+        let ns = self.netns.clone();
+        ip(&["-n", &ns, "tuntap", "add", "dev", &tap, "mode", "tap"])?;
+        ip(&["-n", &ns, "link", "set", &tap, "master", "br0", "up"])?;
+        let serial = self.dir().join(format!("{tap}.serial.log"));
+        let mut command = self.in_netns("qemu-system-x86_64");
+        let (machine, romfile) = match firmware {
+            Firmware::Bios => ("pc", ""),
+            Firmware::Uefi => ("q35", ",romfile="),
+        };
+        command
+            .args([
+                "-machine", machine, "-accel", "tcg", "-m", "2048", "-smp", "1",
+            ])
+            .args(["-nographic", "-monitor", "none", "-no-reboot"])
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()))
+            .args([
+                "-netdev",
+                &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+            ])
+            .args([
+                "-device",
+                &format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1{romfile}"),
+            ]);
+        match firmware {
+            Firmware::Bios => command.args(["-boot", "n"]),
+            Firmware::Uefi => command.args(["-bios", OVMF]),
+        };
+        if let Ok(extra) = std::env::var("LECTERN_E2E_QEMU_ARGS") {
+            command.args(extra.split_whitespace());
+        }
+        self.spawn(command, &format!("{tap}.qemu.log"))?;
+        Ok(serial)
+    }
+
+    /// netbootd's log, `/api/hosts` and the end of every guest's serial log.
+    fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        let netbootd = fs::read_to_string(self.dir().join("netbootd.log")).unwrap_or_default();
+        out.push_str(&format!("--- netbootd log ---\n{netbootd}\n"));
+        out.push_str(&format!("--- /api/hosts ---\n{:#}\n", self.hosts()));
+        for tap in 0..self.taps {
+            for suffix in ["qemu.log", "serial.log"] {
+                let path = self.dir().join(format!("tap{tap}.{suffix}"));
+                let text =
+                    String::from_utf8_lossy(&fs::read(&path).unwrap_or_default()).into_owned();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(60)..];
+                out.push_str(&format!(
+                    "--- tail of {} ---\n{}\n",
+                    path.display(),
+                    tail.join("\n")
+                ));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for BareLab {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = ip(&["netns", "del", &self.netns]);
+        if std::env::var_os("LECTERN_KEEP_LAB").is_some() {
+            let kept = self.dir.path().with_extension("kept");
+            let _ = fs::rename(self.dir.path(), &kept);
+            eprintln!("lab files kept in {}", kept.display());
+        }
+    }
+}
+
+/// The workspace's netbootd: this test runs from target/<profile>/deps/, the binary sits in target/<profile>/.
+fn netbootd_binary() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable has no target/<profile>/deps parent")?;
+    let binary = profile_dir.join("netbootd");
+    ensure!(
+        binary.is_file(),
+        "no netbootd at {} (build it: cargo build -p lectern-netboot)",
+        binary.display()
+    );
+    Ok(binary)
+}
+
+/// The fixture master file and its secrets, copied into `dir` with `[netboot] store` pointing at `store`, without
+/// its encoder VM.
+fn master_file(dir: &Path, store: &Path) -> Result<PathBuf> {
+    let fixtures = repo().join("builder/tests/fixtures");
+    let text = fs::read_to_string(fixtures.join("master.toml"))?;
+    ensure!(
+        text.contains("store = \"store\""),
+        "the fixture master file no longer says store = \"store\""
+    );
+    let text = text.replace(
+        "store = \"store\"",
+        &format!("store = {:?}", store.display().to_string()),
+    );
+    // The encoder VM's image is not built here (ffmpeg makes it the heaviest build): leave it out of the plan
+    // netbootd serves, so `netbootd check` can demand that every host it serves is bootable.
+    let encoders = text
+        .find("[[encoders]]")
+        .context("the fixture master file has no [[encoders]]")?;
+    ensure!(
+        !text[encoders..].contains("[[machines]]") && !text[encoders..].contains("[[rooms]]"),
+        "[[encoders]] is no longer the end of the fixture master file"
+    );
+    let text = &text[..encoders];
+    let master = dir.join("master.toml");
+    fs::write(&master, text)?;
+    let secrets = dir.join("fixture-secrets.toml");
+    fs::copy(fixtures.join("fixture-secrets.toml"), &secrets)?;
+    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600))?;
+    Ok(master)
+}
+
+fn host<'a>(hosts: &'a Value, hostname: &str) -> Option<&'a Value> {
+    hosts
+        .as_array()?
+        .iter()
+        .find(|host| host["hostname"] == hostname)
+}
+
+#[test]
+fn firmware_pxe_boots_the_plan_from_netbootd_to_role_up() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let netbootd = netbootd_binary().unwrap();
+    let store_dir = test_store_dir(env!("CARGO_TARGET_TMPDIR"));
+    let builder = fixture_builder(&store_dir).unwrap();
+    let plan = fixture_plan().unwrap();
+    let mut images = Vec::new();
+    for (hostname, role, _, _) in GUESTS {
+        let built = Instant::now();
+        let manifest = builder.build_role(role, &plan).unwrap();
+        let layers = builder.build_host_layers(role, &plan).unwrap();
+        assert!(
+            layers.iter().any(|layer| layer.hostname == hostname),
+            "no host layer for {hostname}"
+        );
+        eprintln!(
+            "{role} image {} ready in {:.0} s",
+            manifest.image,
+            built.elapsed().as_secs_f64()
+        );
+        images.push(manifest.image.to_string());
+    }
+    let store_dir = fs::canonicalize(&store_dir).unwrap();
+
+    let mut lab = BareLab::new().unwrap();
+    let master = master_file(lab.dir(), &store_dir).unwrap();
+    let state = lab.dir().join("state");
+    fs::create_dir(&state).unwrap();
+    let common = |command: &mut Command| {
+        command
+            .arg("--config")
+            .arg(&master)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--tftp-root", TFTP_ROOT]);
+    };
+
+    let mut check = Command::new(&netbootd);
+    check.arg("check");
+    common(&mut check);
+    let output = check.output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!("netbootd check: {said}");
+    assert!(output.status.success(), "netbootd check failed:\n{said}");
+
+    let mut serve = lab.in_netns(netbootd.to_str().unwrap());
+    common(&mut serve);
+    serve.env("RUST_LOG", "lectern_netboot=debug,info");
+    lab.spawn(serve, "netbootd.log").unwrap();
+
+    let started = Instant::now();
+    if let Err(error) = run(&mut lab, &images, started) {
+        panic!(
+            "{error:#}\nafter {:.0} s\n{}",
+            started.elapsed().as_secs_f64(),
+            lab.diagnostics()
+        );
+    }
+    eprintln!(
+        "both hosts up and stable {:.0} s after netbootd started",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn run(lab: &mut BareLab, images: &[String], started: Instant) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lab.get("/healthz").is_none() {
+        ensure!(
+            Instant::now() < deadline,
+            "netbootd did not answer /healthz"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (_, _, mac, firmware) in GUESTS {
+        lab.pxe_boot(mac, firmware)?;
+    }
+
+    // First "up" report of each host, with every boot step netbootd saw stamped.
+    let deadline = Instant::now() + Duration::from_secs(480);
+    let mut first: Vec<Option<Value>> = vec![None; GUESTS.len()];
+    while first.iter().any(Option::is_none) {
+        let hosts = lab.hosts();
+        for (i, (hostname, role, _, firmware)) in GUESTS.into_iter().enumerate() {
+            if first[i].is_some() {
+                continue;
+            }
+            let Some(record) = host(&hosts, hostname) else {
+                continue;
+            };
+            if record["state"] == "up" {
+                ensure!(
+                    record["role"] == role && record["image"] == images[i].as_str(),
+                    "{hostname} reported the wrong role or image: {record:#}"
+                );
+                for step in [
+                    "dhcp",
+                    "ipxe_script",
+                    "kernel",
+                    "initrd",
+                    "root",
+                    "host_layer",
+                    "reported_up",
+                ] {
+                    ensure!(
+                        record[step].is_string(),
+                        "{hostname}: no {step}: {record:#}"
+                    );
+                }
+                if let Firmware::Uefi = firmware {
+                    ensure!(
+                        record["tftp_file"] == "snponly.efi",
+                        "{hostname} (UEFI) did not fetch snponly.efi over TFTP: {record:#}"
+                    );
+                }
+                ensure!(
+                    record["failed"].as_array().is_some_and(Vec::is_empty),
+                    "{hostname} up with failed units: {record:#}"
+                );
+                eprintln!(
+                    "{hostname}: up after {:.0} s: {record}",
+                    started.elapsed().as_secs_f64()
+                );
+                first[i] = Some(record.clone());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("not every host reported up within 480 s");
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+
+    // A later heartbeat of the same boot, still up with the same restart counts: nothing crash-loops.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut stable = vec![false; GUESTS.len()];
+    while stable.iter().any(|done| !done) {
+        let hosts = lab.hosts();
+        for (i, (hostname, ..)) in GUESTS.into_iter().enumerate() {
+            let (Some(record), Some(earlier)) = (host(&hosts, hostname), &first[i]) else {
+                continue;
+            };
+            if stable[i] || record["last_heartbeat"] == earlier["last_heartbeat"] {
+                continue;
+            }
+            ensure!(
+                record["boot_id"] == earlier["boot_id"],
+                "{hostname} rebooted: {earlier} then {record}"
+            );
+            ensure!(
+                record["state"] == "up" && record["restarts"] == earlier["restarts"],
+                "{hostname} is not stable: {earlier} then {record}"
+            );
+            eprintln!(
+                "{hostname}: stable after {:.0} s: {record}",
+                started.elapsed().as_secs_f64()
+            );
+            stable[i] = true;
+        }
+        if Instant::now() > deadline {
+            bail!("no second heartbeat from every host within 180 s");
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    Ok(())
+}
