@@ -177,10 +177,15 @@ impl BootPolicy for PlanPolicy {
     fn ipxe_script(&self, host: &Host, urls: &Urls) -> Option<String> {
         let boot = self.boots.get(&host.mac)?;
         let image = boot.image.as_ref()?;
-        let mut initrd_urls = vec![urls.artifact(&image.initrd)];
+        // The host layer (a plain cpio) goes first: UEFI iPXE hands the kernel its initrds through
+        // the EFI stub's initrd= options, which concatenate them without iPXE's 4-byte alignment.
+        // A plain cpio is only found at a 4-byte offset, a compressed archive at any offset; the
+        // role's zstd initrd (of any length) first made the kernel drop the layer ("invalid magic").
+        let mut initrd_urls = Vec::new();
         if boot.layer.is_some() {
             initrd_urls.push(urls.host_layer(host.mac));
         }
+        initrd_urls.push(urls.artifact(&image.initrd));
         // The initrd fetches and verifies the root; the reporter tells us when the role is up.
         let cmdline = format!(
             "boot=lectern ip=dhcp lectern.root={} lectern.root_sha256={} lectern.server={} \
@@ -311,6 +316,10 @@ mod tests {
             "{script}"
         );
         assert!(script.contains(&urls.host_layer(mac)), "{script}");
+        // A plain cpio first: UEFI's EFI stub concatenates initrds unaligned.
+        let layer_at = script.find(&urls.host_layer(mac)).unwrap();
+        let initrd_at = script.find(&urls.artifact(artifacts[INITRD].sha256.as_str()));
+        assert!(initrd_at.is_some_and(|at| layer_at < at), "{script}");
         assert_eq!(
             policy.host_layer(&host),
             Some(store.blob_path(&layer.sha256))
