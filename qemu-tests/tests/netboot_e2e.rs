@@ -16,7 +16,13 @@
 //! (`LECTERN_TEST_STORE`); unchanged layers are reused. LECTERN_IMAGE_TESTS=1, root.
 //! `LECTERN_KEEP_LAB=1` keeps the lab directory (netbootd log, serial logs).
 //!
-//! Measured wall time (images already in the store, 2 loaded cores): see the figure recorded below.
+//! The served master file is the fixture's without its encoder VM (its image is not built here), so that
+//! `netbootd check` can require every served host to be bootable.
+//!
+//! Measured (images already in the store, 2 shared cores, load ~3, a clippy build running alongside): both up
+//! 73–76 s after netbootd started, both stable (second `up` report with unchanged restarts) at 164 s; the whole
+//! test 165 s wall. This test found that UEFI boots lost the host layer (the EFI stub concatenates initrds
+//! unaligned); netbootd now puts the layer first.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -414,34 +420,41 @@ fn run(lab: &mut BareLab, images: &[String], started: Instant) -> Result<()> {
         std::thread::sleep(Duration::from_secs(3));
     }
 
-    // A later heartbeat of the same boot, still up with the same restart counts: nothing crash-loops.
-    let deadline = Instant::now() + Duration::from_secs(180);
+    // Two consecutive reports of the same boot, both up with the same restart counts: nothing crash-loops.
+    // (A source can report up before its mixer listens, then restart its ingest until it does.)
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut last: Vec<Value> = first.into_iter().map(Option::unwrap).collect();
     let mut stable = vec![false; GUESTS.len()];
     while stable.iter().any(|done| !done) {
         let hosts = lab.hosts();
         for (i, (hostname, ..)) in GUESTS.into_iter().enumerate() {
-            let (Some(record), Some(earlier)) = (host(&hosts, hostname), &first[i]) else {
+            let Some(record) = host(&hosts, hostname) else {
                 continue;
             };
-            if stable[i] || record["last_heartbeat"] == earlier["last_heartbeat"] {
+            if stable[i] || record["last_heartbeat"] == last[i]["last_heartbeat"] {
                 continue;
             }
             ensure!(
-                record["boot_id"] == earlier["boot_id"],
-                "{hostname} rebooted: {earlier} then {record}"
+                record["boot_id"] == last[i]["boot_id"],
+                "{hostname} rebooted: {} then {record}",
+                last[i]
             );
-            ensure!(
-                record["state"] == "up" && record["restarts"] == earlier["restarts"],
-                "{hostname} is not stable: {earlier} then {record}"
-            );
-            eprintln!(
-                "{hostname}: stable after {:.0} s: {record}",
-                started.elapsed().as_secs_f64()
-            );
-            stable[i] = true;
+            if record["state"] == "up"
+                && last[i]["state"] == "up"
+                && record["restarts"] == last[i]["restarts"]
+            {
+                eprintln!(
+                    "{hostname}: stable after {:.0} s: {record}",
+                    started.elapsed().as_secs_f64()
+                );
+                stable[i] = true;
+            }
+            last[i] = record.clone();
         }
         if Instant::now() > deadline {
-            bail!("no second heartbeat from every host within 180 s");
+            bail!(
+                "not every host stable (two consecutive up reports, same restarts) within 300 s: {last:?}"
+            );
         }
         std::thread::sleep(Duration::from_secs(3));
     }
