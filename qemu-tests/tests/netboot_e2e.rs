@@ -21,8 +21,8 @@
 //!
 //! Measured (images already in the store, 2 shared cores, load ~3, a clippy build running alongside): both up
 //! 73–76 s after netbootd started, both stable (second `up` report with unchanged restarts) at 164 s; the whole
-//! test 165 s wall (a rerun without the build alongside: up at 55–64 s, 134 s wall). This test found that UEFI boots lost the host layer (the EFI stub concatenates initrds
-//! unaligned); netbootd now puts the layer first.
+//! test 165 s wall (a rerun without the build alongside: up at 55–64 s, 134 s wall). This test found that UEFI
+//! boots lost the host layer (the EFI stub concatenates initrds unaligned); netbootd now puts the layer first.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
