@@ -179,13 +179,6 @@ impl BootPolicy for PlanPolicy {
         let image = boot.image.as_ref()?;
         // The host layer (a plain cpio) goes first: UEFI iPXE hands the kernel its initrds through
         // the EFI stub's initrd= options, which concatenate them without iPXE's 4-byte alignment.
-        // A plain cpio is only found at a 4-byte offset, a compressed archive at any offset; the
-        // role's zstd initrd (of any length) first made the kernel drop the layer ("invalid magic").
-        let mut initrd_urls = Vec::new();
-        if boot.layer.is_some() {
-            initrd_urls.push(urls.host_layer(host.mac));
-        }
-        initrd_urls.push(urls.artifact(&image.initrd));
         // The initrd fetches and verifies the root; the reporter tells us when the role is up.
         let cmdline = format!(
             "boot=lectern ip=dhcp lectern.root={} lectern.root_sha256={} lectern.server={} \
@@ -199,7 +192,8 @@ impl BootPolicy for PlanPolicy {
         );
         let script = IpxeScript {
             kernel_url: urls.artifact(&image.kernel),
-            initrd_urls,
+            initrd_urls: vec![urls.artifact(&image.initrd)],
+            host_layer_url: boot.layer.as_ref().map(|_| urls.host_layer(host.mac)),
             cmdline,
         };
         Some(script.render())

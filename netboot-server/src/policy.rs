@@ -179,12 +179,21 @@ impl SharedPolicy {
 pub struct IpxeScript {
     pub kernel_url: String,
     pub initrd_urls: Vec<String>,
+    /// The host's own uncompressed cpio, if any.
+    pub host_layer_url: Option<String>,
     pub cmdline: String,
 }
 
 impl IpxeScript {
     pub fn render(&self) -> String {
-        let names: Vec<String> = (0..self.initrd_urls.len())
+        // UEFI's kernel loader joins initrds without padding: a plain cpio is only found at a
+        // 4-byte offset, a compressed archive at any, so the host layer goes first.
+        let urls: Vec<&String> = self
+            .host_layer_url
+            .iter()
+            .chain(&self.initrd_urls)
+            .collect();
+        let names: Vec<String> = (0..urls.len())
             .map(|index| format!("initrd{index}"))
             .collect();
         // UEFI iPXE hands initrds over only to a kernel whose command line names them.
@@ -193,7 +202,7 @@ impl IpxeScript {
             "#!ipxe\nkernel {}{initrd_args} {}\n",
             self.kernel_url, self.cmdline
         );
-        for (name, url) in names.iter().zip(&self.initrd_urls) {
+        for (name, url) in names.iter().zip(urls) {
             script.push_str(&format!("initrd --name {name} {url}\n"));
         }
         script.push_str("boot\n");
@@ -271,14 +280,12 @@ impl BootPolicy for StaticPolicy {
 
     fn ipxe_script(&self, host: &Host, urls: &Urls) -> Option<String> {
         let image = self.image.as_ref()?;
-        let mut initrd_urls: Vec<String> = image
+        let initrd_urls: Vec<String> = image
             .initrds
             .iter()
             .map(|hash| urls.artifact(hash))
             .collect();
-        if self.host_layer(host).is_some() {
-            initrd_urls.push(urls.host_layer(host.mac));
-        }
+        let host_layer_url = self.host_layer(host).map(|_| urls.host_layer(host.mac));
         let root = image
             .root
             .as_ref()
@@ -293,6 +300,7 @@ impl BootPolicy for StaticPolicy {
         let script = IpxeScript {
             kernel_url: urls.artifact(&image.kernel),
             initrd_urls,
+            host_layer_url,
             cmdline,
         };
         Some(script.render())
@@ -365,13 +373,14 @@ mod tests {
     fn script_names_every_initrd_on_the_command_line() {
         let script = IpxeScript {
             kernel_url: "http://s/a/k".into(),
-            initrd_urls: vec!["http://s/a/i".into(), "http://s/h/l".into()],
+            initrd_urls: vec!["http://s/a/i".into()],
+            host_layer_url: Some("http://s/h/l".into()),
             cmdline: "console=ttyS0".into(),
         };
         assert_eq!(
             script.render(),
             "#!ipxe\nkernel http://s/a/k initrd=initrd0 initrd=initrd1 console=ttyS0\n\
-             initrd --name initrd0 http://s/a/i\ninitrd --name initrd1 http://s/h/l\nboot\n"
+             initrd --name initrd0 http://s/h/l\ninitrd --name initrd1 http://s/a/i\nboot\n"
         );
     }
 
