@@ -7,7 +7,8 @@ packages=(
   # images
   mmdebstrap squashfs-tools erofs-utils cpio zstd e2fsprogs dosfstools mtools uidmap arch-test eatmydata
   # network tests: namespaces, stock clients we did not write, reference servers
-  iproute2 busybox-static udhcpc isc-dhcp-client tftp-hpa tftpd-hpa curl dnsmasq-base tcpdump jq
+  # (busybox-static provides the udhcpc applet the tests use; the udhcpc package conflicts with it)
+  iproute2 busybox-static isc-dhcp-client tftp-hpa tftpd-hpa curl dnsmasq-base tcpdump jq
   # VMs: qemu with its iPXE ROMs, iPXE first stages, UEFI firmware
   qemu-system-x86 ipxe-qemu ipxe ovmf
   # benchmark peers and load generators
