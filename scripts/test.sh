@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 
 # Tests that need root, namespaces, mmdebstrap or qemu fail loudly instead of skipping.
-export LECTERN_REQUIRE_NETNS=1 LECTERN_IMAGE_TESTS=1 LECTERN_VM_TESTS=1
+export LECTERN_REQUIRE_NETNS=1 LECTERN_IMAGE_TESTS=1
 
 echo "== cargo fmt"
 cargo fmt --all -- --check

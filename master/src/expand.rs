@@ -85,8 +85,12 @@ impl<'l, 'a> Expander<'l, 'a> {
         self.identities(&hosts, network.as_ref().map(|(_, net)| *net), &m.network);
         let rooms = self.rooms(m);
         let netboot = self.netboot_server(m, master_dir);
-        let mut plan_hosts = self.hosts(m, &rooms);
-        let rooms = self.room_plans(m, rooms, &plan_hosts);
+        // Each room's push URL (with its stream key) is resolved once, for the room and its encoders.
+        let push_urls: Vec<Option<Secret>> = (m.rooms.iter().enumerate())
+            .map(|(i, room)| self.push_url(m, i, room))
+            .collect();
+        let mut plan_hosts = self.hosts(m, &rooms, &push_urls);
+        let rooms = self.room_plans(m, rooms, &plan_hosts, &push_urls);
         for host in &mut plan_hosts {
             if let RoleConfig::Mixer(mixer) = &mut host.config {
                 if let Some(room) = rooms.iter().find(|r| r.slug == mixer.room) {
@@ -301,7 +305,7 @@ impl<'l, 'a> Expander<'l, 'a> {
                             );
                         }
                     }
-                    Err(()) => self.error(
+                    Err(_) => self.error(
                         &format!("{}.mac", h.path),
                         format!("\"{text}\" is not a MAC address"),
                         Some(
@@ -586,7 +590,12 @@ impl<'l, 'a> Expander<'l, 'a> {
         }
     }
 
-    fn hosts(&mut self, m: &MasterFile, rooms: &BTreeMap<&str, usize>) -> Vec<Host> {
+    fn hosts(
+        &mut self,
+        m: &MasterFile,
+        rooms: &BTreeMap<&str, usize>,
+        push_urls: &[Option<Secret>],
+    ) -> Vec<Host> {
         let bad_placeholder = m
             .streaming
             .ingest_url
@@ -675,7 +684,7 @@ impl<'l, 'a> Expander<'l, 'a> {
                     format!("tcp://{mixer}:{}", ports::LIVE_OUT)
                 }
             };
-            let Some(push_url) = self.push_url(m, r, room) else {
+            let Some(push_url) = push_urls[r].clone() else {
                 continue;
             };
             let encode = self.encode(m, room);
@@ -737,7 +746,7 @@ impl<'l, 'a> Expander<'l, 'a> {
         MixerConfig {
             room: room.slug.clone(),
             video: self.video(m, room),
-            sources: Vec::new(), // filled in by room_plans once all sources are known
+            sources: Vec::new(), // filled in by `expand` once room_plans knows every source
             audio_source: room
                 .audio_source
                 .clone()
@@ -843,6 +852,7 @@ impl<'l, 'a> Expander<'l, 'a> {
         m: &MasterFile,
         rooms: BTreeMap<&str, usize>,
         hosts: &[Host],
+        push_urls: &[Option<Secret>],
     ) -> Vec<RoomPlan> {
         let mut plans = Vec::new();
         for (i, room) in m.rooms.iter().enumerate() {
@@ -904,17 +914,8 @@ impl<'l, 'a> Expander<'l, 'a> {
                     ),
                 }
             }
-            let push_url = if m.encoders.iter().any(|e| e.room == room.slug) {
-                None // already resolved (and checked) per encoder
-            } else {
-                self.push_url(m, i, room)
-            };
             let encoders: Vec<&Host> = in_room(Role::Encoder).collect();
-            let push_url = push_url.or_else(|| match &encoders.first()?.config {
-                RoleConfig::Encoder(e) => Some(e.push_url.clone()),
-                _ => None,
-            });
-            let (Some(mixer), Some(push_url)) = (mixer, push_url) else {
+            let (Some(mixer), Some(push_url)) = (mixer, push_urls[i].clone()) else {
                 continue;
             };
             plans.push(RoomPlan {

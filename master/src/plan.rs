@@ -8,8 +8,9 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use serde::{Serialize, Serializer};
+use serde::Serialize;
 
+pub use crate::mac::MacAddr;
 use crate::model::{Capture, Conference, DhcpMode, Encode, HwAccel, IngestKind, VideoMode, Where};
 use crate::secrets::Secret;
 
@@ -317,62 +318,9 @@ pub struct CloudPlan {
     pub instance_type: String,
 }
 
-/// An Ethernet address. Parses `aa:bb:cc:dd:ee:ff` or `aa-bb-…` in either case; shows
-/// lowercase with colons.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MacAddr(pub [u8; 6]);
-
-impl FromStr for MacAddr {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        let separator = if s.contains('-') { '-' } else { ':' };
-        let mut bytes = [0u8; 6];
-        let mut parts = s.split(separator);
-        for byte in &mut bytes {
-            let part = parts.next().ok_or(())?;
-            if part.len() != 2 {
-                return Err(());
-            }
-            *byte = u8::from_str_radix(part, 16).map_err(|_| ())?;
-        }
-        if parts.next().is_some() {
-            return Err(());
-        }
-        Ok(MacAddr(bytes))
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
-
-impl Serialize for MacAddr {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mac_parses_both_separators_and_prints_canonically() {
-        let mac: MacAddr = "8C-16-45-00-E6-F6".parse().unwrap();
-        assert_eq!(mac.to_string(), "8c:16:45:00:e6:f6");
-        assert_eq!("8c:16:45:00:e6:f6".parse::<MacAddr>(), Ok(mac));
-        for bad in [
-            "8c:16:45:00:e6",
-            "8c:16:45:00:e6:f6:00",
-            "8c:16:45:00:e6:g6",
-            "8c1:6:45:00:e6:f6",
-        ] {
-            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn roles_round_trip_through_their_names() {

@@ -223,11 +223,16 @@ async fn main() -> anyhow::Result<ExitCode> {
     } = cli.master;
     match cli.command {
         None => {
-            let (plan, _) = plan_policy::load(&master)?;
-            let config = plan_policy::server_config(&plan, state_dir, tftp_root);
-            // Runs at start and on every SIGHUP: reread the master file and the store.
+            let loaded = plan_policy::load(&master)?;
+            let config = plan_policy::server_config(&loaded.0, state_dir, tftp_root);
+            // The first call uses what was just read; every SIGHUP rereads the master file and store.
+            let first = std::sync::Mutex::new(Some(loaded));
             server::run(config, move || {
-                let (plan, store) = plan_policy::load(&master)?;
+                let taken = first.lock().expect("not poisoned").take();
+                let (plan, store) = match taken {
+                    Some(loaded) => loaded,
+                    None => plan_policy::load(&master)?,
+                };
                 let policy = PlanPolicy::new(&plan, &store);
                 for gap in policy.gaps() {
                     tracing::warn!("{gap}");

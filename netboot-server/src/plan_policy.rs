@@ -76,7 +76,6 @@ impl PlanPolicy {
         let mut boots = HashMap::new();
         for host in plan.netbooted() {
             let Some(mac) = host.mac else { continue };
-            let mac = MacAddr(mac.0);
             let role = host.role.as_str();
             let image = images
                 .entry(role.to_owned())

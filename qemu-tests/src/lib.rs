@@ -18,6 +18,14 @@ use lectern_store::{HostLayer, Manifest, Store};
 use serde_json::Value;
 
 pub const SERVER_IP: &str = "10.99.0.1";
+const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+
+/// The firmware a PXE-booted guest runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Firmware {
+    Bios,
+    Uefi,
+}
 pub const HTTP_PORT: u16 = 8080;
 
 /// Tools a lab needs, with the apt package providing each.
@@ -67,32 +75,32 @@ fn ip(args: &[&str]) -> Result<()> {
 }
 
 impl Lab {
-    /// Creates the namespace and bridge. `hosts` are DHCP reservations `(mac, ip)` inside 10.99.0.0/24.
+    /// Creates the namespace and bridge with the stand-in servers: busybox udhcpd (`hosts` are its
+    /// reservations `(mac, ip)` inside 10.99.0.0/24) and the HTTP server of [`Lab::www`].
     pub fn new(hosts: &[(&str, &str)]) -> Result<Self> {
+        let mut lab = Self::bare()?;
+        lab.start_dhcp(hosts)?;
+        fs::create_dir(lab.www())?;
+        lab.serve_http()?;
+        Ok(lab)
+    }
+
+    /// Creates the namespace and the bridge (`br0`, 10.99.0.1/24) with nothing serving on it.
+    pub fn bare() -> Result<Self> {
         let netns = format!("lectern-lab-{}", std::process::id());
         ip(&["netns", "add", &netns])?;
-        let mut lab = Self {
+        let lab = Self {
             netns,
             dir: tempfile::Builder::new().prefix("lectern-lab-").tempdir()?,
             children: Vec::new(),
             taps: 0,
         };
-        let ns = lab.netns.clone();
-        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-        ip(&["-n", &ns, "link", "add", "br0", "type", "bridge"])?;
-        ip(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{SERVER_IP}/24"),
-            "dev",
-            "br0",
-        ])?;
-        ip(&["-n", &ns, "link", "set", "br0", "up"])?;
-        lab.start_dhcp(hosts)?;
-        fs::create_dir(lab.www())?;
-        lab.serve_http()?;
+        let ns = lab.netns.as_str();
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        ip(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
+        let address = format!("{SERVER_IP}/24");
+        ip(&["-n", ns, "addr", "add", &address, "dev", "br0"])?;
+        ip(&["-n", ns, "link", "set", "br0", "up"])?;
         Ok(lab)
     }
 
@@ -100,13 +108,15 @@ impl Lab {
         self.dir.path()
     }
 
-    fn in_netns(&self, program: &str) -> Command {
+    /// `program` run inside the lab's namespace.
+    pub fn in_netns(&self, program: &str) -> Command {
         let mut command = Command::new("ip");
         command.args(["netns", "exec", &self.netns, program]);
         command
     }
 
-    fn spawn(&mut self, mut command: Command, log: &str) -> Result<()> {
+    /// Starts `command` with its output in `log` (in [`Lab::dir`]); it is killed when the lab drops.
+    pub fn spawn(&mut self, mut command: Command, log: &str) -> Result<()> {
         let log = fs::File::create(self.dir.path().join(log))?;
         let child = command
             .stdin(Stdio::null())
@@ -198,12 +208,7 @@ impl Lab {
         initrds: &[&Path],
         cmdline: &str,
     ) -> Result<PathBuf> {
-        let tap = format!("tap{}", self.taps);
-        self.taps += 1;
-        let ns = self.netns.clone();
-        ip(&["-n", &ns, "tuntap", "add", "dev", &tap, "mode", "tap"])?;
-        ip(&["-n", &ns, "link", "set", &tap, "master", "br0", "up"])?;
-
+        let (tap, serial, mut command) = self.guest("pc", &format!("mac={mac}"))?;
         let initrd = self.dir.path().join(format!("{tap}.initrd"));
         let mut combined = fs::File::create(&initrd)?;
         for part in initrds {
@@ -211,18 +216,7 @@ impl Lab {
             combined.write_all(&bytes)?;
             combined.write_all(&vec![0; bytes.len().next_multiple_of(4) - bytes.len()])?;
         }
-        let serial = self.dir.path().join(format!("{tap}.serial.log"));
-        let mut command = self.in_netns("qemu-system-x86_64");
         command
-            .args(["-machine", "pc", "-accel", "tcg", "-m", "2048", "-smp", "1"])
-            .args(["-nographic", "-monitor", "none", "-no-reboot"])
-            .arg("-serial")
-            .arg(format!("file:{}", serial.display()))
-            .args([
-                "-netdev",
-                &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
-            ])
-            .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")])
             .arg("-kernel")
             .arg(kernel)
             .arg("-initrd")
@@ -230,6 +224,60 @@ impl Lab {
             .args(["-append", cmdline]);
         self.spawn(command, &format!("{tap}.qemu.log"))?;
         Ok(serial)
+    }
+
+    /// Starts a guest that boots from its NIC, as a machine at the venue does: BIOS with qemu's own
+    /// iPXE ROM, or UEFI (OVMF) with the firmware's own PXE. Returns its serial log.
+    pub fn pxe_boot(&mut self, mac: &str, firmware: Firmware) -> Result<PathBuf> {
+        let (machine, nic) = match firmware {
+            Firmware::Bios => ("pc", format!("mac={mac},bootindex=1")),
+            Firmware::Uefi => ("q35", format!("mac={mac},bootindex=1,romfile=")),
+        };
+        let (tap, serial, mut command) = self.guest(machine, &nic)?;
+        match firmware {
+            Firmware::Bios => command.args(["-boot", "n"]),
+            Firmware::Uefi => command.args(["-bios", OVMF]),
+        };
+        self.spawn(command, &format!("{tap}.qemu.log"))?;
+        Ok(serial)
+    }
+
+    /// A new tap on the bridge and a TCG qemu on it (`nic` completes its virtio-net device); returns
+    /// the tap's name, the serial log and the command, for the caller to add the boot source.
+    fn guest(&mut self, machine: &str, nic: &str) -> Result<(String, PathBuf, Command)> {
+        let tap = format!("tap{}", self.taps);
+        self.taps += 1;
+        let ns = self.netns.clone();
+        ip(&["-n", &ns, "tuntap", "add", "dev", &tap, "mode", "tap"])?;
+        ip(&["-n", &ns, "link", "set", &tap, "master", "br0", "up"])?;
+        let serial = self.dir.path().join(format!("{tap}.serial.log"));
+        let mut command = self.in_netns("qemu-system-x86_64");
+        command
+            .args([
+                "-machine", machine, "-accel", "tcg", "-m", "2048", "-smp", "1",
+            ])
+            .args(["-nographic", "-monitor", "none", "-no-reboot"])
+            .arg("-serial")
+            .arg(format!("file:{}", serial.display()))
+            .args([
+                "-netdev",
+                &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+            ])
+            .args(["-device", &format!("virtio-net-pci,netdev=n0,{nic}")]);
+        if let Ok(extra) = std::env::var("LECTERN_LAB_QEMU_ARGS") {
+            command.args(extra.split_whitespace());
+        }
+        Ok((tap, serial, command))
+    }
+
+    /// Every guest's serial and qemu log, in boot order.
+    pub fn guest_logs(&self) -> Vec<PathBuf> {
+        (0..self.taps)
+            .flat_map(|tap| {
+                ["qemu.log", "serial.log"]
+                    .map(|suffix| self.dir.path().join(format!("tap{tap}.{suffix}")))
+            })
+            .collect()
     }
 
     /// Boots `manifest`'s artifacts on a guest with `mac`, like netbootd will: kernel + initrd + the host's

@@ -27,23 +27,17 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use lectern_qemu_tests::{
-    HTTP_PORT, SERVER_IP, fixture_builder, fixture_plan, repo, test_store_dir, vm_tests_enabled,
+    Firmware, HTTP_PORT, Lab, SERVER_IP, fixture_builder, fixture_plan, repo, test_store_dir,
+    vm_tests_enabled,
 };
 use serde_json::Value;
 
-const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 const TFTP_ROOT: &str = "/usr/lib/ipxe";
-
-#[derive(Clone, Copy)]
-enum Firmware {
-    Bios,
-    Uefi,
-}
 
 /// (hostname, role, mac, firmware) from the fixture plan.
 const GUESTS: [(&str, &str, &str, Firmware); 2] = [
@@ -61,171 +55,43 @@ const GUESTS: [(&str, &str, &str, Firmware); 2] = [
     ),
 ];
 
-/// A namespace with a bridge (10.99.0.1/24, `br0` as the master file says) and nothing serving on it: netbootd
-/// is the only server. Everything it started is killed by pid and the namespace deleted on drop.
-struct BareLab {
-    netns: String,
-    dir: tempfile::TempDir,
-    children: Vec<Child>,
-    taps: usize,
+/// GETs `path` from netbootd inside the lab's namespace; `None` if it does not answer 2xx.
+fn get(lab: &Lab, path: &str) -> Option<String> {
+    let url = format!("http://{SERVER_IP}:{HTTP_PORT}{path}");
+    let output = lab
+        .in_netns("curl")
+        .args(["-sf", "-m", "5", &url])
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-fn ip(args: &[&str]) -> Result<()> {
-    let status = Command::new("ip")
-        .args(args)
-        .status()
-        .context("running ip")?;
-    ensure!(status.success(), "ip {} failed", args.join(" "));
-    Ok(())
+fn hosts(lab: &Lab) -> Value {
+    get(lab, "/api/hosts")
+        .and_then(|body| serde_json::from_str(&body).ok())
+        .unwrap_or(Value::Null)
 }
 
-impl BareLab {
-    fn new() -> Result<Self> {
-        let netns = format!("lectern-e2e-{}", std::process::id());
-        ip(&["netns", "add", &netns])?;
-        let lab = BareLab {
-            netns,
-            dir: tempfile::Builder::new().prefix("lectern-e2e-").tempdir()?,
-            children: Vec::new(),
-            taps: 0,
-        };
-        let ns = lab.netns.as_str();
-        ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        ip(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
-        ip(&[
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{SERVER_IP}/24"),
-            "dev",
-            "br0",
-        ])?;
-        ip(&["-n", ns, "link", "set", "br0", "up"])?;
-        Ok(lab)
+/// netbootd's log, `/api/hosts` and the end of every guest's logs.
+fn diagnostics(lab: &Lab) -> String {
+    let mut out = String::new();
+    let netbootd = fs::read_to_string(lab.dir().join("netbootd.log")).unwrap_or_default();
+    out.push_str(&format!("--- netbootd log ---\n{netbootd}\n"));
+    out.push_str(&format!("--- /api/hosts ---\n{:#}\n", hosts(lab)));
+    for path in lab.guest_logs() {
+        let text = String::from_utf8_lossy(&fs::read(&path).unwrap_or_default()).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(60)..];
+        out.push_str(&format!(
+            "--- tail of {} ---\n{}\n",
+            path.display(),
+            tail.join("\n")
+        ));
     }
-
-    fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn in_netns(&self, program: &str) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.netns, program]);
-        command
-    }
-
-    fn spawn(&mut self, mut command: Command, log: &str) -> Result<()> {
-        let log = fs::File::create(self.dir().join(log))?;
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
-        self.children.push(child);
-        Ok(())
-    }
-
-    /// GETs `path` from netbootd inside the namespace; `None` if it does not answer 2xx.
-    fn get(&self, path: &str) -> Option<String> {
-        let output = self
-            .in_netns("curl")
-            .args([
-                "-sf",
-                "-m",
-                "5",
-                &format!("http://{SERVER_IP}:{HTTP_PORT}{path}"),
-            ])
-            .output()
-            .ok()?;
-        output
-            .status
-            .success()
-            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
-    }
-
-    fn hosts(&self) -> Value {
-        self.get("/api/hosts")
-            .and_then(|body| serde_json::from_str(&body).ok())
-            .unwrap_or(Value::Null)
-    }
-
-    /// Starts a guest that PXE-boots from its NIC; returns its serial log.
-    fn pxe_boot(&mut self, mac: &str, firmware: Firmware) -> Result<PathBuf> {
-        let tap = format!("tap{}", self.taps);
-        self.taps += 1;
-        let ns = self.netns.clone();
-        ip(&["-n", &ns, "tuntap", "add", "dev", &tap, "mode", "tap"])?;
-        ip(&["-n", &ns, "link", "set", &tap, "master", "br0", "up"])?;
-        let serial = self.dir().join(format!("{tap}.serial.log"));
-        let mut command = self.in_netns("qemu-system-x86_64");
-        let (machine, romfile) = match firmware {
-            Firmware::Bios => ("pc", ""),
-            Firmware::Uefi => ("q35", ",romfile="),
-        };
-        command
-            .args([
-                "-machine", machine, "-accel", "tcg", "-m", "2048", "-smp", "1",
-            ])
-            .args(["-nographic", "-monitor", "none", "-no-reboot"])
-            .arg("-serial")
-            .arg(format!("file:{}", serial.display()))
-            .args([
-                "-netdev",
-                &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
-            ])
-            .args([
-                "-device",
-                &format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1{romfile}"),
-            ]);
-        match firmware {
-            Firmware::Bios => command.args(["-boot", "n"]),
-            Firmware::Uefi => command.args(["-bios", OVMF]),
-        };
-        if let Ok(extra) = std::env::var("LECTERN_E2E_QEMU_ARGS") {
-            command.args(extra.split_whitespace());
-        }
-        self.spawn(command, &format!("{tap}.qemu.log"))?;
-        Ok(serial)
-    }
-
-    /// netbootd's log, `/api/hosts` and the end of every guest's serial log.
-    fn diagnostics(&self) -> String {
-        let mut out = String::new();
-        let netbootd = fs::read_to_string(self.dir().join("netbootd.log")).unwrap_or_default();
-        out.push_str(&format!("--- netbootd log ---\n{netbootd}\n"));
-        out.push_str(&format!("--- /api/hosts ---\n{:#}\n", self.hosts()));
-        for tap in 0..self.taps {
-            for suffix in ["qemu.log", "serial.log"] {
-                let path = self.dir().join(format!("tap{tap}.{suffix}"));
-                let text =
-                    String::from_utf8_lossy(&fs::read(&path).unwrap_or_default()).into_owned();
-                let lines: Vec<&str> = text.lines().collect();
-                let tail = &lines[lines.len().saturating_sub(60)..];
-                out.push_str(&format!(
-                    "--- tail of {} ---\n{}\n",
-                    path.display(),
-                    tail.join("\n")
-                ));
-            }
-        }
-        out
-    }
-}
-
-impl Drop for BareLab {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = ip(&["netns", "del", &self.netns]);
-        if std::env::var_os("LECTERN_KEEP_LAB").is_some() {
-            let kept = self.dir.path().with_extension("kept");
-            let _ = fs::rename(self.dir.path(), &kept);
-            eprintln!("lab files kept in {}", kept.display());
-        }
-    }
+    out
 }
 
 /// The workspace's netbootd: this test runs from target/<profile>/deps/, the binary sits in target/<profile>/.
@@ -309,7 +175,7 @@ fn firmware_pxe_boots_the_plan_from_netbootd_to_role_up() {
     }
     let store_dir = fs::canonicalize(&store_dir).unwrap();
 
-    let mut lab = BareLab::new().unwrap();
+    let mut lab = Lab::bare().unwrap();
     let master = master_file(lab.dir(), &store_dir).unwrap();
     let state = lab.dir().join("state");
     fs::create_dir(&state).unwrap();
@@ -344,7 +210,7 @@ fn firmware_pxe_boots_the_plan_from_netbootd_to_role_up() {
         panic!(
             "{error:#}\nafter {:.0} s\n{}",
             started.elapsed().as_secs_f64(),
-            lab.diagnostics()
+            diagnostics(&lab)
         );
     }
     eprintln!(
@@ -353,9 +219,9 @@ fn firmware_pxe_boots_the_plan_from_netbootd_to_role_up() {
     );
 }
 
-fn run(lab: &mut BareLab, images: &[String], started: Instant) -> Result<()> {
+fn run(lab: &mut Lab, images: &[String], started: Instant) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while lab.get("/healthz").is_none() {
+    while get(lab, "/healthz").is_none() {
         ensure!(
             Instant::now() < deadline,
             "netbootd did not answer /healthz"
@@ -370,7 +236,7 @@ fn run(lab: &mut BareLab, images: &[String], started: Instant) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(480);
     let mut first: Vec<Option<Value>> = vec![None; GUESTS.len()];
     while first.iter().any(Option::is_none) {
-        let hosts = lab.hosts();
+        let hosts = hosts(lab);
         for (i, (hostname, role, _, firmware)) in GUESTS.into_iter().enumerate() {
             if first[i].is_some() {
                 continue;
@@ -426,7 +292,7 @@ fn run(lab: &mut BareLab, images: &[String], started: Instant) -> Result<()> {
     let mut last: Vec<Value> = first.into_iter().map(Option::unwrap).collect();
     let mut stable = vec![false; GUESTS.len()];
     while stable.iter().any(|done| !done) {
-        let hosts = lab.hosts();
+        let hosts = hosts(lab);
         for (i, (hostname, ..)) in GUESTS.into_iter().enumerate() {
             let Some(record) = host(&hosts, hostname) else {
                 continue;
