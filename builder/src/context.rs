@@ -3,10 +3,10 @@
 //! Two contexts, so that a change to one host never rebuilds a role image and secrets never reach one:
 //! - role-wide (config layer): `{ role, conference }`, from the plan's ordinary serialization, in which
 //!   secrets are `***`.
-//! - per host (host layer): `{ role, conference, ssh_authorized_keys, host, room, room_hosts }`, from the
+//! - per host (host layer): `{ role, conference, ssh_authorized_keys, host, room, lan_hosts }`, from the
 //!   plan serialized with secrets revealed; `host` is the plan's host (`hostname`, `mac`, `ip`, `room`,
-//!   `config.<role>`…), `room` the plan's entry for its room (or null) and `room_hosts` lists
-//!   `{hostname, ip}` of the other hosts of its room.
+//!   `config.<role>`…), `room` the plan's entry for its room (or null) and `lan_hosts` lists
+//!   `{hostname, fqdn, ip}` of every other host with a fixed address.
 
 use std::path::Path;
 
@@ -98,7 +98,7 @@ impl Plan {
                     "ssh_authorized_keys": keys,
                     "host": host,
                     "room": room_of(plan, host),
-                    "room_hosts": room_hosts(plan, host),
+                    "lan_hosts": lan_hosts(plan, host),
                 });
                 (hostname, context)
             })
@@ -121,16 +121,14 @@ fn room_of(plan: &Value, host: &Value) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// `{hostname, ip}` of the other hosts in `host`'s room that have a fixed address, so that /etc/hosts
-/// resolves the names the plan uses (mDNS only answers for `.local`).
-fn room_hosts(plan: &Value, host: &Value) -> Vec<Value> {
-    let Some(room) = host.get("room").filter(|room| room.is_string()) else {
-        return Vec::new();
-    };
+/// `{hostname, fqdn, ip}` of the other hosts with a fixed address, so that /etc/hosts resolves the
+/// names the plan uses (the ingest URL's backend, a room's mixer) on a LAN without DNS of its own
+/// (mDNS only answers for `.local`).
+fn lan_hosts(plan: &Value, host: &Value) -> Vec<Value> {
     hosts(plan)
-        .filter(|peer| peer.get("room") == Some(room) && peer["hostname"] != host["hostname"])
+        .filter(|peer| peer["hostname"] != host["hostname"])
         .filter_map(|peer| {
-            Some(json!({ "hostname": peer["hostname"], "ip": peer.get("ip")?.as_str()? }))
+            Some(json!({ "hostname": peer["hostname"], "fqdn": peer["fqdn"], "ip": peer.get("ip")?.as_str()? }))
         })
         .collect()
 }
@@ -192,13 +190,21 @@ pub(crate) mod tests {
         assert_eq!(context["host"]["room"], "lameere");
         assert_eq!(context["room"]["sources"][1]["port"], 10001);
         assert_eq!(context["ssh_authorized_keys"].as_array().unwrap().len(), 1);
-        let peers: Vec<&str> = context["room_hosts"]
+        let peers: Vec<&str> = context["lan_hosts"]
             .as_array()
             .unwrap()
             .iter()
             .map(|p| p["hostname"].as_str().unwrap())
             .collect();
-        assert_eq!(peers, ["lameere-mixer", "lameere-source-1", "lameere-enc"]);
+        assert_eq!(
+            peers,
+            [
+                "control",
+                "lameere-mixer",
+                "lameere-source-1",
+                "lameere-enc"
+            ]
+        );
         let (_, encoder) = &plan.host_contexts("encoder")[0];
         assert!(encoder.to_string().contains(FIXTURE_SECRET));
     }

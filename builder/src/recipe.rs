@@ -338,7 +338,10 @@ variant = "apt"
             "{record}"
         );
         assert_eq!(file_text(&mixer, "etc/hostname"), "lameere-mixer\n");
-        assert!(file_text(&mixer, "etc/hosts").contains("10.99.0.129\tlameere-source-2\n"));
+        assert!(
+            file_text(&mixer, "etc/hosts")
+                .contains("10.99.0.129\tlameere-source-2.video.example.org\tlameere-source-2\n")
+        );
         let network = file_text(&mixer, "etc/systemd/network/10-lectern-boot.network");
         assert!(
             network.contains("MACAddress=8c:16:45:00:e6:f6\n"),
@@ -354,14 +357,14 @@ variant = "apt"
             "{source}"
         );
         let encoder = host_tree(&recipes, &plan, "encoder", "lameere-enc");
-        let env = file_text(&encoder, "etc/lectern/encoder.env");
-        assert!(env.contains(crate::context::tests::FIXTURE_SECRET), "{env}");
+        let args = file_text(&encoder, "etc/lectern/encoder.args");
         assert!(
-            env.contains("PULL_URL=tcp://") && env.contains(":15000\n"),
-            "{env}"
+            args.contains(crate::context::tests::FIXTURE_SECRET),
+            "{args}"
         );
+        assert!(args.contains("\n-i\ntcp://10.99.0.64:15000\n"), "{args}");
         assert!(matches!(
-            encoder.get("etc/lectern/encoder.env"),
+            encoder.get("etc/lectern/encoder.args"),
             Some(crate::tree::Entry::File { mode: 0o600, .. })
         ));
     }
@@ -436,7 +439,14 @@ variant = "apt"
             [&mut changed_redacted, &mut changed_revealed],
             "lameere-enc",
             |host| {
-                host["config"]["encoder"]["encode"]["video_kbps"] = 4500.into();
+                for arg in host["config"]["encoder"]["ffmpeg_args"]
+                    .as_array_mut()
+                    .unwrap()
+                {
+                    if arg == "3000k" {
+                        *arg = "4500k".into();
+                    }
+                }
             },
         );
         let before = plan(&redacted, &revealed);
@@ -455,6 +465,6 @@ variant = "apt"
         let old = host_tree(&recipes, &before, "encoder", "lameere-enc");
         let new = host_tree(&recipes, &after, "encoder", "lameere-enc");
         assert_ne!(old.digest(), new.digest());
-        assert!(file_text(&new, "etc/lectern/encoder.env").contains("VIDEO_KBPS=4500\n"));
+        assert!(file_text(&new, "etc/lectern/encoder.args").contains("\n-b:v\n4500k\n"));
     }
 }

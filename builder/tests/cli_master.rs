@@ -78,7 +78,7 @@ fn both_examples_check_and_no_output_shows_a_secret() {
         .unwrap();
     assert_eq!(lameere["sources"][1]["port"], 10001);
     assert_eq!(
-        lameere["push_url"],
+        lameere["renditions"][0]["push_url"],
         "rtmp://stream-backend.video.example.org/stream/lameere?key=***"
     );
 }

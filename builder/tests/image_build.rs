@@ -164,7 +164,7 @@ fn encoder_image_is_complete_secret_free_and_reproducible() {
     assert!(role_target.symlink_metadata().is_ok(), "base units enabled");
     assert!(root.join("usr/bin/ffmpeg").exists());
     assert!(
-        !root.join("etc/lectern/encoder.env").exists(),
+        !root.join("etc/lectern/encoder.args").exists(),
         "per-host config stays out of the role image"
     );
     assert_eq!(fs::read(root.join("etc/machine-id")).unwrap(), b"");
@@ -202,14 +202,14 @@ fn encoder_image_is_complete_secret_free_and_reproducible() {
     }
 
     // The per-host layer carries the rendered config with the secret, readable by root only.
-    let (mode, env) = host_layer_file(&store, ENCODER_HOST, "etc/lectern/encoder.env");
+    let (mode, args) = host_layer_file(&store, ENCODER_HOST, "etc/lectern/encoder.args");
     assert_eq!(mode, 0o600);
-    assert!(env.contains(&format!(
-        "PUSH_URL=rtmp://stream-backend.video.example.org/stream/lameere?key={SECRET}"
+    assert!(args.contains(&format!(
+        "\nrtmp://stream-backend.video.example.org/stream/lameere?key={SECRET}\n"
     )));
     assert!(
-        env.contains("PULL_URL=tcp://10.99.0.64:15000\n") && env.contains("VIDEO_KBPS=3000\n"),
-        "{env}"
+        args.contains("\n-i\ntcp://10.99.0.64:15000\n") && args.contains("\n-b:v\n3000k\n"),
+        "{args}"
     );
     let (_, hostname) = host_layer_file(&store, ENCODER_HOST, "etc/hostname");
     assert_eq!(hostname, "lameere-enc\n");
@@ -231,9 +231,9 @@ fn encoder_image_is_complete_secret_free_and_reproducible() {
         before.blob
     );
     assert!(
-        host_layer_file(&store, ENCODER_HOST, "etc/lectern/encoder.env")
+        host_layer_file(&store, ENCODER_HOST, "etc/lectern/encoder.args")
             .1
-            .contains("VIDEO_KBPS=4500\n")
+            .contains("\n-b:v\n4500k\n")
     );
 
     // From scratch again, in a fresh store: identical bytes.

@@ -9,6 +9,7 @@ use std::path::Path;
 use ipnet::Ipv4Net;
 
 use crate::diagnostics::{Diagnostics, did_you_mean};
+use crate::ffmpeg;
 use crate::model::*;
 use crate::plan::*;
 use crate::secrets::{Secret, Secrets};
@@ -85,12 +86,13 @@ impl<'l, 'a> Expander<'l, 'a> {
         self.identities(&hosts, network.as_ref().map(|(_, net)| *net), &m.network);
         let rooms = self.rooms(m);
         let netboot = self.netboot_server(m, master_dir);
-        // Each room's push URL (with its stream key) is resolved once, for the room and its encoders.
-        let push_urls: Vec<Option<Secret>> = (m.rooms.iter().enumerate())
-            .map(|(i, room)| self.push_url(m, i, room))
+        // Each room's key and renditions are resolved once, for the room, its encoders and the backend.
+        let streams: Vec<Option<RoomStreams>> = (m.rooms.iter().enumerate())
+            .map(|(i, room)| self.streams(m, i, room))
             .collect();
-        let mut plan_hosts = self.hosts(m, &rooms, &push_urls);
-        let rooms = self.room_plans(m, rooms, &plan_hosts, &push_urls);
+        self.ingest(m);
+        let mut plan_hosts = self.hosts(m, &rooms, &streams);
+        let rooms = self.room_plans(m, rooms, &plan_hosts, &streams);
         for host in &mut plan_hosts {
             if let RoleConfig::Mixer(mixer) = &mut host.config {
                 if let Some(room) = rooms.iter().find(|r| r.slug == mixer.room) {
@@ -561,22 +563,20 @@ impl<'l, 'a> Expander<'l, 'a> {
         }
     }
 
-    fn push_url(&mut self, m: &MasterFile, i: usize, room: &Room) -> Option<Secret> {
-        let template = m.streaming.ingest_url.replace("{room}", &room.slug);
-        let wants_key = template.contains("{key}");
+    /// The room's stream key and renditions (main, then each variant), resolved once for the
+    /// room, its encoders and the backend. `None` if the key is missing.
+    fn streams(&mut self, m: &MasterFile, i: usize, room: &Room) -> Option<RoomStreams> {
+        let wants_key = m.streaming.ingest_url.contains("{key}");
         let key_path = format!("rooms[{i}].stream_key");
-        match (&room.stream_key, wants_key) {
-            (Some(reference), true) => {
-                let key = self.secret(reference, &key_path)?;
-                Some(Secret::fill(&template, "{key}", &key))
-            }
+        let key = match (&room.stream_key, wants_key) {
+            (Some(reference), true) => Some(self.secret(reference, &key_path)?),
             (None, true) => {
                 self.error(
                     &format!("rooms[{i}]"),
                     format!("room \"{}\" has no `stream_key`, but streaming.ingest_url needs one ({{key}})", room.slug),
                     Some(format!("add stream_key = \"secret:stream_keys.{}\" and the key to the secrets file", room.slug)),
                 );
-                None
+                return None;
             }
             (Some(_), false) => {
                 self.error(
@@ -584,31 +584,89 @@ impl<'l, 'a> Expander<'l, 'a> {
                     "streaming.ingest_url has no {key} placeholder, so this key would never be used",
                     Some("put {key} into streaming.ingest_url where the ingest expects it, or remove stream_key".into()),
                 );
-                None
+                return None;
             }
-            (None, false) => Some(Secret::fill(&template, "{key}", &Secret::new(""))),
+            (None, false) => None,
+        };
+        let video = self.video(m, room);
+        let encode = self.encode(m, room);
+        let push_url = |stream: &str| {
+            let template = m.streaming.ingest_url.replace("{room}", stream);
+            Secret::fill(&template, "{key}", key.as_ref().unwrap_or(&Secret::new("")))
+        };
+        let rendition =
+            |name: &str, stream: String, (width, height), video_kbps, maxrate_kbps| Rendition {
+                name: name.to_owned(),
+                push_url: push_url(&stream),
+                stream,
+                width,
+                height,
+                video_kbps,
+                maxrate_kbps,
+                audio_kbps: encode.audio_kbps,
+                bandwidth: u64::from(maxrate_kbps + encode.audio_kbps) * 1000,
+            };
+        let mut renditions = vec![rendition(
+            "main",
+            room.slug.clone(),
+            (video.width, video.height),
+            encode.video_kbps,
+            encode.maxrate_kbps,
+        )];
+        let variants_path = match room.encode.as_ref().and_then(|e| e.variants.as_ref()) {
+            Some(_) => format!("rooms[{i}].encode.variants"),
+            None => "defaults.encode.variants".to_owned(),
+        };
+        for (j, variant) in encode.variants.iter().enumerate() {
+            let path = format!("{variants_path}[{j}]");
+            if !self.name(&format!("{path}.name"), &variant.name) {
+                continue;
+            }
+            if encode.variants[..j].iter().any(|v| v.name == variant.name) {
+                self.error(
+                    &format!("{path}.name"),
+                    format!("variant \"{}\" is listed twice", variant.name),
+                    None,
+                );
+                continue;
+            }
+            if variant.height >= video.height || variant.height < 2 || variant.height % 2 != 0 {
+                self.error(
+                    &format!("{path}.height"),
+                    format!(
+                        "a variant of room \"{}\" must be an even height below its {}-line picture, not {}",
+                        room.slug, video.height, variant.height
+                    ),
+                    None,
+                );
+                continue;
+            }
+            // Same aspect ratio, rounded to an even width (H.264 in 4:2:0 needs one).
+            let (h, w, vh) = (
+                u64::from(variant.height),
+                u64::from(video.width),
+                u64::from(video.height),
+            );
+            let width = ((h * w + vh) / (2 * vh) * 2) as u32;
+            let maxrate = (u64::from(variant.video_kbps) * u64::from(encode.maxrate_kbps)
+                / u64::from(encode.video_kbps.max(1))) as u32;
+            renditions.push(rendition(
+                &variant.name,
+                format!("{}_{}", room.slug, variant.name),
+                (width, variant.height),
+                variant.video_kbps,
+                maxrate.max(variant.video_kbps),
+            ));
         }
+        Some(RoomStreams { key, renditions })
     }
 
     fn hosts(
         &mut self,
         m: &MasterFile,
         rooms: &BTreeMap<&str, usize>,
-        push_urls: &[Option<Secret>],
+        streams: &[Option<RoomStreams>],
     ) -> Vec<Host> {
-        let bad_placeholder = m
-            .streaming
-            .ingest_url
-            .replace("{room}", "")
-            .replace("{key}", "")
-            .contains(['{', '}']);
-        if bad_placeholder {
-            self.error(
-                "streaming.ingest_url",
-                "the URL has a placeholder other than {room} and {key}",
-                None,
-            );
-        }
         let domain = &m.network.domain;
         let mut hosts = Vec::new();
         let mixer_of: HashMap<&str, &Machine> = m
@@ -684,18 +742,29 @@ impl<'l, 'a> Expander<'l, 'a> {
                     format!("tcp://{mixer}:{}", ports::LIVE_OUT)
                 }
             };
-            let Some(push_url) = push_urls[r].clone() else {
+            let Some(room_streams) = &streams[r] else {
                 continue;
             };
             let encode = self.encode(m, room);
+            let video = self.video(m, room);
+            let renditions = room_streams.renditions.clone();
+            let ffmpeg_args = ffmpeg::encoder_args(
+                &pull_url,
+                &renditions,
+                m.streaming.ingest,
+                &video,
+                encode.keyframe_s,
+                encode.hwaccel,
+            );
             let config = RoleConfig::Encoder(EncoderConfig {
                 room: room.slug.clone(),
                 pull_url,
-                push_url,
+                renditions,
                 ingest: m.streaming.ingest,
-                video: self.video(m, room),
+                video,
                 hwaccel: encode.hwaccel,
                 encode,
+                ffmpeg_args,
                 vm,
                 cloud,
             });
@@ -711,15 +780,163 @@ impl<'l, 'a> Expander<'l, 'a> {
         for (i, s) in m.servers.iter().enumerate() {
             let path = format!("servers[{i}]");
             let (vm, cloud) = self.deployment(&path, &s.deployment, m);
-            let role = match s.role {
-                ServerRole::StreamingBackend => Role::StreamingBackend,
-                ServerRole::StreamingFrontend => Role::StreamingFrontend,
+            let server = ServerConfig { vm, cloud };
+            let (role, config) = match s.role {
+                ServerRole::StreamingBackend => {
+                    let Some(backend) = self.backend(m, &path, streams, server) else {
+                        continue;
+                    };
+                    (
+                        Role::StreamingBackend,
+                        RoleConfig::StreamingBackend(backend),
+                    )
+                }
+                ServerRole::StreamingFrontend => (
+                    Role::StreamingFrontend,
+                    RoleConfig::StreamingFrontend(server),
+                ),
             };
-            let config = RoleConfig::Server(ServerConfig { vm, cloud });
             let identity = deployed_identity(&s.hostname, &s.deployment);
             hosts.push(new_host(identity, domain, role, None, config));
         }
         hosts
+    }
+
+    /// The ingest URL: placeholders, and a scheme that matches the ingest kind.
+    fn ingest(&mut self, m: &MasterFile) {
+        let url = &m.streaming.ingest_url;
+        let bad_placeholder = url
+            .replace("{room}", "")
+            .replace("{key}", "")
+            .contains(['{', '}']);
+        if bad_placeholder {
+            self.error(
+                "streaming.ingest_url",
+                "the URL has a placeholder other than {room} and {key}",
+                None,
+            );
+        }
+        if !url.contains("{room}") {
+            self.error(
+                "streaming.ingest_url",
+                "the URL has no {room}: every room (and variant) would push to the same stream",
+                Some("put {room} where the ingest expects the stream name".into()),
+            );
+        }
+        if url.contains(char::is_whitespace) {
+            self.error("streaming.ingest_url", "the URL contains white space", None);
+        }
+        let schemes: &[&str] = match m.streaming.ingest {
+            IngestKind::Rtmp => &["rtmp://", "rtmps://"],
+            IngestKind::Srt => &["srt://"],
+            IngestKind::Icecast => &["icecast://"],
+        };
+        if !schemes.iter().any(|scheme| url.starts_with(scheme)) {
+            self.error(
+                "streaming.ingest_url",
+                format!(
+                    "ingest = {:?} pushes to {} URLs, not \"{url}\"",
+                    ingest_name(m.streaming.ingest),
+                    schemes.join(" or ")
+                ),
+                None,
+            );
+        }
+        let vaapi = std::iter::once(m.defaults.encode.hwaccel)
+            .chain(m.rooms.iter().filter_map(|r| r.encode.as_ref()?.hwaccel))
+            .any(|h| h == HwAccel::Vaapi);
+        if vaapi && m.streaming.ingest == IngestKind::Icecast {
+            self.error(
+                "streaming.ingest",
+                "icecast streams are WebM (VP8), which lectern encodes on the CPU only",
+                Some("set hwaccel = \"none\", or ingest over rtmp or srt".into()),
+            );
+        }
+    }
+
+    /// A streaming backend of this file: it ingests RTMP and serves HLS and the watch pages at
+    /// the paths of `hls_url` and `watch_url`.
+    fn backend(
+        &mut self,
+        m: &MasterFile,
+        path: &str,
+        streams: &[Option<RoomStreams>],
+        server: ServerConfig,
+    ) -> Option<BackendConfig> {
+        let s = &m.streaming;
+        if s.ingest != IngestKind::Rtmp {
+            self.error(
+                "streaming.ingest",
+                format!(
+                    "the streaming-backend role ingests rtmp, but ingest = {:?}",
+                    ingest_name(s.ingest)
+                ),
+                Some("use ingest = \"rtmp\", or remove the streaming-backend server and run your own ingest".into()),
+            );
+        }
+        let rtmp_app = s
+            .ingest_url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('/'))
+            .and_then(|(_, path)| path.split_once('/'))
+            .filter(|(app, stream)| !app.is_empty() && stream.starts_with("{room}"))
+            .map(|(app, _)| app.to_owned());
+        if rtmp_app.is_none() {
+            self.error(
+                "streaming.ingest_url",
+                "a streaming-backend ingests at rtmp://<host>/<application>/{room}",
+                Some("e.g. \"rtmp://stream-backend.example.org/stream/{room}?key={key}\"".into()),
+            );
+        }
+        let mut url_path = |field: &str, value: Option<&str>, suffix: &str, example: &str| {
+            let found = value.and_then(|url| path_before(url, suffix));
+            if found.is_none() {
+                self.error(
+                    &format!("streaming.{field}"),
+                    format!("the streaming-backend ({path}) serves `{field}`: it must be set and end in /{suffix}"),
+                    Some(format!("e.g. {field} = \"{example}\"")),
+                );
+            }
+            found
+        };
+        let hls_path = url_path(
+            "hls_url",
+            s.hls_url.as_deref(),
+            "{room}.m3u8",
+            "https://stream.example.org/hls/{room}.m3u8",
+        );
+        let watch_path = url_path(
+            "watch_url",
+            s.watch_url.as_deref(),
+            "{room}",
+            "https://stream.example.org/watch/{room}",
+        );
+        let rooms = m
+            .rooms
+            .iter()
+            .zip(streams)
+            .filter_map(|(room, streams)| {
+                let streams = streams.as_ref()?;
+                Some(BackendRoom {
+                    slug: room.slug.clone(),
+                    name: room.name.clone(),
+                    irc_channel: room.irc_channel.clone(),
+                    schedule_url: room.url.clone(),
+                    hls_url: per_room(s.hls_url.as_deref(), &room.slug)?,
+                    watch_url: per_room(s.watch_url.as_deref(), &room.slug)?,
+                    stream_key: streams.key.clone(),
+                    renditions: streams.renditions.clone(),
+                })
+            })
+            .collect();
+        Some(BackendConfig {
+            ingest: s.ingest,
+            rtmp_app: rtmp_app?,
+            hls_path: hls_path?,
+            watch_path: watch_path?,
+            rooms,
+            server,
+        })
     }
 
     fn mixer(&mut self, m: &MasterFile, r: usize, h: &Machine) -> MixerConfig {
@@ -852,7 +1069,7 @@ impl<'l, 'a> Expander<'l, 'a> {
         m: &MasterFile,
         rooms: BTreeMap<&str, usize>,
         hosts: &[Host],
-        push_urls: &[Option<Secret>],
+        streams: &[Option<RoomStreams>],
     ) -> Vec<RoomPlan> {
         let mut plans = Vec::new();
         for (i, room) in m.rooms.iter().enumerate() {
@@ -915,7 +1132,7 @@ impl<'l, 'a> Expander<'l, 'a> {
                 }
             }
             let encoders: Vec<&Host> = in_room(Role::Encoder).collect();
-            let (Some(mixer), Some(push_url)) = (mixer, push_urls[i].clone()) else {
+            let (Some(mixer), Some(room_streams)) = (mixer, &streams[i]) else {
                 continue;
             };
             plans.push(RoomPlan {
@@ -932,12 +1149,33 @@ impl<'l, 'a> Expander<'l, 'a> {
                 encoders: encoders.iter().map(|h| h.hostname.clone()).collect(),
                 video: self.video(m, room),
                 encode: self.encode(m, room),
-                push_url,
+                renditions: room_streams.renditions.clone(),
+                hls_url: per_room(m.streaming.hls_url.as_deref(), &room.slug),
+                watch_url: per_room(m.streaming.watch_url.as_deref(), &room.slug),
                 recording_dir: recording_dir(m, room),
             });
         }
         plans
     }
+}
+
+/// A room's key and renditions (see [`Expander::streams`]).
+struct RoomStreams {
+    key: Option<Secret>,
+    renditions: Vec<Rendition>,
+}
+
+/// A `{room}` URL template filled in for one room.
+fn per_room(template: Option<&str>, slug: &str) -> Option<String> {
+    template.map(|t| t.replace("{room}", slug))
+}
+
+/// The path of an `http(s)://host/path` URL template up to its `suffix` (e.g. `{room}.m3u8`),
+/// if it ends with it.
+fn path_before(url: &str, suffix: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let path = &rest[rest.find('/')?..];
+    Some(path.strip_suffix(suffix)?.to_owned()).filter(|p| p.ends_with('/'))
 }
 
 /// How other hosts reach a host: its fixed address, else its mDNS name.
@@ -970,6 +1208,14 @@ fn new_host(
         placement,
         netboot: placement != Where::Ec2,
         config,
+    }
+}
+
+fn ingest_name(kind: IngestKind) -> &'static str {
+    match kind {
+        IngestKind::Rtmp => "rtmp",
+        IngestKind::Srt => "srt",
+        IngestKind::Icecast => "icecast",
     }
 }
 

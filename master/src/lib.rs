@@ -7,6 +7,7 @@
 
 pub mod diagnostics;
 mod expand;
+pub mod ffmpeg;
 pub mod mac;
 pub mod model;
 pub mod plan;

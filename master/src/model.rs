@@ -79,15 +79,22 @@ fn default_timezone() -> String {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Streaming {
-    /// Protocol of the streaming ingest the encoders push to.
+    /// Protocol of the streaming ingest the encoders push to: `rtmp` (FLV, H.264/AAC), `srt`
+    /// (MPEG-TS, H.264/AAC) or `icecast` (WebM, VP8/Opus). A `streaming-backend` server of this
+    /// file ingests `rtmp`; the others need an ingest of your own.
     pub ingest: IngestKind,
-    /// Where encoders push. `{room}` is replaced by the room slug and `{key}` by the room's
-    /// stream key (from the secrets file), e.g. "rtmp://backend.example.org/stream/{room}?key={key}".
+    /// Where encoders push. `{room}` is replaced by the stream name (the room slug, or
+    /// `<slug>_<variant>` for a variant) and `{key}` by the room's stream key (from the secrets
+    /// file), e.g. "rtmp://backend.example.org/stream/{room}?key={key}". With a
+    /// `streaming-backend` server the path is `/<application>/{room}`.
     pub ingest_url: String,
-    /// Public HLS playlist per room (`{room}` replaced), for the web frontends.
+    /// Public HLS playlist per room (`{room}` replaced), for the web frontends. It ends in
+    /// `{room}.m3u8`; a `streaming-backend` server serves the room's playlists (every rendition)
+    /// below that path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hls_url: Option<String>,
-    /// Public watch page per room (`{room}` replaced).
+    /// Public watch page per room (`{room}` replaced), ending in `{room}`; a
+    /// `streaming-backend` server serves it, and the list of rooms one level up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch_url: Option<String>,
 }
@@ -236,6 +243,9 @@ fn default_audio_rate() -> u32 {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum VideoMode {
+    /// 640x360: previews, tests and low-power machines.
+    #[serde(rename = "360p")]
+    P360,
     #[serde(rename = "720p")]
     P720,
     #[serde(rename = "1080p")]
@@ -245,6 +255,7 @@ pub enum VideoMode {
 impl VideoMode {
     pub fn dimensions(self) -> (u32, u32) {
         match self {
+            VideoMode::P360 => (640, 360),
             VideoMode::P720 => (1280, 720),
             VideoMode::P1080 => (1920, 1080),
         }
@@ -345,7 +356,8 @@ pub enum HwAccel {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Variant {
-    /// Rendition name, e.g. "480p"; appended to the stream name.
+    /// Rendition name, e.g. "480p"; the encoder pushes it as stream `<room>_<name>` (the
+    /// ingest URL's `{room}`), and the backend lists it in the room's HLS playlist.
     pub name: String,
     /// Output height in pixels; width follows the aspect ratio.
     pub height: u32,

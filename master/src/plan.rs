@@ -139,10 +139,34 @@ pub struct RoomPlan {
     pub encoders: Vec<String>,
     pub video: VideoPlan,
     pub encode: Encode,
-    /// Where the room's stream is pushed, key included (redacted when shown).
-    pub push_url: Secret,
+    /// What the room's encoders push: the main rendition first, then each variant.
+    pub renditions: Vec<Rendition>,
+    /// The room's public HLS playlist (every rendition), if the master file gives one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hls_url: Option<String>,
+    /// The room's public watch page, if the master file gives one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch_url: Option<String>,
     /// Recordings go below this directory, one subdirectory per day.
     pub recording_dir: String,
+}
+
+/// One stream an encoder pushes for its room: the main rendition or a variant.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rendition {
+    /// `main`, or the variant's name (e.g. "480p").
+    pub name: String,
+    /// Stream name at the ingest: the room slug, or `<slug>_<variant>`.
+    pub stream: String,
+    pub width: u32,
+    pub height: u32,
+    pub video_kbps: u32,
+    pub maxrate_kbps: u32,
+    pub audio_kbps: u32,
+    /// Peak bits per second of video and audio (HLS `BANDWIDTH`).
+    pub bandwidth: u64,
+    /// Where this rendition is pushed, key included (redacted when shown).
+    pub push_url: Secret,
 }
 
 /// One of a mixer's inputs: a named source on a voctocore port.
@@ -239,7 +263,8 @@ pub enum RoleConfig {
     Source(SourceConfig),
     Encoder(EncoderConfig),
     Netboot,
-    Server(ServerConfig),
+    StreamingBackend(BackendConfig),
+    StreamingFrontend(ServerConfig),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -284,15 +309,55 @@ pub struct EncoderConfig {
     /// What the encoder reads: the mixer's raw live output on the LAN, or an SRT listener for
     /// the mixer's contribution feed in the cloud.
     pub pull_url: String,
-    pub push_url: Secret,
+    /// Main rendition first, then the variants.
+    pub renditions: Vec<Rendition>,
     pub ingest: IngestKind,
     pub video: VideoPlan,
     pub encode: Encode,
     pub hwaccel: HwAccel,
+    /// The whole ffmpeg command line after `ffmpeg` (see [`crate::ffmpeg`]); arguments holding
+    /// the stream key show as `***`.
+    pub ffmpeg_args: Vec<Secret>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vm: Option<VmPlan>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cloud: Option<CloudPlan>,
+}
+
+/// A streaming backend: the ingest every room's encoders push to, HLS per room and rendition,
+/// and the watch pages.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendConfig {
+    pub ingest: IngestKind,
+    /// The RTMP application encoders publish to (first path segment of the ingest URL).
+    pub rtmp_app: String,
+    /// URL path below which `<room>.m3u8` (and each rendition's `<stream>/index.m3u8`) is
+    /// served, from `streaming.hls_url`, e.g. "/hls/".
+    pub hls_path: String,
+    /// URL path of the watch pages (`<path>` lists the rooms, `<path><room>` plays one), from
+    /// `streaming.watch_url`, e.g. "/watch/".
+    pub watch_path: String,
+    pub rooms: Vec<BackendRoom>,
+    #[serde(flatten)]
+    pub server: ServerConfig,
+}
+
+/// What the backend knows of a room.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendRoom {
+    pub slug: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub irc_channel: Option<String>,
+    /// The room's schedule page (`rooms.url`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule_url: Option<String>,
+    pub hls_url: String,
+    pub watch_url: String,
+    /// The key a publish must carry; `None` when the ingest URL has no `{key}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_key: Option<Secret>,
+    pub renditions: Vec<Rendition>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -49,6 +49,15 @@ impl Secret {
         }
     }
 
+    /// A value with nothing secret in it, for lists that mix both (shown as it is).
+    pub fn public(value: impl Into<String>) -> Self {
+        let value = value.into();
+        Secret {
+            redacted: value.clone(),
+            value,
+        }
+    }
+
     /// A template like a URL with `{key}` in it, filled with `secret` (redacted as `***`).
     pub fn fill(template: &str, placeholder: &str, secret: &Secret) -> Self {
         Secret {

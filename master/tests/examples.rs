@@ -60,13 +60,28 @@ fn two_room_example_wires_sources_mixer_and_encoders() {
         local.pull_url,
         format!("tcp://10.42.0.10:{}", ports::LIVE_OUT)
     );
+    let pushed: Vec<(&str, &str, u32, u32)> = (local.renditions.iter())
+        .map(|r| (r.name.as_str(), r.stream.as_str(), r.width, r.height))
+        .collect();
     assert_eq!(
-        local.push_url.expose(),
-        "rtmp://stream-backend.video.example.org/stream/lameere?key=example-key-lameere-4f9c2a"
+        pushed,
+        [
+            ("main", "lameere", 1920, 1080),
+            ("480p", "lameere_480p", 854, 480)
+        ]
     );
     assert_eq!(
-        local.push_url.to_string(),
+        local.renditions[1].push_url.expose(),
+        "rtmp://stream-backend.video.example.org/stream/lameere_480p?key=example-key-lameere-4f9c2a"
+    );
+    assert_eq!(
+        local.renditions[0].push_url.to_string(),
         "rtmp://stream-backend.video.example.org/stream/lameere?key=***"
+    );
+    assert!(
+        (local.ffmpeg_args.iter()).any(|a| a.to_string().ends_with("lameere_480p?key=***")),
+        "{:?}",
+        local.ffmpeg_args
     );
 
     // The cloud encoder gets a compressed feed pushed by the mixer, never raw :15000.

@@ -145,9 +145,26 @@ fn wiring(config: &RoleConfig) -> String {
             s.mixer,
             s.mixer_port
         ),
-        RoleConfig::Encoder(e) => format!("{} -> {}", e.pull_url, e.push_url),
+        RoleConfig::Encoder(e) => {
+            let pushes: Vec<String> = e
+                .renditions
+                .iter()
+                .map(|r| r.push_url.to_string())
+                .collect();
+            format!("{} -> {}", e.pull_url, pushes.join(" + "))
+        }
         RoleConfig::Netboot => "serves DHCP/TFTP/HTTP".into(),
-        RoleConfig::Server(_) => String::new(),
+        RoleConfig::StreamingBackend(b) => {
+            let rooms: Vec<&str> = b.rooms.iter().map(|r| r.slug.as_str()).collect();
+            format!(
+                "ingests rtmp /{}/ for {}; HLS {}, watch {}",
+                b.rtmp_app,
+                rooms.join(", "),
+                b.hls_path,
+                b.watch_path
+            )
+        }
+        RoleConfig::StreamingFrontend(_) => String::new(),
     }
 }
 
