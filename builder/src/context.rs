@@ -164,7 +164,10 @@ pub(crate) mod tests {
     #[test]
     fn fixture_master_file_loads() {
         let plan = Plan::load(&fixture_path()).unwrap();
-        assert_eq!(plan.roles(), ["encoder", "mixer", "netboot", "source"]);
+        assert_eq!(
+            plan.roles(),
+            ["encoder", "mixer", "netboot", "source", "streaming-backend"]
+        );
         assert!(plan.redacted.to_string().contains("***"));
         assert!(!plan.redacted.to_string().contains(FIXTURE_SECRET));
         assert!(plan.revealed.to_string().contains(FIXTURE_SECRET));
@@ -202,7 +205,8 @@ pub(crate) mod tests {
                 "control",
                 "lameere-mixer",
                 "lameere-source-1",
-                "lameere-enc"
+                "lameere-enc",
+                "stream-backend"
             ]
         );
         let (_, encoder) = &plan.host_contexts("encoder")[0];

@@ -307,7 +307,7 @@ variant = "apt"
             .into_iter()
             .filter(|role| recipes.role(role).is_ok())
             .collect();
-        assert_eq!(roles, ["encoder", "mixer", "source"]);
+        assert_eq!(roles, ["encoder", "mixer", "source", "streaming-backend"]);
         for role in &roles {
             let config = recipes
                 .render(role, OverlayKind::Config, &plan.role_context(role))
@@ -327,7 +327,7 @@ variant = "apt"
         let ini = file_text(&mixer, "etc/voctomix/voctocore.ini");
         assert!(ini.contains("\nsources=cam,slides\n"), "{ini}");
         assert!(
-            ini.contains("width=1920,height=1080,framerate=30/1"),
+            ini.contains("width=640,height=360,framerate=15/1"),
             "{ini}"
         );
         assert!(ini.contains("[source.slides]\nkind=tcp"), "{ini}");
@@ -353,7 +353,7 @@ variant = "apt"
             "etc/lectern/ingest.env",
         );
         assert!(
-            source.contains("MIXER_PORT=10001\n") && source.contains("CAPTURE_KIND=test\n"),
+            source.contains("MIXER_PORT=10001\n") && source.contains("CAPTURE_KIND=v4l2\n"),
             "{source}"
         );
         let encoder = host_tree(&recipes, &plan, "encoder", "lameere-enc");

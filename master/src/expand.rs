@@ -37,6 +37,7 @@ struct HostEntry<'m> {
     ip: Option<Ipv4Addr>,
     /// Lives on the video LAN and boots from netbootd.
     on_lan: bool,
+    kernel_args: &'m [String],
 }
 
 impl<'l, 'a> Expander<'l, 'a> {
@@ -255,6 +256,7 @@ impl<'l, 'a> Expander<'l, 'a> {
             mac: h.mac.as_deref(),
             ip: h.ip,
             on_lan: h.role != MachineRole::Netboot,
+            kernel_args: &h.kernel_args,
         });
         let deployed = |list: &str, i: usize, hostname: &'m str, d: &'m Deployment| HostEntry {
             path: format!("{list}[{i}]"),
@@ -262,6 +264,7 @@ impl<'l, 'a> Expander<'l, 'a> {
             mac: d.mac.as_deref(),
             ip: d.ip,
             on_lan: d.placement != Where::Ec2,
+            kernel_args: &d.kernel_args,
         };
         let encoders = (m.encoders.iter().enumerate())
             .map(|(i, e)| deployed("encoders", i, &e.hostname, &e.deployment));
@@ -276,6 +279,17 @@ impl<'l, 'a> Expander<'l, 'a> {
         let mut macs: HashMap<MacAddr, &str> = HashMap::new();
         let mut ips: HashMap<Ipv4Addr, &str> = HashMap::new();
         for h in hosts {
+            for (i, arg) in h.kernel_args.iter().enumerate() {
+                let path = format!("{}.kernel_args[{i}]", h.path);
+                if arg.is_empty() || arg.contains(char::is_whitespace) {
+                    self.error(&path, format!("{arg:?} is not one kernel argument"), Some("write one argument per string, without spaces".into()));
+                } else if arg.starts_with("lectern.") || arg.starts_with("initrd=") || arg.starts_with("boot=") {
+                    self.error(&path, format!("`{arg}` is set by netbootd"), None);
+                }
+            }
+            if !h.kernel_args.is_empty() && !h.on_lan {
+                self.error(&format!("{}.kernel_args", h.path), format!("{} does not netboot, so netbootd cannot pass it kernel arguments", h.hostname), None);
+            }
             let hostname_path = format!("{}.hostname", h.path);
             if self.name(&hostname_path, h.hostname) {
                 if let Some(first) = hostnames.insert(h.hostname, &h.path) {
@@ -721,6 +735,7 @@ impl<'l, 'a> Expander<'l, 'a> {
                     h.mac.as_deref(),
                     h.ip,
                     Where::BareMetal,
+                    h.kernel_args.as_slice(),
                 );
                 let mut host = new_host(identity, domain, role, h.room.clone(), config);
                 host.netboot = role != Role::Netboot;
@@ -1183,15 +1198,15 @@ fn reach(hostname: &str, ip: Option<Ipv4Addr>) -> String {
     ip.map_or_else(|| format!("{hostname}.local"), |ip| ip.to_string())
 }
 
-/// Host name, MAC, fixed address and placement.
-type Identity<'m> = (&'m str, Option<&'m str>, Option<Ipv4Addr>, Where);
+/// Host name, MAC, fixed address, placement and kernel arguments.
+type Identity<'m> = (&'m str, Option<&'m str>, Option<Ipv4Addr>, Where, &'m [String]);
 
 fn deployed_identity<'m>(hostname: &'m str, d: &'m Deployment) -> Identity<'m> {
-    (hostname, d.mac.as_deref(), d.ip, d.placement)
+    (hostname, d.mac.as_deref(), d.ip, d.placement, &d.kernel_args)
 }
 
 fn new_host(
-    (hostname, mac, ip, placement): Identity,
+    (hostname, mac, ip, placement, kernel_args): Identity,
     domain: &str,
     role: Role,
     room: Option<String>,
@@ -1207,6 +1222,7 @@ fn new_host(
         room,
         placement,
         netboot: placement != Where::Ec2,
+        kernel_args: kernel_args.to_vec(),
         config,
     }
 }

@@ -451,6 +451,10 @@ pub struct Machine {
     /// For a mixer: the local disk recordings are written to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record_disk: Option<String>,
+    /// Extra kernel command line arguments netbootd boots this machine with, e.g.
+    /// `["nomodeset"]`, or `["modules-load=vivid"]` for the kernel's virtual capture device.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_args: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -521,6 +525,9 @@ pub struct Deployment {
     /// For `ec2`: e.g. "c6i.xlarge".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_type: Option<String>,
+    /// For netbooted hosts: extra kernel command line arguments, e.g. `["nomodeset"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kernel_args: Vec<String>,
 }
 
 // serde cannot deny unknown fields beside `flatten`; the schema does, and the structural check

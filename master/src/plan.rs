@@ -253,6 +253,9 @@ pub struct Host {
     pub placement: Where,
     /// Boots from netbootd (by MAC).
     pub netboot: bool,
+    /// Extra kernel command line arguments it netboots with.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kernel_args: Vec<String>,
     pub config: RoleConfig,
 }
 

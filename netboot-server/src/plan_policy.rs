@@ -52,6 +52,7 @@ impl RoleImage {
 struct HostBoot {
     hostname: String,
     role: String,
+    kernel_args: Vec<String>,
     image: Option<RoleImage>,
     layer: Option<PathBuf>,
 }
@@ -136,6 +137,7 @@ impl PlanPolicy {
             let boot = HostBoot {
                 hostname: host.hostname.clone(),
                 role: role.to_owned(),
+                kernel_args: host.kernel_args.clone(),
                 image,
                 layer,
             };
@@ -179,7 +181,7 @@ impl BootPolicy for PlanPolicy {
         // The host layer (a plain cpio) goes first: UEFI iPXE hands the kernel its initrds through
         // the EFI stub's initrd= options, which concatenate them without iPXE's 4-byte alignment.
         // The initrd fetches and verifies the root; the reporter tells us when the role is up.
-        let cmdline = format!(
+        let mut cmdline = format!(
             "boot=lectern ip=dhcp lectern.root={} lectern.root_sha256={} lectern.server={} \
              lectern.image={} lectern.role={} systemd.hostname={} console=tty0 console=ttyS0,115200n8",
             urls.artifact(&image.root),
@@ -189,6 +191,10 @@ impl BootPolicy for PlanPolicy {
             boot.role,
             boot.hostname,
         );
+        for arg in &boot.kernel_args {
+            cmdline.push(' ');
+            cmdline.push_str(arg);
+        }
         let script = IpxeScript {
             kernel_url: urls.artifact(&image.kernel),
             initrd_urls: vec![urls.artifact(&image.initrd)],
@@ -250,7 +256,14 @@ mod tests {
     fn plan(dir: &Path) -> Plan {
         use std::os::unix::fs::PermissionsExt;
         let master = dir.join("master.toml");
-        std::fs::write(&master, MASTER).unwrap();
+        // One host with extra kernel arguments, which its script must carry.
+        let text = MASTER.replacen(
+            "\nsource = \"cam\"\n",
+            "\nsource = \"cam\"\nkernel_args = [\"nomodeset\", \"modules-load=vivid\"]\n",
+            1,
+        );
+        assert_ne!(text, MASTER);
+        std::fs::write(&master, text).unwrap();
         let secrets = dir.join("secrets.toml");
         std::fs::write(&secrets, SECRETS).unwrap();
         std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -306,6 +319,10 @@ mod tests {
         );
         assert!(
             script.contains("systemd.hostname=lameere-source-1"),
+            "{script}"
+        );
+        assert!(
+            script.contains(" nomodeset modules-load=vivid\n"),
             "{script}"
         );
         assert!(script.contains(&urls.host_layer(mac)), "{script}");
