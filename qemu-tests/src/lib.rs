@@ -17,6 +17,8 @@ use lectern_builder::recipe::Recipes;
 use lectern_store::{HostLayer, Manifest, Store};
 use serde_json::Value;
 
+pub mod room;
+
 pub const SERVER_IP: &str = "10.99.0.1";
 const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 
@@ -116,7 +118,8 @@ impl Lab {
     }
 
     /// Starts `command` with its output in `log` (in [`Lab::dir`]); it is killed when the lab drops.
-    pub fn spawn(&mut self, mut command: Command, log: &str) -> Result<()> {
+    /// Returns its index for [`Lab::stop`].
+    pub fn spawn(&mut self, mut command: Command, log: &str) -> Result<usize> {
         let log = fs::File::create(self.dir.path().join(log))?;
         let child = command
             .stdin(Stdio::null())
@@ -124,6 +127,14 @@ impl Lab {
             .stderr(log)
             .spawn()?;
         self.children.push(child);
+        Ok(self.children.len() - 1)
+    }
+
+    /// Kills what [`Lab::spawn`] started as `index` (a guest: its power cord pulled).
+    pub fn stop(&mut self, index: usize) -> Result<()> {
+        let child = &mut self.children[index];
+        child.kill()?;
+        child.wait()?;
         Ok(())
     }
 
@@ -142,7 +153,7 @@ impl Lab {
         fs::write(&config_path, config)?;
         let mut command = self.in_netns("busybox");
         command.args(["udhcpd", "-f"]).arg(&config_path);
-        self.spawn(command, "udhcpd.log")
+        self.spawn(command, "udhcpd.log").map(drop)
     }
 
     /// The directory served at http://10.99.0.1:8080/.
@@ -227,8 +238,9 @@ impl Lab {
     }
 
     /// Starts a guest that boots from its NIC, as a machine at the venue does: BIOS with qemu's own
-    /// iPXE ROM, or UEFI (OVMF) with the firmware's own PXE. Returns its serial log.
-    pub fn pxe_boot(&mut self, mac: &str, firmware: Firmware) -> Result<PathBuf> {
+    /// iPXE ROM, or UEFI (OVMF) with the firmware's own PXE. Returns its serial log and its index
+    /// for [`Lab::stop`].
+    pub fn pxe_boot(&mut self, mac: &str, firmware: Firmware) -> Result<(PathBuf, usize)> {
         let (machine, nic) = match firmware {
             Firmware::Bios => ("pc", format!("mac={mac},bootindex=1")),
             Firmware::Uefi => ("q35", format!("mac={mac},bootindex=1,romfile=")),
@@ -238,8 +250,8 @@ impl Lab {
             Firmware::Bios => command.args(["-boot", "n"]),
             Firmware::Uefi => command.args(["-bios", OVMF]),
         };
-        self.spawn(command, &format!("{tap}.qemu.log"))?;
-        Ok(serial)
+        let index = self.spawn(command, &format!("{tap}.qemu.log"))?;
+        Ok((serial, index))
     }
 
     /// A new tap on the bridge and a TCG qemu on it (`nic` completes its virtio-net device); returns

@@ -1,0 +1,610 @@
+//! A whole room in the lab: a master file's hosts PXE-boot from the real `netbootd --config master.toml`
+//! (real firmware: qemu's iPXE ROM on BIOS, OVMF's own PXE on UEFI) and are then checked the way a video team
+//! would: boot phases in `GET /api/hosts`, the stream on the backend decoded with ffprobe/ffmpeg, the watch
+//! page in Chromium, the hosts themselves over ssh. The room test and the demo both drive it.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use lectern_builder::build::Builder;
+use lectern_builder::context::Plan as RenderPlan;
+use lectern_master::{Plan, Role};
+use serde_json::Value;
+
+use crate::{Firmware, Lab};
+
+/// The boot phases netbootd stamps, in boot order.
+pub const PHASES: [&str; 7] = [
+    "dhcp",
+    "ipxe_script",
+    "kernel",
+    "initrd",
+    "host_layer",
+    "root",
+    "reported_up",
+];
+
+/// Debian's iPXE first stages, served over TFTP to firmware that has no iPXE.
+const TFTP_ROOT: &str = "/usr/lib/ipxe";
+
+pub struct Guest {
+    pub hostname: String,
+    pub role: Role,
+    pub mac: String,
+    pub ip: String,
+    pub firmware: Firmware,
+    /// Its serial log and lab index, once started.
+    running: Option<(PathBuf, usize)>,
+}
+
+pub struct RoomLab {
+    pub lab: Lab,
+    /// The served copy of the master file.
+    pub master: PathBuf,
+    pub plan: Plan,
+    ssh_key: PathBuf,
+    pub guests: Vec<Guest>,
+    started: Instant,
+}
+
+impl RoomLab {
+    /// A lab serving a copy of `master` (and the secrets file beside it) with the store at `store`, and a
+    /// fresh ssh key the test can log in to every host with. The lab's bridge must be the master file's
+    /// interface (`br0`) and its server address the netboot machine's (10.99.0.1).
+    pub fn new(master: &Path, store: &Path) -> Result<Self> {
+        let lab = Lab::bare()?;
+        let ssh_key = lab.dir().join("id_ed25519");
+        let status = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "room-test", "-f"])
+            .arg(&ssh_key)
+            .status()
+            .context("running ssh-keygen (apt-get install openssh-client)")?;
+        ensure!(status.success(), "ssh-keygen failed");
+        let public = fs::read_to_string(ssh_key.with_extension("pub"))?;
+        let served = copy_master(master, lab.dir(), store, public.trim())?;
+        let plan = lectern_master::load(&served).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(RoomLab {
+            lab,
+            master: served,
+            plan,
+            ssh_key,
+            guests: Vec::new(),
+            started: Instant::now(),
+        })
+    }
+
+    /// Builds (or reuses) every role image the plan needs and every host's layer, into the builder's store.
+    pub fn build(&self, builder: &Builder) -> Result<()> {
+        let render = RenderPlan::load(&self.master)?;
+        for role in self.plan.image_roles() {
+            let started = Instant::now();
+            let manifest = builder.build_role(role.as_str(), &render)?;
+            builder.build_host_layers(role.as_str(), &render)?;
+            eprintln!(
+                "{role} image {} ready in {:.0} s",
+                manifest.image,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        Ok(())
+    }
+
+    /// `netbootd check`, then `netbootd --config` in the lab's namespace.
+    pub fn serve(&mut self, netbootd: &Path) -> Result<()> {
+        let state = self.lab.dir().join("state");
+        fs::create_dir_all(&state)?;
+        let args = |command: &mut Command| {
+            command
+                .arg("--config")
+                .arg(&self.master)
+                .arg("--state-dir")
+                .arg(&state)
+                .args(["--tftp-root", TFTP_ROOT]);
+        };
+        let mut check = Command::new(netbootd);
+        check.arg("check");
+        args(&mut check);
+        let output = check.output().context("running netbootd check")?;
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        ensure!(output.status.success(), "netbootd check failed:\n{said}");
+        let mut serve = self
+            .lab
+            .in_netns(netbootd.to_str().context("netbootd path")?);
+        args(&mut serve);
+        serve.env("RUST_LOG", "lectern_netboot=debug,info");
+        self.lab.spawn(serve, "netbootd.log")?;
+        self.started = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.get("/healthz").is_none() {
+            ensure!(
+                Instant::now() < deadline,
+                "netbootd did not answer /healthz"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
+    }
+
+    /// Switches `hostname` (a netbooted host of the plan) on, with `firmware`.
+    pub fn power_on(&mut self, hostname: &str, firmware: Firmware) -> Result<()> {
+        let host = self
+            .plan
+            .host(hostname)
+            .with_context(|| format!("{hostname} is not in the master file"))?;
+        let mac = host.mac.with_context(|| format!("{hostname} has no MAC"))?;
+        let guest = Guest {
+            hostname: hostname.to_owned(),
+            role: host.role,
+            mac: mac.to_string(),
+            ip: host.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            firmware,
+            running: None,
+        };
+        let running = self.lab.pxe_boot(&guest.mac, firmware)?;
+        self.guests.retain(|g| g.hostname != hostname);
+        self.guests.push(Guest {
+            running: Some(running),
+            ..guest
+        });
+        Ok(())
+    }
+
+    /// Pulls `hostname`'s power cord and switches it on again.
+    pub fn reboot(&mut self, hostname: &str) -> Result<()> {
+        let guest = self.guest(hostname)?;
+        let firmware = guest.firmware;
+        if let Some((_, index)) = guest.running {
+            self.lab.stop(index)?;
+        }
+        self.power_on(hostname, firmware)
+    }
+
+    pub fn guest(&self, hostname: &str) -> Result<&Guest> {
+        self.guests
+            .iter()
+            .find(|g| g.hostname == hostname)
+            .with_context(|| format!("{hostname} was never switched on"))
+    }
+
+    /// Seconds since netbootd started.
+    pub fn elapsed(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// GETs `path` from netbootd; `None` unless it answers 2xx.
+    pub fn get(&self, path: &str) -> Option<String> {
+        self.curl(&format!("{}{path}", self.plan.netboot.base_url))
+    }
+
+    /// GETs `url` from inside the lab; `None` unless it answers 2xx.
+    pub fn curl(&self, url: &str) -> Option<String> {
+        let output = self
+            .lab
+            .in_netns("curl")
+            .args(["-sf", "-m", "10", url])
+            .output()
+            .ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// netbootd's `/api/hosts` record of `hostname` (null if none yet).
+    pub fn record(&self, hostname: &str) -> Value {
+        let hosts: Value = self
+            .get("/api/hosts")
+            .and_then(|body| serde_json::from_str(&body).ok())
+            .unwrap_or(Value::Null);
+        hosts
+            .as_array()
+            .and_then(|hosts| hosts.iter().find(|h| h["hostname"] == hostname).cloned())
+            .unwrap_or(Value::Null)
+    }
+
+    /// One line per switched-on host: role, the last boot phase reached, state and problems.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{:>5.0} s  {:<18} {:<18} {:<12} {:<9} problems\n",
+            self.elapsed(),
+            "host",
+            "role",
+            "phase",
+            "state"
+        );
+        for guest in &self.guests {
+            let record = self.record(&guest.hostname);
+            let phase = PHASES
+                .iter()
+                .rev()
+                .find(|phase| record[**phase].is_string())
+                .copied()
+                .unwrap_or("powered on");
+            let state = record["state"].as_str().unwrap_or("-");
+            let problems = record["problems"]
+                .as_array()
+                .map(|p| {
+                    p.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "         {:<18} {:<18} {:<12} {:<9} {problems}",
+                guest.hostname,
+                guest.role.as_str(),
+                phase,
+                state
+            );
+        }
+        out
+    }
+
+    /// Polls `done` every 3 s until it says yes, printing the table every `show` (if any); fails after
+    /// `timeout` with `what` and the table.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        show: Option<Duration>,
+        mut done: impl FnMut(&Self) -> Result<bool>,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut shown = Instant::now();
+        loop {
+            if done(self)? {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{what}: not within {} s\n{}",
+                    timeout.as_secs(),
+                    self.table()
+                );
+            }
+            if let Some(every) = show {
+                if shown.elapsed() >= every {
+                    eprint!("{}", self.table());
+                    shown = Instant::now();
+                }
+            }
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    }
+
+    /// Whether every switched-on host has reported its role up in its current boot.
+    pub fn all_up(&self) -> bool {
+        self.guests
+            .iter()
+            .all(|g| self.record(&g.hostname)["state"] == "up")
+    }
+
+    /// Runs `command` on `hostname` over ssh as root; its stdout, or the error with stderr.
+    pub fn ssh(&self, hostname: &str, command: &str) -> Result<String> {
+        Ok(String::from_utf8_lossy(&self.ssh_bytes(hostname, command)?).into_owned())
+    }
+
+    /// [`RoomLab::ssh`], for binary output.
+    pub fn ssh_bytes(&self, hostname: &str, command: &str) -> Result<Vec<u8>> {
+        let ip = &self.guest(hostname)?.ip;
+        let output = self
+            .lab
+            .in_netns("ssh")
+            .arg("-i")
+            .arg(&self.ssh_key)
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "ConnectTimeout=10",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                "BatchMode=yes",
+                &format!("root@{ip}"),
+                command,
+            ])
+            .output()?;
+        ensure!(
+            output.status.success(),
+            "ssh {hostname} {command:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(output.stdout)
+    }
+
+    /// netbootd's log, every host's record and the end of every guest's logs.
+    pub fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        let netbootd = fs::read_to_string(self.lab.dir().join("netbootd.log")).unwrap_or_default();
+        let lines: Vec<&str> = netbootd.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(80)..];
+        let _ = writeln!(out, "--- netbootd log (end) ---\n{}", tail.join("\n"));
+        let _ = writeln!(
+            out,
+            "--- /api/hosts ---\n{}",
+            self.get("/api/hosts").unwrap_or_default()
+        );
+        for path in self.lab.guest_logs() {
+            let text = String::from_utf8_lossy(&fs::read(&path).unwrap_or_default()).into_owned();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            let _ = writeln!(
+                out,
+                "--- tail of {} ---\n{}",
+                path.display(),
+                tail.join("\n")
+            );
+        }
+        out
+    }
+}
+
+/// The master file at `master` and the secrets file it names, copied into `dir` with `[netboot] store`
+/// pointing at `store` and `ssh_key` authorized on every host.
+fn copy_master(master: &Path, dir: &Path, store: &Path, ssh_key: &str) -> Result<PathBuf> {
+    let text = fs::read_to_string(master)?;
+    let store = fs::canonicalize(store)?;
+    let mut replaced = 0;
+    let text: String = text
+        .lines()
+        .map(|line| {
+            let line = if line.starts_with("store = ") {
+                replaced += 1;
+                format!("store = {:?}", store.display().to_string())
+            } else if line.starts_with("authorized_keys = [") {
+                replaced += 1;
+                line.replacen('[', &format!("[{ssh_key:?}, "), 1)
+            } else {
+                line.to_owned()
+            };
+            line + "\n"
+        })
+        .collect();
+    ensure!(
+        replaced == 2,
+        "{} needs one `store = ` and one `authorized_keys = [` line",
+        master.display()
+    );
+    let served = dir.join("master.toml");
+    fs::write(&served, text)?;
+    let secrets_name = text_value(&fs::read_to_string(&served)?, "file = ")
+        .unwrap_or_else(|| "secrets.toml".into());
+    let secrets = dir.join(&secrets_name);
+    let source = master.with_file_name(&secrets_name);
+    fs::copy(&source, &secrets).with_context(|| format!("copying {}", source.display()))?;
+    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600))?;
+    Ok(served)
+}
+
+/// The quoted value of the first line starting with `prefix`.
+fn text_value(text: &str, prefix: &str) -> Option<String> {
+    let line = text.lines().find(|l| l.starts_with(prefix))?;
+    let value = line[prefix.len()..].split('#').next()?.trim();
+    Some(value.trim_matches('"').to_owned())
+}
+
+/// One stream as ffprobe sees it: `(codec_type, codec_name, width, height, sample_rate)`.
+pub type StreamInfo = (String, String, u64, u64, u64);
+
+/// What ffmpeg's analysis filters saw in a stretch of a stream.
+#[derive(Debug, Clone, Default)]
+pub struct MediaCheck {
+    pub seconds: f64,
+    pub frames: u64,
+    pub mean_volume_db: Option<f64>,
+    pub black_seconds: f64,
+    pub frozen_seconds: f64,
+}
+
+impl MediaCheck {
+    /// Why this stretch is not the room's live mix (silent, black, frozen, empty), or `None`.
+    pub fn problem(&self) -> Option<String> {
+        let mut problems = Vec::new();
+        if self.frames < 2 {
+            problems.push(format!("{} frames", self.frames));
+        }
+        match self.mean_volume_db {
+            Some(db) if db > -60.0 => {}
+            Some(db) => problems.push(format!("silent (mean {db:.1} dB)")),
+            None => problems.push("no audio".into()),
+        }
+        if self.black_seconds > self.seconds * 0.5 {
+            problems.push(format!(
+                "black for {:.1} of {:.1} s",
+                self.black_seconds, self.seconds
+            ));
+        }
+        if self.frozen_seconds > self.seconds * 0.8 {
+            problems.push(format!(
+                "frozen for {:.1} of {:.1} s",
+                self.frozen_seconds, self.seconds
+            ));
+        }
+        (!problems.is_empty()).then(|| problems.join(", "))
+    }
+}
+
+impl Lab {
+    /// Decodes `seconds` of `url` (from inside the lab) through volumedetect, blackdetect and freezedetect.
+    pub fn media_check(&self, url: &str, seconds: u32) -> Result<MediaCheck> {
+        let output = self
+            .in_netns("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-nostdin",
+                "-rw_timeout",
+                "20000000",
+                "-i",
+                url,
+            ])
+            .args(["-t", &seconds.to_string()])
+            .args([
+                "-af",
+                "volumedetect",
+                "-vf",
+                "blackdetect=d=0.5:pix_th=0.10,freezedetect=n=-60dB:d=1",
+                "-f",
+                "null",
+                "-",
+            ])
+            .output()
+            .context("running ffmpeg (apt-get install ffmpeg)")?;
+        let log = String::from_utf8_lossy(&output.stderr);
+        ensure!(
+            output.status.success(),
+            "ffmpeg could not read {url}:\n{log}"
+        );
+        Ok(parse_analysis(&log, f64::from(seconds)))
+    }
+
+    /// Every stream of `url` as ffprobe sees it.
+    pub fn probe_streams(&self, url: &str) -> Result<Vec<StreamInfo>> {
+        let output = self
+            .in_netns("ffprobe")
+            .args(["-v", "error", "-rw_timeout", "20000000", "-of", "json"])
+            .args([
+                "-show_entries",
+                "stream=codec_type,codec_name,width,height,sample_rate",
+                url,
+            ])
+            .output()
+            .context("running ffprobe (apt-get install ffmpeg)")?;
+        ensure!(
+            output.status.success(),
+            "ffprobe {url}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let json: Value = serde_json::from_slice(&output.stdout)?;
+        let number = |v: &Value| v.as_u64().or_else(|| v.as_str()?.parse().ok()).unwrap_or(0);
+        Ok(json["streams"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                (
+                    s["codec_type"].as_str().unwrap_or_default().to_owned(),
+                    s["codec_name"].as_str().unwrap_or_default().to_owned(),
+                    number(&s["width"]),
+                    number(&s["height"]),
+                    number(&s["sample_rate"]),
+                )
+            })
+            .collect())
+    }
+
+    /// Loads `url` in headless Chromium inside the lab for `seconds`; the page's title, text, the
+    /// `<video>`'s currentTime sampled every second, and a screenshot at `screenshot`.
+    pub fn browse(&self, url: &str, seconds: u32, screenshot: &Path) -> Result<Value> {
+        let script = self.dir().join("browser_probe.py");
+        fs::write(&script, include_str!("browser_probe.py"))?;
+        let output = self
+            .in_netns("python3")
+            .arg(&script)
+            .arg(url)
+            .arg(seconds.to_string())
+            .arg(screenshot)
+            .output()
+            .context("running the browser probe (apt-get install chromium)")?;
+        ensure!(
+            output.status.success(),
+            "browser probe of {url}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(serde_json::from_slice(&output.stdout)?)
+    }
+}
+
+/// Reads ffmpeg's analysis filter output (stderr) for a stretch of `seconds`.
+fn parse_analysis(log: &str, seconds: f64) -> MediaCheck {
+    let after = |line: &str, key: &str| -> Option<f64> {
+        let rest = &line[line.find(key)? + key.len()..];
+        rest.split_whitespace()
+            .next()?
+            .trim_end_matches("dB")
+            .parse()
+            .ok()
+    };
+    let mut check = MediaCheck {
+        seconds,
+        ..MediaCheck::default()
+    };
+    for line in log.lines() {
+        if let Some(db) = after(line, "mean_volume:") {
+            check.mean_volume_db = Some(db);
+        }
+        if let Some(d) = after(line, "black_duration:") {
+            check.black_seconds += d;
+        }
+        if let Some(d) = after(line, "freeze_duration:") {
+            check.frozen_seconds += d;
+        }
+        // The progress line: "frame=  123 fps=..."; the last one counts.
+        if let Some(frames) = line
+            .rsplit("frame=")
+            .next()
+            .filter(|_| line.contains("frame="))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        {
+            check.frames = frames;
+        }
+    }
+    // A freeze still going on at the end has a start but no duration line.
+    if let Some(start) = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("freeze_start:") || l.contains("freeze_end:"))
+        .filter(|l| l.contains("freeze_start:"))
+        .and_then(|l| after(l, "freeze_start:"))
+    {
+        check.frozen_seconds += (seconds - start).max(0.0);
+    }
+    check
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_ffmpegs_analysis() {
+        let log = "\
+[blackdetect @ 0x1] black_start:0 black_end:1.2 black_duration:1.2
+[freezedetect @ 0x2] lavfi.freezedetect.freeze_start: 2
+[freezedetect @ 0x2] lavfi.freezedetect.freeze_duration: 1.5
+[freezedetect @ 0x2] lavfi.freezedetect.freeze_end: 3.5
+[freezedetect @ 0x2] lavfi.freezedetect.freeze_start: 5
+frame=   90 fps= 30 q=-0.0 Lsize=N/A time=00:00:06.00 bitrate=N/A speed=1x
+[Parsed_volumedetect_0 @ 0x3] mean_volume: -23.4 dB
+[Parsed_volumedetect_0 @ 0x3] max_volume: -12.0 dB
+";
+        let check = parse_analysis(log, 6.0);
+        assert_eq!(check.frames, 90);
+        assert_eq!(check.mean_volume_db, Some(-23.4));
+        assert!((check.black_seconds - 1.2).abs() < 1e-9);
+        assert!((check.frozen_seconds - 2.5).abs() < 1e-9, "{check:?}");
+        assert_eq!(check.problem(), None);
+        let silent = MediaCheck {
+            mean_volume_db: Some(-91.0),
+            frozen_seconds: 6.0,
+            ..check
+        };
+        assert_eq!(
+            silent.problem().unwrap(),
+            "silent (mean -91.0 dB), frozen for 6.0 of 6.0 s"
+        );
+    }
+}
