@@ -15,6 +15,7 @@
 //!    `degraded`, naming its unit;
 //! 6. the mixer loses power mid-stream: sources and encoder reconnect by themselves; the time until the HLS
 //!    stream carries the mix again is measured.
+//!
 //! LECTERN_IMAGE_TESTS=1, root. `LECTERN_KEEP_LAB=1` keeps the lab directory (logs, screenshot).
 
 use std::time::{Duration, Instant};
