@@ -282,13 +282,27 @@ impl<'l, 'a> Expander<'l, 'a> {
             for (i, arg) in h.kernel_args.iter().enumerate() {
                 let path = format!("{}.kernel_args[{i}]", h.path);
                 if arg.is_empty() || arg.contains(char::is_whitespace) {
-                    self.error(&path, format!("{arg:?} is not one kernel argument"), Some("write one argument per string, without spaces".into()));
-                } else if arg.starts_with("lectern.") || arg.starts_with("initrd=") || arg.starts_with("boot=") {
+                    self.error(
+                        &path,
+                        format!("{arg:?} is not one kernel argument"),
+                        Some("write one argument per string, without spaces".into()),
+                    );
+                } else if arg.starts_with("lectern.")
+                    || arg.starts_with("initrd=")
+                    || arg.starts_with("boot=")
+                {
                     self.error(&path, format!("`{arg}` is set by netbootd"), None);
                 }
             }
             if !h.kernel_args.is_empty() && !h.on_lan {
-                self.error(&format!("{}.kernel_args", h.path), format!("{} does not netboot, so netbootd cannot pass it kernel arguments", h.hostname), None);
+                self.error(
+                    &format!("{}.kernel_args", h.path),
+                    format!(
+                        "{} does not netboot, so netbootd cannot pass it kernel arguments",
+                        h.hostname
+                    ),
+                    None,
+                );
             }
             let hostname_path = format!("{}.hostname", h.path);
             if self.name(&hostname_path, h.hostname) {
@@ -1199,10 +1213,22 @@ fn reach(hostname: &str, ip: Option<Ipv4Addr>) -> String {
 }
 
 /// Host name, MAC, fixed address, placement and kernel arguments.
-type Identity<'m> = (&'m str, Option<&'m str>, Option<Ipv4Addr>, Where, &'m [String]);
+type Identity<'m> = (
+    &'m str,
+    Option<&'m str>,
+    Option<Ipv4Addr>,
+    Where,
+    &'m [String],
+);
 
 fn deployed_identity<'m>(hostname: &'m str, d: &'m Deployment) -> Identity<'m> {
-    (hostname, d.mac.as_deref(), d.ip, d.placement, &d.kernel_args)
+    (
+        hostname,
+        d.mac.as_deref(),
+        d.ip,
+        d.placement,
+        &d.kernel_args,
+    )
 }
 
 fn new_host(
