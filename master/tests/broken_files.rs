@@ -37,7 +37,7 @@ const CASES: &[Case] = &[
     Case {
         name: "unknown key beside shared deployment fields",
         edits: &[("vcpus = 4", "vcpu = 4")],
-        expected: r#"error: master.toml:140:1: encoders[lameere-enc].vcpu: unknown key `vcpu` in encoders[lameere-enc]
+        expected: r#"error: master.toml:140:1: encoders[cornil-enc].vcpu: unknown key `vcpu` in encoders[cornil-enc]
     |
 140 | vcpu = 4
     | ^^^^
@@ -190,7 +190,7 @@ error: master.toml:115:8: machines[cornil-mixer].room: there is no room "cornill
     Case {
         name: "wrong type",
         edits: &[("vcpus = 4", "vcpus = \"4\"")],
-        expected: r#"error: master.toml:140:9: encoders[lameere-enc].vcpus: expected a whole number, found a string
+        expected: r#"error: master.toml:140:9: encoders[cornil-enc].vcpus: expected a whole number, found a string
     |
 140 | vcpus = "4"
     |         ^^^
@@ -279,7 +279,7 @@ error: master.toml:115:8: machines[cornil-mixer].room: there is no room "cornill
             "region = \"eu-west-1\"\ninstance_type = \"c6i.xlarge\"",
             "instance_type = \"c6i.xlarge\"",
         )],
-        expected: r#"error: master.toml:145:1: encoders[cornil-enc]: an ec2 host needs `region`
+        expected: r#"error: master.toml:145:1: encoders[lameere-enc]: an ec2 host needs `region`
     |
 145 | [[encoders]]
     | ^^^^^^^^^^^^
@@ -351,7 +351,7 @@ error: master.toml:94:7: machines[lameere-source-1].mac: "52:54:00:42:01" is not
    |       ^^^^^^^^^^^^^^^^
   help: write six hex pairs separated by colons, like 8c:16:45:00:e6:f6
 
-error: master.toml:140:9: encoders[lameere-enc].vcpus: expected a whole number, found a string
+error: master.toml:140:9: encoders[cornil-enc].vcpus: expected a whole number, found a string
     |
 140 | vcpus = "4"
     |         ^^^

@@ -53,12 +53,12 @@ fn two_room_example_wires_sources_mixer_and_encoders() {
         ("10.42.0.10", 10001)
     );
 
-    let RoleConfig::Encoder(local) = &plan.host("lameere-enc").unwrap().config else {
-        panic!("lameere-enc is an encoder");
+    let RoleConfig::Encoder(local) = &plan.host("cornil-enc").unwrap().config else {
+        panic!("cornil-enc is an encoder");
     };
     assert_eq!(
         local.pull_url,
-        format!("tcp://10.42.0.10:{}", ports::LIVE_OUT)
+        format!("tcp://10.42.0.20:{}", ports::LIVE_OUT)
     );
     let pushed: Vec<(&str, &str, u32, u32)> = (local.renditions.iter())
         .map(|r| (r.name.as_str(), r.stream.as_str(), r.width, r.height))
@@ -66,31 +66,31 @@ fn two_room_example_wires_sources_mixer_and_encoders() {
     assert_eq!(
         pushed,
         [
-            ("main", "lameere", 1920, 1080),
-            ("480p", "lameere_480p", 854, 480)
+            ("main", "cornil", 1280, 720),
+            ("480p", "cornil_480p", 854, 480)
         ]
     );
     assert_eq!(
         local.renditions[1].push_url.expose(),
-        "rtmp://stream-backend.video.example.org/stream/lameere_480p?key=example-key-lameere-4f9c2a"
+        "rtmp://stream-backend.video.example.org/stream/cornil_480p?key=example-key-cornil-b81e07"
     );
     assert_eq!(
         local.renditions[0].push_url.to_string(),
-        "rtmp://stream-backend.video.example.org/stream/lameere?key=***"
+        "rtmp://stream-backend.video.example.org/stream/cornil?key=***"
     );
     assert!(
-        (local.ffmpeg_args.iter()).any(|a| a.to_string().ends_with("lameere_480p?key=***")),
+        (local.ffmpeg_args.iter()).any(|a| a.to_string().ends_with("cornil_480p?key=***")),
         "{:?}",
         local.ffmpeg_args
     );
 
     // The cloud encoder gets a compressed feed pushed by the mixer, never raw :15000.
-    let RoleConfig::Encoder(cloud) = &plan.host("cornil-enc").unwrap().config else {
-        panic!("cornil-enc is an encoder");
+    let RoleConfig::Encoder(cloud) = &plan.host("lameere-enc").unwrap().config else {
+        panic!("lameere-enc is an encoder");
     };
     assert_eq!(cloud.pull_url, "srt://0.0.0.0:9000?mode=listener");
-    let RoleConfig::Mixer(mixer) = &plan.host("cornil-mixer").unwrap().config else {
-        panic!("cornil-mixer is a mixer");
+    let RoleConfig::Mixer(mixer) = &plan.host("lameere-mixer").unwrap().config else {
+        panic!("lameere-mixer is a mixer");
     };
     assert_eq!(mixer.contributions.len(), 1);
     let inputs: Vec<(&str, u16)> = mixer
@@ -101,19 +101,19 @@ fn two_room_example_wires_sources_mixer_and_encoders() {
     assert_eq!(inputs, [("cam", 10000), ("slides", 10001)]);
     assert_eq!(
         mixer.contributions[0].url,
-        "srt://cornil-enc.video.example.org:9000"
+        "srt://lameere-enc.video.example.org:9000"
     );
     // Per-room overrides.
     assert_eq!(
-        (mixer.video.width, mixer.video.height, mixer.video.framerate),
+        (local.video.width, local.video.height, local.video.framerate),
         (1280, 720, 25)
     );
     assert_eq!(plan.room("cornil").unwrap().encode.video_kbps, 2000);
     assert_eq!(plan.room("lameere").unwrap().encode.video_kbps, 3000);
 
     assert_eq!(plan.netboot.base_url, "http://10.42.0.1:8080");
-    assert!(!plan.host("cornil-enc").unwrap().netboot);
-    assert!(plan.host("lameere-enc").unwrap().netboot);
+    assert!(!plan.host("lameere-enc").unwrap().netboot);
+    assert!(plan.host("cornil-enc").unwrap().netboot);
     assert_eq!(
         plan.image_roles(),
         [

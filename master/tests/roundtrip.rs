@@ -68,6 +68,7 @@ fn master_file(rooms: &[RoomSpec], mode: DhcpMode, seed: u8) -> MasterFile {
         source: None,
         capture: None,
         record_disk: None,
+        kernel_args: Vec::new(),
     }];
     let mut encoders = Vec::new();
     let mut room_entries = Vec::new();
@@ -85,6 +86,7 @@ fn master_file(rooms: &[RoomSpec], mode: DhcpMode, seed: u8) -> MasterFile {
             source: None,
             capture: None,
             record_disk: None,
+            kernel_args: Vec::new(),
         });
         for (i, source) in sources.iter().enumerate() {
             machines.push(Machine {
@@ -102,6 +104,7 @@ fn master_file(rooms: &[RoomSpec], mode: DhcpMode, seed: u8) -> MasterFile {
                     audio_delay_ms: None,
                 }),
                 record_disk: None,
+                kernel_args: Vec::new(),
             });
         }
         if let Some(placement) = room.encoder {
@@ -118,6 +121,7 @@ fn master_file(rooms: &[RoomSpec], mode: DhcpMode, seed: u8) -> MasterFile {
                     memory_mb: Some(4096),
                     region: cloud.then(|| "eu-west-1".into()),
                     instance_type: cloud.then(|| "c6i.xlarge".into()),
+                    kernel_args: Vec::new(),
                 },
                 address: None,
             });

@@ -351,6 +351,6 @@ mod tests {
             policy.gaps()
         );
         // The cloud encoder does not netboot at all.
-        assert!(policy.hosts().iter().all(|h| h.hostname != "cornil-enc"));
+        assert!(policy.hosts().iter().all(|h| h.hostname != "lameere-enc"));
     }
 }

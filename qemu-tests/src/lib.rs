@@ -40,6 +40,8 @@ const TOOLS: &[(&str, &str)] = &[
 
 pub struct Lab {
     netns: String,
+    /// The lab's bridge, the video LAN every guest's tap joins.
+    bridge: String,
     dir: tempfile::TempDir,
     children: Vec<Child>,
     taps: usize,
@@ -89,21 +91,32 @@ impl Lab {
 
     /// Creates the namespace and the bridge (`br0`, 10.99.0.1/24) with nothing serving on it.
     pub fn bare() -> Result<Self> {
+        Self::with_lan("br0", &format!("{SERVER_IP}/24"))
+    }
+
+    /// Creates the namespace and a bridge named `bridge` holding the server's `address` (CIDR), with
+    /// nothing serving on it: the video LAN of a master file.
+    pub fn with_lan(bridge: &str, address: &str) -> Result<Self> {
         let netns = format!("lectern-lab-{}", std::process::id());
         ip(&["netns", "add", &netns])?;
         let lab = Self {
             netns,
+            bridge: bridge.to_owned(),
             dir: tempfile::Builder::new().prefix("lectern-lab-").tempdir()?,
             children: Vec::new(),
             taps: 0,
         };
         let ns = lab.netns.as_str();
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
-        ip(&["-n", ns, "link", "add", "br0", "type", "bridge"])?;
-        let address = format!("{SERVER_IP}/24");
-        ip(&["-n", ns, "addr", "add", &address, "dev", "br0"])?;
-        ip(&["-n", ns, "link", "set", "br0", "up"])?;
+        ip(&["-n", ns, "link", "add", bridge, "type", "bridge"])?;
+        ip(&["-n", ns, "addr", "add", address, "dev", bridge])?;
+        ip(&["-n", ns, "link", "set", bridge, "up"])?;
         Ok(lab)
+    }
+
+    /// The namespace's name, for commands a person runs in it (`ip netns exec NAME …`).
+    pub fn netns(&self) -> &str {
+        &self.netns
     }
 
     pub fn dir(&self) -> &Path {
@@ -261,7 +274,7 @@ impl Lab {
         self.taps += 1;
         let ns = self.netns.clone();
         ip(&["-n", &ns, "tuntap", "add", "dev", &tap, "mode", "tap"])?;
-        ip(&["-n", &ns, "link", "set", &tap, "master", "br0", "up"])?;
+        ip(&["-n", &ns, "link", "set", &tap, "master", &self.bridge, "up"])?;
         let serial = self.dir.path().join(format!("{tap}.serial.log"));
         let mut command = self.in_netns("qemu-system-x86_64");
         command

@@ -53,11 +53,16 @@ pub struct RoomLab {
 }
 
 impl RoomLab {
-    /// A lab serving a copy of `master` (and the secrets file beside it) with the store at `store`, and a
-    /// fresh ssh key the test can log in to every host with. The lab's bridge must be the master file's
-    /// interface (`br0`) and its server address the netboot machine's (10.99.0.1).
+    /// A lab for the video LAN of `master` (its interface as the bridge, the netboot machine's address on
+    /// it) serving a copy of the master file (and the secrets file beside it) with the store at `store`, and
+    /// a fresh ssh key that can log in to every host.
     pub fn new(master: &Path, store: &Path) -> Result<Self> {
-        let lab = Lab::bare()?;
+        let original = lectern_master::load(master).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let lan = format!(
+            "{}/{}",
+            original.netboot.server_ip, original.network.prefix_len
+        );
+        let lab = Lab::with_lan(&original.network.dhcp.interface, &lan)?;
         let ssh_key = lab.dir().join("id_ed25519");
         let status = Command::new("ssh-keygen")
             .args(["-q", "-t", "ed25519", "-N", "", "-C", "room-test", "-f"])
@@ -166,6 +171,74 @@ impl RoomLab {
             self.lab.stop(index)?;
         }
         self.power_on(hostname, firmware)
+    }
+
+    /// Switches on every netbooted host of room `slug` and the streaming backend(s), on BIOS.
+    pub fn power_on_room(&mut self, slug: &str) -> Result<()> {
+        ensure!(
+            self.plan.room(slug).is_some(),
+            "there is no room {slug:?} in the master file"
+        );
+        let hosts: Vec<String> = (self.plan.netbooted())
+            .filter(|h| h.room.as_deref() == Some(slug) || h.role == Role::StreamingBackend)
+            .map(|h| h.hostname.clone())
+            .collect();
+        for hostname in hosts {
+            self.power_on(&hostname, Firmware::Bios)?;
+        }
+        Ok(())
+    }
+
+    /// What a viewer gets from room `slug`: each rendition as ffprobe sees it and the main one decoded.
+    pub fn stream_summary(&self, slug: &str) -> Result<String> {
+        let room = self.plan.room(slug).context("no such room")?;
+        let hls = self.backend_hls(slug)?;
+        let mut out = format!(
+            "HLS: {hls}
+"
+        );
+        for rendition in &room.renditions {
+            let url = hls.replace(
+                &format!("{slug}.m3u8"),
+                &format!("{}/index.m3u8", rendition.stream),
+            );
+            let streams: Vec<String> = (self.lab.probe_streams(&url)?.iter())
+                .map(|(kind, codec, w, h, rate)| match kind.as_str() {
+                    "video" => format!("{codec} {w}x{h}"),
+                    _ => format!("{codec} {rate} Hz"),
+                })
+                .collect();
+            let _ = writeln!(out, "  {:<6} {url}: {}", rendition.name, streams.join(", "));
+        }
+        let main = hls.replace(&format!("{slug}.m3u8"), &format!("{slug}/index.m3u8"));
+        let check = self.lab.media_check(&main, 6)?;
+        let _ = writeln!(
+            out,
+            "  6 s of the main rendition: {} frames, mean volume {}, black {:.1} s, frozen {:.1} s: {}",
+            check.frames,
+            check
+                .mean_volume_db
+                .map_or("none".into(), |db| format!("{db:.1} dB")),
+            check.black_seconds,
+            check.frozen_seconds,
+            check.problem().unwrap_or_else(|| "the room's mix".into())
+        );
+        Ok(out)
+    }
+
+    /// Room `slug`'s HLS playlist on this LAN's streaming backend: the path of `hls_url` at the backend's
+    /// address (the public `hls_url` is usually a frontend in front of it).
+    pub fn backend_hls(&self, slug: &str) -> Result<String> {
+        let backend = (self.plan.hosts.iter())
+            .find(|h| h.role == Role::StreamingBackend)
+            .context("the master file has no streaming-backend")?;
+        let lectern_master::RoleConfig::StreamingBackend(config) = &backend.config else {
+            bail!("{} has no backend config", backend.hostname);
+        };
+        Ok(format!(
+            "http://{}{}{slug}.m3u8",
+            backend.address, config.hls_path
+        ))
     }
 
     pub fn guest(&self, hostname: &str) -> Result<&Guest> {

@@ -195,7 +195,7 @@ mod tests {
             text.contains("cam:10000<-lameere-source-1 slides:10001<-lameere-source-2"),
             "{text}"
         );
-        assert!(text.contains("tcp://10.42.0.10:15000 -> rtmp://stream-backend.video.example.org/stream/lameere?key=***"), "{text}");
+        assert!(text.contains("tcp://10.42.0.20:15000 -> rtmp://stream-backend.video.example.org/stream/cornil?key=*** + rtmp://stream-backend.video.example.org/stream/cornil_480p?key=***"), "{text}");
         assert!(!text.contains("example-key"), "{text}");
     }
 }
