@@ -1,25 +1,37 @@
 #!/usr/bin/env bash
-# The main job, end to end, on the bundled example: check the master file, show the plan, build
-# the role images and host layers, serve them with netbootd inside a private network namespace
-# and PXE-boot VMs (qemu's own iPXE ROM, BIOS) into their roles until each reports "up".
-# Installs what it needs. Run as root from anywhere. `--keep` leaves everything running.
+# The main job, end to end, on the bundled example: check the master file, show the plan, build the role
+# images and host layers, serve them with netbootd inside a private network namespace, PXE-boot one whole
+# room (mixer, sources, encoder) and the streaming backend as VMs, show their boot phases as they come up,
+# and print what a viewer gets: each host's state, the room's HLS URL and an ffprobe summary of the stream.
+# Installs what it needs. Run as root from anywhere. `--keep` leaves everything running until Enter.
+#
+# Needs: Debian 12, root, a Rust toolchain >= 1.85 (rustup's is found in the invoking user's home under sudo),
+# ~11 GB free under /var/cache/lectern, ~10 minutes the first time (images), ~4 minutes after.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 . scripts/env.sh
+. scripts/prerequisites.sh
 
-keep=false
-[ "${1:-}" = "--keep" ] && keep=true
+keep=()
+[ "${1:-}" = "--keep" ] && keep=(--keep)
 
 scripts/install-deps.sh
+echo "== cargo build --release (binaries in $CARGO_TARGET_DIR/release)"
 cargo build --release --locked --bins
 bin="$CARGO_TARGET_DIR/release"
 
-# The example with its example secrets, in a private work directory; its store stays there, so
-# a second run reuses every unchanged layer.
+# The example with its example secrets, in a private work directory; its store stays there, so a second
+# run reuses every unchanged layer. qemu emulates the VMs' CPUs here (no KVM), too slowly to mix 720p in
+# real time: the demo's copy streams the room at 360p (with a 240p variant instead of 480p).
 work="$LECTERN_CACHE/demo"
 mkdir -p "$work"
-cp examples/master.toml "$work/master.toml"
+room=cornil
+sed -e 's/^video = { mode = "720p", framerate = 25 }$/video = { mode = "360p", framerate = 15 }/' \
+  -e 's/^encode = { video_kbps = 2000 }$/encode = { video_kbps = 800, variants = [{ name = "240p", height = 240, video_kbps = 300 }] }/' \
+  examples/master.toml >"$work/master.toml"
+[ "$(grep -c -e 'mode = "360p"' -e 'name = "240p"' "$work/master.toml")" = 2 ] ||
+  { echo "demo: could not set $room to 360p in the copy of examples/master.toml" >&2; exit 1; }
 install -m 600 examples/secrets.toml.example "$work/secrets.toml"
 cd "$work"
 
@@ -30,67 +42,5 @@ echo "== imgbuild plan"
 echo "== imgbuild all (role images + per-host layers; minutes the first time, seconds after)"
 "$bin/imgbuild" all --recipes "$repo/recipes" --overlays "$repo/overlays"
 
-# The video LAN of the example, in a namespace of its own: bridge, server address, one tap per VM.
-plan=$("$bin/imgbuild" plan --json)
-bridge=$(jq -r .network.dhcp.interface <<<"$plan")
-server=$(jq -r .netboot.server_ip <<<"$plan")
-prefix=$(jq -r .network.prefix_len <<<"$plan")
-url=$(jq -r .netboot.base_url <<<"$plan")
-ns=lectern-demo
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  ip netns del "$ns" 2>/dev/null || true
-}
-if ! $keep; then trap cleanup EXIT; fi
-ip netns del "$ns" 2>/dev/null || true
-ip netns add "$ns"
-ip -n "$ns" link set lo up
-ip -n "$ns" link add "$bridge" type bridge
-ip -n "$ns" addr add "$server/$prefix" dev "$bridge"
-ip -n "$ns" link set "$bridge" up
-
-echo "== netbootd check"
-"$bin/netbootd" check --config master.toml --state-dir "$work/state" || true
-echo "== netbootd --config master.toml (log: $work/netbootd.log)"
-mkdir -p "$work/state"
-ip netns exec "$ns" "$bin/netbootd" --config master.toml --state-dir "$work/state" >"$work/netbootd.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 50); do
-  ip netns exec "$ns" curl -sf "$url/healthz" >/dev/null && break
-  sleep 0.2
-done
-
-# One room: its mixer and its test-pattern sources (VMs have no capture hardware).
-room=cornil
-hosts=$(jq -r --arg room "$room" '.hosts[] | select(.room == $room and .netboot and .role != "encoder") | "\(.hostname) \(.mac)"' <<<"$plan")
-i=0
-while read -r hostname mac; do
-  tap="tap$i"; i=$((i + 1))
-  ip -n "$ns" tuntap add dev "$tap" mode tap
-  ip -n "$ns" link set "$tap" master "$bridge" up
-  echo "== booting $hostname ($mac), serial log $work/$hostname.log"
-  ip netns exec "$ns" qemu-system-x86_64 -machine pc -accel tcg -m 2048 -nographic -monitor none \
-    -serial "file:$work/$hostname.log" -netdev "tap,id=n0,ifname=$tap,script=no,downscript=no" \
-    -device "virtio-net-pci,netdev=n0,mac=$mac,bootindex=1" -boot n </dev/null >/dev/null 2>&1 &
-  pids+=($!)
-done <<<"$hosts"
-
-echo "== waiting for every VM to report its role up (TCG: a few minutes)"
-deadline=$((SECONDS + 1200))
-while :; do
-  status=$(ip netns exec "$ns" curl -sf "$url/api/hosts" || echo '[]')
-  waiting=$(jq -r --arg room "$room" '[.[] | select(.hostname | startswith($room + "-")) | select(.hostname | endswith("-enc") | not) | select((.timeline.reported_up // .reported_up) == null) | .hostname] | join(" ")' <<<"$status")
-  [ -z "$waiting" ] && break
-  if [ $SECONDS -ge $deadline ]; then
-    echo "demo: still waiting for: $waiting" >&2
-    jq . <<<"$status" >&2
-    exit 1
-  fi
-  sleep 10
-done
-echo "== all up; netbootd's view (GET $url/api/hosts):"
-jq --arg room "$room" '[.[] | select(.hostname | startswith($room + "-"))]' <<<"$status"
-if $keep; then
-  echo "left running: namespace $ns, netbootd and the VMs (pids ${pids[*]}); stop with: ip netns del $ns; kill ${pids[*]}"
-fi
+echo "== booting room $room and the streaming backend (netbootd check first; TCG VMs: a few minutes)"
+"$bin/lectern-lab" --config master.toml --room "$room" --netbootd "$bin/netbootd" "${keep[@]}"
