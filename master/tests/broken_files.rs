@@ -35,6 +35,35 @@ struct Case {
 
 const CASES: &[Case] = &[
     Case {
+        name: "a streaming backend with an ingest it does not take",
+        edits: &[
+            ("ingest = \"rtmp\"", "ingest = \"srt\""),
+            ("rtmp://stream-backend", "srt://stream-backend"),
+        ],
+        expected: r#"error: master.toml:15:10: streaming.ingest: the streaming-backend role ingests rtmp, but ingest = "srt"
+   |
+15 | ingest = "srt"
+   |          ^^^^^
+  help: use ingest = "rtmp", or remove the streaming-backend server and run your own ingest
+
+1 error found"#,
+    },
+    Case {
+        name: "a variant as tall as the picture",
+        edits: &[("name = \"480p\", height = 480", "name = \"1080p\", height = 1080")],
+        expected: r#"error: master.toml:54:40: defaults.encode.variants[1080p].height: a variant of room "cornil" must be an even height below its 720-line picture, not 1080
+   |
+54 | variants = [{ name = "1080p", height = 1080, video_kbps = 500 }]
+   |                                        ^^^^
+
+error: master.toml:54:40: defaults.encode.variants[1080p].height: a variant of room "lameere" must be an even height below its 1080-line picture, not 1080
+   |
+54 | variants = [{ name = "1080p", height = 1080, video_kbps = 500 }]
+   |                                        ^^^^
+
+2 errors found"#,
+    },
+    Case {
         name: "unknown key beside shared deployment fields",
         edits: &[("vcpus = 4", "vcpu = 4")],
         expected: r#"error: master.toml:140:1: encoders[cornil-enc].vcpu: unknown key `vcpu` in encoders[cornil-enc]
