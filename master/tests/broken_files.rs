@@ -50,7 +50,10 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "a variant as tall as the picture",
-        edits: &[("name = \"480p\", height = 480", "name = \"1080p\", height = 1080")],
+        edits: &[(
+            "name = \"480p\", height = 480",
+            "name = \"1080p\", height = 1080",
+        )],
         expected: r#"error: master.toml:54:40: defaults.encode.variants[1080p].height: a variant of room "cornil" must be an even height below its 720-line picture, not 1080
    |
 54 | variants = [{ name = "1080p", height = 1080, video_kbps = 500 }]

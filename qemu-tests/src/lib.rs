@@ -143,6 +143,18 @@ impl Lab {
         Ok(self.children.len() - 1)
     }
 
+    /// CPU seconds (user + system) the process [`Lab::spawn`] started as `index` has used so far.
+    pub fn cpu_seconds(&self, index: usize) -> Option<f64> {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.children[index].id())).ok()?;
+        // Fields after the parenthesised command name; utime and stime are the 14th and 15th of the line.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: f64 =
+            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        // SAFETY: sysconf only reads a constant.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Some(ticks / per_second)
+    }
+
     /// Kills what [`Lab::spawn`] started as `index` (a guest: its power cord pulled).
     pub fn stop(&mut self, index: usize) -> Result<()> {
         let child = &mut self.children[index];

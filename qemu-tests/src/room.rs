@@ -3,12 +3,13 @@
 //! would: boot phases in `GET /api/hosts`, the stream on the backend decoded with ffprobe/ffmpeg, the watch
 //! page in Chromium, the hosts themselves over ssh. The room test and the demo both drive it.
 
+use std::cell::Cell;
 use std::fmt::Write as _;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
 use lectern_builder::build::Builder;
@@ -40,6 +41,9 @@ pub struct Guest {
     pub firmware: Firmware,
     /// Its serial log and lab index, once started.
     running: Option<(PathBuf, usize)>,
+    powered_on: SystemTime,
+    /// qemu's CPU seconds when netbootd first showed this boot up.
+    cpu_at_up: Cell<Option<f64>>,
 }
 
 pub struct RoomLab {
@@ -153,6 +157,8 @@ impl RoomLab {
             ip: host.ip.map(|ip| ip.to_string()).unwrap_or_default(),
             firmware,
             running: None,
+            powered_on: SystemTime::now(),
+            cpu_at_up: Cell::new(None),
         };
         let running = self.lab.pxe_boot(&guest.mac, firmware)?;
         self.guests.retain(|g| g.hostname != hostname);
@@ -356,11 +362,62 @@ impl RoomLab {
         }
     }
 
-    /// Whether every switched-on host has reported its role up in its current boot.
+    /// Whether every switched-on host has reported its role up in its current boot (noting the CPU time
+    /// each took to get there).
     pub fn all_up(&self) -> bool {
-        self.guests
-            .iter()
-            .all(|g| self.record(&g.hostname)["state"] == "up")
+        let mut all = true;
+        for guest in &self.guests {
+            if self.record(&guest.hostname)["state"] == "up" {
+                if guest.cpu_at_up.get().is_none() {
+                    let index = guest.running.as_ref().map(|(_, index)| *index);
+                    guest
+                        .cpu_at_up
+                        .set(index.and_then(|i| self.lab.cpu_seconds(i)));
+                }
+            } else {
+                all = false;
+            }
+        }
+        all
+    }
+
+    /// Per host: seconds from power-on to each boot phase netbootd stamped, and qemu's CPU seconds until
+    /// it was first seen up. A table for BENCHMARKS.md.
+    pub fn boot_phases(&self) -> String {
+        let mut out = String::from("| host | role | firmware |");
+        for phase in PHASES {
+            let _ = write!(out, " {phase} |");
+        }
+        out.push_str(" CPU-s to up |\n|---|---|---|");
+        out.push_str(&"---|".repeat(PHASES.len() + 1));
+        out.push('\n');
+        for guest in &self.guests {
+            let record = self.record(&guest.hostname);
+            let on = guest
+                .powered_on
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let _ = write!(
+                out,
+                "| {} | {} | {:?} |",
+                guest.hostname, guest.role, guest.firmware
+            );
+            for phase in PHASES {
+                match record[phase].as_str().and_then(unix_seconds) {
+                    Some(at) => {
+                        let _ = write!(out, " {} |", at.saturating_sub(on));
+                    }
+                    None => out.push_str(" - |"),
+                }
+            }
+            match guest.cpu_at_up.get() {
+                Some(cpu) => {
+                    let _ = writeln!(out, " {cpu:.0} |");
+                }
+                None => out.push_str(" - |\n"),
+            }
+        }
+        out
     }
 
     /// Runs `command` on `hostname` over ssh as root; its stdout, or the error with stderr.
@@ -424,6 +481,21 @@ impl RoomLab {
         }
         out
     }
+}
+
+/// Seconds since 1970 of netbootd's `2026-12-01T10:06:25Z` stamps.
+fn unix_seconds(stamp: &str) -> Option<u64> {
+    let number = |range: std::ops::Range<usize>| stamp.get(range)?.parse::<i64>().ok();
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (month + if month > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + hour * 3600 + minute * 60 + second).ok()
 }
 
 /// The master file at `master` and the secrets file it names, copied into `dir` with `[netboot] store`
@@ -651,6 +723,14 @@ fn parse_analysis(log: &str, seconds: f64) -> MediaCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_netbootds_stamps() {
+        assert_eq!(unix_seconds("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(unix_seconds("2026-12-01T10:06:25Z"), Some(1_796_119_585));
+        assert_eq!(unix_seconds("2024-02-29T23:59:59Z"), Some(1_709_251_199));
+        assert_eq!(unix_seconds("not a time"), None);
+    }
 
     #[test]
     fn reads_ffmpegs_analysis() {

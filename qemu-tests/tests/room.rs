@@ -90,9 +90,11 @@ fn run(room: &mut RoomLab) -> Result<()> {
     let room_plan = room.plan.room(ROOM).context("no room")?.clone();
     let hls = room_plan.hls_url.clone().context("no hls_url")?;
     let video = room_plan.video.clone();
-    // The backend has HLS once the encoder has pushed a few segments.
+    // The backend has a rendition's playlist once the encoder has pushed its first segments (the room's
+    // playlist of renditions is there as soon as the backend is).
+    let main = hls.replace(&format!("{ROOM}.m3u8"), &format!("{ROOM}/index.m3u8"));
     room.wait_for("first HLS segment", Duration::from_secs(300), None, |r| {
-        Ok(r.curl(&hls).is_some())
+        Ok(r.curl(&main).is_some())
     })?;
     let first_segment = room.elapsed();
     eprintln!("first HLS playlist on the backend {first_segment:.0} s after netbootd started");
@@ -130,7 +132,6 @@ fn run(room: &mut RoomLab) -> Result<()> {
         );
         eprintln!("{url}: {streams:?}");
     }
-    let main = hls.replace(&format!("{ROOM}.m3u8"), &format!("{ROOM}/index.m3u8"));
     let check = room.lab.media_check(&main, 8)?;
     eprintln!("main rendition: {check:?}");
     ensure!(
