@@ -13,6 +13,9 @@ packages=(
   qemu-system-x86 ipxe-qemu ipxe ovmf
   # benchmark peers and load generators
   kea-dhcp4-server kea-admin nginx-light hyperfine
+  # streaming tests: the backend role's RTMP module under this nginx; ffmpeg/ffprobe to publish and decode
+  # streams; Chromium plays the watch page; ssh logs in to the room test's hosts
+  libnginx-mod-rtmp ffmpeg chromium openssh-client
 )
 
 missing=()
