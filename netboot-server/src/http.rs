@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, MatchedPath, Path as UrlPath, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Path as UrlPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -49,6 +49,9 @@ const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 const FILE_CHUNK: usize = 1024 * 1024;
 /// Host layers carry secrets: no cache may keep them.
 const PRIVATE: &str = "no-store";
+/// A boot report is a few hundred bytes; axum's default (2 MiB) would let every host on the
+/// LAN make us parse and keep megabytes of `media` per report.
+const REPORT_MAX_BYTES: usize = 64 * 1024;
 
 /// Builds the URLs this server answers, from its base (`http://10.99.0.1:8080`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,7 +115,10 @@ pub fn router(state: Arc<HttpState>) -> axum::Router {
         .route(ROUTE_ARTIFACT, get(artifact))
         .route(ROUTE_HOST_LAYER, get(host_layer))
         .route(ROUTE_FIRMWARE, get(firmware))
-        .route(ROUTE_REPORT, post(report))
+        .route(
+            ROUTE_REPORT,
+            post(report).layer(DefaultBodyLimit::max(REPORT_MAX_BYTES)),
+        )
         .route(ROUTE_HOSTS, get(hosts))
         .route(ROUTE_METRICS, get(metrics))
         .route(ROUTE_HEALTH, get(|| async { "ok\n" }))
@@ -313,8 +319,10 @@ async fn report(
         tracing::warn!(host = %report.host, %peer, ?holder, "refused a boot report from another address");
         return StatusCode::FORBIDDEN;
     }
-    tracing::info!(host = %report.host, %peer, role = %report.role, image = %report.image, state = ?report.state, failed = ?report.failed, "boot report");
-    state.timeline.record(host.mac, Event::Report(report));
+    tracing::info!(host = %report.host, %peer, role = %report.role, image = %report.image, state = ?report.state, failed = ?report.failed, problems = ?report.problems, "boot report");
+    state
+        .timeline
+        .record(host.mac, Event::Report(Box::new(report)));
     StatusCode::NO_CONTENT
 }
 
@@ -351,7 +359,12 @@ async fn metrics(State(state): AppState) -> impl IntoResponse {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use axum::extract::connect_info::MockConnectInfo;
+
     use super::*;
+    use crate::policy::{Network, StaticPolicy};
 
     #[test]
     fn urls_fill_the_route_parameter() {
@@ -385,5 +398,66 @@ mod tests {
         assert!(with("*"));
         assert!(!with("\"abd\""));
         assert!(!none_match(&HeaderMap::new(), &etag));
+    }
+
+    /// The report route of a server that knows one host, `mixer1` at 10.0.0.10, posted to
+    /// from that address.
+    async fn post_report(state: &Arc<HttpState>, body: String) -> StatusCode {
+        let app = router(Arc::clone(state))
+            .layer(MockConnectInfo(SocketAddr::from(([10, 0, 0, 10], 40_000))));
+        let request = Request::post(ROUTE_REPORT)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        app.oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn reports_carry_problems_and_media_within_a_size_limit() {
+        let mac = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
+        let host = Host {
+            mac,
+            hostname: "mixer1".into(),
+            ip: Some(Ipv4Addr::new(10, 0, 0, 10)),
+        };
+        let network = Network {
+            netmask: Ipv4Addr::new(255, 255, 255, 0),
+            router: None,
+            dns: vec![],
+            domain: None,
+            lease_time: Duration::from_secs(3600),
+        };
+        let state = Arc::new(HttpState {
+            policy: SharedPolicy::new(Arc::new(StaticPolicy::new(vec![host], network))),
+            timeline: Arc::default(),
+            metrics: Arc::default(),
+            urls: Urls::new("http://10.0.0.1:8080"),
+            firmware_root: PathBuf::new(),
+        });
+        let report = |media: &str| {
+            format!(
+                r#"{{"host":"mixer1","role":"mixer","image":"sha","state":"degraded","failed":[],
+                "problems":["live output is black"],"media":{media},"boot_id":"b1"}}"#
+            )
+        };
+
+        assert_eq!(
+            post_report(&state, report(r#"{"frames":45}"#)).await,
+            StatusCode::NO_CONTENT
+        );
+        let record = state.timeline.get(mac);
+        assert_eq!(record.problems, ["live output is black"]);
+        assert_eq!(record.media, Some(serde_json::json!({ "frames": 45 })));
+
+        let padding = "x".repeat(REPORT_MAX_BYTES);
+        assert_eq!(
+            post_report(&state, report(&format!(r#"{{"log":"{padding}"}}"#))).await,
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert_eq!(
+            state.timeline.get(mac).media,
+            Some(serde_json::json!({ "frames": 45 })),
+            "a refused report changes nothing"
+        );
     }
 }

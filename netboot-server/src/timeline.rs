@@ -6,12 +6,13 @@ use std::net::Ipv4Addr;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
 
 use crate::mac::MacAddr;
 use crate::policy::ArtifactKind;
 
-/// Something a host did.
+/// Something a host did. A report is boxed: it is far bigger than the other events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Dhcp,
@@ -19,16 +20,16 @@ pub enum Event {
     IpxeScript,
     Artifact(ArtifactKind),
     HostLayer,
-    Report(Report),
+    Report(Box<Report>),
 }
 
 /// How a host's role is doing, as its boot reporter sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReportState {
-    /// Every service of the role is active.
+    /// Every service of the role is active and nothing is wrong.
     Up,
-    /// Some are not (named in `failed`).
+    /// Something is wrong: the reporter names each reason in `problems`.
     Degraded,
     /// Still alive, nothing new.
     Heartbeat,
@@ -47,9 +48,20 @@ pub struct Report {
     /// Automatic restarts per service: rising between reports means a crash loop.
     #[serde(default)]
     pub restarts: BTreeMap<String, u64>,
+    /// Why the host is not fully up, one sentence each (failed units, crash loops, media).
+    #[serde(default)]
+    pub problems: Vec<String>,
+    /// The role's own media measurements (audio level, frames...); anything but an object is
+    /// dropped, so a broken probe cannot put arbitrary values into the host list.
+    #[serde(default, deserialize_with = "object_only")]
+    pub media: Option<Value>,
     /// The kernel's boot id: a new one is a new boot.
     #[serde(default)]
     pub boot_id: Option<String>,
+}
+
+fn object_only<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Ok(Some(Value::deserialize(deserializer)?).filter(Value::is_object))
 }
 
 /// When each step last happened, as RFC 3339 UTC timestamps.
@@ -73,6 +85,8 @@ pub struct HostRecord {
     pub state: Option<ReportState>,
     pub failed: Vec<String>,
     pub restarts: BTreeMap<String, u64>,
+    pub problems: Vec<String>,
+    pub media: Option<Value>,
     pub boot_id: Option<String>,
 }
 
@@ -82,6 +96,8 @@ impl HostRecord {
         self.state = None;
         self.failed.clear();
         self.restarts.clear();
+        self.problems.clear();
+        self.media = None;
         self.boot_id = None;
     }
 }
@@ -163,6 +179,7 @@ impl Timeline {
             Event::Artifact(ArtifactKind::Other) => {}
             Event::HostLayer => record.host_layer = stamp,
             Event::Report(report) => {
+                let report = *report;
                 if report.boot_id.is_some() && report.boot_id != record.boot_id {
                     record.forget_reports();
                     record.boot_id = report.boot_id;
@@ -174,6 +191,8 @@ impl Timeline {
                     record.state = Some(report.state);
                     record.failed = report.failed;
                     record.restarts = report.restarts;
+                    record.problems = report.problems;
+                    record.media = report.media;
                 }
                 record.last_heartbeat = stamp;
                 record.role = Some(report.role);
@@ -234,15 +253,17 @@ mod tests {
     }
 
     fn report(state: ReportState, boot_id: &str, failed: &[&str]) -> Event {
-        Event::Report(Report {
+        Event::Report(Box::new(Report {
             host: "mixer1".into(),
             role: "mixer".into(),
             image: "sha".into(),
             state,
             failed: failed.iter().map(|unit| unit.to_string()).collect(),
             restarts: BTreeMap::new(),
+            problems: failed.iter().map(|unit| format!("{unit} failed")).collect(),
+            media: None,
             boot_id: Some(boot_id.into()),
-        })
+        }))
     }
 
     #[test]
@@ -261,6 +282,7 @@ mod tests {
             (minimal.state, minimal.boot_id),
             (ReportState::Heartbeat, None)
         );
+        assert_eq!((minimal.problems.len(), minimal.media), (0, None));
         assert!(
             serde_json::from_str::<Report>(
                 r#"{"host":"h","role":"r","image":"i","state":"sideways"}"#
@@ -301,6 +323,69 @@ mod tests {
             (rebooting.reported_up, rebooting.state),
             (None, None),
             "a script fetch starts a new boot"
+        );
+    }
+
+    #[test]
+    fn keeps_problems_and_media_objects_and_drops_other_media() {
+        let body = r#"{"host":"h","role":"mixer","image":"sha","state":"degraded",
+            "problems":["live output is silent (mean -91.0 dB)"],
+            "media":{"frames":45,"mean_volume_db":-91.0}}"#;
+        let report: Report = serde_json::from_str(body).unwrap();
+        assert_eq!(report.problems, ["live output is silent (mean -91.0 dB)"]);
+        assert_eq!(
+            report.media,
+            Some(serde_json::json!({"frames": 45, "mean_volume_db": -91.0}))
+        );
+        for media in ["[1,2]", "\"loud\"", "3", "null"] {
+            let body =
+                format!(r#"{{"host":"h","role":"r","image":"i","state":"up","media":{media}}}"#);
+            let report: Report = serde_json::from_str(&body).unwrap();
+            assert_eq!(report.media, None, "media {media} is not an object");
+        }
+        assert!(
+            serde_json::from_str::<Report>(
+                r#"{"host":"h","role":"r","image":"i","state":"up","problems":"all of them"}"#
+            )
+            .is_err(),
+            "problems are a list"
+        );
+    }
+
+    #[test]
+    fn the_latest_report_s_problems_and_media_replace_the_previous_ones() {
+        let timeline = Timeline::default();
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        let at = |secs| UNIX_EPOCH + Duration::from_secs(secs);
+        let media = |frames: u64| {
+            let mut event = report(ReportState::Degraded, "boot-a", &["x.service"]);
+            if let Event::Report(report) = &mut event {
+                report.media = Some(serde_json::json!({ "frames": frames }));
+            }
+            event
+        };
+        timeline.record_at(mac, media(0), at(100));
+        let record = timeline.get(mac);
+        assert_eq!(record.problems, ["x.service failed"]);
+        assert_eq!(record.media, Some(serde_json::json!({ "frames": 0 })));
+
+        timeline.record_at(mac, report(ReportState::Heartbeat, "boot-a", &[]), at(130));
+        assert_eq!(
+            timeline.get(mac).problems,
+            ["x.service failed"],
+            "a bare heartbeat says nothing new"
+        );
+        timeline.record_at(mac, report(ReportState::Up, "boot-a", &[]), at(160));
+        let record = timeline.get(mac);
+        assert_eq!((record.problems.len(), record.media), (0, None));
+
+        timeline.record_at(mac, media(45), at(190));
+        timeline.record_at(mac, Event::IpxeScript, at(500));
+        let rebooting = timeline.get(mac);
+        assert_eq!(
+            (rebooting.problems.len(), rebooting.media),
+            (0, None),
+            "a new boot forgets the old one's problems"
         );
     }
 

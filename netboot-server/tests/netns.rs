@@ -642,11 +642,7 @@ fn http_serves_ranges_etags_host_layers_to_their_owner_and_the_boot_timeline() {
     );
     assert_eq!(escape, "403");
 
-    // What the image's reporter (overlays/base/.../lectern/report) posts.
-    let report = |state: &str, failed: &str| {
-        let body = format!(
-            r#"{{"host":"mixer1","role":"mixer","image":"sha256:abc","state":"{state}","failed":[{failed}],"restarts":{{"voctocore.service":2}},"boot_id":"b1"}}"#
-        );
+    let post_report = |body: &str| {
         let url = format!("{HTTP}/api/report");
         let json = "Content-Type: application/json";
         http(
@@ -659,16 +655,28 @@ fn http_serves_ranges_etags_host_layers_to_their_owner_and_the_boot_timeline() {
                 "-H",
                 json,
                 "-d",
-                &body,
+                body,
                 &url,
             ],
         )
+    };
+    // What the image's reporter (overlays/base/.../lectern/report) posts.
+    let report = |state: &str, failed: &str| {
+        let problems = failed.replace(".service\"", ".service failed\"");
+        post_report(&format!(
+            r#"{{"host":"mixer1","role":"mixer","image":"sha256:abc","state":"{state}","failed":[{failed}],"restarts":{{"voctocore.service":2}},"problems":[{problems}],"media":{{"frames":45,"mean_volume_db":-20.5}},"boot_id":"b1"}}"#
+        ))
     };
     assert_eq!(report("up", ""), "403", "only the host itself reports");
     lab.set_client_address("10.99.0.10/24");
     assert_eq!(report("up", ""), "204");
     assert_eq!(report("degraded", r#""voctocore.service""#), "204");
     assert_eq!(report("sideways", ""), "422");
+    let oversized = format!(
+        r#"{{"host":"mixer1","role":"mixer","image":"sha256:abc","state":"up","media":{{"log":"{}"}}}}"#,
+        "x".repeat(70_000)
+    );
+    assert_eq!(post_report(&oversized), "413", "reports are bounded");
     let hosts = http(&lab, &[&format!("{HTTP}/api/hosts")]);
     for field in [
         "\"kernel\":\"20",
@@ -680,6 +688,8 @@ fn http_serves_ranges_etags_host_layers_to_their_owner_and_the_boot_timeline() {
         "\"state\":\"degraded\"",
         "\"failed\":[\"voctocore.service\"]",
         "\"restarts\":{\"voctocore.service\":2}",
+        "\"problems\":[\"voctocore.service failed\"]",
+        "\"media\":{\"frames\":45,\"mean_volume_db\":-20.5}",
         "\"boot_id\":\"b1\"",
     ] {
         assert!(hosts.contains(field), "{field} missing from {hosts}");
