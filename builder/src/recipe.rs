@@ -360,6 +360,11 @@ variant = "apt"
             "{args}"
         );
         assert!(args.contains("\n-i\ntcp://10.99.0.64:15000\n"), "{args}");
+        // One argument per line and no empty one: ffmpeg would take "" for an output.
+        assert!(
+            args.ends_with("key=lectern-test-secret-7f3a9c\n") && !args.contains("\n\n"),
+            "{args:?}"
+        );
         assert!(matches!(
             encoder.get("etc/lectern/encoder.args"),
             Some(crate::tree::Entry::File { mode: 0o600, .. })
