@@ -3,10 +3,11 @@
 //! Two contexts, so that a change to one host never rebuilds a role image and secrets never reach one:
 //! - role-wide (config layer): `{ role, conference }`, from the plan's ordinary serialization, in which
 //!   secrets are `***`.
-//! - per host (host layer): `{ role, conference, ssh_authorized_keys, host, room, lan_hosts }`, from the
-//!   plan serialized with secrets revealed; `host` is the plan's host (`hostname`, `mac`, `ip`, `room`,
-//!   `config.<role>`…), `room` the plan's entry for its room (or null) and `lan_hosts` lists
-//!   `{hostname, fqdn, ip}` of every other host with a fixed address.
+//! - per host (host layer): `{ role, conference, network, ssh_authorized_keys, host, room, lan_hosts }`,
+//!   from the plan serialized with secrets revealed; `network` is the plan's video LAN (`domain`, `gateway`,
+//!   `dns`, `ntp`…), `host` the plan's host (`hostname`, `mac`, `ip`, `room`, `config.<role>`…), `room` the
+//!   plan's entry for its room (or null) and `lan_hosts` lists `{hostname, fqdn, ip}` of every other host
+//!   with a fixed address.
 
 use std::path::Path;
 
@@ -95,6 +96,7 @@ impl Plan {
                 let context = json!({
                     "role": role,
                     "conference": plan.get("conference").cloned().unwrap_or(Value::Null),
+                    "network": plan.get("network").cloned().unwrap_or(Value::Null),
                     "ssh_authorized_keys": keys,
                     "host": host,
                     "room": room_of(plan, host),
@@ -193,6 +195,8 @@ pub(crate) mod tests {
         assert_eq!(context["host"]["room"], "lameere");
         assert_eq!(context["room"]["sources"][1]["port"], 10001);
         assert_eq!(context["ssh_authorized_keys"].as_array().unwrap().len(), 1);
+        // The fixture gives no `ntp`: the plan's default, the gateway.
+        assert_eq!(context["network"]["ntp"], json!(["10.99.0.254"]));
         let peers: Vec<&str> = context["lan_hosts"]
             .as_array()
             .unwrap()

@@ -404,6 +404,107 @@ variant = "apt"
     }
 
     #[test]
+    fn hosts_keep_time_from_the_lan_in_the_venues_zone() {
+        let (recipes, mut redacted, mut revealed) = repo_recipes();
+        let chrony = "etc/chrony/conf.d/lectern.conf";
+        let mixer = host_tree(
+            &recipes,
+            &plan(&redacted, &revealed),
+            "mixer",
+            "lameere-mixer",
+        );
+        assert!(
+            file_text(&mixer, chrony).ends_with(").\nserver 10.99.0.254 iburst\n"),
+            "{}",
+            file_text(&mixer, chrony)
+        );
+        assert_eq!(file_text(&mixer, "etc/timezone"), "UTC\n");
+        for view in [&mut redacted, &mut revealed] {
+            view["network"]["ntp"] = serde_json::json!(["10.99.0.1", "10.99.0.2"]);
+            view["conference"]["timezone"] = "Europe/Brussels".into();
+        }
+        let source = host_tree(
+            &recipes,
+            &plan(&redacted, &revealed),
+            "source",
+            "lameere-source-1",
+        );
+        let servers = file_text(&source, chrony);
+        assert!(
+            servers.ends_with("\nserver 10.99.0.1 iburst\nserver 10.99.0.2 iburst\n"),
+            "{servers}"
+        );
+        assert_eq!(file_text(&source, "etc/timezone"), "Europe/Brussels\n");
+        assert!(
+            file_text(&source, "etc/tmpfiles.d/lectern-timezone.conf")
+                .ends_with("\nL+ /etc/localtime - - - - /usr/share/zoneinfo/Europe/Brussels\n")
+        );
+        // Debian's chrony.conf would also poll the internet pool, which a video LAN cannot reach.
+        let context = plan(&redacted, &revealed).role_context("source");
+        let config = recipes
+            .render("source", OverlayKind::Config, &context)
+            .unwrap();
+        let main = file_text(&config, "etc/chrony/chrony.conf");
+        assert!(
+            main.contains("\nconfdir /etc/chrony/conf.d\n") && !main.contains("\npool "),
+            "{main}"
+        );
+    }
+
+    #[test]
+    fn capture_delays_reach_the_ingest_env_and_script() {
+        let (recipes, mut redacted, mut revealed) = repo_recipes();
+        let env = "etc/lectern/ingest.env";
+        let before = file_text(
+            &host_tree(
+                &recipes,
+                &plan(&redacted, &revealed),
+                "source",
+                "lameere-source-2",
+            ),
+            env,
+        );
+        assert!(
+            before.contains("\nVIDEO_DELAY_MS=0\nAUDIO_DELAY_MS=0\n"),
+            "{before}"
+        );
+        edit_host([&mut redacted, &mut revealed], "lameere-source-2", |host| {
+            host["config"]["source"]["capture"]["video_delay_ms"] = 120.into();
+            host["config"]["source"]["capture"]["audio_delay_ms"] = 40.into();
+        });
+        let after = file_text(
+            &host_tree(
+                &recipes,
+                &plan(&redacted, &revealed),
+                "source",
+                "lameere-source-2",
+            ),
+            env,
+        );
+        assert!(
+            after.contains("\nVIDEO_DELAY_MS=120\nAUDIO_DELAY_MS=40\n"),
+            "{after}"
+        );
+        let context = plan(&redacted, &revealed).role_context("source");
+        let config = recipes
+            .render("source", OverlayKind::Config, &context)
+            .unwrap();
+        let script = file_text(&config, "usr/lib/lectern/ingest");
+        assert!(script.contains("--video-delay \"$((${VIDEO_DELAY_MS:-0} * 10))\""));
+        // The v4l2 pipeline names its sources as voctomix-ingest's own do, or the delays find nothing.
+        assert!(
+            script.contains("v4l2src name=videosrc ")
+                && script.matches("name=audiosrc ").count() == 2,
+            "{script}"
+        );
+        let check = std::process::Command::new("sh")
+            .args(["-n", "-c", &script])
+            .status()
+            .unwrap();
+        assert!(check.success());
+    }
+
+    #[test]
     fn contributions_are_listed_only_for_mixers_with_cloud_encoders() {
         let (recipes, mut redacted, mut revealed) = repo_recipes();
         let list = "etc/lectern/contributions";

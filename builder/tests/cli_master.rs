@@ -84,6 +84,25 @@ fn both_examples_check_and_no_output_shows_a_secret() {
 }
 
 #[test]
+fn a_mixer_recording_to_ram_is_a_warning_naming_it() {
+    let dir = examples();
+    let master = dir.path().join("master.toml");
+    let text_of = std::fs::read_to_string(&master).unwrap();
+    let line = text_of
+        .lines()
+        .position(|l| l == "hostname = \"lameere-mixer\"");
+    std::fs::write(&master, text_of.replace("record_disk = \"/dev/sdb\"\n", "")).unwrap();
+    let output = imgbuild(dir.path(), &["check"]);
+    let shown = text(&output);
+    assert!(output.status.success(), "{shown}");
+    let at = format!(
+        "warning: master.toml:{}:1: machines[lameere-mixer]: no `record_disk`: recordings go to RAM",
+        line.unwrap()
+    );
+    assert!(shown.contains(&at), "{shown}");
+}
+
+#[test]
 fn a_broken_master_file_fails_check_with_its_line() {
     let dir = examples();
     let master = dir.path().join("master.toml");

@@ -1,6 +1,6 @@
 //! Errors that a tired volunteer can act on: file, line, column, field, what is wrong, how to
 //! fix it, with the offending line quoted. All problems of a file are collected and reported
-//! together.
+//! together. Warnings have the same shape: a file that works, but not as one may expect.
 
 use std::fmt;
 use std::ops::Range;
@@ -17,6 +17,8 @@ pub struct Diagnostic {
     pub field: String,
     pub message: String,
     pub help: Option<String>,
+    /// A warning does not stop the file from being used.
+    pub warning: bool,
     /// The source line, quoted under the message, and the span to underline within it.
     snippet: Option<(String, Range<usize>)>,
 }
@@ -31,6 +33,7 @@ impl Diagnostic {
             field: String::new(),
             message: message.into(),
             help,
+            warning: false,
             snippet: None,
         }
     }
@@ -42,23 +45,29 @@ impl Diagnostic {
         self.snippet = None;
         self
     }
+
+    pub fn into_warning(mut self) -> Self {
+        self.warning = true;
+        self
+    }
 }
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let file = self.file.display();
+        let kind = if self.warning { "warning" } else { "error" };
         if self.line == 0 {
-            write!(f, "error: {file}: {}", self.message)?;
+            write!(f, "{kind}: {file}: {}", self.message)?;
         } else if self.field.is_empty() {
             write!(
                 f,
-                "error: {file}:{}:{}: {}",
+                "{kind}: {file}:{}:{}: {}",
                 self.line, self.column, self.message
             )?;
         } else {
             write!(
                 f,
-                "error: {file}:{}:{}: {}: {}",
+                "{kind}: {file}:{}:{}: {}: {}",
                 self.line, self.column, self.field, self.message
             )?;
         }
@@ -149,6 +158,7 @@ impl SourceFile<'_> {
             field: field.into(),
             message: message.into(),
             help,
+            warning: false,
             snippet: Some((
                 text.to_string(),
                 start - line_start..underline_end - line_start,
@@ -183,6 +193,11 @@ mod tests {
         assert_eq!(
             d.to_string(),
             "error: m.toml:2:7: mac: bad\n  |\n2 | mac = \"zz\"\n  |       ^^^^\n  help: write it right"
+        );
+        assert!(
+            d.into_warning()
+                .to_string()
+                .starts_with("warning: m.toml:2:7: mac: bad\n")
         );
     }
 

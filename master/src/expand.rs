@@ -15,6 +15,9 @@ use crate::plan::*;
 use crate::secrets::{Secret, Secrets};
 use crate::structure::Locator;
 
+/// Where tzdata keeps the zones, on the build host as on the hosts.
+const ZONEINFO: &str = "/usr/share/zoneinfo";
+
 /// The secrets file as far as it could be loaded; its problems are reported once, at the
 /// first reference that needs it.
 pub enum SecretsSource {
@@ -27,6 +30,7 @@ pub struct Expander<'l, 'a> {
     secrets: SecretsSource,
     secrets_path: &'l Path,
     problems: Diagnostics,
+    warnings: Diagnostics,
 }
 
 /// A host of any kind, seen through the fields every host has.
@@ -47,12 +51,18 @@ impl<'l, 'a> Expander<'l, 'a> {
             secrets,
             secrets_path,
             problems: Diagnostics::default(),
+            warnings: Diagnostics::default(),
         }
     }
 
     fn error(&mut self, path: &str, message: impl Into<String>, help: Option<String>) {
         let diagnostic = self.locator.error(path, message, help);
         self.problems.push(diagnostic);
+    }
+
+    fn warn(&mut self, path: &str, message: impl Into<String>, help: Option<String>) {
+        let diagnostic = self.locator.error(path, message, help).into_warning();
+        self.warnings.push(diagnostic);
     }
 
     fn secret(&mut self, reference: &str, path: &str) -> Option<Secret> {
@@ -82,6 +92,7 @@ impl<'l, 'a> Expander<'l, 'a> {
         }
         self.name("conference.slug", &m.conference.slug);
         self.name("conference.org", &m.conference.org);
+        self.timezone(&m.conference.timezone);
         let network = self.network(&m.network);
         let hosts = self.host_entries(m);
         self.identities(&hosts, network.as_ref().map(|(_, net)| *net), &m.network);
@@ -114,6 +125,7 @@ impl<'l, 'a> Expander<'l, 'a> {
                 ssh_authorized_keys: m.ssh.authorized_keys.clone(),
                 rooms,
                 hosts: plan_hosts,
+                warnings: self.warnings.finish().0,
             }),
             _ => Err(self.problems.finish()),
         }
@@ -136,6 +148,43 @@ impl<'l, 'a> Expander<'l, 'a> {
             );
         }
         ok
+    }
+
+    /// Hosts link /etc/localtime to `<zoneinfo>/<zone>`: a zone their tzdata lacks would leave them
+    /// on UTC. Checked against this machine's tzdata when it has one.
+    fn timezone(&mut self, zone: &str) {
+        let zoneinfo = Path::new(ZONEINFO);
+        let plain = |part: &str| {
+            !part.is_empty()
+                && !part.starts_with(['.', '-'])
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_+-".contains(c))
+        };
+        let looks_iana = zone == "UTC" || (zone.contains('/') && zone.split('/').all(plain));
+        let known = !zoneinfo.is_dir() || zoneinfo.join(zone).is_file();
+        if looks_iana && known {
+            return;
+        }
+        let area = zone.rsplit_once('/').map(|(area, _)| area);
+        let siblings: Vec<String> = (area.filter(|area| area.split('/').all(plain)))
+            .and_then(|area| Some((area, std::fs::read_dir(zoneinfo.join(area)).ok()?)))
+            .into_iter()
+            .flat_map(|(area, entries)| {
+                entries.filter_map(move |entry| {
+                    Some(format!("{area}/{}", entry.ok()?.file_name().to_str()?))
+                })
+            })
+            .collect();
+        let help = match did_you_mean(zone, siblings.iter().map(String::as_str)) {
+            Some(guess) => format!("did you mean \"{guess}\"?"),
+            None => "write an IANA zone like \"Europe/Brussels\", or \"UTC\" (`timedatectl list-timezones` lists them)".into(),
+        };
+        self.error(
+            "conference.timezone",
+            format!("\"{zone}\" is not a known time zone"),
+            Some(help),
+        );
     }
 
     fn network(&mut self, n: &Network) -> Option<(NetworkPlan, Ipv4Net)> {
@@ -711,7 +760,16 @@ impl<'l, 'a> Expander<'l, 'a> {
             };
             let config = match (h.role, room_index) {
                 (MachineRole::Netboot, _) => Some(RoleConfig::Netboot),
-                (MachineRole::Mixer, Some(r)) => Some(RoleConfig::Mixer(self.mixer(m, r, h))),
+                (MachineRole::Mixer, Some(r)) => {
+                    if h.record_disk.is_none() {
+                        self.warn(
+                            &path,
+                            "no `record_disk`: recordings go to RAM, beside the root file system",
+                            Some("set record_disk to the mixer's recording disk, e.g. \"/dev/disk/by-id/…\"; without one the recorder deletes the oldest segments to keep a quarter of the RAM free".into()),
+                        );
+                    }
+                    Some(RoleConfig::Mixer(self.mixer(m, r, h)))
+                }
                 (MachineRole::Source, Some(r)) => {
                     let room = &m.rooms[r];
                     let mixer = mixer_of

@@ -58,16 +58,18 @@ pub struct Conference {
     pub slug: String,
     /// Organisation slug (the veyepar client slug); first level of the recordings tree.
     pub org: String,
-    /// The conference's web site.
+    /// The conference's web site; `imgbuild plan` shows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-    /// The schedule (Pentabarf/frab XML), for review and cutting tools.
+    /// The schedule (Pentabarf/frab XML), for review and cutting tools; `imgbuild plan` shows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule_url: Option<String>,
-    /// IANA time zone of the venue, e.g. "Europe/Brussels".
+    /// IANA time zone of the venue, e.g. "Europe/Brussels": the hosts' local time (/etc/localtime),
+    /// which dates the recordings' day directories. It must exist in this machine's tzdata.
     #[serde(default = "default_timezone")]
     pub timezone: String,
-    /// IRC network of the rooms' channels, e.g. "libera".
+    /// IRC network of the rooms' channels, e.g. "libera"; `imgbuild plan` and the watch pages show it
+    /// beside them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub irc_network: Option<String>,
 }
@@ -119,7 +121,8 @@ pub struct Network {
     /// DNS servers handed to hosts.
     #[serde(default)]
     pub dns: Vec<Ipv4Addr>,
-    /// NTP servers handed to hosts; empty means the gateway.
+    /// NTP servers: netbootd hands them out (DHCP option 42) and the hosts' chrony uses only them.
+    /// Empty means the gateway.
     #[serde(default)]
     pub ntp: Vec<Ipv4Addr>,
     /// How netbootd answers DHCP on the LAN.
@@ -393,10 +396,11 @@ pub struct Room {
     pub slug: String,
     /// Display name, e.g. "UB2.252A (Lameere)".
     pub name: String,
-    /// e.g. "#fosdem-lameere".
+    /// The room's IRC channel, e.g. "#fosdem-lameere"; `imgbuild plan` and its watch page show
+    /// it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub irc_channel: Option<String>,
-    /// The room's schedule page.
+    /// The room's schedule page; `imgbuild plan` shows it and its watch page links it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// Video sources in order: the n-th (from 0) feeds the mixer on port 10000+n.
@@ -448,7 +452,9 @@ pub struct Machine {
     /// For a source: the capture device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capture: Option<Capture>,
-    /// For a mixer: the local disk recordings are written to.
+    /// For a mixer: the local disk recordings are written to, mounted on /srv/recordings. Without
+    /// one the mixer records into RAM, deleting the oldest segments to keep a quarter of it free,
+    /// and `imgbuild check` warns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record_disk: Option<String>,
     /// Extra kernel command line arguments netbootd boots this machine with, e.g.
@@ -468,10 +474,11 @@ pub struct Capture {
     /// ALSA device for audio, e.g. "hw:1,0"; none means no audio from this source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audio: Option<String>,
-    /// Video delay in milliseconds, to line up with audio.
+    /// Delays this source's video by this many milliseconds, to line up with its audio
+    /// (voctomix-ingest's `--video-delay`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub video_delay_ms: Option<u32>,
-    /// Audio delay in milliseconds.
+    /// Delays this source's audio by this many milliseconds (voctomix-ingest's `--audio-delay`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audio_delay_ms: Option<u32>,
 }
@@ -513,16 +520,20 @@ pub struct Deployment {
     /// For `local-vm`: the hypervisor's host name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
-    /// For `local-vm`: virtual CPUs (default 2).
+    /// For `local-vm`: virtual CPUs (default 2). Not used yet: lectern does not create the VM;
+    /// `imgbuild plan --json` shows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vcpus: Option<u32>,
-    /// For `local-vm`: memory in MiB (default 2048).
+    /// For `local-vm`: memory in MiB (default 2048). Not used yet: lectern does not create the VM;
+    /// `imgbuild plan --json` shows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u32>,
-    /// For `ec2`: e.g. "eu-west-1".
+    /// For `ec2`: the region, e.g. "eu-west-1". Not used yet: lectern does not launch instances;
+    /// `imgbuild plan --json` shows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
-    /// For `ec2`: e.g. "c6i.xlarge".
+    /// For `ec2`: the instance type, e.g. "c6i.xlarge". Not used yet: lectern does not launch
+    /// instances; `imgbuild plan --json` shows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_type: Option<String>,
     /// For netbooted hosts: extra kernel command line arguments, e.g. `["nomodeset"]`.

@@ -10,6 +10,7 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
+use crate::diagnostics::Diagnostic;
 pub use crate::mac::MacAddr;
 use crate::model::{Capture, Conference, DhcpMode, Encode, HwAccel, IngestKind, VideoMode, Where};
 use crate::secrets::Secret;
@@ -36,6 +37,9 @@ pub struct Plan {
     pub ssh_authorized_keys: Vec<String>,
     pub rooms: Vec<RoomPlan>,
     pub hosts: Vec<Host>,
+    /// What the master file allows but probably does not mean, for `imgbuild check` to show.
+    #[serde(skip)]
+    pub warnings: Vec<Diagnostic>,
 }
 
 impl Plan {

@@ -35,6 +35,17 @@ struct Case {
 
 const CASES: &[Case] = &[
     Case {
+        name: "a time zone without its area",
+        edits: &[("timezone = \"Europe/Brussels\"", "timezone = \"Brussels\"")],
+        expected: r#"error: master.toml:11:12: conference.timezone: "Brussels" is not a known time zone
+   |
+11 | timezone = "Brussels"
+   |            ^^^^^^^^^^
+  help: write an IANA zone like "Europe/Brussels", or "UTC" (`timedatectl list-timezones` lists them)
+
+1 error found"#,
+    },
+    Case {
         name: "a streaming backend with an ingest it does not take",
         edits: &[
             ("ingest = \"rtmp\"", "ingest = \"srt\""),
@@ -405,6 +416,24 @@ fn each_broken_file_gets_its_exact_message() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_misspelt_time_zone_is_checked_against_tzdata() {
+    if !Path::new("/usr/share/zoneinfo/Europe/Brussels").is_file() {
+        eprintln!("skipping: no tzdata here (apt-get install tzdata)");
+        return;
+    }
+    assert_eq!(
+        errors_of(&[("\"Europe/Brussels\"", "\"Europe/Brusels\"")]),
+        r#"error: master.toml:11:12: conference.timezone: "Europe/Brusels" is not a known time zone
+   |
+11 | timezone = "Europe/Brusels"
+   |            ^^^^^^^^^^^^^^^^
+  help: did you mean "Europe/Brussels"?
+
+1 error found"#
+    );
 }
 
 #[test]

@@ -124,6 +124,7 @@ mod tests {
             netmask: Ipv4Addr::new(255, 255, 255, 0),
             router: None,
             dns: vec![],
+            ntp: vec![],
             domain: None,
             lease_time: Duration::from_secs(3600),
         };

@@ -2,9 +2,14 @@
 //! their own host only, firmware files for UEFI HTTP boot, the boot reporter's endpoint, the
 //! boot timeline, metrics and health.
 
+use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
@@ -13,12 +18,18 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
 use crate::mac::MacAddr;
-use crate::metrics::{HTTP_RESPONSES, Metrics};
+use crate::metrics::{HTTP_CONNECTIONS_CUT, HTTP_RESPONSES, Metrics};
 use crate::policy::{BootPolicy, Host, SharedPolicy};
 use crate::safe_path;
 use crate::timeline::{Event, HostRecord, Report, Timeline};
@@ -129,12 +140,178 @@ pub fn router(state: Arc<HttpState>) -> axum::Router {
         .with_state(state)
 }
 
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: Arc<HttpState>,
-) -> std::io::Result<()> {
-    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).await
+/// What connections may hold: each holds a descriptor, so these bound what LAN peers can pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections at once; any more are closed as soon as they are accepted.
+    pub connections: usize,
+    /// A request's headers must have arrived this long after the connection opened or the
+    /// previous response ended: it also ends a kept-alive connection left waiting.
+    pub header_read_timeout: Duration,
+    /// A connection on which no byte has moved either way for this long is closed: a stalled
+    /// download or upload. One that keeps flowing, however slowly, never is.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connections: 512,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serves until accepting fails for good. hyper directly rather than `axum::serve`, which
+/// sets no timer (so no header timeout) and takes every connection offered.
+pub async fn serve(listener: TcpListener, state: Arc<HttpState>, limits: Limits) -> io::Result<()> {
+    let metrics = Arc::clone(&state.metrics);
+    let app = router(state);
+    let permits = Arc::new(Semaphore::new(limits.connections));
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            // Out of descriptors, say: give connections time to close rather than spin.
+            Err(error) => {
+                tracing::warn!(%error, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            metrics.inc(HTTP_CONNECTIONS_CUT, &[("reason", "over_cap")]);
+            continue;
+        };
+        let (app, http1, metrics) = (app.clone(), http1.clone(), Arc::clone(&metrics));
+        tokio::spawn(async move {
+            serve_connection(stream, peer, app, &http1, &metrics, limits.idle_timeout).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: axum::Router,
+    http1: &hyper::server::conn::http1::Builder,
+    metrics: &Metrics,
+    idle_timeout: Duration,
+) {
+    let opened = Instant::now();
+    let moved = Arc::new(AtomicU64::default());
+    let stream = Watched {
+        stream,
+        opened,
+        moved_at_ms: Arc::clone(&moved),
+    };
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        app.clone().oneshot(request)
+    });
+    let connection = http1.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    loop {
+        let idle_until =
+            opened + Duration::from_millis(moved.load(Ordering::Relaxed)) + idle_timeout;
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    if error.is_timeout() {
+                        metrics.inc(HTTP_CONNECTIONS_CUT, &[("reason", "header_timeout")]);
+                    }
+                    tracing::debug!(%peer, %error, "HTTP connection ended");
+                }
+                return;
+            }
+            () = tokio::time::sleep_until(idle_until) => {
+                let moved_at = opened + Duration::from_millis(moved.load(Ordering::Relaxed));
+                if moved_at.elapsed() >= idle_timeout {
+                    metrics.inc(HTTP_CONNECTIONS_CUT, &[("reason", "idle_timeout")]);
+                    tracing::debug!(%peer, "closed an idle HTTP connection");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A connection that notes when a byte last moved, for the idle timeout.
+struct Watched {
+    stream: TcpStream,
+    opened: Instant,
+    /// Milliseconds after `opened`.
+    moved_at_ms: Arc<AtomicU64>,
+}
+
+impl Watched {
+    fn moved(&self) {
+        let since = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.moved_at_ms.store(since, Ordering::Relaxed);
+    }
+
+    fn noting<T>(
+        &self,
+        poll: Poll<io::Result<T>>,
+        moved: impl Fn(&T) -> bool,
+    ) -> Poll<io::Result<T>> {
+        if let Poll::Ready(Ok(value)) = &poll
+            && moved(value)
+        {
+            self.moved();
+        }
+        poll
+    }
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.stream).poll_read(cx, buf);
+        let read = buf.filled().len() > before;
+        self.noting(poll, |()| read)
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.noting(poll, |written| *written > 0)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.noting(poll, |written| *written > 0)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 async fn count_responses(State(state): AppState, request: Request, next: Next) -> Response {
@@ -424,6 +601,7 @@ mod tests {
             netmask: Ipv4Addr::new(255, 255, 255, 0),
             router: None,
             dns: vec![],
+            ntp: vec![],
             domain: None,
             lease_time: Duration::from_secs(3600),
         };
@@ -459,5 +637,108 @@ mod tests {
             Some(serde_json::json!({ "frames": 45 })),
             "a refused report changes nothing"
         );
+    }
+    async fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut buffer = [0u8; 64];
+        matches!(
+            tokio::time::timeout(wait, stream.read(&mut buffer)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    /// A client whose small receive buffer makes the server wait on it.
+    async fn get(address: SocketAddr, path: &str) -> TcpStream {
+        use tokio::io::AsyncWriteExt;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(64 * 1024).unwrap();
+        let mut stream = socket.connect(address).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        stream
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_cap_or_idle_are_closed_while_slow_downloads_flow() {
+        use tokio::io::AsyncReadExt;
+        let firmware = tempfile::tempdir().unwrap();
+        let contents: Vec<u8> = (0..8 << 20).map(|index| (index % 251) as u8).collect();
+        std::fs::write(firmware.path().join("big.bin"), &contents).unwrap();
+        let network = Network {
+            netmask: Ipv4Addr::new(255, 255, 255, 0),
+            router: None,
+            dns: vec![],
+            domain: None,
+            ntp: vec![],
+            lease_time: Duration::from_secs(3600),
+        };
+        let state = Arc::new(HttpState {
+            policy: SharedPolicy::new(Arc::new(StaticPolicy::new(vec![], network))),
+            timeline: Arc::default(),
+            metrics: Arc::default(),
+            urls: Urls::new("http://127.0.0.1"),
+            firmware_root: firmware.path().into(),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let limits = Limits {
+            connections: 2,
+            header_read_timeout: Duration::from_millis(500),
+            idle_timeout: Duration::from_secs(1),
+        };
+        tokio::spawn(serve(listener, Arc::clone(&state), limits));
+        let cut = |reason| {
+            state
+                .metrics
+                .get(HTTP_CONNECTIONS_CUT, &[("reason", reason)])
+        };
+
+        let mut idle = [
+            TcpStream::connect(address).await.unwrap(),
+            TcpStream::connect(address).await.unwrap(),
+        ];
+        let mut over_cap = TcpStream::connect(address).await.unwrap();
+        assert!(closed_within(&mut over_cap, Duration::from_millis(300)).await);
+        assert_eq!(cut("over_cap"), 1);
+        for stream in &mut idle {
+            assert!(
+                closed_within(stream, Duration::from_secs(2)).await,
+                "no request headers: closed"
+            );
+        }
+        assert_eq!(cut("header_timeout"), 2);
+
+        let _stalled = get(address, "/firmware/big.bin").await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(cut("idle_timeout"), 1, "a download nobody reads is dropped");
+
+        // Slower than both timeouts in all, never idle for one.
+        let mut slow = get(address, "/firmware/big.bin").await;
+        let started = std::time::Instant::now();
+        let mut response = Vec::new();
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let read = slow.read(&mut buffer).await.unwrap();
+            if read == 0 {
+                break;
+            }
+            let before = response.len();
+            response.extend_from_slice(&buffer[..read]);
+            if before >> 20 != response.len() >> 20 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        assert!(started.elapsed() > limits.idle_timeout * 2);
+        let body = response
+            .windows(4)
+            .position(|window| window == b"\r\n\r\n")
+            .map(|end| &response[end + 4..]);
+        assert!(body == Some(&contents[..]), "the whole file arrived");
+        assert_eq!(cut("idle_timeout"), 1);
+
+        let mut health = get(address, "/healthz").await;
+        let mut answer = String::new();
+        health.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok\n"));
     }
 }

@@ -86,6 +86,9 @@ struct Args {
     /// DNS server, repeatable.
     #[arg(long)]
     dns: Vec<Ipv4Addr>,
+    /// NTP server, repeatable.
+    #[arg(long)]
+    ntp: Vec<Ipv4Addr>,
     #[arg(long)]
     domain: Option<String>,
     #[arg(long, default_value_t = 3600)]
@@ -166,6 +169,7 @@ fn configure(args: Args, state_dir: PathBuf, tftp_root: PathBuf) -> (ServerConfi
         netmask: args.netmask,
         router: args.router,
         dns: args.dns,
+        ntp: args.ntp,
         domain: args.domain,
         lease_time: Duration::from_secs(args.lease_secs),
     };

@@ -35,6 +35,14 @@ pub const HTTP_RESPONSES: Counter = Counter {
     name: "netbootd_http_responses_total",
     help: "HTTP responses, by route and status class.",
 };
+pub const HTTP_CONNECTIONS_CUT: Counter = Counter {
+    name: "netbootd_http_connections_cut_total",
+    help: "HTTP connections refused or closed by a limit, by reason.",
+};
+pub const TIMELINE_STRANGERS: Counter = Counter {
+    name: "netbootd_timeline_strangers_total",
+    help: "Events from MACs outside the policy, counted instead of recorded, by event.",
+};
 
 pub const RA_SENT: Counter = Counter {
     name: "netbootd_router_advertisements_total",

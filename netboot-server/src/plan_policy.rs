@@ -148,6 +148,7 @@ impl PlanPolicy {
             netmask: n.netmask,
             router: Some(n.gateway),
             dns: n.dns.clone(),
+            ntp: n.ntp.clone(),
             domain: Some(n.domain.clone()),
             lease_time: Duration::from_secs(n.dhcp.lease_secs.into()),
         };
@@ -303,6 +304,8 @@ mod tests {
             .unwrap();
 
         let policy = PlanPolicy::new(&plan, &store);
+        // No `ntp` in the example: the gateway keeps time.
+        assert_eq!(policy.network().ntp, [Ipv4Addr::new(10, 42, 0, 254)]);
         let mac: MacAddr = "52:54:00:42:01:11".parse().unwrap();
         let host = policy.host(mac).unwrap().clone();
         assert_eq!(host.ip, Some(Ipv4Addr::new(10, 42, 0, 11)));

@@ -30,6 +30,7 @@ pub struct Network {
     pub netmask: Ipv4Addr,
     pub router: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
+    pub ntp: Vec<Ipv4Addr>,
     pub domain: Option<String>,
     pub lease_time: Duration,
 }
@@ -390,6 +391,7 @@ mod tests {
             netmask: Ipv4Addr::new(255, 255, 255, 0),
             router: None,
             dns: vec![],
+            ntp: vec![],
             domain: None,
             lease_time: Duration::from_secs(3600),
         };

@@ -23,6 +23,53 @@ use crate::timeline::Timeline;
 /// Lease file name inside the state directory.
 pub const LEASE_FILE: &str = "dhcp-leases.json";
 
+/// A TFTP transfer or an HTTP download holds its socket and the file it serves.
+const DESCRIPTORS_PER_TRANSFER: u64 = 2;
+/// Listeners, DHCP and RA sockets, the lease file, the runtime's own.
+const DESCRIPTOR_MARGIN: u64 = 64;
+
+/// Descriptors the caps let clients make us hold, with room for our own.
+fn descriptors_needed(tftp: &tftp::Limits, http: &http::Limits) -> u64 {
+    let transfers = (tftp.total + http.connections) as u64;
+    transfers * DESCRIPTORS_PER_TRANSFER + DESCRIPTOR_MARGIN
+}
+
+/// The soft limit to set, if the current one is short of `needed`: as far as the hard limit.
+fn raised_soft_limit(soft: u64, hard: u64, needed: u64) -> Option<u64> {
+    (soft < needed && hard > soft).then_some(hard)
+}
+
+/// Past the descriptor limit, accepts and transfers fail for everyone, not just the peer
+/// holding them: make sure the caps bite first.
+fn ensure_descriptor_limit(needed: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot read the descriptor limit");
+        return;
+    }
+    if let Some(raised) = raised_soft_limit(limit.rlim_cur, limit.rlim_max, needed) {
+        let wanted = libc::rlimit {
+            rlim_cur: raised,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } == 0 {
+            limit.rlim_cur = raised;
+        }
+    }
+    if limit.rlim_cur < needed {
+        tracing::warn!(
+            limit = limit.rlim_cur,
+            needed,
+            "descriptor limit below what the TFTP and HTTP caps allow: raise LimitNOFILE"
+        );
+    }
+}
+
 /// What needs new sockets to change; a reload leaves it as it is.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -46,13 +93,15 @@ fn reservations(policy: &dyn BootPolicy) -> Vec<(MacAddr, Ipv4Addr)> {
         .collect()
 }
 
-/// Puts `policy` in force: its reservations go to the timeline and out of the pool.
+/// Puts `policy` in force: only its hosts get timeline records; its reservations go to the
+/// timeline and out of the pool.
 pub fn apply_policy(
     policy: Arc<dyn BootPolicy>,
     shared: &SharedPolicy,
     pool: Option<&Mutex<Pool>>,
     timeline: &Timeline,
 ) {
+    timeline.set_known(policy.hosts().iter().map(|host| host.mac));
     let reserved = reservations(&*policy);
     for (mac, ip) in &reserved {
         timeline.bind_address(*mac, *ip);
@@ -97,9 +146,11 @@ pub async fn run(
     config: ServerConfig,
     load: impl Fn() -> anyhow::Result<Arc<dyn BootPolicy>>,
 ) -> anyhow::Result<()> {
+    let (tftp_limits, http_limits) = (tftp::Limits::default(), http::Limits::default());
+    ensure_descriptor_limit(descriptors_needed(&tftp_limits, &http_limits));
     let initial = load().context("loading the boot policy")?;
-    let timeline = Arc::new(Timeline::default());
     let metrics = Arc::new(Metrics::default());
+    let timeline = Arc::new(Timeline::new(Arc::clone(&metrics)));
     let urls = Urls::new(format!("http://{}:{}", config.server_ip, config.http_port));
     let pool = match (config.pool, config.mode) {
         (Some((first, last)), Mode::Authoritative) => {
@@ -142,6 +193,7 @@ pub async fn run(
         root: config.tftp_root.clone(),
         timeline: Arc::clone(&timeline),
         metrics: Arc::clone(&metrics),
+        limits: tftp_limits,
     });
     let http_address = SocketAddr::from((config.server_ip, config.http_port));
     let http_listener = TcpListener::bind(http_address)
@@ -177,7 +229,7 @@ pub async fn run(
         tokio::select! {
             result = dhcp::serve(Arc::clone(&responder), &config.interface) => result.context("DHCP"),
             result = tftp_stopped => result.unwrap_or_else(|_| Err(anyhow!("TFTP thread died"))).context("TFTP"),
-            result = http::serve(http_listener, http_state) => result.context("HTTP"),
+            result = http::serve(http_listener, http_state, http_limits) => result.context("HTTP"),
             result = router_advertisements => result,
         }
     };
@@ -201,4 +253,26 @@ pub async fn run(
     }
     tracing::info!("stopping");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_descriptor_limit_covers_the_caps_and_is_raised_only_when_short() {
+        let needed = descriptors_needed(&tftp::Limits::default(), &http::Limits::default());
+        assert_eq!(needed, (256 + 512) * 2 + 64);
+        assert!(
+            needed <= 4096,
+            "systemd/netbootd.service sets LimitNOFILE=4096"
+        );
+        assert_eq!(raised_soft_limit(1024, 524_288, needed), Some(524_288));
+        assert_eq!(raised_soft_limit(4096, 524_288, needed), None);
+        assert_eq!(
+            raised_soft_limit(1024, 1024, needed),
+            None,
+            "nothing to raise to"
+        );
+    }
 }

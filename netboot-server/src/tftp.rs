@@ -6,8 +6,8 @@
 //! new requests from that port meanwhile. Here a client ERROR ends the transfer at once,
 //! retries are bounded, and the packet decoder is a plain function to fuzz.
 
-use std::collections::{HashSet, VecDeque};
-use std::net::SocketAddr;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,8 +31,96 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bytes read from the file at a time: tokio's file reads each cost a trip to the blocking
 /// pool, far more than sending one block.
 const READ_AHEAD: usize = 256 * 1024;
-/// Retransmissions of one window (or OACK) before a transfer is abandoned.
-const MAX_RETRIES: u32 = 5;
+
+/// What one client, or all of them, may hold: every transfer holds a socket, so these bound
+/// the descriptors a LAN peer can pin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest `timeout` option honoured (RFC 2349); a longer one is left out of the OACK and
+    /// our default retransmission timeout applies.
+    pub max_timeout: Duration,
+    /// Retransmissions of one window (or OACK) before a transfer is abandoned: a silent client
+    /// holds its transfer at most `(retries + 1) × max_timeout`.
+    pub retries: u32,
+    /// Transfers at once from one client address.
+    pub per_client: usize,
+    /// Transfers at once in all.
+    pub total: usize,
+}
+
+impl Default for Limits {
+    /// 5 s × 6 sends: a silent client is dropped within 30 s. Eight per address covers a
+    /// firmware's size probe beside its download with room for retries.
+    fn default() -> Self {
+        Limits {
+            max_timeout: Duration::from_secs(5),
+            retries: 5,
+            per_client: 8,
+            total: 256,
+        }
+    }
+}
+
+/// Transfers under way, by client transfer ID and by address.
+#[derive(Debug, Default)]
+struct Transfers {
+    ports: HashSet<SocketAddr>,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    Admitted,
+    /// The client resent its request while we answer it.
+    Duplicate,
+    /// Over a cap: the label says which.
+    Busy(&'static str),
+}
+
+impl Transfers {
+    fn admit(&mut self, client: SocketAddr, limits: &Limits) -> Admission {
+        if self.ports.contains(&client) {
+            return Admission::Duplicate;
+        }
+        if self.ports.len() >= limits.total {
+            return Admission::Busy("busy_total");
+        }
+        let from_client = self.per_ip.entry(client.ip()).or_default();
+        if *from_client >= limits.per_client {
+            return Admission::Busy("busy_client");
+        }
+        *from_client += 1;
+        self.ports.insert(client);
+        Admission::Admitted
+    }
+
+    fn release(&mut self, client: SocketAddr) {
+        if !self.ports.remove(&client) {
+            return;
+        }
+        if let Some(count) = self.per_ip.get_mut(&client.ip()) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_ip.remove(&client.ip());
+            }
+        }
+    }
+}
+
+/// An admitted transfer's place, given back however its task ends.
+struct Slot {
+    transfers: Arc<Mutex<Transfers>>,
+    client: SocketAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.transfers
+            .lock()
+            .expect("tftp lock")
+            .release(self.client);
+    }
+}
 
 const OP_RRQ: u16 = 1;
 const OP_WRQ: u16 = 2;
@@ -44,6 +132,7 @@ const OP_OACK: u16 = 6;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u16)]
 enum ErrorCode {
+    NotDefined = 0,
     FileNotFound = 1,
     AccessViolation = 2,
     IllegalOperation = 4,
@@ -154,12 +243,17 @@ pub struct Negotiated {
     pub oack: Option<Vec<u8>>,
 }
 
-/// Honours blksize, tsize, timeout and windowsize within bounds; anything else, or a value
-/// out of range, is left out of the OACK as RFC 2347 allows.
-pub fn negotiate(options: &[(String, String)], file_size: u64) -> Negotiated {
+/// Honours blksize, tsize, timeout (up to `max_timeout`) and windowsize within bounds;
+/// anything else, or a value out of range, is left out of the OACK as RFC 2347 allows
+/// (RFC 2349 lets a server only echo a timeout or refuse it, never lower it).
+pub fn negotiate(
+    options: &[(String, String)],
+    file_size: u64,
+    max_timeout: Duration,
+) -> Negotiated {
     let mut negotiated = Negotiated {
         blksize: DEFAULT_BLKSIZE,
-        timeout: DEFAULT_TIMEOUT,
+        timeout: DEFAULT_TIMEOUT.min(max_timeout),
         windowsize: 1,
         oack: None,
     };
@@ -176,7 +270,9 @@ pub fn negotiate(options: &[(String, String)], file_size: u64) -> Negotiated {
                 acknowledged.push(("blksize", negotiated.blksize.to_string()));
             }
             "tsize" => acknowledged.push(("tsize", file_size.to_string())),
-            "timeout" if (1..=255).contains(&number) => {
+            "timeout"
+                if (1..=255).contains(&number) && Duration::from_secs(number) <= max_timeout =>
+            {
                 negotiated.timeout = Duration::from_secs(number);
                 acknowledged.push(("timeout", number.to_string()));
             }
@@ -206,6 +302,7 @@ pub struct TftpServer {
     pub root: PathBuf,
     pub timeline: Arc<Timeline>,
     pub metrics: Arc<Metrics>,
+    pub limits: Limits,
 }
 
 impl TftpServer {
@@ -213,7 +310,7 @@ impl TftpServer {
     pub async fn serve(self: Arc<Self>, listener: UdpSocket) -> anyhow::Result<()> {
         let local_ip = listener.local_addr()?.ip();
         tracing::info!(address = %listener.local_addr()?, root = %self.root.display(), "TFTP listening");
-        let in_flight: Arc<Mutex<HashSet<SocketAddr>>> = Arc::default();
+        let transfers: Arc<Mutex<Transfers>> = Arc::default();
         let mut buffer = vec![0u8; 2048];
         loop {
             let (len, client) = listener
@@ -228,12 +325,30 @@ impl TftpServer {
                     continue;
                 }
             };
-            // A client that resends its RRQ while we answer it must not get two transfers.
-            if !in_flight.lock().expect("tftp lock").insert(client) {
-                continue;
+            let admission = transfers
+                .lock()
+                .expect("tftp lock")
+                .admit(client, &self.limits);
+            match admission {
+                Admission::Admitted => {}
+                // A client that resends its RRQ while we answer it must not get two transfers.
+                Admission::Duplicate => continue,
+                // From port 69 itself: a refusal must not cost a socket of its own.
+                Admission::Busy(label) => {
+                    tracing::debug!(%client, label, "TFTP request refused: busy");
+                    self.metrics.inc(TFTP_REQUESTS, &[("outcome", label)]);
+                    let busy = error_packet(ErrorCode::NotDefined, "busy");
+                    if let Err(error) = listener.send_to(&busy, client).await {
+                        tracing::debug!(%client, %error, "TFTP busy reply not sent");
+                    }
+                    continue;
+                }
             }
+            let slot = Slot {
+                transfers: Arc::clone(&transfers),
+                client,
+            };
             let server = Arc::clone(&self);
-            let in_flight = Arc::clone(&in_flight);
             tokio::spawn(async move {
                 if let Err(error) = server
                     .answer(packet, client, SocketAddr::new(local_ip, 0))
@@ -241,7 +356,7 @@ impl TftpServer {
                 {
                     tracing::warn!(%client, %error, "TFTP transfer failed");
                 }
-                in_flight.lock().expect("tftp lock").remove(&client);
+                drop(slot);
             });
         }
     }
@@ -315,7 +430,7 @@ impl TftpServer {
         };
         let file = File::open(&path).await?;
         let size = file.metadata().await?.len();
-        let negotiated = negotiate(&request.options, size);
+        let negotiated = negotiate(&request.options, size, self.limits.max_timeout);
         self.metrics.inc(TFTP_REQUESTS, &[("outcome", "accepted")]);
         if let SocketAddr::V4(v4) = client {
             self.timeline.record_from(
@@ -326,7 +441,7 @@ impl TftpServer {
             );
         }
         tracing::info!(%client, file = %request.filename, size, blksize = negotiated.blksize, windowsize = negotiated.windowsize, "TFTP transfer");
-        let outcome = send_file(&socket, file, &negotiated).await;
+        let outcome = send_file(&socket, file, &negotiated, self.limits.retries).await;
         let label = match &outcome {
             Ok(Ending::Complete) => "complete",
             Ok(Ending::ClientError) => "client_error",
@@ -441,9 +556,10 @@ async fn send_file(
     socket: &UdpSocket,
     file: File,
     negotiated: &Negotiated,
+    max_retries: u32,
 ) -> std::io::Result<Ending> {
     if let Some(oack) = &negotiated.oack {
-        if !send_option_ack(socket, oack, negotiated.timeout).await? {
+        if !send_option_ack(socket, oack, negotiated.timeout, max_retries).await? {
             return Ok(Ending::ClientError);
         }
     }
@@ -465,7 +581,7 @@ async fn send_file(
                 Heard::Error => return Ok(Ending::ClientError),
                 Heard::Nothing => {
                     retries += 1;
-                    if retries > MAX_RETRIES {
+                    if retries > max_retries {
                         return Ok(Ending::TimedOut);
                     }
                     break;
@@ -489,8 +605,9 @@ async fn send_option_ack(
     socket: &UdpSocket,
     oack: &[u8],
     timeout: Duration,
+    max_retries: u32,
 ) -> std::io::Result<bool> {
-    for _ in 0..=MAX_RETRIES {
+    for _ in 0..=max_retries {
         socket.send(oack).await?;
         loop {
             match listen(socket, timeout).await? {
@@ -565,6 +682,7 @@ mod tests {
                 ("foo", "1"),
             ]),
             70_000,
+            MAX,
         );
         assert_eq!((negotiated.blksize, negotiated.windowsize), (1468, 4));
         let mut expected = vec![0, 6];
@@ -578,20 +696,93 @@ mod tests {
                 ("timeout", "0"),
             ]),
             1,
+            MAX,
         );
         assert_eq!(
             (clamped.blksize, clamped.windowsize, clamped.timeout),
             (MAX_BLKSIZE, MAX_WINDOWSIZE, DEFAULT_TIMEOUT)
         );
         assert_eq!(
-            negotiate(&options(&[("blksize", "4"), ("bogus", "x")]), 1).oack,
+            negotiate(&options(&[("blksize", "4"), ("bogus", "x")]), 1, MAX).oack,
             None
         );
+    }
+
+    #[test]
+    fn echoes_a_timeout_within_the_limit_and_refuses_a_longer_one() {
+        let timeout = |value: &str| negotiate(&[("timeout".into(), value.into())], 1, MAX);
+        let honoured = timeout("5");
+        assert_eq!(honoured.timeout, Duration::from_secs(5));
+        assert_eq!(
+            honoured.oack,
+            Some([&[0, 6][..], b"timeout\x005\x00"].concat())
+        );
+        let refused = timeout("255");
+        assert_eq!((refused.timeout, refused.oack), (DEFAULT_TIMEOUT, None));
+    }
+
+    const MAX: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn caps_transfers_per_client_and_in_all_and_frees_them() {
+        let limits = Limits {
+            per_client: 2,
+            total: 3,
+            ..Limits::default()
+        };
+        let from = |ip: [u8; 4], port| SocketAddr::from((ip, port));
+        let mut transfers = Transfers::default();
+        let admit = |transfers: &mut Transfers, client| transfers.admit(client, &limits);
+        assert_eq!(
+            admit(&mut transfers, from([10, 0, 0, 1], 1)),
+            Admission::Admitted
+        );
+        assert_eq!(
+            admit(&mut transfers, from([10, 0, 0, 1], 1)),
+            Admission::Duplicate
+        );
+        assert_eq!(
+            admit(&mut transfers, from([10, 0, 0, 1], 2)),
+            Admission::Admitted
+        );
+        assert_eq!(
+            admit(&mut transfers, from([10, 0, 0, 1], 3)),
+            Admission::Busy("busy_client")
+        );
+        assert_eq!(
+            admit(&mut transfers, from([10, 0, 0, 2], 1)),
+            Admission::Admitted
+        );
+        assert_eq!(
+            admit(&mut transfers, from([10, 0, 0, 3], 1)),
+            Admission::Busy("busy_total")
+        );
+        transfers.release(from([10, 0, 0, 1], 1));
+        transfers.release(from([10, 0, 0, 1], 3));
+        assert_eq!(
+            admit(&mut transfers, from([10, 0, 0, 3], 1)),
+            Admission::Admitted
+        );
+        transfers.release(from([10, 0, 0, 2], 1));
+        assert!(!transfers.per_ip.contains_key(&IpAddr::from([10, 0, 0, 2])));
     }
 
     /// A server on loopback serving one file of `size` bytes, and a client socket.
     async fn server_and_client(
         size: usize,
+    ) -> (
+        Arc<TftpServer>,
+        tempfile::TempDir,
+        UdpSocket,
+        SocketAddr,
+        Vec<u8>,
+    ) {
+        server_with_limits(size, Limits::default()).await
+    }
+
+    async fn server_with_limits(
+        size: usize,
+        limits: Limits,
     ) -> (
         Arc<TftpServer>,
         tempfile::TempDir,
@@ -606,6 +797,7 @@ mod tests {
             root: root.path().into(),
             timeline: Arc::default(),
             metrics: Arc::default(),
+            limits,
         });
         let listener = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -718,6 +910,84 @@ mod tests {
             "transfer not ended by the client's ERROR: {}",
             server.metrics.render()
         );
+    }
+
+    /// A full transfer in lock step from `client`; the file's bytes.
+    async fn download(client: &UdpSocket, address: SocketAddr) -> Vec<u8> {
+        client
+            .send_to(&rrq(&["file.bin", "octet"]), address)
+            .await
+            .unwrap();
+        let mut received = Vec::new();
+        loop {
+            let (packet, transfer) = receive(client).await;
+            assert_eq!(&packet[..2], &[0, 3], "DATA, not {packet:?}");
+            received.extend_from_slice(&packet[4..]);
+            let block = u16::from_be_bytes([packet[2], packet[3]]);
+            client.send_to(&ack(block), transfer).await.unwrap();
+            if packet.len() - 4 < 512 {
+                return received;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn silent_clients_past_the_caps_are_told_busy_and_soon_dropped() {
+        let limits = Limits {
+            max_timeout: Duration::from_secs(1),
+            retries: 1,
+            per_client: 2,
+            total: 4,
+        };
+        let (server, _root, _client, address, contents) = server_with_limits(1500, limits).await;
+        // What the attacker sent: a long timeout, then silence.
+        let silent = |ip: [u8; 4]| async move {
+            let socket = UdpSocket::bind(SocketAddr::from((ip, 0))).await.unwrap();
+            socket
+                .send_to(&rrq(&["file.bin", "octet", "timeout", "255"]), address)
+                .await
+                .unwrap();
+            socket
+        };
+        let mut held = Vec::new();
+        for ip in [[127, 0, 0, 1], [127, 0, 0, 1], [127, 0, 0, 3]] {
+            let socket = silent(ip).await;
+            let (first, _) = receive(&socket).await;
+            assert_eq!(&first[..2], &[0, 3], "no OACK: the long timeout is refused");
+            held.push(socket);
+        }
+        let over_client = silent([127, 0, 0, 1]).await;
+        assert_eq!(receive(&over_client).await.0, b"\0\x05\0\0busy\0");
+        let last = silent([127, 0, 0, 4]).await;
+        assert_eq!(&receive(&last).await.0[..2], &[0, 3]);
+        held.push(last);
+        let normal = UdpSocket::bind("127.0.0.2:0").await.unwrap();
+        normal
+            .send_to(&rrq(&["file.bin", "octet"]), address)
+            .await
+            .unwrap();
+        assert_eq!(receive(&normal).await.0, b"\0\x05\0\0busy\0");
+        assert_eq!(
+            server
+                .metrics
+                .get(TFTP_REQUESTS, &[("outcome", "busy_client")]),
+            1
+        );
+        assert_eq!(
+            server
+                .metrics
+                .get(TFTP_REQUESTS, &[("outcome", "busy_total")]),
+            1
+        );
+        // Two sends a second apart, then the silent transfers are given up.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(
+            server
+                .metrics
+                .get(TFTP_TRANSFERS, &[("outcome", "timed_out")]),
+            4
+        );
+        assert_eq!(download(&normal, address).await, contents);
     }
 
     #[tokio::test]

@@ -1,15 +1,18 @@
 //! The boot timeline: what each host did last, as DHCP, TFTP, HTTP and the boot reporter saw
-//! it. Keyed by MAC; TFTP and HTTP only see addresses, which DHCP ties to MACs.
+//! it. Keyed by MAC; TFTP and HTTP only see addresses, which DHCP ties to MACs. Only the
+//! policy's hosts get a record: anyone on the LAN can send DHCP from fresh MACs, so strangers
+//! are counted, never stored.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use crate::mac::MacAddr;
+use crate::metrics::{Metrics, TIMELINE_STRANGERS};
 use crate::policy::ArtifactKind;
 
 /// Something a host did. A report is boxed: it is far bigger than the other events.
@@ -21,6 +24,19 @@ pub enum Event {
     Artifact(ArtifactKind),
     HostLayer,
     Report(Box<Report>),
+}
+
+impl Event {
+    fn label(&self) -> &'static str {
+        match self {
+            Event::Dhcp => "dhcp",
+            Event::Tftp { .. } => "tftp",
+            Event::IpxeScript => "ipxe_script",
+            Event::Artifact(_) => "artifact",
+            Event::HostLayer => "host_layer",
+            Event::Report(_) => "report",
+        }
+    }
 }
 
 /// How a host's role is doing, as its boot reporter sees it.
@@ -106,17 +122,58 @@ impl HostRecord {
 struct State {
     records: BTreeMap<MacAddr, HostRecord>,
     macs_by_ip: HashMap<Ipv4Addr, MacAddr>,
+    /// The policy's MACs; `None` until [`Timeline::set_known`] is first called, and then every
+    /// MAC is recorded.
+    known: Option<HashSet<MacAddr>>,
+}
+
+impl State {
+    fn knows(&self, mac: MacAddr) -> bool {
+        self.known.as_ref().is_none_or(|known| known.contains(&mac))
+    }
 }
 
 #[derive(Debug, Default)]
 pub struct Timeline {
     state: Mutex<State>,
+    metrics: Arc<Metrics>,
 }
 
 impl Timeline {
+    /// Strangers are counted in `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Timeline {
+            state: Mutex::default(),
+            metrics,
+        }
+    }
+
+    /// Only these MACs get records from now on; records of any other are dropped.
+    pub fn set_known(&self, macs: impl IntoIterator<Item = MacAddr>) {
+        let known: HashSet<MacAddr> = macs.into_iter().collect();
+        let mut state = self.state.lock().expect("timeline lock");
+        state.records.retain(|mac, _| known.contains(mac));
+        state.macs_by_ip.retain(|_, mac| known.contains(mac));
+        state.known = Some(known);
+    }
+
     /// `mac` now holds `ip` (a DHCP lease, reservation or a proxy client's own claim).
     pub fn bind_address(&self, mac: MacAddr, ip: Ipv4Addr) {
         let mut state = self.state.lock().expect("timeline lock");
+        if !state.knows(mac) {
+            // A host's old address now leased to a stranger no longer speaks for the host.
+            if state
+                .macs_by_ip
+                .get(&ip)
+                .is_some_and(|holder| *holder != mac)
+            {
+                state.macs_by_ip.remove(&ip);
+            }
+            drop(state);
+            self.metrics
+                .inc(TIMELINE_STRANGERS, &[("event", "address")]);
+            return;
+        }
         if let Some(old) = state.records.get(&mac).and_then(|record| record.ip) {
             state.macs_by_ip.remove(&old);
         }
@@ -160,6 +217,12 @@ impl Timeline {
     fn record_at(&self, mac: MacAddr, event: Event, when: SystemTime) {
         let stamp = Some(rfc3339(when));
         let mut state = self.state.lock().expect("timeline lock");
+        if !state.knows(mac) {
+            drop(state);
+            self.metrics
+                .inc(TIMELINE_STRANGERS, &[("event", event.label())]);
+            return;
+        }
         let record = state.records.entry(mac).or_default();
         match event {
             Event::Dhcp => record.dhcp = stamp,
@@ -167,12 +230,9 @@ impl Timeline {
                 record.tftp = stamp;
                 record.tftp_file = Some(file);
             }
-            Event::IpxeScript => {
-                // Fetching its script means the host is booting anew: the old boot's reports
-                // no longer hold.
-                record.ipxe_script = stamp;
-                record.forget_reports();
-            }
+            // Anyone may fetch any host's script, so it says nothing about the host's boot:
+            // only the host's own report (a new boot id) ends the old boot's state.
+            Event::IpxeScript => record.ipxe_script = stamp,
             Event::Artifact(ArtifactKind::Kernel) => record.kernel = stamp,
             Event::Artifact(ArtifactKind::Initrd) => record.initrd = stamp,
             Event::Artifact(ArtifactKind::Root) => record.root = stamp,
@@ -318,11 +378,15 @@ mod tests {
             "a new boot id is a new boot"
         );
         timeline.record_at(mac, Event::IpxeScript, at(500));
-        let rebooting = timeline.get(mac);
+        let fetched = timeline.get(mac);
         assert_eq!(
-            (rebooting.reported_up, rebooting.state),
-            (None, None),
-            "a script fetch starts a new boot"
+            (fetched.reported_up, fetched.state, fetched.ipxe_script),
+            (
+                Some(rfc3339(at(400))),
+                Some(ReportState::Up),
+                Some(rfc3339(at(500)))
+            ),
+            "anyone may fetch a script: that changes no host's state"
         );
     }
 
@@ -380,7 +444,7 @@ mod tests {
         assert_eq!((record.problems.len(), record.media), (0, None));
 
         timeline.record_at(mac, media(45), at(190));
-        timeline.record_at(mac, Event::IpxeScript, at(500));
+        timeline.record_at(mac, report(ReportState::Up, "boot-b", &[]), at(500));
         let rebooting = timeline.get(mac);
         assert_eq!(
             (rebooting.problems.len(), rebooting.media),
@@ -407,5 +471,40 @@ mod tests {
             Some("undionly.kpxe")
         );
         assert!(!timeline.record_from(Ipv4Addr::new(10, 0, 0, 7), Event::Dhcp));
+    }
+
+    #[test]
+    fn strangers_are_counted_not_stored() {
+        let metrics = Arc::new(Metrics::default());
+        let timeline = Timeline::new(Arc::clone(&metrics));
+        let (host, leased) = (MacAddr([2, 0, 0, 0, 0, 1]), Ipv4Addr::new(10, 0, 0, 5));
+        timeline.bind_address(host, leased);
+        timeline.set_known([host]);
+        assert_eq!(timeline.mac_of(leased), Some(host), "known leases survive");
+        for last in 0..=255u8 {
+            let stranger = MacAddr([2, 0, 0, 0, 1, last]);
+            timeline.bind_address(stranger, Ipv4Addr::new(10, 0, 1, last));
+            timeline.record(stranger, Event::Dhcp);
+        }
+        let state = timeline.state.lock().unwrap();
+        assert_eq!(
+            (state.records.len(), state.macs_by_ip.len()),
+            (1, 1),
+            "only the policy's host is stored"
+        );
+        drop(state);
+        assert_eq!(metrics.get(TIMELINE_STRANGERS, &[("event", "dhcp")]), 256);
+        timeline.bind_address(MacAddr([2, 0, 0, 0, 2, 0]), leased);
+        assert_eq!(
+            timeline.mac_of(leased),
+            None,
+            "the host's old address went to a stranger"
+        );
+        timeline.set_known([]);
+        assert_eq!(
+            timeline.get(host),
+            HostRecord::default(),
+            "dropped with the host"
+        );
     }
 }

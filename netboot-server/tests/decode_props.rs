@@ -25,6 +25,7 @@ fn responder(mode: Mode) -> Responder {
         netmask: Ipv4Addr::new(255, 255, 255, 0),
         router: None,
         dns: vec![],
+        ntp: vec![],
         domain: None,
         lease_time: Duration::from_secs(60),
     };
@@ -122,7 +123,9 @@ proptest! {
         size in any::<u64>(),
     ) {
         let options: Vec<(String, String)> = options.into_iter().map(|(name, value)| (name.to_ascii_lowercase(), value)).collect();
-        let negotiated = tftp::negotiate(&options, size);
+        let max_timeout = tftp::Limits::default().max_timeout;
+        let negotiated = tftp::negotiate(&options, size, max_timeout);
+        prop_assert!(negotiated.timeout <= max_timeout);
         prop_assert!((8..=65_464).contains(&negotiated.blksize) || negotiated.blksize == 512);
         prop_assert!((1..=64).contains(&negotiated.windowsize));
     }

@@ -6,10 +6,13 @@ use std::process::ExitCode;
 
 use lectern_master::plan::{Plan, RoleConfig};
 
-/// Validates the master file; prints every problem, or a one-line summary.
+/// Validates the master file; prints every problem, or its warnings and a one-line summary.
 pub fn check(config: &Path) -> ExitCode {
     match lectern_master::load(config) {
         Ok(plan) => {
+            for warning in &plan.warnings {
+                eprintln!("{warning}\n");
+            }
             println!(
                 "{}: ok ({} rooms, {} hosts, {} netbooted)",
                 config.display(),
@@ -61,7 +64,7 @@ pub fn schema(markdown: bool) -> ExitCode {
 
 fn table(plan: &Plan) -> String {
     let header = ["HOST", "ROLE", "ROOM", "WHERE", "MAC", "IP", "WIRING"];
-    let rows: Vec<[String; 7]> = plan
+    let hosts: Vec<[String; 7]> = plan
         .hosts
         .iter()
         .map(|h| {
@@ -80,29 +83,33 @@ fn table(plan: &Plan) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
+    let mut out = columns(header, &hosts);
+    let c = &plan.conference;
+    let _ = write!(out, "\n{}", c.name);
+    for (label, value) in [("web", &c.url), ("schedule", &c.schedule_url)] {
+        if let Some(value) = value {
+            let _ = write!(out, ", {label} {value}");
         }
     }
-    let mut out = String::new();
-    let mut line = |cells: Vec<&str>| {
-        let mut text = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                text.push_str(cell);
-            } else {
-                let _ = write!(text, "{cell:<width$}  ", width = widths[i]);
-            }
-        }
-        out.push_str(text.trim_end());
-        out.push('\n');
-    };
-    line(header.to_vec());
-    for row in &rows {
-        line(row.iter().map(String::as_str).collect());
-    }
+    out.push_str("\n\n");
+    let rooms: Vec<[String; 4]> = plan
+        .rooms
+        .iter()
+        .map(|r| {
+            let irc = match (&r.irc_channel, &c.irc_network) {
+                (Some(channel), Some(network)) => format!("{channel} on {network}"),
+                (Some(channel), None) => channel.clone(),
+                (None, _) => "-".into(),
+            };
+            [
+                r.slug.clone(),
+                r.name.clone(),
+                irc,
+                r.url.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    out.push_str(&columns(["ROOM", "NAME", "IRC", "SCHEDULE"], &rooms));
     let _ = writeln!(
         out,
         "\n{} rooms, {} hosts ({} netbooted from {}, DHCP {:?} on {})",
@@ -113,6 +120,31 @@ fn table(plan: &Plan) -> String {
         plan.network.dhcp.mode,
         plan.network.dhcp.interface,
     );
+    out
+}
+
+/// Left-aligned columns, the last one unpadded.
+fn columns<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header = header.map(str::to_owned);
+    for cells in std::iter::once(&header).chain(rows) {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == N {
+                text.push_str(cell);
+            } else {
+                let _ = write!(text, "{cell:<width$}  ", width = widths[i]);
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    }
     out
 }
 
@@ -197,5 +229,16 @@ mod tests {
         );
         assert!(text.contains("tcp://10.42.0.20:15000 -> rtmp://stream-backend.video.example.org/stream/cornil?key=*** + rtmp://stream-backend.video.example.org/stream/cornil_480p?key=***"), "{text}");
         assert!(!text.contains("example-key"), "{text}");
+        assert!(
+            text.contains("\nFOSDEM 2027, web https://fosdem.org/2027/, schedule https://fosdem.org/2027/schedule/xml\n"),
+            "{text}"
+        );
+        let lameere = text.lines().find(|l| l.starts_with("lameere ")).unwrap();
+        assert!(
+            lameere.contains("UB2.252A (Lameere)")
+                && lameere.contains("#fosdem-lameere on libera")
+                && lameere.ends_with("https://fosdem.org/2027/schedule/room/ub2252a/"),
+            "{text}"
+        );
     }
 }

@@ -266,6 +266,9 @@ impl Responder {
         if !network.dns.is_empty() {
             opts.insert(DhcpOption::DomainNameServer(network.dns.clone()));
         }
+        if !network.ntp.is_empty() {
+            opts.insert(DhcpOption::NtpServers(network.ntp.clone()));
+        }
         if let Some(domain) = &network.domain {
             opts.insert(DhcpOption::DomainName(domain.clone()));
         }
@@ -414,6 +417,7 @@ mod tests {
             netmask: Ipv4Addr::new(255, 255, 255, 0),
             router: Some(SERVER),
             dns: vec![Ipv4Addr::new(10, 99, 0, 53)],
+            ntp: vec![SERVER],
             domain: Some("video.lan".into()),
             lease_time: Duration::from_secs(3600),
         };
@@ -486,6 +490,10 @@ mod tests {
         assert_eq!(
             option(&offer, OptionCode::Router),
             Some(&DhcpOption::Router(vec![SERVER]))
+        );
+        assert_eq!(
+            option(&offer, OptionCode::NtpServers),
+            Some(&DhcpOption::NtpServers(vec![SERVER]))
         );
         assert_eq!(
             option(&offer, OptionCode::ServerIdentifier),
