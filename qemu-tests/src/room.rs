@@ -179,20 +179,17 @@ impl RoomLab {
         self.power_on(hostname, firmware)
     }
 
-    /// Switches on every netbooted host of room `slug` and the streaming backend(s), on BIOS.
-    pub fn power_on_room(&mut self, slug: &str) -> Result<()> {
+    /// The netbooted hosts of room `slug` and the streaming backend(s), the mixer first.
+    pub fn room_hosts(&self, slug: &str) -> Result<Vec<String>> {
         ensure!(
             self.plan.room(slug).is_some(),
             "there is no room {slug:?} in the master file"
         );
-        let hosts: Vec<String> = (self.plan.netbooted())
+        let mut hosts: Vec<&lectern_master::Host> = (self.plan.netbooted())
             .filter(|h| h.room.as_deref() == Some(slug) || h.role == Role::StreamingBackend)
-            .map(|h| h.hostname.clone())
             .collect();
-        for hostname in hosts {
-            self.power_on(&hostname, Firmware::Bios)?;
-        }
-        Ok(())
+        hosts.sort_by_key(|h| h.role != Role::Mixer);
+        Ok(hosts.into_iter().map(|h| h.hostname.clone()).collect())
     }
 
     /// What a viewer gets from room `slug`: each rendition as ffprobe sees it and the main one decoded.

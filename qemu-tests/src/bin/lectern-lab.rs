@@ -5,8 +5,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Parser;
+use lectern_qemu_tests::Firmware;
 use lectern_qemu_tests::room::RoomLab;
 
 #[derive(Parser)]
@@ -25,28 +26,39 @@ struct Args {
     keep: bool,
 }
 
+/// Switches the room on, the mixer first (under emulation its start needs the CPU the others would take),
+/// and waits for every host to be up and the room's main rendition on the backend; returns the room's HLS.
+fn boot(room: &mut RoomLab, slug: &str) -> Result<String> {
+    let every = Some(Duration::from_secs(10));
+    let hosts = room.room_hosts(slug)?;
+    let (mixer, others) = hosts.split_first().context("the room has no hosts")?;
+    room.power_on(mixer, Firmware::Bios)?;
+    room.wait_for("the mixer up", Duration::from_secs(600), every, |r| {
+        Ok(r.all_up())
+    })?;
+    for hostname in others {
+        room.power_on(hostname, Firmware::Bios)?;
+    }
+    room.wait_for("every host up", Duration::from_secs(1200), every, |r| {
+        Ok(r.all_up())
+    })?;
+    let hls = room.backend_hls(slug)?;
+    let main = hls.replace(&format!("{slug}.m3u8"), &format!("{slug}/index.m3u8"));
+    room.wait_for(
+        "the room's stream on the backend",
+        Duration::from_secs(300),
+        None,
+        |r| Ok(r.curl(&main).is_some()),
+    )?;
+    Ok(hls)
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let plan = lectern_master::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut room = RoomLab::new(&args.config, &plan.netboot.store)?;
     room.serve(&args.netbootd)?;
-    room.power_on_room(&args.room)?;
-    let outcome = (|| {
-        room.wait_for(
-            "every host up",
-            Duration::from_secs(1200),
-            Some(Duration::from_secs(10)),
-            |r| Ok(r.all_up()),
-        )?;
-        let hls = room.backend_hls(&args.room)?;
-        room.wait_for(
-            "the room's stream on the backend",
-            Duration::from_secs(300),
-            None,
-            |r| Ok(r.curl(&hls).is_some()),
-        )?;
-        Ok::<_, anyhow::Error>(hls)
-    })();
+    let outcome = boot(&mut room, &args.room);
     print!("{}", room.table());
     let hls = match outcome {
         Ok(hls) => hls,
