@@ -63,14 +63,17 @@ fn a_room_streams_from_power_on_to_the_browser() {
 
 fn run(room: &mut RoomLab) -> Result<()> {
     // The mixer first: its start (voctocore scanning GStreamer's plugins on a diskless boot) is the
-    // slowest, and under emulation it needs the CPU the others would take; they come up in its wake and
-    // reconnect by themselves as they would at the venue.
+    // slowest, and under emulation it needs the CPU the others would take. Once its role runs (it reports,
+    // degraded until sources feed it) the others boot and connect to it.
     let every = Some(Duration::from_secs(30));
     let (mixer, others) = GUESTS.split_first().context("no guests")?;
     room.power_on(mixer.0, mixer.1)?;
-    room.wait_for("the mixer up", Duration::from_secs(600), every, |r| {
-        Ok(r.all_up())
-    })?;
+    room.wait_for(
+        "the mixer reporting",
+        Duration::from_secs(600),
+        every,
+        |r| Ok(r.record(mixer.0)["state"].is_string()),
+    )?;
     for &(hostname, firmware) in others {
         room.power_on(hostname, firmware)?;
     }
