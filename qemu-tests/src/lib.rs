@@ -155,6 +155,19 @@ impl Lab {
         Some(ticks / per_second)
     }
 
+    /// Lowers the CPU priority of what [`Lab::spawn`] started as `index` to `nice` (0 to 19).
+    pub fn deprioritize(&self, index: usize, nice: i32) -> Result<()> {
+        let pid = self.children[index].id();
+        // SAFETY: setpriority only changes the scheduling priority of our own child.
+        let done = unsafe { libc::setpriority(libc::PRIO_PROCESS, pid, nice) };
+        ensure!(
+            done == 0,
+            "setpriority {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+        Ok(())
+    }
+
     /// Kills what [`Lab::spawn`] started as `index` (a guest: its power cord pulled).
     pub fn stop(&mut self, index: usize) -> Result<()> {
         let child = &mut self.children[index];

@@ -161,6 +161,11 @@ impl RoomLab {
             cpu_at_up: Cell::new(None),
         };
         let running = self.lab.pxe_boot(&guest.mac, firmware)?;
+        // Under emulation the mixer is the room's bottleneck (it mixes, records and is probed): the others,
+        // lighter and able to catch up, yield the CPU to it.
+        if guest.role != Role::Mixer {
+            self.lab.deprioritize(running.1, 5)?;
+        }
         self.guests.retain(|g| g.hostname != hostname);
         self.guests.push(Guest {
             running: Some(running),
