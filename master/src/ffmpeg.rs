@@ -165,7 +165,8 @@ mod tests {
         Rendition {
             name: name.into(),
             stream: stream.into(),
-            width: height * 16 / 9,
+            // 16:9, rounded to an even width as the plan does.
+            width: (height * 16 / 9).div_ceil(2) * 2,
             height,
             video_kbps: kbps,
             maxrate_kbps: kbps * 2,
@@ -207,7 +208,7 @@ mod tests {
         assert_eq!(
             shown,
             "-hide_banner -nostdin -loglevel warning -progress /run/lectern-encoder/progress -stats_period 5 \
-             -i tcp://10.0.0.1:15000 -filter_complex [0:v]split=2[s0][s1];[s0]null[v0];[s1]scale=853:480[v1] \
+             -i tcp://10.0.0.1:15000 -filter_complex [0:v]split=2[s0][s1];[s0]null[v0];[s1]scale=854:480[v1] \
              -map [v0] -map 0:a:0 -c:v libx264 -preset veryfast -tune zerolatency -pix_fmt yuv420p -sc_threshold 0 \
              -b:v 2000k -maxrate 4000k -bufsize 8000k -g 50 -c:a aac -b:a 128k -ar 48000 -ac 2 -f flv \
              rtmp://ingest/stream/lameere?key=*** \
@@ -236,7 +237,7 @@ mod tests {
         );
         assert!(
             shown.contains(
-                "[0:v]format=nv12,hwupload,split=2[s0][s1];[s0]null[v0];[s1]scale_vaapi=w=853:h=480[v1]"
+                "[0:v]format=nv12,hwupload,split=2[s0][s1];[s0]null[v0];[s1]scale_vaapi=w=854:h=480[v1]"
             ),
             "{shown}"
         );
