@@ -205,18 +205,18 @@ impl RoomLab {
             "HLS: {hls}
 "
         );
-        for rendition in &room.renditions {
-            let url = hls.replace(
-                &format!("{slug}.m3u8"),
-                &format!("{}/index.m3u8", rendition.stream),
-            );
-            let streams: Vec<String> = (self.lab.probe_streams(&url)?.iter())
-                .map(|(kind, codec, w, h, rate)| match kind.as_str() {
-                    "video" => format!("{codec} {w}x{h}"),
-                    _ => format!("{codec} {rate} Hz"),
-                })
-                .collect();
-            let _ = writeln!(out, "  {:<6} {url}: {}", rendition.name, streams.join(", "));
+        for (rendition, url) in room.renditions.iter().zip(self.rendition_urls(slug)?) {
+            let streams = match self.lab.probe_streams(&url) {
+                Ok(streams) => (streams.iter())
+                    .map(|(kind, codec, w, h, rate)| match kind.as_str() {
+                        "video" => format!("{codec} {w}x{h}"),
+                        _ => format!("{codec} {rate} Hz"),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                Err(error) => format!("{error:#}"),
+            };
+            let _ = writeln!(out, "  {:<6} {url}: {streams}", rendition.name);
         }
         let main = hls.replace(&format!("{slug}.m3u8"), &format!("{slug}/index.m3u8"));
         let check = self.lab.media_check(&main, 6)?;
@@ -232,6 +232,23 @@ impl RoomLab {
             check.problem().unwrap_or_else(|| "the room's mix".into())
         );
         Ok(out)
+    }
+
+    /// Each rendition's playlist of room `slug` on the backend, the main one first.
+    pub fn rendition_urls(&self, slug: &str) -> Result<Vec<String>> {
+        let hls = self.backend_hls(slug)?;
+        let room = self.plan.room(slug).context("no such room")?;
+        Ok((room.renditions.iter())
+            .map(|r| hls.replace(&format!("{slug}.m3u8"), &format!("{}/index.m3u8", r.stream)))
+            .collect())
+    }
+
+    /// Whether the backend serves every rendition of room `slug` (the encoder pushed its first segments).
+    pub fn streaming(&self, slug: &str) -> Result<bool> {
+        Ok(self
+            .rendition_urls(slug)?
+            .iter()
+            .all(|url| self.curl(url).is_some()))
     }
 
     /// Room `slug`'s HLS playlist on this LAN's streaming backend: the path of `hls_url` at the backend's

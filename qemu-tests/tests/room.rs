@@ -116,9 +116,12 @@ fn run(room: &mut RoomLab) -> Result<()> {
     // The backend has a rendition's playlist once the encoder has pushed its first segments (the room's
     // playlist of renditions is there as soon as the backend is).
     let main = hls.replace(&format!("{ROOM}.m3u8"), &format!("{ROOM}/index.m3u8"));
-    room.wait_for("first HLS segment", Duration::from_secs(300), None, |r| {
-        Ok(r.curl(&main).is_some())
-    })?;
+    room.wait_for(
+        "first HLS segment of every rendition",
+        Duration::from_secs(300),
+        None,
+        |r| r.streaming(ROOM),
+    )?;
     let first_segment = room.elapsed();
     eprintln!("first HLS playlist on the backend {first_segment:.0} s after netbootd started");
 

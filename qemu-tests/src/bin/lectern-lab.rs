@@ -57,12 +57,11 @@ fn boot(room: &mut RoomLab, slug: &str) -> Result<String> {
         },
     )?;
     let hls = room.backend_hls(slug)?;
-    let main = hls.replace(&format!("{slug}.m3u8"), &format!("{slug}/index.m3u8"));
     room.wait_for(
-        "the room's stream on the backend",
+        "the room's stream on the backend (every rendition)",
         Duration::from_secs(300),
         None,
-        |r| Ok(r.curl(&main).is_some()),
+        |r| r.streaming(slug),
     )?;
     Ok(hls)
 }
