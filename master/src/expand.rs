@@ -114,6 +114,8 @@ impl<'l, 'a> Expander<'l, 'a> {
         }
         match (network, netboot, self.problems.is_empty()) {
             (Some((network, _)), Some(netboot), true) => Ok(Plan {
+                secrets_file: std::path::absolute(self.secrets_path)
+                    .unwrap_or_else(|_| self.secrets_path.to_path_buf()),
                 conference: m.conference.clone(),
                 streaming: StreamingPlan {
                     ingest: m.streaming.ingest,

@@ -37,6 +37,9 @@ pub struct Plan {
     pub ssh_authorized_keys: Vec<String>,
     pub rooms: Vec<RoomPlan>,
     pub hosts: Vec<Host>,
+    /// The secrets file the master file names (its values are in the plan's secrets).
+    #[serde(skip)]
+    pub secrets_file: std::path::PathBuf,
     /// What the master file allows but probably does not mean, for `imgbuild check` to show.
     #[serde(skip)]
     pub warnings: Vec<Diagnostic>,

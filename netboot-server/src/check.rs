@@ -3,9 +3,9 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
-use crate::http::Urls;
 use crate::policy::{BIOS_IPXE, BootPolicy, EFI_X64_IPXE};
 use crate::server::ServerConfig;
+use crate::urls::Urls;
 
 fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, netmask: Ipv4Addr) -> bool {
     u32::from(a) & u32::from(netmask) == u32::from(b) & u32::from(netmask)

@@ -33,25 +33,10 @@ use crate::metrics::{HTTP_CONNECTIONS_CUT, HTTP_RESPONSES, Metrics};
 use crate::policy::{BootPolicy, Host, SharedPolicy};
 use crate::safe_path;
 use crate::timeline::{Event, HostRecord, Report, Timeline};
-
-const ROUTE_SCRIPT: &str = "/ipxe/{mac}";
-const ROUTE_ARTIFACT: &str = "/a/{hash}";
-const ROUTE_HOST_LAYER: &str = "/host/{mac}/layer";
-const ROUTE_FIRMWARE: &str = "/firmware/{file}";
-const ROUTE_REPORT: &str = "/api/report";
-const ROUTE_HOSTS: &str = "/api/hosts";
-const ROUTE_METRICS: &str = "/metrics";
-const ROUTE_HEALTH: &str = "/healthz";
-const ROUTES: [&str; 8] = [
-    ROUTE_SCRIPT,
-    ROUTE_ARTIFACT,
-    ROUTE_HOST_LAYER,
-    ROUTE_FIRMWARE,
-    ROUTE_REPORT,
-    ROUTE_HOSTS,
-    ROUTE_METRICS,
-    ROUTE_HEALTH,
-];
+use crate::urls::{
+    ROUTE_ARTIFACT, ROUTE_FIRMWARE, ROUTE_HEALTH, ROUTE_HOST_LAYER, ROUTE_HOSTS, ROUTE_METRICS,
+    ROUTE_REPORT, ROUTE_SCRIPT, ROUTES, Urls,
+};
 
 /// Artifacts never change under their hash: cache them for a year.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -63,50 +48,6 @@ const PRIVATE: &str = "no-store";
 /// A boot report is a few hundred bytes; axum's default (2 MiB) would let every host on the
 /// LAN make us parse and keep megabytes of `media` per report.
 const REPORT_MAX_BYTES: usize = 64 * 1024;
-
-/// Builds the URLs this server answers, from its base (`http://10.99.0.1:8080`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Urls {
-    base: String,
-}
-
-impl Urls {
-    pub fn new(base: impl Into<String>) -> Self {
-        Urls {
-            base: base.into().trim_end_matches('/').to_owned(),
-        }
-    }
-
-    pub fn base(&self) -> &str {
-        &self.base
-    }
-
-    fn route(&self, route: &str, parameter: &str) -> String {
-        let path = route
-            .split_once('{')
-            .map_or(route.to_owned(), |(before, after)| {
-                let rest = after.split_once('}').map_or("", |(_, rest)| rest);
-                format!("{before}{parameter}{rest}")
-            });
-        format!("{}{path}", self.base)
-    }
-
-    pub fn ipxe_script(&self, mac: MacAddr) -> String {
-        self.route(ROUTE_SCRIPT, &mac.to_string())
-    }
-
-    pub fn artifact(&self, hash: &str) -> String {
-        self.route(ROUTE_ARTIFACT, hash)
-    }
-
-    pub fn host_layer(&self, mac: MacAddr) -> String {
-        self.route(ROUTE_HOST_LAYER, &mac.to_string())
-    }
-
-    pub fn firmware(&self, file: &str) -> String {
-        self.route(ROUTE_FIRMWARE, file)
-    }
-}
 
 pub struct HttpState {
     pub policy: SharedPolicy,

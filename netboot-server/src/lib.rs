@@ -22,3 +22,4 @@ pub mod safe_path;
 pub mod server;
 pub mod tftp;
 pub mod timeline;
+pub mod urls;

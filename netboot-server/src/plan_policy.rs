@@ -10,10 +10,10 @@ use lectern_master::Plan;
 use lectern_store::{Manifest, Store};
 
 use crate::dhcp::Mode;
-use crate::http::Urls;
 use crate::mac::MacAddr;
 use crate::policy::{Artifact, ArtifactKind, BootPolicy, Host, IpxeScript, Network};
 use crate::server::ServerConfig;
+use crate::urls::Urls;
 
 /// The artifact names imgbuild gives a role's netboot files.
 const KERNEL: &str = "vmlinuz";

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::http::Urls;
 use crate::mac::MacAddr;
+use crate::urls::Urls;
 
 /// A machine the policy knows, by MAC.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,13 +12,14 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 
 use crate::dhcp::{self, Mode, Responder, pool::Pool};
-use crate::http::{self, HttpState, Urls};
+use crate::http::{self, HttpState};
 use crate::mac::MacAddr;
 use crate::metrics::Metrics;
 use crate::policy::{BootPolicy, SharedPolicy};
 use crate::ra;
 use crate::tftp::{self, TftpServer};
 use crate::timeline::Timeline;
+use crate::urls::Urls;
 
 /// Lease file name inside the state directory.
 pub const LEASE_FILE: &str = "dhcp-leases.json";

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lectern_netboot::dhcp::{Mode, Port, Responder, decode};
-use lectern_netboot::http::Urls;
 use lectern_netboot::mac::MacAddr;
 use lectern_netboot::policy::{Host, Network, SharedPolicy, StaticPolicy};
+use lectern_netboot::urls::Urls;
 use lectern_netboot::{ra, tftp};
 use proptest::prelude::*;
 

@@ -6,7 +6,6 @@
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -39,8 +38,8 @@ pub struct Guest {
     pub mac: String,
     pub ip: String,
     pub firmware: Firmware,
-    /// Its serial log and lab index, once started.
-    running: Option<(PathBuf, usize)>,
+    /// Its lab index, once started.
+    running: Option<usize>,
     powered_on: SystemTime,
     /// qemu's CPU seconds when netbootd first showed this boot up.
     cpu_at_up: Cell<Option<f64>>,
@@ -75,7 +74,13 @@ impl RoomLab {
             .context("running ssh-keygen (apt-get install openssh-client)")?;
         ensure!(status.success(), "ssh-keygen failed");
         let public = fs::read_to_string(ssh_key.with_extension("pub"))?;
-        let served = copy_master(master, lab.dir(), store, public.trim())?;
+        let served = copy_master(
+            master,
+            &original.secrets_file,
+            lab.dir(),
+            store,
+            public.trim(),
+        )?;
         let plan = lectern_master::load(&served).map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(RoomLab {
             lab,
@@ -160,11 +165,11 @@ impl RoomLab {
             powered_on: SystemTime::now(),
             cpu_at_up: Cell::new(None),
         };
-        let running = self.lab.pxe_boot(&guest.mac, firmware)?;
+        let (_, running) = self.lab.pxe_boot(&guest.mac, firmware)?;
         // Under emulation the mixer is the room's bottleneck (it mixes, records and is probed): the others,
         // lighter and able to catch up, yield the CPU to it.
         if guest.role != Role::Mixer {
-            self.lab.deprioritize(running.1, 5)?;
+            self.lab.deprioritize(running, 5)?;
         }
         self.guests.retain(|g| g.hostname != hostname);
         self.guests.push(Guest {
@@ -178,7 +183,7 @@ impl RoomLab {
     pub fn reboot(&mut self, hostname: &str) -> Result<()> {
         let guest = self.guest(hostname)?;
         let firmware = guest.firmware;
-        if let Some((_, index)) = guest.running {
+        if let Some(index) = guest.running {
             self.lab.stop(index)?;
         }
         self.power_on(hostname, firmware)
@@ -218,8 +223,7 @@ impl RoomLab {
             };
             let _ = writeln!(out, "  {:<6} {url}: {streams}", rendition.name);
         }
-        let main = hls.replace(&format!("{slug}.m3u8"), &format!("{slug}/index.m3u8"));
-        let check = self.lab.media_check(&main, 6)?;
+        let check = self.lab.media_check(&self.rendition_urls(slug)?[0], 6)?;
         let _ = writeln!(
             out,
             "  6 s of the main rendition: {} frames, mean volume {}, black {:.1} s, frozen {:.1} s: {}",
@@ -388,7 +392,7 @@ impl RoomLab {
         for guest in &self.guests {
             if self.record(&guest.hostname)["state"] == "up" {
                 if guest.cpu_at_up.get().is_none() {
-                    let index = guest.running.as_ref().map(|(_, index)| *index);
+                    let index = guest.running;
                     guest
                         .cpu_at_up
                         .set(index.and_then(|i| self.lab.cpu_seconds(i)));
@@ -517,9 +521,15 @@ fn unix_seconds(stamp: &str) -> Option<u64> {
     u64::try_from(days * 86_400 + hour * 3600 + minute * 60 + second).ok()
 }
 
-/// The master file at `master` and the secrets file it names, copied into `dir` with `[netboot] store`
-/// pointing at `store` and `ssh_key` authorized on every host.
-fn copy_master(master: &Path, dir: &Path, store: &Path, ssh_key: &str) -> Result<PathBuf> {
+/// The master file at `master` copied into `dir` with `[netboot] store` pointing at `store`, `[secrets]
+/// file` at the original's `secrets` file and `ssh_key` authorized on every host.
+fn copy_master(
+    master: &Path,
+    secrets: &Path,
+    dir: &Path,
+    store: &Path,
+    ssh_key: &str,
+) -> Result<PathBuf> {
     let text = fs::read_to_string(master)?;
     let store = fs::canonicalize(store)?;
     let mut replaced = 0;
@@ -529,6 +539,9 @@ fn copy_master(master: &Path, dir: &Path, store: &Path, ssh_key: &str) -> Result
             let line = if line.starts_with("store = ") {
                 replaced += 1;
                 format!("store = {:?}", store.display().to_string())
+            } else if line.starts_with("file = ") {
+                replaced += 1;
+                format!("file = {:?}", secrets.display().to_string())
             } else if line.starts_with("authorized_keys = [") {
                 replaced += 1;
                 line.replacen('[', &format!("[{ssh_key:?}, "), 1)
@@ -539,26 +552,13 @@ fn copy_master(master: &Path, dir: &Path, store: &Path, ssh_key: &str) -> Result
         })
         .collect();
     ensure!(
-        replaced == 2,
-        "{} needs one `store = ` and one `authorized_keys = [` line",
+        replaced == 3,
+        "{} needs one `store = `, one `file = ` and one `authorized_keys = [` line",
         master.display()
     );
     let served = dir.join("master.toml");
     fs::write(&served, text)?;
-    let secrets_name = text_value(&fs::read_to_string(&served)?, "file = ")
-        .unwrap_or_else(|| "secrets.toml".into());
-    let secrets = dir.join(&secrets_name);
-    let source = master.with_file_name(&secrets_name);
-    fs::copy(&source, &secrets).with_context(|| format!("copying {}", source.display()))?;
-    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600))?;
     Ok(served)
-}
-
-/// The quoted value of the first line starting with `prefix`.
-fn text_value(text: &str, prefix: &str) -> Option<String> {
-    let line = text.lines().find(|l| l.starts_with(prefix))?;
-    let value = line[prefix.len()..].split('#').next()?.trim();
-    Some(value.trim_matches('"').to_owned())
 }
 
 /// One stream as ffprobe sees it: `(codec_type, codec_name, width, height, sample_rate)`.
@@ -742,6 +742,35 @@ fn parse_analysis(log: &str, seconds: f64) -> MediaCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_served_master_file_points_at_the_store_the_secrets_and_the_test_key() {
+        crate::fixture_plan().unwrap(); // makes the fixture's secrets file 0600
+        let fixture = crate::repo().join("builder/tests/fixtures/master.toml");
+        let original = lectern_master::load(&fixture).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHRoZS10ZXN0cy1rZXktbm90LWEtcmVhbC1vbmU room-test";
+        let served = copy_master(
+            &fixture,
+            &original.secrets_file,
+            dir.path(),
+            dir.path(),
+            key,
+        )
+        .unwrap();
+        let plan = lectern_master::load(&served).unwrap();
+        assert_eq!(
+            plan.netboot.store,
+            std::fs::canonicalize(dir.path()).unwrap()
+        );
+        assert_eq!(plan.secrets_file, original.secrets_file);
+        assert_eq!(plan.ssh_authorized_keys[0], key);
+        assert_eq!(
+            plan.ssh_authorized_keys.len(),
+            original.ssh_authorized_keys.len() + 1
+        );
+    }
 
     #[test]
     fn reads_netbootds_stamps() {

@@ -115,7 +115,8 @@ fn run(room: &mut RoomLab) -> Result<()> {
     let video = room_plan.video.clone();
     // The backend has a rendition's playlist once the encoder has pushed its first segments (the room's
     // playlist of renditions is there as soon as the backend is).
-    let main = hls.replace(&format!("{ROOM}.m3u8"), &format!("{ROOM}/index.m3u8"));
+    let urls = room.rendition_urls(ROOM)?;
+    let main = urls[0].clone();
     room.wait_for(
         "first HLS segment of every rendition",
         Duration::from_secs(300),
@@ -127,17 +128,13 @@ fn run(room: &mut RoomLab) -> Result<()> {
 
     // 2. Every rendition: H.264 at its size, AAC at the room's rate.
     let master_playlist = room.curl(&hls).context("master playlist")?;
-    for rendition in &room_plan.renditions {
-        let url = hls.replace(
-            &format!("{ROOM}.m3u8"),
-            &format!("{}/index.m3u8", rendition.stream),
-        );
+    for (rendition, url) in room_plan.renditions.iter().zip(&urls) {
         ensure!(
             master_playlist.contains(&format!("{}/index.m3u8", rendition.stream)),
             "the master playlist does not list {}:\n{master_playlist}",
             rendition.stream
         );
-        let streams = room.lab.probe_streams(&url)?;
+        let streams = room.lab.probe_streams(url)?;
         let want_video = (
             "video".to_owned(),
             "h264".to_owned(),

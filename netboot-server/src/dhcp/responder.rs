@@ -11,10 +11,10 @@ use dhcproto::v4::{
 
 use super::decode::{OPTION_IPXE_ENCAP, Request, decode};
 use super::pool::{Pool, PoolError};
-use crate::http::Urls;
 use crate::metrics::{DHCP_DROPPED, DHCP_REPLIED, Metrics};
 use crate::policy::{BootPolicy, BootStep, Client, Host, SharedPolicy};
 use crate::timeline::{Event, Timeline};
+use crate::urls::Urls;
 
 /// iPXE encapsulated option 176 (no-pxedhcp) = 1: don't wait ~3 s for ProxyDHCP offers.
 const IPXE_NO_PXEDHCP: [u8; 3] = [176, 1, 1];
