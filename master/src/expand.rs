@@ -634,6 +634,7 @@ impl<'l, 'a> Expander<'l, 'a> {
         let o = room.encode.clone().unwrap_or_default();
         Encode {
             hwaccel: o.hwaccel.unwrap_or(d.hwaccel),
+            preset: o.preset.or(d.preset),
             video_kbps: o.video_kbps.unwrap_or(d.video_kbps),
             maxrate_kbps: o.maxrate_kbps.unwrap_or(d.maxrate_kbps),
             keyframe_s: o.keyframe_s.unwrap_or(d.keyframe_s),
@@ -842,8 +843,7 @@ impl<'l, 'a> Expander<'l, 'a> {
                 &renditions,
                 m.streaming.ingest,
                 &video,
-                encode.keyframe_s,
-                encode.hwaccel,
+                &encode,
             );
             let config = RoleConfig::Encoder(EncoderConfig {
                 room: room.slug.clone(),
@@ -934,6 +934,32 @@ impl<'l, 'a> Expander<'l, 'a> {
         let vaapi = std::iter::once(m.defaults.encode.hwaccel)
             .chain(m.rooms.iter().filter_map(|r| r.encode.as_ref()?.hwaccel))
             .any(|h| h == HwAccel::Vaapi);
+        // A preset tunes x264 only: refused where a room encodes with VAAPI or VP8 instead.
+        for (i, room) in m.rooms.iter().enumerate() {
+            let o = room.encode.clone().unwrap_or_default();
+            let Some(preset) = o.preset.or(m.defaults.encode.preset) else {
+                continue;
+            };
+            let hwaccel = o.hwaccel.unwrap_or(m.defaults.encode.hwaccel);
+            let encoder = match (hwaccel, m.streaming.ingest) {
+                (HwAccel::Vaapi, _) => "VAAPI (hwaccel = \"vaapi\")",
+                (_, IngestKind::Icecast) => "VP8 (ingest = \"icecast\")",
+                _ => continue,
+            };
+            let path = match o.preset {
+                Some(_) => format!("rooms[{i}].encode.preset"),
+                None => "defaults.encode.preset".to_owned(),
+            };
+            self.error(
+                &path,
+                format!(
+                    "preset = {:?} tunes x264, but room {} encodes with {encoder}",
+                    preset.name(),
+                    room.slug
+                ),
+                Some("remove preset".into()),
+            );
+        }
         if vaapi && m.streaming.ingest == IngestKind::Icecast {
             self.error(
                 "streaming.ingest",

@@ -2,7 +2,7 @@
 //! unit-tested here: one decode of the room's live mix, one encode per rendition, each pushed to
 //! the ingest in the container its protocol carries.
 
-use crate::model::{HwAccel, IngestKind};
+use crate::model::{Encode, HwAccel, IngestKind, X264Preset};
 use crate::plan::{Rendition, VideoPlan};
 use crate::secrets::Secret;
 
@@ -11,16 +11,19 @@ pub const ENCODER_PROGRESS: &str = "/run/lectern-encoder/progress";
 /// The render node a VAAPI encoder uses.
 const VAAPI_DEVICE: &str = "/dev/dri/renderD128";
 
+/// x264's preset when the master file names none.
+const DEFAULT_PRESET: X264Preset = X264Preset::Veryfast;
+
 /// Everything after `ffmpeg` for an encoder that reads `pull_url` and pushes `renditions` (the
-/// main one first) with the room's `video` settings.
+/// main one first) with the room's `video` and `encode` settings.
 pub fn encoder_args(
     pull_url: &str,
     renditions: &[Rendition],
     ingest: IngestKind,
     video: &VideoPlan,
-    keyframe_s: u32,
-    hwaccel: HwAccel,
+    encode: &Encode,
 ) -> Vec<Secret> {
+    let hwaccel = encode.hwaccel;
     let mut args: Vec<String> = [
         "-hide_banner",
         "-nostdin",
@@ -47,7 +50,8 @@ pub fn encoder_args(
     args.extend(["-i".into(), pull_url.into()]);
     args.extend(["-filter_complex".into(), filter_graph(renditions, hwaccel)]);
     let mut args: Vec<Secret> = args.into_iter().map(Secret::public).collect();
-    let gop = (keyframe_s * video.framerate).max(1).to_string();
+    let gop = (encode.keyframe_s * video.framerate).max(1).to_string();
+    let preset = encode.preset.unwrap_or(DEFAULT_PRESET);
     for (i, rendition) in renditions.iter().enumerate() {
         let mut output: Vec<String> = vec![
             "-map".into(),
@@ -55,7 +59,7 @@ pub fn encoder_args(
             "-map".into(),
             "0:a:0".into(),
         ];
-        output.extend(video_codec(ingest, hwaccel, rendition, &gop));
+        output.extend(video_codec(ingest, hwaccel, preset, rendition, &gop));
         output.extend(audio_codec(ingest, rendition, video));
         output.extend(container(ingest));
         args.extend(output.into_iter().map(Secret::public));
@@ -86,7 +90,13 @@ fn filter_graph(renditions: &[Rendition], hwaccel: HwAccel) -> String {
     graph
 }
 
-fn video_codec(ingest: IngestKind, hwaccel: HwAccel, r: &Rendition, gop: &str) -> Vec<String> {
+fn video_codec(
+    ingest: IngestKind,
+    hwaccel: HwAccel,
+    preset: X264Preset,
+    r: &Rendition,
+    gop: &str,
+) -> Vec<String> {
     let rate = [
         "-b:v".into(),
         format!("{}k", r.video_kbps),
@@ -105,7 +115,7 @@ fn video_codec(ingest: IngestKind, hwaccel: HwAccel, r: &Rendition, gop: &str) -
             "-c:v",
             "libx264",
             "-preset",
-            "veryfast",
+            preset.name(),
             "-tune",
             "zerolatency",
             "-pix_fmt",
@@ -180,6 +190,15 @@ mod tests {
         }
     }
 
+    fn encode(keyframe_s: u32, hwaccel: HwAccel, preset: Option<X264Preset>) -> Encode {
+        Encode {
+            keyframe_s,
+            hwaccel,
+            preset,
+            ..Encode::default()
+        }
+    }
+
     fn renditions(scheme: &str) -> Vec<Rendition> {
         vec![
             rendition("main", "lameere", 720, 2000, scheme),
@@ -201,8 +220,7 @@ mod tests {
             &renditions("rtmp"),
             IngestKind::Rtmp,
             &video(),
-            2,
-            HwAccel::None,
+            &encode(2, HwAccel::None, None),
         );
         let shown = line(&args);
         assert_eq!(
@@ -227,8 +245,7 @@ mod tests {
             &renditions("rtmp"),
             IngestKind::Rtmp,
             &video(),
-            2,
-            HwAccel::Vaapi,
+            &encode(2, HwAccel::Vaapi, None),
         );
         let shown = line(&args);
         assert!(
@@ -261,8 +278,7 @@ mod tests {
                 &renditions(scheme),
                 ingest,
                 &video(),
-                2,
-                HwAccel::None,
+                &encode(2, HwAccel::None, None),
             );
             let shown = line(&args);
             assert_eq!(shown.matches(format).count(), 2, "{shown}");
@@ -282,11 +298,24 @@ mod tests {
             main,
             IngestKind::Rtmp,
             &video(),
-            1,
-            HwAccel::None,
+            &encode(1, HwAccel::None, None),
         );
         let shown = line(&args);
         assert!(shown.contains("[0:v]split=1[s0];[s0]null[v0]"), "{shown}");
         assert!(shown.contains("-g 25 "), "{shown}");
+    }
+
+    #[test]
+    fn the_preset_reaches_every_x264_rendition() {
+        let args = encoder_args(
+            "tcp://m:15000",
+            &renditions("rtmp"),
+            IngestKind::Rtmp,
+            &video(),
+            &encode(2, HwAccel::None, Some(X264Preset::Ultrafast)),
+        );
+        let shown = line(&args);
+        assert_eq!(shown.matches("-preset ultrafast ").count(), 2, "{shown}");
+        assert!(!shown.contains("veryfast"), "{shown}");
     }
 }

@@ -285,6 +285,10 @@ pub struct Encode {
     /// Hardware video encoding: `vaapi` on Intel/AMD GPUs, `none` for x264 on the CPU.
     #[serde(default = "default_hwaccel")]
     pub hwaccel: HwAccel,
+    /// x264's speed preset, for `hwaccel = "none"` over rtmp or srt: a faster preset spends less CPU per
+    /// frame for a little more bitrate at the same quality. Default `veryfast`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<X264Preset>,
     /// Target video bitrate of the main rendition, kbit/s.
     #[serde(default = "default_video_kbps")]
     pub video_kbps: u32,
@@ -306,6 +310,7 @@ impl Default for Encode {
     fn default() -> Self {
         Encode {
             hwaccel: default_hwaccel(),
+            preset: None,
             video_kbps: default_video_kbps(),
             maxrate_kbps: default_maxrate_kbps(),
             keyframe_s: default_keyframe_s(),
@@ -338,6 +343,8 @@ pub struct EncodeOverride {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hwaccel: Option<HwAccel>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<X264Preset>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub video_kbps: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maxrate_kbps: Option<u32>,
@@ -354,6 +361,32 @@ pub struct EncodeOverride {
 pub enum HwAccel {
     None,
     Vaapi,
+}
+
+/// x264's presets, fastest first (the slower ones cannot keep up with a live stream on an encoder box).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum X264Preset {
+    Ultrafast,
+    Superfast,
+    Veryfast,
+    Faster,
+    Fast,
+    Medium,
+}
+
+impl X264Preset {
+    /// The name x264 (and ffmpeg's `-preset`) knows it by.
+    pub fn name(self) -> &'static str {
+        match self {
+            X264Preset::Ultrafast => "ultrafast",
+            X264Preset::Superfast => "superfast",
+            X264Preset::Veryfast => "veryfast",
+            X264Preset::Faster => "faster",
+            X264Preset::Fast => "fast",
+            X264Preset::Medium => "medium",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -60,6 +60,20 @@ const CASES: &[Case] = &[
 1 error found"#,
     },
     Case {
+        name: "an x264 preset for a room that encodes with VAAPI",
+        edits: &[
+            ("hwaccel = \"none\"", "hwaccel = \"none\"\npreset = \"ultrafast\""),
+            ("encode = { video_kbps = 2000 }", "encode = { video_kbps = 2000, hwaccel = \"vaapi\" }"),
+        ],
+        expected: r#"error: master.toml:50:10: defaults.encode.preset: preset = "ultrafast" tunes x264, but room cornil encodes with VAAPI (hwaccel = "vaapi")
+   |
+50 | preset = "ultrafast"
+   |          ^^^^^^^^^^^
+  help: remove preset
+
+1 error found"#,
+    },
+    Case {
         name: "a variant as tall as the picture",
         edits: &[(
             "name = \"480p\", height = 480",
