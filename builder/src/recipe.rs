@@ -326,7 +326,7 @@ variant = "apt"
         let mixer = host_tree(&recipes, &plan, "mixer", "lameere-mixer");
         let ini = file_text(&mixer, "etc/voctomix/voctocore.ini");
         assert!(ini.contains("\nsources=cam,slides\n"), "{ini}");
-        assert!(ini.contains("width=640,height=360,framerate=10/1"), "{ini}");
+        assert!(ini.contains("width=640,height=360,framerate=5/1"), "{ini}");
         assert!(ini.contains("[source.slides]\nkind=tcp"), "{ini}");
         assert!(ini.contains("audiosource=cam\n"), "{ini}");
         let record = file_text(&mixer, "etc/lectern/record.env");
