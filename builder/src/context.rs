@@ -41,6 +41,12 @@ impl Plan {
         Some(store.into())
     }
 
+    /// netbootd's base URL (`http://10.42.0.1:8080`), if the master file has a netboot server.
+    pub fn netboot_url(&self) -> Option<String> {
+        let url = self.redacted.get("netboot")?.get("base_url")?.as_str()?;
+        Some(url.to_owned())
+    }
+
     /// A plan with no hosts: role images need no more than this.
     pub fn empty() -> Self {
         let nothing = json!({ "hosts": [] });

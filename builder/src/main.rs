@@ -31,6 +31,7 @@ enum Command {
     },
     Role(commands::role::Args),
     All(commands::all::Args),
+    Disk(commands::disk::Args),
     List(commands::list::Args),
     Gc(commands::gc::Args),
 }
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
         Command::Schema { markdown } => return commands::inspect::schema(*markdown),
         Command::Role(args) => commands::role::run(args, &cli.global),
         Command::All(args) => commands::all::run(args, &cli.global),
+        Command::Disk(args) => commands::disk::run(args, &cli.global),
         Command::List(args) => commands::list::run(args, &cli.global),
         Command::Gc(args) => commands::gc::run(args, &cli.global),
     };

@@ -36,6 +36,38 @@ pub const NEWUIDMAP: Tool = Tool {
     version_args: &[],
 };
 
+/// Disk images (`imgbuild disk`): the unified kernel image, the ESP and the partition table.
+pub const OBJCOPY: Tool = Tool {
+    command: "objcopy",
+    package: "binutils",
+    version_args: &["--version"],
+};
+pub const MKFS_VFAT: Tool = Tool {
+    command: "mkfs.vfat",
+    package: "dosfstools",
+    version_args: &[],
+};
+pub const MMD: Tool = Tool {
+    command: "mmd",
+    package: "mtools",
+    version_args: &[],
+};
+pub const MCOPY: Tool = Tool {
+    command: "mcopy",
+    package: "mtools",
+    version_args: &[],
+};
+pub const SFDISK: Tool = Tool {
+    command: "sfdisk",
+    package: "fdisk",
+    version_args: &[],
+};
+pub const QEMU_IMG: Tool = Tool {
+    command: "qemu-img",
+    package: "qemu-utils",
+    version_args: &["--version"],
+};
+
 pub const IMAGE_TOOLS: &[Tool] = &[MMDEBSTRAP, MKSQUASHFS, CPIO, NEWUIDMAP];
 
 fn on_path(command: &str) -> bool {

@@ -5,7 +5,8 @@ use crate::mac::MacAddr;
 
 pub(crate) const ROUTE_SCRIPT: &str = "/ipxe/{mac}";
 pub(crate) const ROUTE_ARTIFACT: &str = "/a/{hash}";
-pub(crate) const ROUTE_HOST_LAYER: &str = "/host/{mac}/layer";
+/// `{host}`: a MAC, or a host name of the master file.
+pub(crate) const ROUTE_HOST_LAYER: &str = "/host/{host}/layer";
 pub(crate) const ROUTE_FIRMWARE: &str = "/firmware/{file}";
 pub(crate) const ROUTE_REPORT: &str = "/api/report";
 pub(crate) const ROUTE_HOSTS: &str = "/api/hosts";

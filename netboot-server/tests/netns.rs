@@ -604,6 +604,11 @@ fn http_serves_ranges_etags_host_layers_to_their_owner_and_the_boot_timeline() {
 
     let layer = format!("{HTTP}/host/{MIXER}/layer");
     assert_eq!(http(&lab, &[&layer]), "secret layer");
+    // A disk-booted machine asks by the name its firmware gives it.
+    assert_eq!(
+        http(&lab, &[&format!("{HTTP}/host/mixer1/layer")]),
+        "secret layer"
+    );
     assert!(
         http(&lab, &["-D", "-", "-o", "/dev/null", &layer])
             .to_ascii_lowercase()
@@ -697,7 +702,7 @@ fn http_serves_ranges_etags_host_layers_to_their_owner_and_the_boot_timeline() {
     let metrics = http(&lab, &[&format!("{HTTP}/metrics")]);
     assert!(
         metrics.contains(
-            "netbootd_http_responses_total{route=\"/host/{mac}/layer\",status=\"4xx\"} 1"
+            "netbootd_http_responses_total{route=\"/host/{host}/layer\",status=\"4xx\"} 1"
         ),
         "{metrics}"
     );

@@ -1,6 +1,7 @@
 //! One module per `imgbuild` subcommand; `main.rs` holds the clap enum that dispatches to them.
 
 pub mod all;
+pub mod disk;
 pub mod gc;
 pub mod inspect;
 pub mod list;
