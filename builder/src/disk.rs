@@ -176,7 +176,16 @@ pub fn write_disk(store: &Store, spec: &DiskSpec, output: &Path) -> Result<Layou
         "ESP file system",
         Command::new(tools::MKFS_VFAT.command)
             .env("SOURCE_DATE_EPOCH", &epoch)
-            .args(["--invariant", "-F", "32", "-n", "LECTERN", "-i", volume_id, "-C"])
+            .args([
+                "--invariant",
+                "-F",
+                "32",
+                "-n",
+                "LECTERN",
+                "-i",
+                volume_id,
+                "-C",
+            ])
             .arg(&esp)
             .arg((layout.esp_size / 1024).to_string()),
     )?;

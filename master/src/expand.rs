@@ -838,13 +838,8 @@ impl<'l, 'a> Expander<'l, 'a> {
             let encode = self.encode(m, room);
             let video = self.video(m, room);
             let renditions = room_streams.renditions.clone();
-            let ffmpeg_args = ffmpeg::encoder_args(
-                &pull_url,
-                &renditions,
-                m.streaming.ingest,
-                &video,
-                &encode,
-            );
+            let ffmpeg_args =
+                ffmpeg::encoder_args(&pull_url, &renditions, m.streaming.ingest, &video, &encode);
             let config = RoleConfig::Encoder(EncoderConfig {
                 room: room.slug.clone(),
                 pull_url,

@@ -62,8 +62,14 @@ const CASES: &[Case] = &[
     Case {
         name: "an x264 preset for a room that encodes with VAAPI",
         edits: &[
-            ("hwaccel = \"none\"", "hwaccel = \"none\"\npreset = \"ultrafast\""),
-            ("encode = { video_kbps = 2000 }", "encode = { video_kbps = 2000, hwaccel = \"vaapi\" }"),
+            (
+                "hwaccel = \"none\"",
+                "hwaccel = \"none\"\npreset = \"ultrafast\"",
+            ),
+            (
+                "encode = { video_kbps = 2000 }",
+                "encode = { video_kbps = 2000, hwaccel = \"vaapi\" }",
+            ),
         ],
         expected: r#"error: master.toml:50:10: defaults.encode.preset: preset = "ultrafast" tunes x264, but room cornil encodes with VAAPI (hwaccel = "vaapi")
    |

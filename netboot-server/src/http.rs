@@ -344,11 +344,8 @@ async fn host_layer(
     let policy = state.policy.current();
     // By MAC (netboot, and disks that know only their MAC) or by the name a disk-booted machine's
     // firmware gives it; either way only from the address the host holds.
-    let host = known_host(&*policy, &host).or_else(|_| {
-        policy
-            .host_named(&host)
-            .ok_or(StatusCode::NOT_FOUND)
-    })?;
+    let host = known_host(&*policy, &host)
+        .or_else(|_| policy.host_named(&host).ok_or(StatusCode::NOT_FOUND))?;
     let holder = address_of(&state, host);
     if holder.is_none() || holder != peer_ipv4(peer) {
         tracing::warn!(%peer, mac = %host.mac, ?holder, "refused host layer to an address that does not hold it");

@@ -292,6 +292,28 @@ impl Lab {
         Ok((serial, index))
     }
 
+    /// Starts a UEFI guest (OVMF) that boots `disk` (an `imgbuild disk` image, `format` raw or qcow2) as
+    /// a VM or cloud instance does, its NIC without a PXE ROM. `firmware_host` names the host in an SMBIOS
+    /// OEM string (`lectern.host=`), as the production box's VMs are started. The disk stays unchanged
+    /// (qemu's snapshot mode). Returns its serial log and its index for [`Lab::stop`].
+    pub fn disk_boot(
+        &mut self,
+        mac: &str,
+        disk: &Path,
+        format: &str,
+        firmware_host: Option<&str>,
+    ) -> Result<(PathBuf, usize)> {
+        let (tap, serial, mut command) = self.guest("q35", &format!("mac={mac},romfile="))?;
+        command
+            .args(["-bios", OVMF, "-snapshot", "-drive"])
+            .arg(format!("file={},format={format},if=virtio", disk.display()));
+        if let Some(host) = firmware_host {
+            command.args(["-smbios", &format!("type=11,value=lectern.host={host}")]);
+        }
+        let index = self.spawn(command, &format!("{tap}.qemu.log"))?;
+        Ok((serial, index))
+    }
+
     /// A new tap on the bridge and a TCG qemu on it (`nic` completes its virtio-net device); returns
     /// the tap's name, the serial log and the command, for the caller to add the boot source.
     fn guest(&mut self, machine: &str, nic: &str) -> Result<(String, PathBuf, Command)> {
@@ -450,6 +472,22 @@ pub fn fixture_builder(store_dir: &Path) -> Result<Builder> {
 
 /// Whether VM tests should run: LECTERN_IMAGE_TESTS=1 (they take minutes). Panics if asked for but
 /// impossible here, so CI cannot pass by skipping.
+/// The netbootd of this build, beside the test executable `test_exe` (target/<profile>/deps/…):
+/// `cargo test --workspace` builds it; alone, build it first with `cargo build -p lectern-netboot`.
+pub fn netbootd_binary(test_exe: &Path) -> Result<PathBuf> {
+    let binary = test_exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test executable has no target/<profile>/deps parent")?
+        .join("netbootd");
+    ensure!(
+        binary.is_file(),
+        "no netbootd at {} (cargo build -p lectern-netboot)",
+        binary.display()
+    );
+    Ok(binary)
+}
+
 pub fn vm_tests_enabled() -> bool {
     if std::env::var("LECTERN_IMAGE_TESTS").as_deref() != Ok("1") {
         eprintln!("skipping: VM boots take minutes; set LECTERN_IMAGE_TESTS=1 to run them");

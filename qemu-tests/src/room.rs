@@ -94,8 +94,13 @@ impl RoomLab {
 
     /// Builds (or reuses) every role image the plan needs and every host's layer, into the builder's store.
     pub fn build(&self, builder: &Builder) -> Result<()> {
+        self.build_roles(builder, &self.plan.image_roles())
+    }
+
+    /// Builds (or reuses) the images of `roles` and their hosts' layers.
+    pub fn build_roles(&self, builder: &Builder, roles: &[Role]) -> Result<()> {
         let render = RenderPlan::load(&self.master)?;
-        for role in self.plan.image_roles() {
+        for role in roles {
             let started = Instant::now();
             let manifest = builder.build_role(role.as_str(), &render)?;
             builder.build_host_layers(role.as_str(), &render)?;
@@ -150,32 +155,66 @@ impl RoomLab {
 
     /// Switches `hostname` (a netbooted host of the plan) on, with `firmware`.
     pub fn power_on(&mut self, hostname: &str, firmware: Firmware) -> Result<()> {
+        self.start_guest(hostname, firmware, |lab, mac| {
+            Ok(lab.pxe_boot(mac, firmware)?.1)
+        })
+    }
+
+    /// Starts `hostname` (a host of the plan with a MAC) from `disk` instead of the network, UEFI, named by
+    /// its firmware when `firmware_names_it` (else it is known by its MAC alone).
+    pub fn power_on_disk(
+        &mut self,
+        hostname: &str,
+        disk: &Path,
+        format: &str,
+        firmware_names_it: bool,
+    ) -> Result<()> {
+        let name = firmware_names_it.then_some(hostname);
+        self.start_guest(hostname, Firmware::Uefi, |lab, mac| {
+            Ok(lab.disk_boot(mac, disk, format, name)?.1)
+        })
+    }
+
+    fn start_guest(
+        &mut self,
+        hostname: &str,
+        firmware: Firmware,
+        start: impl FnOnce(&mut Lab, &str) -> Result<usize>,
+    ) -> Result<()> {
         let host = self
             .plan
             .host(hostname)
             .with_context(|| format!("{hostname} is not in the master file"))?;
         let mac = host.mac.with_context(|| format!("{hostname} has no MAC"))?;
-        let guest = Guest {
-            hostname: hostname.to_owned(),
-            role: host.role,
-            mac: mac.to_string(),
-            ip: host.ip.map(|ip| ip.to_string()).unwrap_or_default(),
-            firmware,
-            running: None,
-            powered_on: SystemTime::now(),
-            cpu_at_up: Cell::new(None),
-        };
-        let (_, running) = self.lab.pxe_boot(&guest.mac, firmware)?;
+        let role = host.role;
+        let ip = host.ip.map(|ip| ip.to_string()).unwrap_or_default();
+        let powered_on = SystemTime::now();
+        let running = start(&mut self.lab, &mac.to_string())?;
         // Under emulation the mixer is the room's bottleneck (it mixes, records and is probed): the others,
         // lighter and able to catch up, yield the CPU to it.
-        if guest.role != Role::Mixer {
+        if role != Role::Mixer {
             self.lab.deprioritize(running, 5)?;
         }
         self.guests.retain(|g| g.hostname != hostname);
         self.guests.push(Guest {
+            hostname: hostname.to_owned(),
+            role,
+            mac: mac.to_string(),
+            ip,
+            firmware,
             running: Some(running),
-            ..guest
+            powered_on,
+            cpu_at_up: Cell::new(None),
         });
+        Ok(())
+    }
+
+    /// Switches `hostname` off (its power cord pulled).
+    pub fn power_off(&mut self, hostname: &str) -> Result<()> {
+        if let Some(index) = self.guest(hostname)?.running {
+            self.lab.stop(index)?;
+        }
+        self.guests.retain(|g| g.hostname != hostname);
         Ok(())
     }
 

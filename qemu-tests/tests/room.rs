@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use lectern_qemu_tests::room::{PHASES, RoomLab};
-use lectern_qemu_tests::{Firmware, fixture_builder, repo, test_store_dir, vm_tests_enabled};
+use lectern_qemu_tests::{
+    Firmware, fixture_builder, netbootd_binary, repo, test_store_dir, vm_tests_enabled,
+};
 use serde_json::Value;
 
 const MIXER: &str = "lameere-mixer";
@@ -51,7 +53,7 @@ fn a_room_streams_from_power_on_to_the_browser() {
     if !vm_tests_enabled() {
         return;
     }
-    let netbootd = netbootd_binary().unwrap();
+    let netbootd = netbootd_binary(&std::env::current_exe().unwrap()).unwrap();
     let store_dir = test_store_dir(env!("CARGO_TARGET_TMPDIR"));
     let builder = fixture_builder(&store_dir).unwrap();
     let fixture = repo().join("builder/tests/fixtures/master.toml");
@@ -347,20 +349,4 @@ fn keep_artifact(file: &std::path::Path) {
             std::path::Path::new(&dir).join(file.file_name().unwrap()),
         );
     }
-}
-
-/// The workspace's netbootd: this test runs from target/<profile>/deps/, the binary sits in target/<profile>/.
-fn netbootd_binary() -> Result<std::path::PathBuf> {
-    let exe = std::env::current_exe()?;
-    let binary = exe
-        .parent()
-        .and_then(std::path::Path::parent)
-        .context("test executable has no target/<profile>/deps parent")?
-        .join("netbootd");
-    ensure!(
-        binary.is_file(),
-        "no netbootd at {} (cargo build -p lectern-netboot)",
-        binary.display()
-    );
-    Ok(binary)
 }

@@ -20,9 +20,9 @@ pub struct Args {
 
 pub fn run(args: &Args, global: &Global) -> Result<()> {
     let plan = global.plan()?;
-    let server_url = plan
-        .netboot_url()
-        .context("the master file has no netboot server for the disk's hosts to fetch their layers from")?;
+    let server_url = plan.netboot_url().context(
+        "the master file has no netboot server for the disk's hosts to fetch their layers from",
+    )?;
     let store = global.open_store()?;
     let manifest = store.latest_manifest(&args.role)?.with_context(|| {
         format!(
@@ -32,7 +32,8 @@ pub fn run(args: &Args, global: &Global) -> Result<()> {
             args.role
         )
     })?;
-    let output = (args.output.clone()).unwrap_or_else(|| disk::default_output(&manifest, args.format));
+    let output =
+        (args.output.clone()).unwrap_or_else(|| disk::default_output(&manifest, args.format));
     let spec = DiskSpec {
         manifest: &manifest,
         server_url: &server_url,
