@@ -257,7 +257,7 @@ impl Lab {
         initrds: &[&Path],
         cmdline: &str,
     ) -> Result<PathBuf> {
-        let (tap, serial, mut command) = self.guest("pc", &format!("mac={mac}"))?;
+        let (tap, serial, mut command) = self.guest("pc", &format!("mac={mac}"), 1)?;
         let initrd = self.dir.path().join(format!("{tap}.initrd"));
         let mut combined = fs::File::create(&initrd)?;
         for part in initrds {
@@ -278,12 +278,17 @@ impl Lab {
     /// Starts a guest that boots from its NIC, as a machine at the venue does: BIOS with qemu's own
     /// iPXE ROM, or UEFI (OVMF) with the firmware's own PXE. Returns its serial log and its index
     /// for [`Lab::stop`].
-    pub fn pxe_boot(&mut self, mac: &str, firmware: Firmware) -> Result<(PathBuf, usize)> {
+    pub fn pxe_boot(
+        &mut self,
+        mac: &str,
+        firmware: Firmware,
+        vcpus: u32,
+    ) -> Result<(PathBuf, usize)> {
         let (machine, nic) = match firmware {
             Firmware::Bios => ("pc", format!("mac={mac},bootindex=1")),
             Firmware::Uefi => ("q35", format!("mac={mac},bootindex=1,romfile=")),
         };
-        let (tap, serial, mut command) = self.guest(machine, &nic)?;
+        let (tap, serial, mut command) = self.guest(machine, &nic, vcpus)?;
         match firmware {
             Firmware::Bios => command.args(["-boot", "n"]),
             Firmware::Uefi => command.args(["-bios", OVMF]),
@@ -302,8 +307,10 @@ impl Lab {
         disk: &Path,
         format: &str,
         firmware_host: Option<&str>,
+        vcpus: u32,
     ) -> Result<(PathBuf, usize)> {
-        let (tap, serial, mut command) = self.guest("q35", &format!("mac={mac},romfile="))?;
+        let (tap, serial, mut command) =
+            self.guest("q35", &format!("mac={mac},romfile="), vcpus)?;
         command
             .args(["-bios", OVMF, "-snapshot", "-drive"])
             .arg(format!("file={},format={format},if=virtio", disk.display()));
@@ -314,9 +321,14 @@ impl Lab {
         Ok((serial, index))
     }
 
-    /// A new tap on the bridge and a TCG qemu on it (`nic` completes its virtio-net device); returns
+    /// A new tap on the bridge and a TCG qemu with `vcpus` on it (`nic` completes its virtio-net device); returns
     /// the tap's name, the serial log and the command, for the caller to add the boot source.
-    fn guest(&mut self, machine: &str, nic: &str) -> Result<(String, PathBuf, Command)> {
+    fn guest(
+        &mut self,
+        machine: &str,
+        nic: &str,
+        vcpus: u32,
+    ) -> Result<(String, PathBuf, Command)> {
         let tap = format!("tap{}", self.taps);
         self.taps += 1;
         let ns = self.netns.clone();
@@ -325,9 +337,8 @@ impl Lab {
         let serial = self.dir.path().join(format!("{tap}.serial.log"));
         let mut command = self.in_netns("qemu-system-x86_64");
         command
-            .args([
-                "-machine", machine, "-accel", "tcg", "-m", "2048", "-smp", "1",
-            ])
+            .args(["-machine", machine, "-accel", "tcg", "-m", "2048", "-smp"])
+            .arg(vcpus.to_string())
             .args(["-nographic", "-monitor", "none", "-no-reboot"])
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))

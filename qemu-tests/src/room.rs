@@ -155,8 +155,8 @@ impl RoomLab {
 
     /// Switches `hostname` (a netbooted host of the plan) on, with `firmware`.
     pub fn power_on(&mut self, hostname: &str, firmware: Firmware) -> Result<()> {
-        self.start_guest(hostname, firmware, |lab, mac| {
-            Ok(lab.pxe_boot(mac, firmware)?.1)
+        self.start_guest(hostname, firmware, |lab, mac, vcpus| {
+            Ok(lab.pxe_boot(mac, firmware, vcpus)?.1)
         })
     }
 
@@ -170,8 +170,8 @@ impl RoomLab {
         firmware_names_it: bool,
     ) -> Result<()> {
         let name = firmware_names_it.then_some(hostname);
-        self.start_guest(hostname, Firmware::Uefi, |lab, mac| {
-            Ok(lab.disk_boot(mac, disk, format, name)?.1)
+        self.start_guest(hostname, Firmware::Uefi, |lab, mac, vcpus| {
+            Ok(lab.disk_boot(mac, disk, format, name, vcpus)?.1)
         })
     }
 
@@ -179,7 +179,7 @@ impl RoomLab {
         &mut self,
         hostname: &str,
         firmware: Firmware,
-        start: impl FnOnce(&mut Lab, &str) -> Result<usize>,
+        start: impl FnOnce(&mut Lab, &str, u32) -> Result<usize>,
     ) -> Result<()> {
         let host = self
             .plan
@@ -189,11 +189,13 @@ impl RoomLab {
         let role = host.role;
         let ip = host.ip.map(|ip| ip.to_string()).unwrap_or_default();
         let powered_on = SystemTime::now();
-        let running = start(&mut self.lab, &mac.to_string())?;
-        // Under emulation the mixer is the room's bottleneck (it mixes, records and is probed): the others,
-        // lighter and able to catch up, yield the CPU to it.
-        if role != Role::Mixer {
-            self.lab.deprioritize(running, 5)?;
+        // Under emulation the mixer is the room's bottleneck (it mixes, records and is probed): like a real
+        // mixer it has two cores for voctocore's parallel pipelines, and the others, lighter and able to
+        // catch up, yield the CPU to it.
+        let mixer = role == Role::Mixer;
+        let running = start(&mut self.lab, &mac.to_string(), if mixer { 2 } else { 1 })?;
+        if !mixer {
+            self.lab.deprioritize(running, 10)?;
         }
         self.guests.retain(|g| g.hostname != hostname);
         self.guests.push(Guest {
