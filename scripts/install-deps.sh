@@ -6,6 +6,8 @@ set -euo pipefail
 packages=(
   # images
   mmdebstrap squashfs-tools erofs-utils cpio zstd e2fsprogs dosfstools mtools uidmap arch-test eatmydata
+  # disk images: the EFI stub of unified kernel images, objcopy, sfdisk, qcow2
+  systemd-boot-efi binutils fdisk qemu-utils
   # network tests: namespaces, stock clients we did not write, reference servers
   # (busybox-static provides the udhcpc applet the tests use; the udhcpc package conflicts with it)
   iproute2 busybox-static isc-dhcp-client tftp-hpa tftpd-hpa curl dnsmasq-base tcpdump jq
