@@ -1,5 +1,6 @@
 //! Real image builds with mmdebstrap (minutes): base + the encoder role from the fixture plan, inspected,
-//! rebuilt after a config-only change, and rebuilt from scratch to prove the artifacts are reproducible.
+//! rebuilt after a config-only change, rebuilt from scratch to prove the artifacts are reproducible, and
+//! written as disk images.
 //! Runs only with LECTERN_IMAGE_TESTS=1.
 
 use std::fs;
@@ -7,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use lectern_builder::build::{BuildOptions, Builder, HOST_PREFIX};
+use lectern_builder::build::{BuildOptions, Builder, HOST_PREFIX, ROOT_SQUASHFS};
 use lectern_builder::context::Plan;
+use lectern_builder::disk::{self, DiskFormat, DiskSpec};
 use lectern_builder::recipe::Recipes;
 use lectern_store::{Manifest, Store};
 
@@ -254,5 +256,58 @@ fn encoder_image_is_complete_secret_free_and_reproducible() {
         layer_outputs(&again),
         layer_outputs(&manifest),
         "layer outputs differ between two builds"
+    );
+
+    // The same image as a disk, from each store: identical bytes, the root partition is the netboot root
+    // byte for byte, no secret anywhere on it; qcow2 holds the same disk.
+    let disks = scratch();
+    let write = |store: &Store, manifest: &Manifest, format: DiskFormat, name: &str| {
+        let path = disks.path().join(name);
+        let spec = DiskSpec {
+            manifest,
+            server_url: "http://10.99.0.1:8080",
+            format,
+            source_date_epoch: 1_700_000_000,
+        };
+        let layout = disk::write_disk(store, &spec, &path).unwrap();
+        (path, layout)
+    };
+    let started = Instant::now();
+    let (raw, layout) = write(&store, &manifest, DiskFormat::Raw, "first.raw");
+    eprintln!("raw disk: {:.1} s", started.elapsed().as_secs_f64());
+    let second_store = Store::open(second_dir.path()).unwrap();
+    let (raw_again, _) = write(&second_store, &again, DiskFormat::Raw, "second.raw");
+    let disk_bytes = fs::read(&raw).unwrap();
+    assert!(
+        disk_bytes == fs::read(&raw_again).unwrap(),
+        "two disks of one image differ"
+    );
+    let root_image = fs::read(store.blob_path(&manifest.artifacts[ROOT_SQUASHFS].sha256)).unwrap();
+    let offset = layout.root_offset as usize;
+    assert!(
+        disk_bytes[offset..offset + root_image.len()] == root_image[..],
+        "the root partition is not the netboot root image"
+    );
+    assert!(
+        !contains(&disk_bytes, SECRET.as_bytes()),
+        "secret on the disk"
+    );
+    let cmdline = disk::cmdline(&manifest, "http://10.99.0.1:8080").unwrap();
+    assert!(
+        contains(&disk_bytes, cmdline.as_bytes()),
+        "the UKI's command line is not on the disk"
+    );
+    let (qcow2, _) = write(&store, &manifest, DiskFormat::Qcow2, "first.qcow2");
+    let status = Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", "qcow2"])
+        .arg(&raw)
+        .arg(&qcow2)
+        .status()
+        .unwrap();
+    assert!(status.success(), "the qcow2 disk differs from the raw one");
+    eprintln!(
+        "disk sizes: raw {} MiB, qcow2 {} MiB",
+        fs::metadata(&raw).unwrap().len() >> 20,
+        fs::metadata(&qcow2).unwrap().len() >> 20
     );
 }
