@@ -266,6 +266,18 @@ pub struct Host {
     pub config: RoleConfig,
 }
 
+impl Host {
+    /// The VM this host runs as (`where = "local-vm"`): its size and hypervisor.
+    pub fn vm(&self) -> Option<&VmPlan> {
+        match &self.config {
+            RoleConfig::Encoder(encoder) => encoder.vm.as_ref(),
+            RoleConfig::StreamingBackend(backend) => backend.server.vm.as_ref(),
+            RoleConfig::StreamingFrontend(server) => server.vm.as_ref(),
+            RoleConfig::Mixer(_) | RoleConfig::Source(_) | RoleConfig::Netboot => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RoleConfig {

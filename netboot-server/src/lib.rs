@@ -23,3 +23,4 @@ pub mod server;
 pub mod tftp;
 pub mod timeline;
 pub mod urls;
+pub mod vms;

@@ -20,6 +20,7 @@ use lectern_netboot::mac::MacAddr;
 use lectern_netboot::plan_policy::{self, PlanPolicy};
 use lectern_netboot::policy::{BootPolicy, Host, Network, StaticImage, StaticPolicy};
 use lectern_netboot::server::{self, ServerConfig};
+use lectern_netboot::vms;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum ModeArg {
@@ -161,6 +162,19 @@ enum Command {
     ServeStatic(Args),
     /// Check a command-line configuration without touching the network.
     CheckStatic(Args),
+    /// Run this machine's local VMs of the master file (`where = "local-vm"`) until SIGTERM: each
+    /// netboots with its MAC, vCPUs and memory, and starts again when it dies.
+    Vms(VmsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct VmsArgs {
+    /// The machine whose VMs to run (the master file's `host` of each VM). Default: the netboot server.
+    #[arg(long)]
+    hypervisor: Option<String>,
+    /// qemu's accelerator; `kvm:tcg` falls back to emulation where KVM is missing.
+    #[arg(long, default_value = "kvm:tcg")]
+    accel: String,
 }
 
 /// The server settings and the policy the arguments describe.
@@ -262,6 +276,26 @@ async fn main() -> anyhow::Result<ExitCode> {
                 Ok(Arc::new(policy.clone()) as Arc<dyn BootPolicy>)
             })
             .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Vms(args)) => {
+            let (plan, _) = plan_policy::load(&master)?;
+            let hypervisor = args
+                .hypervisor
+                .unwrap_or_else(|| plan.netboot.server.clone());
+            let vms = vms::local_vms(&plan, &hypervisor)?;
+            if vms.is_empty() {
+                println!("no local VMs on {hypervisor} in {}", master.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let supervisor = vms::Supervisor {
+                bridge: plan.network.dhcp.interface.clone(),
+                accel: args.accel,
+                state_dir: state_dir.join("vms"),
+                backoff: [2, 4, 8, 16, 30].map(Duration::from_secs).to_vec(),
+            };
+            tracing::info!(count = vms.len(), %hypervisor, "running the local VMs");
+            supervisor.run(vms, server::terminated()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::CheckStatic(args)) => {

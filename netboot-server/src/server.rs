@@ -256,6 +256,19 @@ pub async fn run(
     Ok(())
 }
 
+/// Resolves at SIGTERM or Ctrl-C.
+pub async fn terminated() {
+    match signal(SignalKind::terminate()) {
+        Ok(mut terminate) => tokio::select! {
+            _ = terminate.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        },
+        Err(_) => {
+            tokio::signal::ctrl_c().await.ok();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -176,6 +176,24 @@ impl Lab {
         Ok(())
     }
 
+    /// Asks what [`Lab::spawn`] started as `index` to stop (SIGTERM) and waits for it; true if it
+    /// exited within `grace` (else it is killed).
+    pub fn terminate(&mut self, index: usize, grace: Duration) -> Result<bool> {
+        let child = &mut self.children[index];
+        // SAFETY: kill only sends a signal to our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if child.try_wait()?.is_some() {
+                return Ok(true);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        child.kill()?;
+        child.wait()?;
+        Ok(false)
+    }
+
     fn start_dhcp(&mut self, hosts: &[(&str, &str)]) -> Result<()> {
         let leases = self.dir.path().join("udhcpd.leases");
         fs::write(&leases, b"")?;

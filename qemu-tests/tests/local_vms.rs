@@ -1,0 +1,153 @@
+//! Local-VM encoders on the production box: `netbootd vms` runs the fixture's `where = "local-vm"`
+//! encoder from the master file (its MAC, vCPUs and memory), it netboots from the real `netbootd --config`
+//! and reports its role; `kill -9` of its qemu brings it back as a new boot; SIGTERM to the supervisor
+//! powers it off and removes its tap.
+//!
+//! LECTERN_IMAGE_TESTS=1, root.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use lectern_master::Role;
+use lectern_netboot::vms::STATE_FILE;
+use lectern_qemu_tests::room::RoomLab;
+use lectern_qemu_tests::{
+    fixture_builder, netbootd_binary, repo, test_store_dir, vm_tests_enabled,
+};
+use serde_json::Value;
+
+const ENCODER: &str = "lameere-enc";
+
+#[test]
+fn netbootd_runs_the_local_vms_of_the_master_file() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let netbootd = netbootd_binary(&std::env::current_exe().unwrap()).unwrap();
+    let store_dir = test_store_dir(env!("CARGO_TARGET_TMPDIR"));
+    let builder = fixture_builder(&store_dir).unwrap();
+    lectern_qemu_tests::fixture_plan().unwrap(); // makes the fixture's secrets file 0600
+    let fixture = repo().join("builder/tests/fixtures/master.toml");
+    let mut room = RoomLab::new(&fixture, &store_dir).unwrap();
+    room.build_roles(&builder, &[Role::Encoder]).unwrap();
+    room.serve(&netbootd).unwrap();
+    if let Err(error) = run(&mut room, &netbootd) {
+        panic!(
+            "{error:#}\nafter {:.0} s\n{}\n{}",
+            room.elapsed(),
+            room.table(),
+            room.diagnostics()
+        );
+    }
+}
+
+fn run(room: &mut RoomLab, netbootd: &std::path::Path) -> Result<()> {
+    let state = room.lab.dir().join("vm-state");
+    let mut supervisor = room
+        .lab
+        .in_netns(netbootd.to_str().context("netbootd path")?);
+    supervisor
+        .arg("vms")
+        .arg("--config")
+        .arg(&room.master)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--accel", "tcg"]);
+    let index = room.lab.spawn(supervisor, "vms.log")?;
+    let states = state.join("vms").join(STATE_FILE);
+    let vm_state = || -> Value {
+        std::fs::read_to_string(&states)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or(Value::Null)
+    };
+
+    let every = Some(Duration::from_secs(30));
+    room.wait_for(
+        "the local VM reporting",
+        Duration::from_secs(600),
+        every,
+        |r| Ok(r.record(ENCODER)["state"].is_string()),
+    )?;
+    let first = room.record(ENCODER);
+    eprintln!("{ENCODER} reported after {:.0} s: {first}", room.elapsed());
+    let running = vm_state();
+    ensure!(
+        running[ENCODER]["starts"] == 1,
+        "supervisor state: {running}"
+    );
+    let pid = running[ENCODER]["pid"].as_u64().context("no qemu pid")?;
+    // The master file's size, and the machine's name in its firmware.
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))?.replace('\0', " ");
+    let vm = room
+        .plan
+        .host(ENCODER)
+        .and_then(|h| h.vm())
+        .context("not a VM")?;
+    for part in [
+        format!("-smp {}", vm.vcpus),
+        format!("-m {}", vm.memory_mb),
+        format!("lectern.host={ENCODER}"),
+    ] {
+        ensure!(
+            cmdline.contains(&part),
+            "qemu runs without {part}: {cmdline}"
+        );
+    }
+    let seen = room.ssh(ENCODER, "nproc; hostname")?;
+    ensure!(
+        seen.lines().next() == Some(vm.vcpus.to_string().as_str()),
+        "the VM does not have its {} vCPUs: {seen}",
+        vm.vcpus
+    );
+
+    // The VM dies: it comes back by itself, as a new boot.
+    // SAFETY: kill only sends a signal.
+    ensure!(
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0,
+        "kill -9 {pid}"
+    );
+    let killed = Instant::now();
+    room.wait_for(
+        "the local VM back after kill -9",
+        Duration::from_secs(600),
+        every,
+        |r| {
+            let record = r.record(ENCODER);
+            Ok(record["state"].is_string() && record["boot_id"] != first["boot_id"])
+        },
+    )?;
+    eprintln!(
+        "{ENCODER} back {:.0} s after kill -9 of its qemu",
+        killed.elapsed().as_secs_f64()
+    );
+    let restarted = vm_state();
+    ensure!(
+        restarted[ENCODER]["starts"] == 2,
+        "supervisor state: {restarted}"
+    );
+    ensure!(
+        restarted[ENCODER]["last_exit"]
+            .as_str()
+            .is_some_and(|exit| exit.contains("9")),
+        "the kill is not recorded: {restarted}"
+    );
+
+    // Down: the supervisor stops, its VM and tap with it.
+    let new_pid = restarted[ENCODER]["pid"].as_u64().context("no qemu pid")?;
+    ensure!(
+        room.lab.terminate(index, Duration::from_secs(30))?,
+        "netbootd vms did not stop on SIGTERM"
+    );
+    ensure!(
+        !std::path::Path::new(&format!("/proc/{new_pid}")).exists(),
+        "qemu {new_pid} still runs after the supervisor stopped"
+    );
+    let taps = room
+        .lab
+        .in_netns("ip")
+        .args(["-o", "link", "show", "lvm0"])
+        .output()?;
+    ensure!(!taps.status.success(), "the VM's tap is still there");
+    Ok(())
+}
