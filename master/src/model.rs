@@ -529,7 +529,8 @@ pub enum CaptureKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Where {
-    /// A VM on a hypervisor on the video LAN; netboots like a physical machine.
+    /// A VM on a hypervisor on the video LAN, run by `netbootd vms` there; netboots like a physical
+    /// machine.
     LocalVm,
     /// An Amazon EC2 instance booted from the role's AMI.
     Ec2,
@@ -550,15 +551,14 @@ pub struct Deployment {
     /// Fixed address on the video LAN (`local-vm`, `bare-metal`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<Ipv4Addr>,
-    /// For `local-vm`: the hypervisor's host name.
+    /// For `local-vm`: the host name of the machine whose `netbootd vms` runs it (default: the netboot
+    /// server).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
-    /// For `local-vm`: virtual CPUs (default 2). Not used yet: lectern does not create the VM;
-    /// `imgbuild plan --json` shows it.
+    /// For `local-vm`: virtual CPUs `netbootd vms` gives the VM (default 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vcpus: Option<u32>,
-    /// For `local-vm`: memory in MiB (default 2048). Not used yet: lectern does not create the VM;
-    /// `imgbuild plan --json` shows it.
+    /// For `local-vm`: memory in MiB `netbootd vms` gives the VM (default 2048).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u32>,
     /// For `ec2`: the region, e.g. "eu-west-1". Not used yet: lectern does not launch instances;
