@@ -184,6 +184,15 @@ impl Recipes {
         if matches!(kind, OverlayKind::Host) {
             for name in &chain {
                 for path in &self.role(name)?.host_private {
+                    let overlay = self.overlay_dir(name, kind);
+                    let known = [path.clone(), format!("{path}.j2")]
+                        .iter()
+                        .any(|file| overlay.join(file).is_file());
+                    if !known {
+                        bail!(
+                            "{path} is listed as private in recipe {name}, but its host overlay has no such file"
+                        );
+                    }
                     tree.make_private(path)?;
                 }
             }
@@ -519,19 +528,28 @@ variant = "apt"
             .is_none()
         );
         edit_host([&mut redacted, &mut revealed], "lameere-mixer", |host| {
-            let feed = serde_json::json!({ "encoder": "e", "url": "srt://e.example.org:9000", "video_kbps": 8000, "audio_kbps": 256 });
+            let feed = serde_json::json!({ "encoder": "e", "url": "srt://e.example.org:9000?pbkeylen=32&passphrase=p4ss-phrase", "video_kbps": 8000, "audio_kbps": 256 });
             host["config"]["mixer"]["contributions"] = serde_json::json!([feed]);
         });
-        let text = file_text(
-            &host_tree(
-                &recipes,
-                &plan(&redacted, &revealed),
-                "mixer",
-                "lameere-mixer",
-            ),
-            list,
+        let tree = host_tree(
+            &recipes,
+            &plan(&redacted, &revealed),
+            "mixer",
+            "lameere-mixer",
         );
-        assert_eq!(text, "srt://e.example.org:9000 8000 256\n");
+        assert_eq!(
+            file_text(&tree, list),
+            "srt://e.example.org:9000?pbkeylen=32&passphrase=p4ss-phrase 8000 256\n"
+        );
+        // The URLs carry the passphrase: root's only.
+        assert!(
+            matches!(
+                tree.get(list),
+                Some(crate::tree::Entry::File { mode: 0o600, .. })
+            ),
+            "{:?}",
+            tree.get(list)
+        );
     }
 
     #[test]

@@ -126,14 +126,16 @@ impl Tree {
         self.entries.extend(other.entries);
     }
 
-    /// Restricts a file to its owner (for per-host secrets).
-    pub fn make_private(&mut self, path: &str) -> Result<()> {
+    /// Restricts a file to its owner (for per-host secrets). False if there is no such file (a template
+    /// that rendered empty for this host is left out).
+    pub fn make_private(&mut self, path: &str) -> Result<bool> {
         match self.entries.get_mut(path) {
             Some(Entry::File { mode, .. }) => {
                 *mode = 0o600;
-                Ok(())
+                Ok(true)
             }
-            _ => bail!("{path} is listed as private but the overlays produce no such file"),
+            Some(_) => bail!("{path} is listed as private but it is not a file"),
+            None => Ok(false),
         }
     }
 
@@ -266,7 +268,7 @@ mod tests {
         let before = tree.digest();
         tree.make_private("root/.ssh/authorized_keys").unwrap();
         assert_ne!(tree.digest(), before, "mode changes the digest");
-        assert!(tree.make_private("etc/nothing").is_err());
+        assert!(!tree.make_private("etc/nothing").unwrap());
     }
 
     #[test]

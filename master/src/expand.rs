@@ -738,7 +738,75 @@ impl<'l, 'a> Expander<'l, 'a> {
                 maxrate.max(variant.video_kbps),
             ));
         }
-        Some(RoomStreams { key, renditions })
+        let contribution_passphrase = self.contribution_passphrase(m, i, room)?;
+        Some(RoomStreams {
+            key,
+            renditions,
+            contribution_passphrase,
+        })
+    }
+
+    /// The room's contribution passphrase: required (10 to 79 characters, as SRT wants) when the room
+    /// has a cloud encoder, refused when nothing would use it. `Some(None)`: the room needs none.
+    fn contribution_passphrase(
+        &mut self,
+        m: &MasterFile,
+        i: usize,
+        room: &Room,
+    ) -> Option<Option<Secret>> {
+        let path = format!("rooms[{i}].contribution_passphrase");
+        let cloud = (m.encoders.iter())
+            .any(|e| e.room == room.slug && e.deployment.placement == Where::Ec2);
+        match (&room.contribution_passphrase, cloud) {
+            (Some(reference), true) => {
+                let passphrase = self.secret(reference, &path)?;
+                let length = passphrase.expose().chars().count();
+                let url_safe = (passphrase.expose().chars())
+                    .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c));
+                if !url_safe {
+                    // Not quoting the value: it is the secret.
+                    self.error(
+                        &path,
+                        "the SRT passphrase travels in the feed's URL: use letters, digits and - . _ ~ only",
+                        None,
+                    );
+                    return None;
+                }
+                if !(10..=79).contains(&length) {
+                    // Not quoting the value: it is the secret.
+                    self.error(
+                        &path,
+                        format!("an SRT passphrase has 10 to 79 characters, this one has {length}"),
+                        None,
+                    );
+                    return None;
+                }
+                Some(Some(passphrase))
+            }
+            (None, true) => {
+                self.error(
+                    &format!("rooms[{i}]"),
+                    format!(
+                        "room \"{}\" has a cloud encoder but no `contribution_passphrase`: its feed would cross the internet unencrypted",
+                        room.slug
+                    ),
+                    Some(format!(
+                        "add contribution_passphrase = \"secret:contribution.{}\" and 10 to 79 characters of it to the secrets file",
+                        room.slug
+                    )),
+                );
+                None
+            }
+            (Some(_), false) => {
+                self.error(
+                    &path,
+                    "the room has no cloud (`ec2`) encoder, so this passphrase would never be used",
+                    Some("remove contribution_passphrase".into()),
+                );
+                None
+            }
+            (None, false) => Some(None),
+        }
     }
 
     fn hosts(
@@ -771,7 +839,10 @@ impl<'l, 'a> Expander<'l, 'a> {
                             Some("set record_disk to the mixer's recording disk, e.g. \"/dev/disk/by-id/…\"; without one the recorder deletes the oldest segments to keep a quarter of the RAM free".into()),
                         );
                     }
-                    Some(RoleConfig::Mixer(self.mixer(m, r, h)))
+                    let passphrase = streams[r]
+                        .as_ref()
+                        .and_then(|s| s.contribution_passphrase.as_ref());
+                    Some(RoleConfig::Mixer(self.mixer(m, r, h, passphrase)))
                 }
                 (MachineRole::Source, Some(r)) => {
                     let room = &m.rooms[r];
@@ -824,16 +895,19 @@ impl<'l, 'a> Expander<'l, 'a> {
                 continue;
             };
             let room = &m.rooms[r];
+            let Some(room_streams) = &streams[r] else {
+                continue;
+            };
             let pull_url = match e.deployment.placement {
-                Where::Ec2 => format!("srt://0.0.0.0:{}?mode=listener", ports::CONTRIBUTION),
+                Where::Ec2 => srt_url(
+                    &format!("srt://0.0.0.0:{}?mode=listener&", ports::CONTRIBUTION),
+                    room_streams.contribution_passphrase.as_ref(),
+                ),
                 _ => {
                     let mixer = mixer_of.get(room.slug.as_str());
                     let mixer = mixer.map(|x| reach(&x.hostname, x.ip)).unwrap_or_default();
-                    format!("tcp://{mixer}:{}", ports::LIVE_OUT)
+                    Secret::public(format!("tcp://{mixer}:{}", ports::LIVE_OUT))
                 }
-            };
-            let Some(room_streams) = &streams[r] else {
-                continue;
             };
             let encode = self.encode(m, room);
             let video = self.video(m, room);
@@ -1049,7 +1123,13 @@ impl<'l, 'a> Expander<'l, 'a> {
         })
     }
 
-    fn mixer(&mut self, m: &MasterFile, r: usize, h: &Machine) -> MixerConfig {
+    fn mixer(
+        &mut self,
+        m: &MasterFile,
+        r: usize,
+        h: &Machine,
+        passphrase: Option<&Secret>,
+    ) -> MixerConfig {
         let room = &m.rooms[r];
         let contributions = m
             .encoders
@@ -1063,7 +1143,10 @@ impl<'l, 'a> Expander<'l, 'a> {
                     .unwrap_or_else(|| format!("{}.{}", e.hostname, m.network.domain));
                 Contribution {
                     encoder: e.hostname.clone(),
-                    url: format!("srt://{target}:{}", ports::CONTRIBUTION),
+                    url: srt_url(
+                        &format!("srt://{target}:{}?", ports::CONTRIBUTION),
+                        passphrase,
+                    ),
                     // Enough headroom that the cloud encoder's re-encode does not show it.
                     video_kbps: encode.maxrate_kbps * 2,
                     audio_kbps: encode.audio_kbps * 2,
@@ -1273,6 +1356,20 @@ impl<'l, 'a> Expander<'l, 'a> {
 struct RoomStreams {
     key: Option<Secret>,
     renditions: Vec<Rendition>,
+    /// The SRT passphrase of the contribution feeds to the room's cloud encoders, if it has any.
+    contribution_passphrase: Option<Secret>,
+}
+
+/// An SRT URL (`base` ends in `?` or `&`) encrypted with `passphrase` (AES-256), if there is one.
+fn srt_url(base: &str, passphrase: Option<&Secret>) -> Secret {
+    match passphrase {
+        Some(passphrase) => Secret::fill(
+            &format!("{base}pbkeylen=32&passphrase={{passphrase}}"),
+            "{passphrase}",
+            passphrase,
+        ),
+        None => Secret::public(base.trim_end_matches(['?', '&'])),
+    }
 }
 
 /// A `{room}` URL template filled in for one room.

@@ -17,7 +17,7 @@ const DEFAULT_PRESET: X264Preset = X264Preset::Veryfast;
 /// Everything after `ffmpeg` for an encoder that reads `pull_url` and pushes `renditions` (the
 /// main one first) with the room's `video` and `encode` settings.
 pub fn encoder_args(
-    pull_url: &str,
+    pull_url: &Secret,
     renditions: &[Rendition],
     ingest: IngestKind,
     video: &VideoPlan,
@@ -47,9 +47,11 @@ pub fn encoder_args(
             .map(String::from),
         );
     }
-    args.extend(["-i".into(), pull_url.into()]);
-    args.extend(["-filter_complex".into(), filter_graph(renditions, hwaccel)]);
+    args.push("-i".into());
     let mut args: Vec<Secret> = args.into_iter().map(Secret::public).collect();
+    args.push(pull_url.clone());
+    args.push(Secret::public("-filter_complex"));
+    args.push(Secret::public(filter_graph(renditions, hwaccel)));
     let gop = (encode.keyframe_s * video.framerate).max(1).to_string();
     let preset = encode.preset.unwrap_or(DEFAULT_PRESET);
     for (i, rendition) in renditions.iter().enumerate() {
@@ -216,7 +218,7 @@ mod tests {
     #[test]
     fn rtmp_x264_pushes_flv_per_rendition() {
         let args = encoder_args(
-            "tcp://10.0.0.1:15000",
+            &Secret::public("tcp://10.0.0.1:15000"),
             &renditions("rtmp"),
             IngestKind::Rtmp,
             &video(),
@@ -241,7 +243,7 @@ mod tests {
     #[test]
     fn vaapi_uploads_once_and_scales_on_the_gpu() {
         let args = encoder_args(
-            "tcp://10.0.0.1:15000",
+            &Secret::public("tcp://10.0.0.1:15000"),
             &renditions("rtmp"),
             IngestKind::Rtmp,
             &video(),
@@ -274,7 +276,7 @@ mod tests {
             ),
         ] {
             let args = encoder_args(
-                "srt://0.0.0.0:9000?mode=listener",
+                &Secret::public("srt://0.0.0.0:9000?mode=listener"),
                 &renditions(scheme),
                 ingest,
                 &video(),
@@ -294,7 +296,7 @@ mod tests {
     fn a_single_rendition_needs_no_scaling() {
         let main = &renditions("rtmp")[..1];
         let args = encoder_args(
-            "tcp://m:15000",
+            &Secret::public("tcp://m:15000"),
             main,
             IngestKind::Rtmp,
             &video(),
@@ -308,7 +310,7 @@ mod tests {
     #[test]
     fn the_preset_reaches_every_x264_rendition() {
         let args = encoder_args(
-            "tcp://m:15000",
+            &Secret::public("tcp://m:15000"),
             &renditions("rtmp"),
             IngestKind::Rtmp,
             &video(),

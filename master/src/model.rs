@@ -444,6 +444,11 @@ pub struct Room {
     /// Reference into the secrets file, e.g. "secret:stream_keys.lameere".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_key: Option<String>,
+    /// Reference into the secrets file for the SRT passphrase (10 to 79 characters) that encrypts the
+    /// mixer's contribution feed to the room's cloud (`ec2`) encoders, e.g.
+    /// "secret:contribution.lameere"; required when the room has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contribution_passphrase: Option<String>,
     /// This room's changes to `[defaults.video]`, e.g. `{ mode = "720p", framerate = 25 }`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub video: Option<VideoOverride>,

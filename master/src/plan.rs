@@ -308,8 +308,8 @@ pub struct MixerConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct Contribution {
     pub encoder: String,
-    /// e.g. "srt://cornil-enc.example.org:9000"
-    pub url: String,
+    /// e.g. "srt://cornil-enc.example.org:9000?pbkeylen=32&passphrase=***"
+    pub url: Secret,
     pub video_kbps: u32,
     pub audio_kbps: u32,
 }
@@ -330,7 +330,7 @@ pub struct EncoderConfig {
     pub room: String,
     /// What the encoder reads: the mixer's raw live output on the LAN, or an SRT listener for
     /// the mixer's contribution feed in the cloud.
-    pub pull_url: String,
+    pub pull_url: Secret,
     /// Main rendition first, then the variants.
     pub renditions: Vec<Rendition>,
     pub ingest: IngestKind,

@@ -60,6 +60,20 @@ const CASES: &[Case] = &[
 1 error found"#,
     },
     Case {
+        name: "a cloud encoder without a contribution passphrase",
+        edits: &[(
+            "contribution_passphrase = \"secret:contribution.lameere\"\n",
+            "",
+        )],
+        expected: r#"error: master.toml:59:1: rooms[lameere]: room "lameere" has a cloud encoder but no `contribution_passphrase`: its feed would cross the internet unencrypted
+   |
+59 | [[rooms]]
+   | ^^^^^^^^^
+  help: add contribution_passphrase = "secret:contribution.lameere" and 10 to 79 characters of it to the secrets file
+
+1 error found"#,
+    },
+    Case {
         name: "an x264 preset for a room that encodes with VAAPI",
         edits: &[
             (
@@ -100,9 +114,9 @@ error: master.toml:54:40: defaults.encode.variants[1080p].height: a variant of r
     Case {
         name: "unknown key beside shared deployment fields",
         edits: &[("vcpus = 4", "vcpu = 4")],
-        expected: r#"error: master.toml:140:1: encoders[cornil-enc].vcpu: unknown key `vcpu` in encoders[cornil-enc]
+        expected: r#"error: master.toml:142:1: encoders[cornil-enc].vcpu: unknown key `vcpu` in encoders[cornil-enc]
     |
-140 | vcpu = 4
+142 | vcpu = 4
     | ^^^^
   help: did you mean `vcpus`?
 
@@ -111,9 +125,9 @@ error: master.toml:54:40: defaults.encode.variants[1080p].height: a variant of r
     Case {
         name: "unknown key",
         edits: &[("record_disk = \"/dev/sdb\"", "record_dsk = \"/dev/sdb\"")],
-        expected: r#"error: master.toml:90:1: machines[lameere-mixer].record_dsk: unknown key `record_dsk` in machines[lameere-mixer]
+        expected: r#"error: master.toml:92:1: machines[lameere-mixer].record_dsk: unknown key `record_dsk` in machines[lameere-mixer]
    |
-90 | record_dsk = "/dev/sdb"
+92 | record_dsk = "/dev/sdb"
    | ^^^^^^^^^^
   help: did you mean `record_disk`?
 
@@ -122,9 +136,9 @@ error: master.toml:54:40: defaults.encode.variants[1080p].height: a variant of r
     Case {
         name: "malformed mac",
         edits: &[("mac = \"52:54:00:42:01:11\"", "mac = \"52:54:00:42:01\"")],
-        expected: r#"error: master.toml:94:7: machines[lameere-source-1].mac: "52:54:00:42:01" is not a MAC address
+        expected: r#"error: master.toml:96:7: machines[lameere-source-1].mac: "52:54:00:42:01" is not a MAC address
    |
-94 | mac = "52:54:00:42:01"
+96 | mac = "52:54:00:42:01"
    |       ^^^^^^^^^^^^^^^^
   help: write six hex pairs separated by colons, like 8c:16:45:00:e6:f6
 
@@ -133,9 +147,9 @@ error: master.toml:54:40: defaults.encode.variants[1080p].height: a variant of r
     Case {
         name: "duplicate mac",
         edits: &[("mac = \"52:54:00:42:01:12\"", "mac = \"52:54:00:42:01:11\"")],
-        expected: r#"error: master.toml:103:7: machines[lameere-source-2].mac: MAC 52:54:00:42:01:11 is already used on line 92
+        expected: r#"error: master.toml:105:7: machines[lameere-source-2].mac: MAC 52:54:00:42:01:11 is already used on line 94
     |
-103 | mac = "52:54:00:42:01:11"
+105 | mac = "52:54:00:42:01:11"
     |       ^^^^^^^^^^^^^^^^^^^
   help: two hosts cannot share one network card
 
@@ -147,9 +161,9 @@ error: master.toml:54:40: defaults.encode.variants[1080p].height: a variant of r
             "hostname = \"cornil-source-2\"",
             "hostname = \"cornil-source-1\"",
         )],
-        expected: r#"error: master.toml:127:12: machines[cornil-source-1].hostname: host name "cornil-source-1" is already used on line 117
+        expected: r#"error: master.toml:129:12: machines[cornil-source-1].hostname: host name "cornil-source-1" is already used on line 119
     |
-127 | hostname = "cornil-source-1"
+129 | hostname = "cornil-source-1"
     |            ^^^^^^^^^^^^^^^^^
   help: every host needs its own name
 
@@ -158,9 +172,9 @@ error: master.toml:54:40: defaults.encode.variants[1080p].height: a variant of r
     Case {
         name: "duplicate ip",
         edits: &[("ip = \"10.42.0.12\"", "ip = \"10.42.0.11\"")],
-        expected: r#"error: master.toml:104:6: machines[lameere-source-2].ip: address 10.42.0.11 is already used on line 92
+        expected: r#"error: master.toml:106:6: machines[lameere-source-2].ip: address 10.42.0.11 is already used on line 94
     |
-104 | ip = "10.42.0.11"
+106 | ip = "10.42.0.11"
     |      ^^^^^^^^^^^^
 
 1 error found"#,
@@ -168,9 +182,9 @@ error: master.toml:54:40: defaults.encode.variants[1080p].height: a variant of r
     Case {
         name: "ip outside subnet",
         edits: &[("ip = \"10.42.0.12\"", "ip = \"10.43.0.12\"")],
-        expected: r#"error: master.toml:104:6: machines[lameere-source-2].ip: 10.43.0.12 is outside the subnet 10.42.0.0/24
+        expected: r#"error: master.toml:106:6: machines[lameere-source-2].ip: 10.43.0.12 is outside the subnet 10.42.0.0/24
     |
-104 | ip = "10.43.0.12"
+106 | ip = "10.43.0.12"
     |      ^^^^^^^^^^^^
 
 1 error found"#,
@@ -178,9 +192,9 @@ error: master.toml:54:40: defaults.encode.variants[1080p].height: a variant of r
     Case {
         name: "reservation in range",
         edits: &[("ip = \"10.42.0.12\"", "ip = \"10.42.0.210\"")],
-        expected: r#"error: master.toml:104:6: machines[lameere-source-2].ip: 10.42.0.210 is inside the dynamic range 10.42.0.200–10.42.0.250
+        expected: r#"error: master.toml:106:6: machines[lameere-source-2].ip: 10.42.0.210 is inside the dynamic range 10.42.0.200–10.42.0.250
     |
-104 | ip = "10.42.0.210"
+106 | ip = "10.42.0.210"
     |      ^^^^^^^^^^^^^
   help: a fixed address must not be handed out to another machine: pick one outside the range, or shrink the range
 
@@ -198,9 +212,9 @@ error: master.toml:54:40: defaults.encode.variants[1080p].height: a variant of r
    | ^^^^^^^^^
   help: add a [[machines]] entry with role = "mixer" and room = "lameere"
 
-error: master.toml:68:1: rooms[cornil]: room "cornil" has more than one mixer (lameere-mixer and cornil-mixer)
+error: master.toml:70:1: rooms[cornil]: room "cornil" has more than one mixer (lameere-mixer and cornil-mixer)
    |
-68 | [[rooms]]
+70 | [[rooms]]
    | ^^^^^^^^^
 
 2 errors found"#,
@@ -214,9 +228,9 @@ error: master.toml:68:1: rooms[cornil]: room "cornil" has more than one mixer (l
    |                   ^^^^^^^^
   help: add a [[machines]] entry with role = "source", room = "lameere", source = "slides"
 
-error: master.toml:107:10: machines[lameere-source-2].source: there is no source "slide" in room "lameere"
+error: master.toml:109:10: machines[lameere-source-2].source: there is no source "slide" in room "lameere"
     |
-107 | source = "slide"
+109 | source = "slide"
     |          ^^^^^^^
   help: did you mean "slides"?
 
@@ -225,9 +239,9 @@ error: master.toml:107:10: machines[lameere-source-2].source: there is no source
     Case {
         name: "unresolved secret",
         edits: &[("secret:stream_keys.cornil", "secret:stream_keys.corni")],
-        expected: r#"error: master.toml:75:14: rooms[cornil].stream_key: `secret:stream_keys.corni` is not a string in the secrets file
+        expected: r#"error: master.toml:77:14: rooms[cornil].stream_key: `secret:stream_keys.corni` is not a string in the secrets file
    |
-75 | stream_key = "secret:stream_keys.corni"
+77 | stream_key = "secret:stream_keys.corni"
    |              ^^^^^^^^^^^^^^^^^^^^^^^^^^
   help: add `corni = "…"` under `[stream_keys]` in ./secrets.toml
 
@@ -236,15 +250,15 @@ error: master.toml:107:10: machines[lameere-source-2].source: there is no source
     Case {
         name: "unknown room",
         edits: &[("room = \"cornil\"", "room = \"cornill\"")],
-        expected: r#"error: master.toml:68:1: rooms[cornil]: room "cornil" has no mixer
+        expected: r#"error: master.toml:70:1: rooms[cornil]: room "cornil" has no mixer
    |
-68 | [[rooms]]
+70 | [[rooms]]
    | ^^^^^^^^^
   help: add a [[machines]] entry with role = "mixer" and room = "cornil"
 
-error: master.toml:115:8: machines[cornil-mixer].room: there is no room "cornill"
+error: master.toml:117:8: machines[cornil-mixer].room: there is no room "cornill"
     |
-115 | room = "cornill"
+117 | room = "cornill"
     |        ^^^^^^^^^
   help: did you mean "cornil"?
 
@@ -253,9 +267,9 @@ error: master.toml:115:8: machines[cornil-mixer].room: there is no room "cornill
     Case {
         name: "wrong type",
         edits: &[("vcpus = 4", "vcpus = \"4\"")],
-        expected: r#"error: master.toml:140:9: encoders[cornil-enc].vcpus: expected a whole number, found a string
+        expected: r#"error: master.toml:142:9: encoders[cornil-enc].vcpus: expected a whole number, found a string
     |
-140 | vcpus = "4"
+142 | vcpus = "4"
     |         ^^^
 
 1 error found"#,
@@ -342,9 +356,9 @@ error: master.toml:115:8: machines[cornil-mixer].room: there is no room "cornill
             "region = \"eu-west-1\"\ninstance_type = \"c6i.xlarge\"",
             "instance_type = \"c6i.xlarge\"",
         )],
-        expected: r#"error: master.toml:145:1: encoders[lameere-enc]: an ec2 host needs `region`
+        expected: r#"error: master.toml:147:1: encoders[lameere-enc]: an ec2 host needs `region`
     |
-145 | [[encoders]]
+147 | [[encoders]]
     | ^^^^^^^^^^^^
 
 1 error found"#,
@@ -366,9 +380,9 @@ error: master.toml:115:8: machines[cornil-mixer].room: there is no room "cornill
             "hostname = \"lameere-mixer\"",
             "hostname = \"Lameere_Mixer\"",
         )],
-        expected: r#"error: master.toml:85:12: machines[Lameere_Mixer].hostname: "Lameere_Mixer" is not a valid name
+        expected: r#"error: master.toml:87:12: machines[Lameere_Mixer].hostname: "Lameere_Mixer" is not a valid name
    |
-85 | hostname = "Lameere_Mixer"
+87 | hostname = "Lameere_Mixer"
    |            ^^^^^^^^^^^^^^^
   help: use 1 to 63 lowercase letters, digits and '-', not starting or ending with '-'
 
@@ -402,21 +416,21 @@ error: master.toml:115:8: machines[cornil-mixer].room: there is no room "cornill
             ("vcpus = 4", "vcpus = \"4\""),
             ("record_disk", "recording_disk"),
         ],
-        expected: r#"error: master.toml:90:1: machines[lameere-mixer].recording_disk: unknown key `recording_disk` in machines[lameere-mixer]
+        expected: r#"error: master.toml:92:1: machines[lameere-mixer].recording_disk: unknown key `recording_disk` in machines[lameere-mixer]
    |
-90 | recording_disk = "/dev/sdb"
+92 | recording_disk = "/dev/sdb"
    | ^^^^^^^^^^^^^^
   help: did you mean `record_disk`?
 
-error: master.toml:94:7: machines[lameere-source-1].mac: "52:54:00:42:01" is not a MAC address
+error: master.toml:96:7: machines[lameere-source-1].mac: "52:54:00:42:01" is not a MAC address
    |
-94 | mac = "52:54:00:42:01"
+96 | mac = "52:54:00:42:01"
    |       ^^^^^^^^^^^^^^^^
   help: write six hex pairs separated by colons, like 8c:16:45:00:e6:f6
 
-error: master.toml:140:9: encoders[cornil-enc].vcpus: expected a whole number, found a string
+error: master.toml:142:9: encoders[cornil-enc].vcpus: expected a whole number, found a string
     |
-140 | vcpus = "4"
+142 | vcpus = "4"
     |         ^^^
 
 3 errors found"#,

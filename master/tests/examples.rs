@@ -57,7 +57,7 @@ fn two_room_example_wires_sources_mixer_and_encoders() {
         panic!("cornil-enc is an encoder");
     };
     assert_eq!(
-        local.pull_url,
+        local.pull_url.to_string(),
         format!("tcp://10.42.0.20:{}", ports::LIVE_OUT)
     );
     let pushed: Vec<(&str, &str, u32, u32)> = (local.renditions.iter())
@@ -88,7 +88,17 @@ fn two_room_example_wires_sources_mixer_and_encoders() {
     let RoleConfig::Encoder(cloud) = &plan.host("lameere-enc").unwrap().config else {
         panic!("lameere-enc is an encoder");
     };
-    assert_eq!(cloud.pull_url, "srt://0.0.0.0:9000?mode=listener");
+    // Encrypted with the room's passphrase from the secrets file, shown redacted.
+    assert_eq!(
+        cloud.pull_url.to_string(),
+        "srt://0.0.0.0:9000?mode=listener&pbkeylen=32&passphrase=***"
+    );
+    let passphrase =
+        lectern_master::with_secrets_revealed(|| serde_json::to_string(&cloud.pull_url).unwrap());
+    assert!(
+        passphrase.contains("passphrase=example-contribution-lameere"),
+        "{passphrase}"
+    );
     let RoleConfig::Mixer(mixer) = &plan.host("lameere-mixer").unwrap().config else {
         panic!("lameere-mixer is a mixer");
     };
@@ -100,8 +110,8 @@ fn two_room_example_wires_sources_mixer_and_encoders() {
         .collect();
     assert_eq!(inputs, [("cam", 10000), ("slides", 10001)]);
     assert_eq!(
-        mixer.contributions[0].url,
-        "srt://lameere-enc.video.example.org:9000"
+        mixer.contributions[0].url.to_string(),
+        "srt://lameere-enc.video.example.org:9000?pbkeylen=32&passphrase=***"
     );
     // Per-room overrides.
     assert_eq!(

@@ -134,6 +134,8 @@ fn master_file(rooms: &[RoomSpec], mode: DhcpMode, seed: u8) -> MasterFile {
             sources,
             audio_source: None,
             stream_key: Some(format!("secret:stream_keys.{}", room.slug)),
+            contribution_passphrase: (room.encoder == Some(Where::Ec2))
+                .then(|| format!("secret:contribution.{}", room.slug)),
             video: room.framerate.map(|framerate| VideoOverride {
                 framerate: Some(framerate),
                 ..Default::default()
@@ -201,7 +203,9 @@ proptest! {
         let dir = tempfile::tempdir().unwrap();
         let secrets = dir.path().join("secrets.toml");
         let keys: String = rooms.iter().map(|r| format!("{} = \"key-{}\"\n", r.slug, r.slug)).collect();
-        std::fs::write(&secrets, format!("[stream_keys]\n{keys}")).unwrap();
+        let passphrases: String =
+            rooms.iter().map(|r| format!("{} = \"passphrase-{}\"\n", r.slug, r.slug)).collect();
+        std::fs::write(&secrets, format!("[stream_keys]\n{keys}\n[contribution]\n{passphrases}")).unwrap();
         std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
 
         let plan = lectern_master::load_from(Path::new("master.toml"), &text, |_| Secrets::load(&secrets))
