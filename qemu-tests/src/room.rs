@@ -189,13 +189,12 @@ impl RoomLab {
         let role = host.role;
         let ip = host.ip.map(|ip| ip.to_string()).unwrap_or_default();
         let powered_on = SystemTime::now();
-        // Under emulation the mixer is the room's bottleneck (it mixes, records and is probed): like a real
-        // mixer it has two cores for voctocore's parallel pipelines, and the others, lighter and able to
-        // catch up, yield the CPU to it.
-        let mixer = role == Role::Mixer;
-        let running = start(&mut self.lab, &mac.to_string(), if mixer { 2 } else { 1 })?;
-        if !mixer {
-            self.lab.deprioritize(running, 10)?;
+        let running = start(&mut self.lab, &mac.to_string(), 1)?;
+        // Under emulation the mixer is the room's bottleneck (it mixes, records and is probed): the others,
+        // lighter and able to catch up, yield the CPU to it. (Two vCPUs for the mixer and a lower priority
+        // for the others starved their boots: the mixer took both host cores.)
+        if role != Role::Mixer {
+            self.lab.deprioritize(running, 5)?;
         }
         self.guests.retain(|g| g.hostname != hostname);
         self.guests.push(Guest {
