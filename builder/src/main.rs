@@ -33,6 +33,7 @@ enum Command {
     All(commands::all::Args),
     Disk(commands::disk::Args),
     List(commands::list::Args),
+    Release(commands::release::Args),
     Gc(commands::gc::Args),
 }
 
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
         Command::All(args) => commands::all::run(args, &cli.global),
         Command::Disk(args) => commands::disk::run(args, &cli.global),
         Command::List(args) => commands::list::run(args, &cli.global),
+        Command::Release(args) => commands::release::run(args, &cli.global),
         Command::Gc(args) => commands::gc::run(args, &cli.global),
     };
     match result {

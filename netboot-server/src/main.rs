@@ -243,20 +243,30 @@ async fn main() -> anyhow::Result<ExitCode> {
         None => {
             let loaded = plan_policy::load(&master)?;
             let config = plan_policy::server_config(&loaded.0, state_dir, tftp_root);
+            // New builds and rollbacks in the store are served without a restart or a SIGHUP.
+            let store = loaded.1.clone();
+            let mut seen = store.changed_at();
             // The first call uses what was just read; every SIGHUP rereads the master file and store.
             let first = std::sync::Mutex::new(Some(loaded));
-            server::run(config, move || {
-                let taken = first.lock().expect("not poisoned").take();
-                let (plan, store) = match taken {
-                    Some(loaded) => loaded,
-                    None => plan_policy::load(&master)?,
-                };
-                let policy = PlanPolicy::new(&plan, &store);
-                for gap in policy.gaps() {
-                    tracing::warn!("{gap}");
-                }
-                Ok(Arc::new(policy) as Arc<dyn BootPolicy>)
-            })
+            server::run(
+                config,
+                move || {
+                    let taken = first.lock().expect("not poisoned").take();
+                    let (plan, store) = match taken {
+                        Some(loaded) => loaded,
+                        None => plan_policy::load(&master)?,
+                    };
+                    let policy = PlanPolicy::new(&plan, &store);
+                    for gap in policy.gaps() {
+                        tracing::warn!("{gap}");
+                    }
+                    Ok(Arc::new(policy) as Arc<dyn BootPolicy>)
+                },
+                move || {
+                    let now = store.changed_at();
+                    std::mem::replace(&mut seen, now) != now
+                },
+            )
             .await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -272,9 +282,11 @@ async fn main() -> anyhow::Result<ExitCode> {
         Some(Command::ServeStatic(args)) => {
             let (config, policy) = configure(args, state_dir, tftp_root);
             // Everything comes from the command line, so a reload re-applies the same policy.
-            server::run(config, move || {
-                Ok(Arc::new(policy.clone()) as Arc<dyn BootPolicy>)
-            })
+            server::run(
+                config,
+                move || Ok(Arc::new(policy.clone()) as Arc<dyn BootPolicy>),
+                || false,
+            )
             .await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, anyhow};
 use tokio::net::{TcpListener, UdpSocket};
@@ -141,11 +141,16 @@ fn serve_tftp_on_own_thread(
     Ok(result)
 }
 
-/// Serves until a signal. `load` builds the policy, at start and again on every SIGHUP; a
-/// failed reload keeps the running policy.
+/// How often [`run`] asks whether the policy's inputs changed.
+const CHANGE_POLL: Duration = Duration::from_secs(2);
+
+/// Serves until a signal. `load` builds the policy, at start and again on every SIGHUP and whenever
+/// `changed` (polled every [`CHANGE_POLL`]) says its inputs changed (a build or a rollback in the
+/// store); a failed reload keeps the running policy.
 pub async fn run(
     config: ServerConfig,
     load: impl Fn() -> anyhow::Result<Arc<dyn BootPolicy>>,
+    mut changed: impl FnMut() -> bool,
 ) -> anyhow::Result<()> {
     let (tftp_limits, http_limits) = (tftp::Limits::default(), http::Limits::default());
     ensure_descriptor_limit(descriptors_needed(&tftp_limits, &http_limits));
@@ -237,17 +242,24 @@ pub async fn run(
     tokio::pin!(serving);
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
+    let mut poll = tokio::time::interval(CHANGE_POLL);
+    let reload = |why: &str| match load() {
+        Ok(reloaded) => {
+            let hosts = reloaded.hosts().len();
+            apply_policy(reloaded, &policy, responder.pool.as_ref(), &timeline);
+            tracing::info!(hosts, why, "reloaded the boot policy");
+        }
+        Err(error) => tracing::error!(
+            error = format!("{error:#}"),
+            why,
+            "reload failed: keeping the running policy"
+        ),
+    };
     loop {
         tokio::select! {
             result = &mut serving => return result,
-            _ = hangup.recv() => match load() {
-                Ok(reloaded) => {
-                    let hosts = reloaded.hosts().len();
-                    apply_policy(reloaded, &policy, responder.pool.as_ref(), &timeline);
-                    tracing::info!(hosts, "reloaded the boot policy");
-                }
-                Err(error) => tracing::error!(error = format!("{error:#}"), "reload failed: keeping the running policy"),
-            },
+            _ = hangup.recv() => reload("SIGHUP"),
+            _ = poll.tick() => if changed() { reload("the store changed") },
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }

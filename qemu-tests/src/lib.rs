@@ -485,8 +485,13 @@ pub fn fixture_plan() -> Result<Plan> {
 
 /// A builder over the repository's recipes into `store_dir`, with the apt cache from LECTERN_APT_CACHE.
 pub fn fixture_builder(store_dir: &Path) -> Result<Builder> {
+    fixture_builder_with_overlays(store_dir, &repo().join("overlays"))
+}
+
+/// [`fixture_builder`] with the overlay trees of `overlays` (a changed copy makes another release).
+pub fn fixture_builder_with_overlays(store_dir: &Path, overlays: &Path) -> Result<Builder> {
     let repo = repo();
-    let recipes = Recipes::load(&repo.join("recipes"), &repo.join("overlays"))?;
+    let recipes = Recipes::load(&repo.join("recipes"), overlays)?;
     let apt_cache = std::env::var_os("LECTERN_APT_CACHE")
         .map_or_else(|| "/var/cache/lectern/apt".into(), PathBuf::from);
     Builder::new(
@@ -499,8 +504,6 @@ pub fn fixture_builder(store_dir: &Path) -> Result<Builder> {
     )
 }
 
-/// Whether VM tests should run: LECTERN_IMAGE_TESTS=1 (they take minutes). Panics if asked for but
-/// impossible here, so CI cannot pass by skipping.
 /// The netbootd of this build, beside the test executable `test_exe` (target/<profile>/deps/…):
 /// `cargo test --workspace` builds it; alone, build it first with `cargo build -p lectern-netboot`.
 pub fn netbootd_binary(test_exe: &Path) -> Result<PathBuf> {
@@ -517,6 +520,8 @@ pub fn netbootd_binary(test_exe: &Path) -> Result<PathBuf> {
     Ok(binary)
 }
 
+/// Whether VM tests should run: LECTERN_IMAGE_TESTS=1 (they take minutes). Panics if asked for but
+/// impossible here, so CI cannot pass by skipping.
 pub fn vm_tests_enabled() -> bool {
     if std::env::var("LECTERN_IMAGE_TESTS").as_deref() != Ok("1") {
         eprintln!("skipping: VM boots take minutes; set LECTERN_IMAGE_TESTS=1 to run them");

@@ -94,7 +94,7 @@ fn run(room: &mut RoomLab, store_dir: &std::path::Path) -> Result<()> {
         );
         let seen = room.ssh(
             ENCODER,
-            "hostname; findmnt -n -o SOURCE /run/lectern/lower; cat /proc/cmdline; \
+            "hostname; readlink -f \"$(findmnt -n -o SOURCE /run/lectern/lower)\"; cat /proc/cmdline; \
              systemctl is-active lectern-role.target; \
              tr '\\0' '\\n' < /sys/firmware/dmi/entries/11-0/raw 2>/dev/null | grep -a -o 'lectern.host=.*' || true",
         )?;

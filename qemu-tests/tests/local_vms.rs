@@ -1,7 +1,9 @@
-//! Local-VM encoders on the production box: `netbootd vms` runs the fixture's `where = "local-vm"`
-//! encoder from the master file (its MAC, vCPUs and memory), it netboots from the real `netbootd --config`
-//! and reports its role; `kill -9` of its qemu brings it back as a new boot; SIGTERM to the supervisor
-//! powers it off and removes its tap.
+//! Local-VM encoders on the production box, and releases: `netbootd vms` runs the fixture's
+//! `where = "local-vm"` encoder from the master file (its MAC, vCPUs and memory), it netboots from the real
+//! `netbootd --config` and reports its role; `kill -9` of its qemu brings it back as a new boot. A new
+//! encoder release is what its next boot runs, without restarting netbootd; after a rollback
+//! (`Store::make_current`, what `imgbuild release use` does) the next boot runs the old image again.
+//! SIGTERM to the supervisor powers the VM off and removes its tap.
 //!
 //! LECTERN_IMAGE_TESTS=1, root.
 
@@ -12,8 +14,10 @@ use lectern_master::Role;
 use lectern_netboot::vms::STATE_FILE;
 use lectern_qemu_tests::room::RoomLab;
 use lectern_qemu_tests::{
-    fixture_builder, netbootd_binary, repo, test_store_dir, vm_tests_enabled,
+    fixture_builder, fixture_builder_with_overlays, netbootd_binary, repo, test_store_dir,
+    vm_tests_enabled,
 };
+use lectern_store::Store;
 use serde_json::Value;
 
 const ENCODER: &str = "lameere-enc";
@@ -31,7 +35,7 @@ fn netbootd_runs_the_local_vms_of_the_master_file() {
     let mut room = RoomLab::new(&fixture, &store_dir).unwrap();
     room.build_roles(&builder, &[Role::Encoder]).unwrap();
     room.serve(&netbootd).unwrap();
-    if let Err(error) = run(&mut room, &netbootd) {
+    if let Err(error) = run(&mut room, &netbootd, &store_dir) {
         panic!(
             "{error:#}\nafter {:.0} s\n{}\n{}",
             room.elapsed(),
@@ -41,7 +45,7 @@ fn netbootd_runs_the_local_vms_of_the_master_file() {
     }
 }
 
-fn run(room: &mut RoomLab, netbootd: &std::path::Path) -> Result<()> {
+fn run(room: &mut RoomLab, netbootd: &std::path::Path, store_dir: &std::path::Path) -> Result<()> {
     let state = room.lab.dir().join("vm-state");
     let mut supervisor = room
         .lab
@@ -101,26 +105,9 @@ fn run(room: &mut RoomLab, netbootd: &std::path::Path) -> Result<()> {
         vm.vcpus
     );
 
-    // The VM dies: it comes back by itself, as a new boot.
-    // SAFETY: kill only sends a signal.
-    ensure!(
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0,
-        "kill -9 {pid}"
-    );
-    let killed = Instant::now();
-    room.wait_for(
-        "the local VM back after kill -9",
-        Duration::from_secs(600),
-        every,
-        |r| {
-            let record = r.record(ENCODER);
-            Ok(record["state"].is_string() && record["boot_id"] != first["boot_id"])
-        },
-    )?;
-    eprintln!(
-        "{ENCODER} back {:.0} s after kill -9 of its qemu",
-        killed.elapsed().as_secs_f64()
-    );
+    // The VM dies: it comes back by itself, as a new boot (of the same image).
+    let back = kill_and_wait(room, &vm_state, &first["boot_id"], "kill -9")?;
+    ensure!(back["image"] == first["image"], "{back}");
     let restarted = vm_state();
     ensure!(
         restarted[ENCODER]["starts"] == 2,
@@ -129,9 +116,56 @@ fn run(room: &mut RoomLab, netbootd: &std::path::Path) -> Result<()> {
     ensure!(
         restarted[ENCODER]["last_exit"]
             .as_str()
-            .is_some_and(|exit| exit.contains("9")),
+            .is_some_and(|exit| exit.contains('9')),
         "the kill is not recorded: {restarted}"
     );
+
+    // A new release (another config overlay): the next boot runs it, netbootd never restarted.
+    let store = Store::open(store_dir)?;
+    let (old_number, old) = store
+        .releases("encoder")?
+        .pop()
+        .context("no encoder release")?;
+    let overlays = tempfile::tempdir()?;
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(repo().join("overlays/."))
+        .arg(overlays.path())
+        .status()?;
+    ensure!(copied.success(), "copying the overlays");
+    let note = overlays
+        .path()
+        .join("encoder/config/etc/lectern-release-note");
+    std::fs::write(&note, "the second release of the local VM test\n")?;
+    let builder = fixture_builder_with_overlays(store_dir, overlays.path())?;
+    room.build_roles(&builder, &[Role::Encoder])?;
+    let new = store
+        .latest_manifest("encoder")?
+        .context("no new release")?;
+    ensure!(
+        new.image != old.image,
+        "the changed overlay made no new release"
+    );
+    let upgraded = kill_and_wait(room, &vm_state, &back["boot_id"], "the new release")?;
+    ensure!(
+        upgraded["image"] == new.image.as_str(),
+        "the next boot after a new release runs {} instead of {}",
+        upgraded["image"],
+        new.image
+    );
+
+    // Rolled back: the next boot runs the old image again.
+    store
+        .make_current("encoder", old_number)?
+        .context("no old release")?;
+    let rolled_back = kill_and_wait(room, &vm_state, &upgraded["boot_id"], "the rollback")?;
+    ensure!(
+        rolled_back["image"] == old.image.as_str(),
+        "the next boot after a rollback runs {} instead of {}",
+        rolled_back["image"],
+        old.image
+    );
+    let restarted = vm_state();
 
     // Down: the supervisor stops, its VM and tap with it.
     let new_pid = restarted[ENCODER]["pid"].as_u64().context("no qemu pid")?;
@@ -150,4 +184,35 @@ fn run(room: &mut RoomLab, netbootd: &std::path::Path) -> Result<()> {
         .output()?;
     ensure!(!taps.status.success(), "the VM's tap is still there");
     Ok(())
+}
+
+/// Kills the VM's qemu (-9) and waits until it has booted again and reported (a boot other than
+/// `previous_boot`); returns that report.
+fn kill_and_wait(
+    room: &RoomLab,
+    vm_state: &dyn Fn() -> Value,
+    previous_boot: &Value,
+    why: &str,
+) -> Result<Value> {
+    let pid = vm_state()[ENCODER]["pid"].as_u64().context("no qemu pid")?;
+    // SAFETY: kill only sends a signal.
+    ensure!(
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0,
+        "kill -9 {pid}"
+    );
+    let killed = Instant::now();
+    room.wait_for(
+        &format!("the local VM back after {why}"),
+        Duration::from_secs(600),
+        Some(Duration::from_secs(30)),
+        |r| {
+            let record = r.record(ENCODER);
+            Ok(record["state"].is_string() && &record["boot_id"] != previous_boot)
+        },
+    )?;
+    eprintln!(
+        "{ENCODER} booted again {:.0} s after kill -9 ({why})",
+        killed.elapsed().as_secs_f64()
+    );
+    Ok(room.record(ENCODER))
 }

@@ -49,6 +49,8 @@ pub enum StoreError {
     },
     #[error("{0:?} is not a usable role or host name (letters, digits, '-', '_' and '.' only)")]
     BadName(String),
+    #[error("{0}")]
+    Missing(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -220,6 +222,61 @@ impl Store {
             .into_iter()
             .map(|(_, m)| m)
             .collect())
+    }
+
+    /// Every release of `role` with its number, oldest first. A rollback appends an older release again,
+    /// so a number's image may appear twice; the last entry is current.
+    pub fn releases(&self, role: &str) -> Result<Vec<(u64, Manifest)>> {
+        let dir = self.records_dir(Records::Manifests, role)?;
+        let mut releases = Vec::new();
+        for seq in self.sequence_numbers(&dir)? {
+            if let Some(manifest) = read_json(&dir.join(format!("{seq:08}.json")))? {
+                releases.push((seq, manifest));
+            }
+        }
+        Ok(releases)
+    }
+
+    /// Makes release `number` of `role` current again (rolling back, or forward after a rollback) by
+    /// appending it as the newest record: netbootd serves it from the next boot on, and the history says
+    /// what was current when. Returns it; `None` if there is no such release.
+    pub fn make_current(&self, role: &str, number: u64) -> Result<Option<Manifest>> {
+        let releases = self.releases(role)?;
+        let Some((_, chosen)) = releases.iter().find(|(seq, _)| *seq == number) else {
+            return Ok(None);
+        };
+        if releases
+            .last()
+            .is_some_and(|(_, current)| current.image == chosen.image)
+        {
+            return Ok(Some(chosen.clone()));
+        }
+        for blob in chosen.blobs() {
+            if !self.has_blob(blob) {
+                return Err(StoreError::Missing(format!(
+                    "release {number} of {role} lost blob {} (pruned by gc?)",
+                    blob.sha256
+                )));
+            }
+        }
+        self.append(Records::Manifests, role, chosen)?;
+        Ok(Some(chosen.clone()))
+    }
+
+    /// When releases or host layers last changed: a reader polls it to pick up builds and rollbacks
+    /// without being told. Each record is a new file, so the directories' mtimes say it.
+    pub fn changed_at(&self) -> Option<SystemTime> {
+        let mut latest = None;
+        for family in [Records::Manifests, Records::Hosts] {
+            let dir = self.root.join(family.dir());
+            let names = list_dir(&dir).unwrap_or_default();
+            let dirs = std::iter::once(dir.clone()).chain(names.iter().map(|name| dir.join(name)));
+            for path in dirs {
+                let modified = fs::metadata(&path).and_then(|m| m.modified()).ok();
+                latest = latest.max(modified);
+            }
+        }
+        latest
     }
 
     /// Roles with at least one release, sorted.
@@ -419,6 +476,49 @@ mod tests {
         );
         assert_eq!(store.latest_manifest("mixer").unwrap(), Some(second));
         assert_eq!(store.roles().unwrap(), vec!["mixer"]);
+    }
+
+    #[test]
+    fn a_rollback_makes_an_older_release_current_and_keeps_the_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap();
+        let first = sample_manifest("encoder", b"k1");
+        let second = sample_manifest("encoder", b"k2");
+        for content in [&b"k1"[..], b"k2", b"tar", b"sq"] {
+            store.put_blob(content).unwrap();
+        }
+        store.add_manifest(&first).unwrap();
+        store.add_manifest(&second).unwrap();
+        let before = store.changed_at();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(
+            store.make_current("encoder", 1).unwrap(),
+            Some(first.clone())
+        );
+        assert_eq!(
+            store.latest_manifest("encoder").unwrap(),
+            Some(first.clone())
+        );
+        assert!(store.changed_at() > before, "a reader sees the rollback");
+        let numbers: Vec<u64> = store
+            .releases("encoder")
+            .unwrap()
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        assert_eq!(numbers, [1, 2, 3]);
+        // Already current: nothing appended. Forward again: release 2 is current.
+        store.make_current("encoder", 3).unwrap();
+        assert_eq!(store.releases("encoder").unwrap().len(), 3);
+        assert_eq!(
+            store.make_current("encoder", 2).unwrap(),
+            Some(second.clone())
+        );
+        assert_eq!(store.latest_manifest("encoder").unwrap(), Some(second));
+        assert_eq!(store.make_current("encoder", 9).unwrap(), None);
+        // A release whose files gc pruned cannot come back.
+        fs::remove_file(store.blob_path(&first.artifacts["vmlinuz"].sha256)).unwrap();
+        assert!(store.make_current("encoder", 1).is_err());
     }
 
     #[test]

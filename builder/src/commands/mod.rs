@@ -5,6 +5,7 @@ pub mod disk;
 pub mod gc;
 pub mod inspect;
 pub mod list;
+pub mod release;
 pub mod role;
 
 use std::path::{Path, PathBuf};
