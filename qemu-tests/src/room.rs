@@ -56,6 +56,37 @@ pub struct RoomLab {
 }
 
 impl RoomLab {
+    /// The lab every room-sized VM test starts from: the fixture master file served by the real netbootd
+    /// of this build (`test_exe` is the test executable, beside which it sits), with the images of
+    /// `roles` (every role the plan needs when `None`) built into, or taken from, `store_dir`.
+    pub fn serve_fixture(
+        test_exe: &Path,
+        store_dir: &Path,
+        roles: Option<&[Role]>,
+    ) -> Result<Self> {
+        let netbootd = crate::netbootd_binary(test_exe)?;
+        let builder = crate::fixture_builder(store_dir)?;
+        crate::fixture_plan()?; // makes the fixture's secrets file 0600
+        let fixture = crate::repo().join("builder/tests/fixtures/master.toml");
+        let mut room = RoomLab::new(&fixture, store_dir)?;
+        match roles {
+            Some(roles) => room.build_roles(&builder, roles)?,
+            None => room.build(&builder)?,
+        }
+        room.serve(&netbootd)?;
+        Ok(room)
+    }
+
+    /// Fails the test with `error`, when it happened, the hosts' table and the logs.
+    pub fn fail(&self, error: anyhow::Error) -> ! {
+        panic!(
+            "{error:#}\nafter {:.0} s\n{}\n{}",
+            self.elapsed(),
+            self.table(),
+            self.diagnostics()
+        )
+    }
+
     /// A lab for the video LAN of `master` (its interface as the bridge, the netboot machine's address on
     /// it) serving a copy of the master file (and the secrets file beside it) with the store at `store`, and
     /// a fresh ssh key that can log in to every host.

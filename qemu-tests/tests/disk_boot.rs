@@ -12,9 +12,7 @@ use anyhow::{Context, Result, ensure};
 use lectern_builder::disk::{self, DiskFormat, DiskSpec, ROOT_LABEL};
 use lectern_master::Role;
 use lectern_qemu_tests::room::RoomLab;
-use lectern_qemu_tests::{
-    fixture_builder, netbootd_binary, repo, test_store_dir, vm_tests_enabled,
-};
+use lectern_qemu_tests::{test_store_dir, vm_tests_enabled};
 use lectern_store::Store;
 
 const ENCODER: &str = "lameere-enc";
@@ -24,21 +22,11 @@ fn the_encoder_disk_boots_under_uefi_raw_and_qcow2() {
     if !vm_tests_enabled() {
         return;
     }
-    let netbootd = netbootd_binary(&std::env::current_exe().unwrap()).unwrap();
     let store_dir = test_store_dir(env!("CARGO_TARGET_TMPDIR"));
-    let builder = fixture_builder(&store_dir).unwrap();
-    lectern_qemu_tests::fixture_plan().unwrap(); // makes the fixture's secrets file 0600
-    let fixture = repo().join("builder/tests/fixtures/master.toml");
-    let mut room = RoomLab::new(&fixture, &store_dir).unwrap();
-    room.build_roles(&builder, &[Role::Encoder]).unwrap();
-    room.serve(&netbootd).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut room = RoomLab::serve_fixture(&exe, &store_dir, Some(&[Role::Encoder])).unwrap();
     if let Err(error) = run(&mut room, &store_dir) {
-        panic!(
-            "{error:#}\nafter {:.0} s\n{}\n{}",
-            room.elapsed(),
-            room.table(),
-            room.diagnostics()
-        );
+        room.fail(error);
     }
 }
 

@@ -14,8 +14,7 @@ use lectern_master::Role;
 use lectern_netboot::vms::STATE_FILE;
 use lectern_qemu_tests::room::RoomLab;
 use lectern_qemu_tests::{
-    fixture_builder, fixture_builder_with_overlays, netbootd_binary, repo, test_store_dir,
-    vm_tests_enabled,
+    fixture_builder_with_overlays, netbootd_binary, repo, test_store_dir, vm_tests_enabled,
 };
 use lectern_store::Store;
 use serde_json::Value;
@@ -27,21 +26,12 @@ fn netbootd_runs_the_local_vms_of_the_master_file() {
     if !vm_tests_enabled() {
         return;
     }
-    let netbootd = netbootd_binary(&std::env::current_exe().unwrap()).unwrap();
     let store_dir = test_store_dir(env!("CARGO_TARGET_TMPDIR"));
-    let builder = fixture_builder(&store_dir).unwrap();
-    lectern_qemu_tests::fixture_plan().unwrap(); // makes the fixture's secrets file 0600
-    let fixture = repo().join("builder/tests/fixtures/master.toml");
-    let mut room = RoomLab::new(&fixture, &store_dir).unwrap();
-    room.build_roles(&builder, &[Role::Encoder]).unwrap();
-    room.serve(&netbootd).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut room = RoomLab::serve_fixture(&exe, &store_dir, Some(&[Role::Encoder])).unwrap();
+    let netbootd = netbootd_binary(&exe).unwrap();
     if let Err(error) = run(&mut room, &netbootd, &store_dir) {
-        panic!(
-            "{error:#}\nafter {:.0} s\n{}\n{}",
-            room.elapsed(),
-            room.table(),
-            room.diagnostics()
-        );
+        room.fail(error);
     }
 }
 

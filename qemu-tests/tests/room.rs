@@ -23,9 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use lectern_qemu_tests::room::{PHASES, RoomLab};
-use lectern_qemu_tests::{
-    Firmware, fixture_builder, netbootd_binary, repo, test_store_dir, vm_tests_enabled,
-};
+use lectern_qemu_tests::{Firmware, test_store_dir, vm_tests_enabled};
 use serde_json::Value;
 
 const MIXER: &str = "lameere-mixer";
@@ -53,21 +51,11 @@ fn a_room_streams_from_power_on_to_the_browser() {
     if !vm_tests_enabled() {
         return;
     }
-    let netbootd = netbootd_binary(&std::env::current_exe().unwrap()).unwrap();
     let store_dir = test_store_dir(env!("CARGO_TARGET_TMPDIR"));
-    let builder = fixture_builder(&store_dir).unwrap();
-    let fixture = repo().join("builder/tests/fixtures/master.toml");
-    lectern_qemu_tests::fixture_plan().unwrap(); // makes the fixture's secrets file 0600
-    let mut room = RoomLab::new(&fixture, &store_dir).unwrap();
-    room.build(&builder).unwrap();
-    room.serve(&netbootd).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut room = RoomLab::serve_fixture(&exe, &store_dir, None).unwrap();
     if let Err(error) = run(&mut room) {
-        panic!(
-            "{error:#}\nafter {:.0} s\n{}\n{}",
-            room.elapsed(),
-            room.table(),
-            room.diagnostics()
-        );
+        room.fail(error);
     }
 }
 
