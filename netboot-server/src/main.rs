@@ -175,6 +175,9 @@ struct VmsArgs {
     /// qemu's accelerator; `kvm:tcg` falls back to emulation where KVM is missing.
     #[arg(long, default_value = "kvm:tcg")]
     accel: String,
+    /// Run only this VM (repeatable); default: every local VM of the hypervisor.
+    #[arg(long = "only", value_name = "HOST")]
+    only: Vec<String>,
 }
 
 /// The server settings and the policy the arguments describe.
@@ -295,7 +298,20 @@ async fn main() -> anyhow::Result<ExitCode> {
             let hypervisor = args
                 .hypervisor
                 .unwrap_or_else(|| plan.netboot.server.clone());
-            let vms = vms::local_vms(&plan, &hypervisor)?;
+            let mut vms = vms::local_vms(&plan, &hypervisor)?;
+            if let Some(unknown) = args
+                .only
+                .iter()
+                .find(|h| !vms.iter().any(|vm| &vm.hostname == *h))
+            {
+                bail!(
+                    "{unknown} is not a local VM of {hypervisor} in {}",
+                    master.display()
+                );
+            }
+            if !args.only.is_empty() {
+                vms.retain(|vm| args.only.contains(&vm.hostname));
+            }
             if vms.is_empty() {
                 println!("no local VMs on {hypervisor} in {}", master.display());
                 return Ok(ExitCode::SUCCESS);

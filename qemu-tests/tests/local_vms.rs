@@ -46,7 +46,7 @@ fn run(room: &mut RoomLab, netbootd: &std::path::Path, store_dir: &std::path::Pa
         .arg(&room.master)
         .arg("--state-dir")
         .arg(&state)
-        .args(["--accel", "tcg"]);
+        .args(["--accel", "tcg", "--only", ENCODER]);
     let index = room.lab.spawn(supervisor, "vms.log")?;
     let states = state.join("vms").join(STATE_FILE);
     let vm_state = || -> Value {
