@@ -519,9 +519,13 @@ impl RoomLab {
         Ok(String::from_utf8_lossy(&self.ssh_bytes(hostname, command)?).into_owned())
     }
 
-    /// [`RoomLab::ssh`], for binary output.
+    /// [`RoomLab::ssh`], for binary output. Any host of the plan with a fixed address, whoever
+    /// started it (this lab, or `netbootd vms`).
     pub fn ssh_bytes(&self, hostname: &str, command: &str) -> Result<Vec<u8>> {
-        let ip = &self.guest(hostname)?.ip;
+        let ip = (self.plan.host(hostname))
+            .and_then(|host| host.ip)
+            .with_context(|| format!("{hostname} has no fixed address in the master file"))?
+            .to_string();
         let output = self
             .lab
             .in_netns("ssh")
