@@ -126,6 +126,7 @@ fn run(room: &mut RoomLab, netbootd: &std::path::Path, store_dir: &std::path::Pa
     let note = overlays
         .path()
         .join("encoder/config/etc/lectern-release-note");
+    std::fs::create_dir_all(note.parent().context("no parent")?)?;
     std::fs::write(&note, "the second release of the local VM test\n")?;
     let builder = fixture_builder_with_overlays(store_dir, overlays.path())?;
     room.build_roles(&builder, &[Role::Encoder])?;
