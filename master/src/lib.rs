@@ -8,6 +8,7 @@
 pub mod diagnostics;
 mod expand;
 pub mod ffmpeg;
+pub mod input;
 pub mod mac;
 pub mod model;
 pub mod plan;
@@ -34,10 +35,10 @@ pub fn schema() -> serde_json::Value {
 
 /// Reads, checks and expands the master file at `path`.
 pub fn load(path: &Path) -> Result<Plan, Diagnostics> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let text = input::read_bounded(path, "master file", input::MASTER_FILE_LIMIT).map_err(|e| {
         Diagnostics(vec![Diagnostic::file_level(
             path,
-            format!("cannot read the master file: {e}"),
+            e,
             Some("pass the right file with --config FILE".into()),
         )])
     })?;

@@ -128,8 +128,9 @@ impl Secrets {
                 ));
             }
         }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| refuse(format!("cannot read the secrets file: {e}"), None))?;
+        let text =
+            crate::input::read_bounded(path, "secrets file", crate::input::SECRETS_FILE_LIMIT)
+                .map_err(|e| refuse(e, None))?;
         let table: SecretsFile = toml::from_str(&text).map_err(|e| {
             let source = SourceFile { path, text: &text };
             let span = e.span().unwrap_or(0..0);
