@@ -159,12 +159,36 @@ impl SourceFile<'_> {
             message: message.into(),
             help,
             warning: false,
-            snippet: Some((
-                text.to_string(),
-                start - line_start..underline_end - line_start,
-            )),
+            snippet: Some(window(text, start - line_start..underline_end - line_start)),
         }
     }
+}
+
+/// Longest source line a diagnostic echoes whole.
+const SNIPPET_CHARS: usize = 160;
+
+/// The part of a long `line` around `underline` (byte offsets), marked `…` where cut, and the
+/// underline within it: a 4 MB line is not echoed whole, twice.
+fn window(line: &str, underline: Range<usize>) -> (String, Range<usize>) {
+    if line.chars().count() <= SNIPPET_CHARS {
+        return (line.to_owned(), underline);
+    }
+    let floor = |mut i: usize| {
+        while !line.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    };
+    let from = floor(underline.start.saturating_sub(SNIPPET_CHARS / 3));
+    let to = floor((underline.start + SNIPPET_CHARS * 2 / 3).min(line.len()));
+    let (lead, tail) = (
+        if from > 0 { "…" } else { "" },
+        if to < line.len() { "…" } else { "" },
+    );
+    let shown = format!("{lead}{}{tail}", &line[from..to]);
+    let start = lead.len() + underline.start - from;
+    let end = lead.len() + underline.end.min(to).max(underline.start) - from;
+    (shown, start..end)
 }
 
 /// "did you mean" for a misspelt name among the known ones.
@@ -199,6 +223,34 @@ mod tests {
                 .to_string()
                 .starts_with("warning: m.toml:2:7: mac: bad\n")
         );
+    }
+
+    #[test]
+    fn a_long_line_is_echoed_around_the_problem_only() {
+        let line = format!("name = \"{}\" # é{}", "x".repeat(3000), "y".repeat(50_000));
+        let text = format!("a = 1\n{line}\n");
+        let source = SourceFile {
+            path: Path::new("m.toml"),
+            text: &text,
+        };
+        let span = text.find('é').unwrap();
+        let shown = source
+            .error(span..span + 2, "name", "bad", None)
+            .to_string();
+        assert!(shown.len() < 600, "{} bytes echoed", shown.len());
+        let lines: Vec<&str> = shown.lines().collect();
+        assert!(
+            lines[2].starts_with("2 | …xxx") && lines[2].ends_with("yyy…"),
+            "{shown}"
+        );
+        // The underline still sits under the problem.
+        let column = lines[2].chars().position(|c| c == 'é').unwrap();
+        assert_eq!(
+            lines[3].chars().position(|c| c == '^'),
+            Some(column),
+            "{shown}"
+        );
+        assert_eq!(lines[3].matches('^').count(), 1);
     }
 
     #[test]
