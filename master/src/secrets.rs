@@ -134,13 +134,36 @@ impl Secrets {
         let table: SecretsFile = toml::from_str(&text).map_err(|e| {
             let source = SourceFile { path, text: &text };
             let span = e.span().unwrap_or(0..0);
-            // The parser's message may quote the offending text, which may be a secret.
-            Diagnostics(vec![source.error(
-                span.start..span.start,
-                "",
-                "this is not a valid secrets file (TOML tables of strings)",
-                None,
-            )])
+            // The parser's message and the line may hold a secret: say where, and which key, only.
+            let line_start = text[..span.start.min(text.len())]
+                .rfind('\n')
+                .map_or(0, |i| i + 1);
+            let key = text[line_start..]
+                .split(['=', '\n'])
+                .next()
+                .map(str::trim)
+                .filter(|key| {
+                    !key.is_empty()
+                        && key.len() <= 64
+                        && key
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "_-.\"".contains(c))
+                        && text[line_start..]
+                            .split('\n')
+                            .next()
+                            .is_some_and(|l| l.contains('='))
+                });
+            let message = match key {
+                Some(key) => format!(
+                    "this is not a valid secrets file (TOML tables of strings): at key {key}"
+                ),
+                None => "this is not a valid secrets file (TOML tables of strings)".to_owned(),
+            };
+            Diagnostics(vec![
+                source
+                    .error(span.start..span.start, "", message, None)
+                    .without_snippet(),
+            ])
         })?;
         Ok(Secrets { table })
     }

@@ -502,3 +502,47 @@ fn a_missing_secrets_file_is_reported_once() {
         "{problems}"
     );
 }
+
+#[test]
+fn a_broken_secrets_file_names_line_and_key_but_never_a_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = dir.path().join("master.toml");
+    std::fs::write(&master, EXAMPLE).unwrap();
+    let secrets = dir.path().join("secrets.toml");
+    let path = secrets.display().to_string();
+    for (broken, expected) in [
+        // A duplicate key: the second value must not be echoed.
+        (
+            format!("{SECRETS}lameere = \"the-second-key-9f8e\"\n"),
+            "at key lameere",
+        ),
+        // An unterminated string: the parser would quote it.
+        (
+            SECRETS.replace(
+                "cornil = \"example-key-cornil-b81e07\"",
+                "cornil = \"example-key-cornil-b81e07",
+            ),
+            "at key cornil",
+        ),
+    ] {
+        std::fs::write(&secrets, &broken).unwrap();
+        std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let problems = lectern_master::load(&master).unwrap_err().to_string();
+        assert!(
+            problems.starts_with(&format!("error: {path}:"))
+                && problems.contains("this is not a valid secrets file")
+                && problems.contains(expected),
+            "{problems}"
+        );
+        for value in [
+            "the-second-key-9f8e",
+            "example-key-cornil-b81e07",
+            "example-key-lameere",
+        ] {
+            assert!(
+                !problems.contains(value),
+                "a secret in the message: {problems}"
+            );
+        }
+    }
+}
