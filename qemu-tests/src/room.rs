@@ -53,6 +53,8 @@ pub struct RoomLab {
     ssh_key: PathBuf,
     pub guests: Vec<Guest>,
     started: Instant,
+    /// Serve in proxy mode beside a venue DHCP server (dnsmasq) that hands out the addresses.
+    venue_dhcp: bool,
 }
 
 impl RoomLab {
@@ -120,7 +122,92 @@ impl RoomLab {
             ssh_key,
             guests: Vec::new(),
             started: Instant::now(),
+            venue_dhcp: false,
         })
+    }
+
+    /// The same lab as a venue's LAN: the served master file in proxy mode (no dynamic range), and
+    /// [`RoomLab::serve`] starts dnsmasq as the venue's DHCP server first, with the plan's fixed addresses
+    /// as its reservations (what the venue's network team is asked for).
+    pub fn beside_venue_dhcp(mut self) -> Result<Self> {
+        let text = fs::read_to_string(&self.master)?;
+        let proxy: String = (text.lines())
+            .filter(|line| !line.starts_with("range = ["))
+            .map(|line| match line {
+                "mode = \"authoritative\"" => "mode = \"proxy\"\n".to_owned(),
+                _ => format!("{line}\n"),
+            })
+            .collect();
+        ensure!(
+            proxy.contains("mode = \"proxy\""),
+            "the master file names no DHCP mode"
+        );
+        fs::write(&self.master, proxy)?;
+        self.plan = lectern_master::load(&self.master).map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.venue_dhcp = true;
+        Ok(self)
+    }
+
+    /// dnsmasq as the venue's DHCP server, on an address of its own beside netbootd's: reservations for
+    /// the plan's fixed addresses, a pool for everyone else, no boot options.
+    fn start_venue_dhcp(&mut self) -> Result<()> {
+        let server = self.plan.netboot.server_ip.octets();
+        let prefix = self.plan.network.prefix_len;
+        let venue =
+            std::net::Ipv4Addr::new(server[0], server[1], server[2], server[3].wrapping_add(1));
+        let added = self
+            .lab
+            .in_netns("ip")
+            .args(["addr", "add", &format!("{venue}/{prefix}"), "dev"])
+            .arg(&self.plan.network.dhcp.interface)
+            .status()?;
+        ensure!(added.success(), "adding the venue DHCP's address");
+        let dir = self.lab.dir().to_owned();
+        let mut dnsmasq = self.lab.in_netns("dnsmasq");
+        dnsmasq
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--port=0",
+                "--no-resolv",
+            ])
+            .args([
+                "--no-hosts",
+                "--no-ping",
+                "--bind-interfaces",
+                "--dhcp-authoritative",
+            ])
+            .args(["--log-dhcp", "--log-facility=-", "--user=root"])
+            .arg(format!("--interface={}", self.plan.network.dhcp.interface))
+            .arg(format!("--listen-address={venue}"))
+            .arg(format!(
+                "--dhcp-range={}.{}.{}.100,{}.{}.{}.150,1h",
+                server[0], server[1], server[2], server[0], server[1], server[2]
+            ))
+            .arg(format!(
+                "--dhcp-leasefile={}",
+                dir.join("venue.leases").display()
+            ))
+            .arg(format!(
+                "--pid-file={}",
+                dir.join("venue-dnsmasq.pid").display()
+            ));
+        dnsmasq.arg(format!(
+            "--dhcp-option=option:router,{}",
+            self.plan.network.gateway
+        ));
+        for host in &self.plan.hosts {
+            if let (Some(mac), Some(ip)) = (host.mac, host.ip) {
+                dnsmasq.arg(format!("--dhcp-host={mac},{ip},{}", host.hostname));
+            }
+        }
+        self.lab.spawn(dnsmasq, "venue-dnsmasq.log")?;
+        Ok(())
+    }
+
+    /// The venue DHCP server's leases (dnsmasq's lease file), when serving beside one.
+    pub fn venue_leases(&self) -> String {
+        fs::read_to_string(self.lab.dir().join("venue.leases")).unwrap_or_default()
     }
 
     /// Builds (or reuses) every role image the plan needs and every host's layer, into the builder's store.
@@ -144,8 +231,12 @@ impl RoomLab {
         Ok(())
     }
 
-    /// `netbootd check`, then `netbootd --config` in the lab's namespace.
+    /// `netbootd check`, then `netbootd --config` in the lab's namespace (after the venue's DHCP server,
+    /// in proxy mode).
     pub fn serve(&mut self, netbootd: &Path) -> Result<()> {
+        if self.venue_dhcp {
+            self.start_venue_dhcp()?;
+        }
         let state = self.lab.dir().join("state");
         fs::create_dir_all(&state)?;
         let args = |command: &mut Command| {

@@ -1,0 +1,70 @@
+//! Proxy mode, end to end: the fixture's netbooted encoder boots to its role on a venue's LAN, where
+//! dnsmasq is the DHCP server (the addresses, as the venue's network team reserved them) and
+//! `netbootd --config master.toml` in `mode = "proxy"` only adds the boot options. The host must get its
+//! address from the venue, its boot from netbootd, and report its role.
+//!
+//! LECTERN_IMAGE_TESTS=1, root.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use lectern_master::Role;
+use lectern_qemu_tests::room::RoomLab;
+use lectern_qemu_tests::{
+    Firmware, fixture_builder, netbootd_binary, repo, test_store_dir, vm_tests_enabled,
+};
+
+const ENCODER: &str = "lameere-enc";
+
+#[test]
+fn a_host_boots_to_its_role_in_proxy_mode_beside_the_venue_dhcp() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let store_dir = test_store_dir(env!("CARGO_TARGET_TMPDIR"));
+    let exe = std::env::current_exe().unwrap();
+    let builder = fixture_builder(&store_dir).unwrap();
+    lectern_qemu_tests::fixture_plan().unwrap(); // makes the fixture's secrets file 0600
+    let fixture = repo().join("builder/tests/fixtures/master.toml");
+    let mut room = RoomLab::new(&fixture, &store_dir)
+        .and_then(RoomLab::beside_venue_dhcp)
+        .unwrap();
+    room.build_roles(&builder, &[Role::Encoder]).unwrap();
+    room.serve(&netbootd_binary(&exe).unwrap()).unwrap();
+    if let Err(error) = run(&mut room) {
+        room.fail(error);
+    }
+}
+
+fn run(room: &mut RoomLab) -> Result<()> {
+    room.power_on(ENCODER, Firmware::Bios)?;
+    room.wait_for(
+        "the encoder reporting in proxy mode",
+        Duration::from_secs(600),
+        Some(Duration::from_secs(30)),
+        |r| Ok(r.record(ENCODER)["state"].is_string()),
+    )?;
+    let record = room.record(ENCODER);
+    eprintln!("{ENCODER} reported after {:.0} s: {record}", room.elapsed());
+    let host = room.plan.host(ENCODER).context("no encoder")?;
+    let (mac, ip) = (host.mac.context("no mac")?, host.ip.context("no ip")?);
+    // The address came from the venue's dnsmasq, the boot from netbootd.
+    let leases = room.venue_leases();
+    ensure!(
+        leases
+            .lines()
+            .any(|l| l.contains(&mac.to_string()) && l.contains(&ip.to_string())),
+        "the venue DHCP has no lease of {ip} for {mac}:\n{leases}"
+    );
+    ensure!(
+        record["ipxe_script"].is_string() && record["root"].is_string(),
+        "netbootd did not boot it: {record:#}"
+    );
+    ensure!(record["role"] == "encoder", "{record:#}");
+    let seen = room.ssh(ENCODER, "hostname; systemctl is-active lectern-role.target")?;
+    ensure!(
+        seen.lines().collect::<Vec<_>>() == [ENCODER, "active"],
+        "in proxy mode the encoder is not in its role:\n{seen}"
+    );
+    Ok(())
+}
