@@ -134,7 +134,9 @@ impl Supervisor {
             let states = Arc::clone(&states);
             let stop = stop_rx.clone();
             tasks.push(tokio::spawn(async move {
-                supervisor.keep_running(vm, states, stop).await
+                let ran = supervisor.keep_running(&vm, states, stop).await;
+                tap(&["link", "del", &vm.tap]).await.ok();
+                ran
             }));
         }
         shutdown.await;
@@ -149,13 +151,13 @@ impl Supervisor {
     /// Starts `vm` and starts it again whenever it exits, until told to stop.
     async fn keep_running(
         &self,
-        vm: VmSpec,
+        vm: &VmSpec,
         states: Arc<Mutex<BTreeMap<String, VmState>>>,
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<()> {
         let mut quick_deaths = 0usize;
         loop {
-            let mut child = self.start(&vm)?;
+            let mut child = self.start(vm)?;
             let started = tokio::time::Instant::now();
             self.update(&states, &vm.hostname, |state| {
                 state.pid = child.id();
@@ -166,7 +168,6 @@ impl Supervisor {
                 status = child.wait() => status?,
                 _ = stop.changed() => {
                     power_off(&mut child).await;
-                    tap(&["link", "del", &vm.tap]).await.ok();
                     return Ok(());
                 }
             };
