@@ -6,6 +6,7 @@
 use std::cell::Cell;
 use std::fmt::Write as _;
 use std::fs;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -35,8 +36,6 @@ const TFTP_ROOT: &str = "/usr/lib/ipxe";
 pub struct Guest {
     pub hostname: String,
     pub role: Role,
-    pub mac: String,
-    pub ip: String,
     pub firmware: Firmware,
     /// Its lab index, once started.
     running: Option<usize>,
@@ -53,32 +52,52 @@ pub struct RoomLab {
     ssh_key: PathBuf,
     pub guests: Vec<Guest>,
     started: Instant,
-    /// Serve in proxy mode beside a venue DHCP server (dnsmasq) that hands out the addresses.
-    venue_dhcp: bool,
+    dhcp: LanDhcp,
 }
 
-impl RoomLab {
-    /// The lab every room-sized VM test starts from: the fixture master file served by the real netbootd
-    /// of this build (`test_exe` is the test executable, beside which it sits), with the images of
-    /// `roles` (every role the plan needs when `None`) built into, or taken from, `store_dir`.
-    pub fn serve_fixture(
-        test_exe: &Path,
-        store_dir: &Path,
-        roles: Option<&[Role]>,
-    ) -> Result<Self> {
-        let netbootd = crate::netbootd_binary(test_exe)?;
-        let builder = crate::fixture_builder(store_dir)?;
+/// Who hands out the lab LAN's addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LanDhcp {
+    /// netbootd, in the mode the master file says.
+    AsMasterFile,
+    /// A venue's DHCP server (dnsmasq), with netbootd in proxy mode beside it.
+    ProxyBesideVenue,
+}
+
+/// Runs `test` in the lab every room-sized VM test starts from: the fixture master file served by the
+/// real netbootd of this build (beside the test executable), with the images of `roles` (every role the
+/// plan needs when `None`) built into, or taken from, the test store under `target_tmpdir`. Skips unless
+/// VM tests are enabled; a failure fails the test with the hosts' table and the logs.
+pub fn with_fixture_lab(
+    target_tmpdir: &str,
+    roles: Option<&[Role]>,
+    dhcp: LanDhcp,
+    test: impl FnOnce(&mut RoomLab) -> Result<()>,
+) {
+    if !crate::vm_tests_enabled() {
+        return;
+    }
+    let serve = || -> Result<RoomLab> {
+        let store_dir = crate::test_store_dir(target_tmpdir);
+        let netbootd = crate::netbootd_binary(&std::env::current_exe()?)?;
+        let builder = crate::fixture_builder(&store_dir)?;
         crate::fixture_plan()?; // makes the fixture's secrets file 0600
         let fixture = crate::repo().join("builder/tests/fixtures/master.toml");
-        let mut room = RoomLab::new(&fixture, store_dir)?;
+        let mut room = RoomLab::new(&fixture, &store_dir, dhcp)?;
         match roles {
             Some(roles) => room.build_roles(&builder, roles)?,
             None => room.build(&builder)?,
         }
         room.serve(&netbootd)?;
         Ok(room)
+    };
+    let mut room = serve().unwrap();
+    if let Err(error) = test(&mut room) {
+        room.fail(error);
     }
+}
 
+impl RoomLab {
     /// Fails the test with `error`, when it happened, the hosts' table and the logs.
     pub fn fail(&self, error: anyhow::Error) -> ! {
         panic!(
@@ -92,7 +111,7 @@ impl RoomLab {
     /// A lab for the video LAN of `master` (its interface as the bridge, the netboot machine's address on
     /// it) serving a copy of the master file (and the secrets file beside it) with the store at `store`, and
     /// a fresh ssh key that can log in to every host.
-    pub fn new(master: &Path, store: &Path) -> Result<Self> {
+    pub fn new(master: &Path, store: &Path, dhcp: LanDhcp) -> Result<Self> {
         let original = lectern_master::load(master).map_err(|e| anyhow::anyhow!("{e}"))?;
         let lan = format!(
             "{}/{}",
@@ -113,6 +132,7 @@ impl RoomLab {
             lab.dir(),
             store,
             public.trim(),
+            dhcp,
         )?;
         let plan = lectern_master::load(&served).map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(RoomLab {
@@ -122,39 +142,17 @@ impl RoomLab {
             ssh_key,
             guests: Vec::new(),
             started: Instant::now(),
-            venue_dhcp: false,
+            dhcp,
         })
-    }
-
-    /// The same lab as a venue's LAN: the served master file in proxy mode (no dynamic range), and
-    /// [`RoomLab::serve`] starts dnsmasq as the venue's DHCP server first, with the plan's fixed addresses
-    /// as its reservations (what the venue's network team is asked for).
-    pub fn beside_venue_dhcp(mut self) -> Result<Self> {
-        let text = fs::read_to_string(&self.master)?;
-        let proxy: String = (text.lines())
-            .filter(|line| !line.starts_with("range = ["))
-            .map(|line| match line {
-                "mode = \"authoritative\"" => "mode = \"proxy\"\n".to_owned(),
-                _ => format!("{line}\n"),
-            })
-            .collect();
-        ensure!(
-            proxy.contains("mode = \"proxy\""),
-            "the master file names no DHCP mode"
-        );
-        fs::write(&self.master, proxy)?;
-        self.plan = lectern_master::load(&self.master).map_err(|e| anyhow::anyhow!("{e}"))?;
-        self.venue_dhcp = true;
-        Ok(self)
     }
 
     /// dnsmasq as the venue's DHCP server, on an address of its own beside netbootd's: reservations for
     /// the plan's fixed addresses, a pool for everyone else, no boot options.
     fn start_venue_dhcp(&mut self) -> Result<()> {
-        let server = self.plan.netboot.server_ip.octets();
+        let server = u32::from(self.plan.netboot.server_ip);
         let prefix = self.plan.network.prefix_len;
-        let venue =
-            std::net::Ipv4Addr::new(server[0], server[1], server[2], server[3].wrapping_add(1));
+        let on_lan = |host: u32| Ipv4Addr::from(server & u32::MAX << (32 - prefix) | host);
+        let venue = Ipv4Addr::from(server + 1);
         let added = self
             .lab
             .in_netns("ip")
@@ -180,10 +178,7 @@ impl RoomLab {
             .args(["--log-dhcp", "--log-facility=-", "--user=root"])
             .arg(format!("--interface={}", self.plan.network.dhcp.interface))
             .arg(format!("--listen-address={venue}"))
-            .arg(format!(
-                "--dhcp-range={}.{}.{}.100,{}.{}.{}.150,1h",
-                server[0], server[1], server[2], server[0], server[1], server[2]
-            ))
+            .arg(format!("--dhcp-range={},{},1h", on_lan(100), on_lan(150)))
             .arg(format!(
                 "--dhcp-leasefile={}",
                 dir.join("venue.leases").display()
@@ -191,11 +186,11 @@ impl RoomLab {
             .arg(format!(
                 "--pid-file={}",
                 dir.join("venue-dnsmasq.pid").display()
+            ))
+            .arg(format!(
+                "--dhcp-option=option:router,{}",
+                self.plan.network.gateway
             ));
-        dnsmasq.arg(format!(
-            "--dhcp-option=option:router,{}",
-            self.plan.network.gateway
-        ));
         for host in &self.plan.hosts {
             if let (Some(mac), Some(ip)) = (host.mac, host.ip) {
                 dnsmasq.arg(format!("--dhcp-host={mac},{ip},{}", host.hostname));
@@ -234,7 +229,7 @@ impl RoomLab {
     /// `netbootd check`, then `netbootd --config` in the lab's namespace (after the venue's DHCP server,
     /// in proxy mode).
     pub fn serve(&mut self, netbootd: &Path) -> Result<()> {
-        if self.venue_dhcp {
+        if self.dhcp == LanDhcp::ProxyBesideVenue {
             self.start_venue_dhcp()?;
         }
         let state = self.lab.dir().join("state");
@@ -309,7 +304,6 @@ impl RoomLab {
             .with_context(|| format!("{hostname} is not in the master file"))?;
         let mac = host.mac.with_context(|| format!("{hostname} has no MAC"))?;
         let role = host.role;
-        let ip = host.ip.map(|ip| ip.to_string()).unwrap_or_default();
         let powered_on = SystemTime::now();
         let running = start(&mut self.lab, &mac.to_string(), 1)?;
         // Under emulation the mixer is the room's bottleneck (it mixes, records and is probed): the others,
@@ -322,8 +316,6 @@ impl RoomLab {
         self.guests.push(Guest {
             hostname: hostname.to_owned(),
             role,
-            mac: mac.to_string(),
-            ip,
             firmware,
             running: Some(running),
             powered_on,
@@ -688,19 +680,23 @@ fn unix_seconds(stamp: &str) -> Option<u64> {
 }
 
 /// The master file at `master` copied into `dir` with `[netboot] store` pointing at `store`, `[secrets]
-/// file` at the original's `secrets` file and `ssh_key` authorized on every host.
+/// file` at the original's `secrets` file and `ssh_key` authorized on every host; in proxy mode, with no
+/// dynamic range, for [`LanDhcp::ProxyBesideVenue`].
 fn copy_master(
     master: &Path,
     secrets: &Path,
     dir: &Path,
     store: &Path,
     ssh_key: &str,
+    dhcp: LanDhcp,
 ) -> Result<PathBuf> {
     let text = fs::read_to_string(master)?;
     let store = fs::canonicalize(store)?;
+    let proxy = dhcp == LanDhcp::ProxyBesideVenue;
     let mut replaced = 0;
     let text: String = text
         .lines()
+        .filter(|line| !(proxy && line.starts_with("range = [")))
         .map(|line| {
             let line = if line.starts_with("store = ") {
                 replaced += 1;
@@ -711,16 +707,25 @@ fn copy_master(
             } else if line.starts_with("authorized_keys = [") {
                 replaced += 1;
                 line.replacen('[', &format!("[{ssh_key:?}, "), 1)
+            } else if proxy && line.starts_with("mode = \"authoritative\"") {
+                replaced += 1;
+                "mode = \"proxy\"".to_owned()
             } else {
                 line.to_owned()
             };
             line + "\n"
         })
         .collect();
+    let wanted = if proxy { 4 } else { 3 };
     ensure!(
-        replaced == 3,
-        "{} needs one `store = `, one `file = ` and one `authorized_keys = [` line",
-        master.display()
+        replaced == wanted,
+        "{} needs one `store = `, one `file = `, one `authorized_keys = [` line{}",
+        master.display(),
+        if proxy {
+            " and `mode = \"authoritative\"`"
+        } else {
+            ""
+        }
     );
     let served = dir.join("master.toml");
     fs::write(&served, text)?;
@@ -923,6 +928,7 @@ mod tests {
             dir.path(),
             dir.path(),
             key,
+            LanDhcp::AsMasterFile,
         )
         .unwrap();
         let plan = lectern_master::load(&served).unwrap();
@@ -936,6 +942,24 @@ mod tests {
             plan.ssh_authorized_keys.len(),
             original.ssh_authorized_keys.len() + 1
         );
+        assert!(plan.network.dhcp.range.is_some());
+
+        // Beside a venue's DHCP: proxy mode, no range of its own.
+        let served = copy_master(
+            &fixture,
+            &original.secrets_file,
+            dir.path(),
+            dir.path(),
+            key,
+            LanDhcp::ProxyBesideVenue,
+        )
+        .unwrap();
+        let proxy = lectern_master::load(&served).unwrap();
+        assert_eq!(
+            proxy.network.dhcp.mode,
+            lectern_master::model::DhcpMode::Proxy
+        );
+        assert_eq!(proxy.network.dhcp.range, None);
     }
 
     #[test]

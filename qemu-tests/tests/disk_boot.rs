@@ -11,27 +11,24 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use lectern_builder::disk::{self, DiskFormat, DiskSpec, ROOT_LABEL};
 use lectern_master::Role;
-use lectern_qemu_tests::room::RoomLab;
-use lectern_qemu_tests::{test_store_dir, vm_tests_enabled};
+use lectern_qemu_tests::room::{LanDhcp, RoomLab, with_fixture_lab};
 use lectern_store::Store;
 
 const ENCODER: &str = "lameere-enc";
 
 #[test]
 fn the_encoder_disk_boots_under_uefi_raw_and_qcow2() {
-    if !vm_tests_enabled() {
-        return;
-    }
-    let store_dir = test_store_dir(env!("CARGO_TARGET_TMPDIR"));
-    let exe = std::env::current_exe().unwrap();
-    let mut room = RoomLab::serve_fixture(&exe, &store_dir, Some(&[Role::Encoder])).unwrap();
-    if let Err(error) = run(&mut room, &store_dir) {
-        room.fail(error);
-    }
+    let roles = Some(&[Role::Encoder][..]);
+    with_fixture_lab(
+        env!("CARGO_TARGET_TMPDIR"),
+        roles,
+        LanDhcp::AsMasterFile,
+        run,
+    );
 }
 
-fn run(room: &mut RoomLab, store_dir: &std::path::Path) -> Result<()> {
-    let store = Store::open(store_dir)?;
+fn run(room: &mut RoomLab) -> Result<()> {
+    let store = Store::open(&room.plan.netboot.store)?;
     let manifest = store
         .latest_manifest("encoder")?
         .context("no encoder image")?;

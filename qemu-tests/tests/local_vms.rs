@@ -12,10 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use lectern_master::Role;
 use lectern_netboot::vms::STATE_FILE;
-use lectern_qemu_tests::room::RoomLab;
-use lectern_qemu_tests::{
-    fixture_builder_with_overlays, netbootd_binary, repo, test_store_dir, vm_tests_enabled,
-};
+use lectern_qemu_tests::room::{LanDhcp, RoomLab, with_fixture_lab};
+use lectern_qemu_tests::{fixture_builder_with_overlays, netbootd_binary, repo};
 use lectern_store::Store;
 use serde_json::Value;
 
@@ -23,19 +21,18 @@ const ENCODER: &str = "lameere-enc";
 
 #[test]
 fn netbootd_runs_the_local_vms_of_the_master_file() {
-    if !vm_tests_enabled() {
-        return;
-    }
-    let store_dir = test_store_dir(env!("CARGO_TARGET_TMPDIR"));
-    let exe = std::env::current_exe().unwrap();
-    let mut room = RoomLab::serve_fixture(&exe, &store_dir, Some(&[Role::Encoder])).unwrap();
-    let netbootd = netbootd_binary(&exe).unwrap();
-    if let Err(error) = run(&mut room, &netbootd, &store_dir) {
-        room.fail(error);
-    }
+    let roles = Some(&[Role::Encoder][..]);
+    with_fixture_lab(
+        env!("CARGO_TARGET_TMPDIR"),
+        roles,
+        LanDhcp::AsMasterFile,
+        run,
+    );
 }
 
-fn run(room: &mut RoomLab, netbootd: &std::path::Path, store_dir: &std::path::Path) -> Result<()> {
+fn run(room: &mut RoomLab) -> Result<()> {
+    let netbootd = netbootd_binary(&std::env::current_exe()?)?;
+    let store_dir = room.plan.netboot.store.clone();
     let state = room.lab.dir().join("vm-state");
     let mut supervisor = room
         .lab
@@ -111,7 +108,7 @@ fn run(room: &mut RoomLab, netbootd: &std::path::Path, store_dir: &std::path::Pa
     );
 
     // A new release (another config overlay): the next boot runs it, netbootd never restarted.
-    let store = Store::open(store_dir)?;
+    let store = Store::open(&store_dir)?;
     let (old_number, old) = store
         .releases("encoder")?
         .pop()
@@ -128,7 +125,7 @@ fn run(room: &mut RoomLab, netbootd: &std::path::Path, store_dir: &std::path::Pa
         .join("encoder/config/etc/lectern-release-note");
     std::fs::create_dir_all(note.parent().context("no parent")?)?;
     std::fs::write(&note, "the second release of the local VM test\n")?;
-    let builder = fixture_builder_with_overlays(store_dir, overlays.path())?;
+    let builder = fixture_builder_with_overlays(&store_dir, overlays.path())?;
     room.build_roles(&builder, &[Role::Encoder])?;
     let new = store
         .latest_manifest("encoder")?

@@ -9,31 +9,20 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use lectern_master::Role;
-use lectern_qemu_tests::room::RoomLab;
-use lectern_qemu_tests::{
-    Firmware, fixture_builder, netbootd_binary, repo, test_store_dir, vm_tests_enabled,
-};
+use lectern_qemu_tests::Firmware;
+use lectern_qemu_tests::room::{LanDhcp, RoomLab, with_fixture_lab};
 
 const ENCODER: &str = "lameere-enc";
 
 #[test]
 fn a_host_boots_to_its_role_in_proxy_mode_beside_the_venue_dhcp() {
-    if !vm_tests_enabled() {
-        return;
-    }
-    let store_dir = test_store_dir(env!("CARGO_TARGET_TMPDIR"));
-    let exe = std::env::current_exe().unwrap();
-    let builder = fixture_builder(&store_dir).unwrap();
-    lectern_qemu_tests::fixture_plan().unwrap(); // makes the fixture's secrets file 0600
-    let fixture = repo().join("builder/tests/fixtures/master.toml");
-    let mut room = RoomLab::new(&fixture, &store_dir)
-        .and_then(RoomLab::beside_venue_dhcp)
-        .unwrap();
-    room.build_roles(&builder, &[Role::Encoder]).unwrap();
-    room.serve(&netbootd_binary(&exe).unwrap()).unwrap();
-    if let Err(error) = run(&mut room) {
-        room.fail(error);
-    }
+    let roles = Some(&[Role::Encoder][..]);
+    with_fixture_lab(
+        env!("CARGO_TARGET_TMPDIR"),
+        roles,
+        LanDhcp::ProxyBesideVenue,
+        run,
+    );
 }
 
 fn run(room: &mut RoomLab) -> Result<()> {

@@ -22,8 +22,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use lectern_qemu_tests::room::{PHASES, RoomLab};
-use lectern_qemu_tests::{Firmware, test_store_dir, vm_tests_enabled};
+use lectern_qemu_tests::Firmware;
+use lectern_qemu_tests::room::{LanDhcp, PHASES, RoomLab, with_fixture_lab};
 use serde_json::Value;
 
 const MIXER: &str = "lameere-mixer";
@@ -50,15 +50,12 @@ fn a_room_streams_from_power_on_to_the_browser() {
         eprintln!("skipping: the room test runs with LECTERN_ROOM_TEST=1");
         return;
     }
-    if !vm_tests_enabled() {
-        return;
-    }
-    let store_dir = test_store_dir(env!("CARGO_TARGET_TMPDIR"));
-    let exe = std::env::current_exe().unwrap();
-    let mut room = RoomLab::serve_fixture(&exe, &store_dir, None).unwrap();
-    if let Err(error) = run(&mut room) {
-        room.fail(error);
-    }
+    with_fixture_lab(
+        env!("CARGO_TARGET_TMPDIR"),
+        None,
+        LanDhcp::AsMasterFile,
+        run,
+    );
 }
 
 fn run(room: &mut RoomLab) -> Result<()> {
