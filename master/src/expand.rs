@@ -1005,17 +1005,16 @@ impl<'l, 'a> Expander<'l, 'a> {
             .any(|h| h == HwAccel::Vaapi);
         // A preset tunes x264 only: refused where a room encodes with VAAPI or VP8 instead.
         for (i, room) in m.rooms.iter().enumerate() {
-            let o = room.encode.clone().unwrap_or_default();
-            let Some(preset) = o.preset.or(m.defaults.encode.preset) else {
+            let encode = self.encode(m, room);
+            let Some(preset) = encode.preset else {
                 continue;
             };
-            let hwaccel = o.hwaccel.unwrap_or(m.defaults.encode.hwaccel);
-            let encoder = match (hwaccel, m.streaming.ingest) {
+            let encoder = match (encode.hwaccel, m.streaming.ingest) {
                 (HwAccel::Vaapi, _) => "VAAPI (hwaccel = \"vaapi\")",
                 (_, IngestKind::Icecast) => "VP8 (ingest = \"icecast\")",
                 _ => continue,
             };
-            let path = match o.preset {
+            let path = match room.encode.as_ref().and_then(|o| o.preset) {
                 Some(_) => format!("rooms[{i}].encode.preset"),
                 None => "defaults.encode.preset".to_owned(),
             };

@@ -55,6 +55,15 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// A record's number: its file is `<seq>.json`.
+fn sequence_number(path: &Path) -> Option<u64> {
+    path.file_name()?
+        .to_str()?
+        .strip_suffix(".json")?
+        .parse()
+        .ok()
+}
+
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
     let path = path.to_owned();
     move |cause| StoreError::Io {
@@ -227,14 +236,11 @@ impl Store {
     /// Every release of `role` with its number, oldest first. A rollback appends an older release again,
     /// so a number's image may appear twice; the last entry is current.
     pub fn releases(&self, role: &str) -> Result<Vec<(u64, Manifest)>> {
-        let dir = self.records_dir(Records::Manifests, role)?;
-        let mut releases = Vec::new();
-        for seq in self.sequence_numbers(&dir)? {
-            if let Some(manifest) = read_json(&dir.join(format!("{seq:08}.json")))? {
-                releases.push((seq, manifest));
-            }
-        }
-        Ok(releases)
+        Ok(self
+            .history(Records::Manifests, role)?
+            .into_iter()
+            .filter_map(|(path, manifest)| Some((sequence_number(&path)?, manifest)))
+            .collect())
     }
 
     /// Makes release `number` of `role` current again (rolling back, or forward after a rollback) by
@@ -363,7 +369,7 @@ impl Store {
     fn sequence_numbers(&self, dir: &Path) -> Result<Vec<u64>> {
         let mut numbers: Vec<u64> = list_dir(dir)?
             .iter()
-            .filter_map(|name| name.strip_suffix(".json")?.parse().ok())
+            .filter_map(|name| sequence_number(Path::new(name)))
             .collect();
         numbers.sort_unstable();
         Ok(numbers)
