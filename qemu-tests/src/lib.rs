@@ -275,7 +275,7 @@ impl Lab {
         initrds: &[&Path],
         cmdline: &str,
     ) -> Result<PathBuf> {
-        let (tap, serial, mut command) = self.guest("pc", &format!("mac={mac}"), 1)?;
+        let (tap, serial, mut command) = self.guest("pc", &format!("mac={mac}"))?;
         let initrd = self.dir.path().join(format!("{tap}.initrd"));
         let mut combined = fs::File::create(&initrd)?;
         for part in initrds {
@@ -294,59 +294,44 @@ impl Lab {
     }
 
     /// Starts a guest that boots from its NIC, as a machine at the venue does: BIOS with qemu's own
-    /// iPXE ROM, or UEFI (OVMF) with the firmware's own PXE. Returns its serial log and its index
-    /// for [`Lab::stop`].
-    pub fn pxe_boot(
-        &mut self,
-        mac: &str,
-        firmware: Firmware,
-        vcpus: u32,
-    ) -> Result<(PathBuf, usize)> {
+    /// iPXE ROM, or UEFI (OVMF) with the firmware's own PXE. Returns its index for [`Lab::stop`].
+    pub fn pxe_boot(&mut self, mac: &str, firmware: Firmware) -> Result<usize> {
         let (machine, nic) = match firmware {
             Firmware::Bios => ("pc", format!("mac={mac},bootindex=1")),
             Firmware::Uefi => ("q35", format!("mac={mac},bootindex=1,romfile=")),
         };
-        let (tap, serial, mut command) = self.guest(machine, &nic, vcpus)?;
+        let (tap, _, mut command) = self.guest(machine, &nic)?;
         match firmware {
             Firmware::Bios => command.args(["-boot", "n"]),
             Firmware::Uefi => command.args(["-bios", OVMF]),
         };
-        let index = self.spawn(command, &format!("{tap}.qemu.log"))?;
-        Ok((serial, index))
+        self.spawn(command, &format!("{tap}.qemu.log"))
     }
 
     /// Starts a UEFI guest (OVMF) that boots `disk` (an `imgbuild disk` image, `format` raw or qcow2) as
     /// a VM or cloud instance does, its NIC without a PXE ROM. `firmware_host` names the host in an SMBIOS
     /// OEM string (`lectern.host=`), as the production box's VMs are started. The disk stays unchanged
-    /// (qemu's snapshot mode). Returns its serial log and its index for [`Lab::stop`].
+    /// (qemu's snapshot mode). Returns its index for [`Lab::stop`].
     pub fn disk_boot(
         &mut self,
         mac: &str,
         disk: &Path,
         format: &str,
         firmware_host: Option<&str>,
-        vcpus: u32,
-    ) -> Result<(PathBuf, usize)> {
-        let (tap, serial, mut command) =
-            self.guest("q35", &format!("mac={mac},romfile="), vcpus)?;
+    ) -> Result<usize> {
+        let (tap, _, mut command) = self.guest("q35", &format!("mac={mac},romfile="))?;
         command
             .args(["-bios", OVMF, "-snapshot", "-drive"])
             .arg(format!("file={},format={format},if=virtio", disk.display()));
         if let Some(host) = firmware_host {
             command.args(["-smbios", &format!("type=11,value=lectern.host={host}")]);
         }
-        let index = self.spawn(command, &format!("{tap}.qemu.log"))?;
-        Ok((serial, index))
+        self.spawn(command, &format!("{tap}.qemu.log"))
     }
 
-    /// A new tap on the bridge and a TCG qemu with `vcpus` on it (`nic` completes its virtio-net device); returns
+    /// A new tap on the bridge and a TCG qemu on it (`nic` completes its virtio-net device); returns
     /// the tap's name, the serial log and the command, for the caller to add the boot source.
-    fn guest(
-        &mut self,
-        machine: &str,
-        nic: &str,
-        vcpus: u32,
-    ) -> Result<(String, PathBuf, Command)> {
+    fn guest(&mut self, machine: &str, nic: &str) -> Result<(String, PathBuf, Command)> {
         let tap = format!("tap{}", self.taps);
         self.taps += 1;
         let ns = self.netns.clone();
@@ -355,8 +340,9 @@ impl Lab {
         let serial = self.dir.path().join(format!("{tap}.serial.log"));
         let mut command = self.in_netns("qemu-system-x86_64");
         command
-            .args(["-machine", machine, "-accel", "tcg", "-m", "2048", "-smp"])
-            .arg(vcpus.to_string())
+            .args([
+                "-machine", machine, "-accel", "tcg", "-m", "2048", "-smp", "1",
+            ])
             .args(["-nographic", "-monitor", "none", "-no-reboot"])
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))

@@ -272,9 +272,7 @@ impl RoomLab {
 
     /// Switches `hostname` (a netbooted host of the plan) on, with `firmware`.
     pub fn power_on(&mut self, hostname: &str, firmware: Firmware) -> Result<()> {
-        self.start_guest(hostname, firmware, |lab, mac, vcpus| {
-            Ok(lab.pxe_boot(mac, firmware, vcpus)?.1)
-        })
+        self.start_guest(hostname, firmware, |lab, mac| lab.pxe_boot(mac, firmware))
     }
 
     /// Starts `hostname` (a host of the plan with a MAC) from `disk` instead of the network, UEFI, named by
@@ -287,8 +285,8 @@ impl RoomLab {
         firmware_names_it: bool,
     ) -> Result<()> {
         let name = firmware_names_it.then_some(hostname);
-        self.start_guest(hostname, Firmware::Uefi, |lab, mac, vcpus| {
-            Ok(lab.disk_boot(mac, disk, format, name, vcpus)?.1)
+        self.start_guest(hostname, Firmware::Uefi, |lab, mac| {
+            lab.disk_boot(mac, disk, format, name)
         })
     }
 
@@ -296,7 +294,7 @@ impl RoomLab {
         &mut self,
         hostname: &str,
         firmware: Firmware,
-        start: impl FnOnce(&mut Lab, &str, u32) -> Result<usize>,
+        start: impl FnOnce(&mut Lab, &str) -> Result<usize>,
     ) -> Result<()> {
         let host = self
             .plan
@@ -305,7 +303,7 @@ impl RoomLab {
         let mac = host.mac.with_context(|| format!("{hostname} has no MAC"))?;
         let role = host.role;
         let powered_on = SystemTime::now();
-        let running = start(&mut self.lab, &mac.to_string(), 1)?;
+        let running = start(&mut self.lab, &mac.to_string())?;
         // Under emulation the mixer is the room's bottleneck (it mixes, records and is probed): the others,
         // lighter and able to catch up, yield the CPU to it. (Two vCPUs for the mixer and a lower priority
         // for the others starved their boots: the mixer took both host cores.)
