@@ -1,0 +1,176 @@
+//! AWS stand-ins for the tests: moto's server on loopback, and a proxy in front of it that fails
+//! chosen requests the way a flaky network or an overloaded service does.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_credential_types::Credentials;
+use lectern_cloud::Aws;
+
+pub const REGION: &str = "eu-west-1";
+
+/// moto's server on a free loopback port, stopped on drop.
+pub struct Moto {
+    child: Child,
+    pub url: String,
+}
+
+impl Moto {
+    /// `None` (the test skips) when moto is not installed, unless LECTERN_REQUIRE_MOTO=1 says it must be.
+    pub fn start() -> Option<Moto> {
+        let program = std::env::var("LECTERN_MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = match Command::new(&program)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) => {
+                assert!(
+                    std::env::var("LECTERN_REQUIRE_MOTO").as_deref() != Ok("1"),
+                    "LECTERN_REQUIRE_MOTO=1 but {program} does not start: {e}"
+                );
+                eprintln!("skipping: {program} does not start ({e}); scripts/install-deps.sh installs it");
+                return None;
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto did not listen on {port} within 60 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(Moto { child, url: format!("http://127.0.0.1:{port}") })
+    }
+
+    pub fn aws(&self) -> Aws {
+        aws_at(&self.url)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn aws_at(url: &str) -> Aws {
+    Aws::new(
+        REGION.to_owned(),
+        Credentials::new("AKIDLECTERNTEST", "lectern-test-secret", None, None, "test"),
+        Some(url.to_owned()),
+    )
+}
+
+/// A request as the proxy saw it.
+pub struct Seen<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    /// The body as text (lossy): enough to tell EC2's form-encoded actions apart.
+    pub body: &'a str,
+}
+
+/// What the proxy does with a request: pass it on, or answer with this status instead.
+pub type Fault = dyn Fn(&Seen) -> Option<u16> + Send + Sync;
+
+/// Forwards every request to `upstream` unless `fault` answers it; stops on drop.
+pub struct FaultyProxy {
+    pub url: String,
+    stop: Arc<AtomicBool>,
+    port: u16,
+}
+
+impl FaultyProxy {
+    pub fn start(upstream: &str, fault: Box<Fault>) -> FaultyProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a proxy port");
+        let port = listener.local_addr().unwrap().port();
+        let upstream = upstream.trim_start_matches("http://").to_owned();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let fault: Arc<Fault> = fault.into();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stopping.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                let (upstream, fault) = (upstream.clone(), fault.clone());
+                std::thread::spawn(move || {
+                    let _ = relay(client, &upstream, &*fault);
+                });
+            }
+        });
+        FaultyProxy { url: format!("http://127.0.0.1:{port}"), stop, port }
+    }
+}
+
+impl Drop for FaultyProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// One request per connection: read it whole, answer it or forward it with `Connection: close`.
+fn relay(mut client: TcpStream, upstream: &str, fault: &Fault) -> std::io::Result<()> {
+    let mut request = Vec::new();
+    let mut buf = [0u8; 64 * 1024];
+    let header_end = loop {
+        let n = client.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        request.extend_from_slice(&buf[..n]);
+        if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&request[..header_end]).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while request.len() < header_end + length {
+        let n = client.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&buf[..n]);
+    }
+    let mut first = head.lines().next().unwrap_or_default().split(' ');
+    let body = String::from_utf8_lossy(&request[header_end..]);
+    let seen = Seen {
+        method: first.next().unwrap_or_default(),
+        path: first.next().unwrap_or_default(),
+        body: &body,
+    };
+    if let Some(status) = fault(&seen) {
+        let body = format!("{{\"__type\":\"InjectedFault\",\"message\":\"status {status}\"}}");
+        write!(
+            client,
+            "HTTP/1.1 {status} Injected\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        return client.shutdown(Shutdown::Both);
+    }
+    let mut server = TcpStream::connect(upstream)?;
+    let head = head.replacen("\r\n", "\r\nConnection: close\r\n", 1);
+    server.write_all(head.as_bytes())?;
+    server.write_all(&request[header_end..])?;
+    let mut response = Vec::new();
+    server.read_to_end(&mut response)?;
+    client.write_all(&response)?;
+    client.shutdown(Shutdown::Both)
+}
