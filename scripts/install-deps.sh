@@ -2,6 +2,7 @@
 # Installs the Debian packages lectern's build, demo and tests need. Idempotent and quick when
 # everything is already there. Run as root.
 set -euo pipefail
+MOTO_VERSION=5.2.1
 
 packages=(
   # images
@@ -24,18 +25,24 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ ${#missing[@]} -eq 0 ]; then
-  exit 0
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "install-deps: missing Debian packages: ${missing[*]}" >&2
+    echo "install-deps: run as root, or: apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # Don't let package installs start services (tftpd-hpa, nginx, kea) on the host's interfaces.
+  policy=/usr/sbin/policy-rc.d
+  [ -e "$policy" ] || { printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; trap 'rm -f "$policy"' EXIT; }
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-if [ "$(id -u)" -ne 0 ]; then
-  echo "install-deps: missing Debian packages: ${missing[*]}" >&2
-  echo "install-deps: run as root, or: apt-get install ${missing[*]}" >&2
-  exit 1
+
+# --test: the AWS stand-in the cloud tests run against (moto's server), in a virtualenv beside the caches.
+if [ "${1:-}" = --test ] && ! "$LECTERN_MOTO_SERVER" --help >/dev/null 2>&1; then
+  echo "install-deps: installing moto $MOTO_VERSION under ${LECTERN_MOTO_SERVER%/bin/*}"
+  python3 -m venv "${LECTERN_MOTO_SERVER%/bin/*}"
+  "${LECTERN_MOTO_SERVER%/moto_server}/pip" install -q "moto[server]==$MOTO_VERSION"
 fi
-echo "install-deps: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-# Don't let package installs start services (tftpd-hpa, nginx, kea) on the host's interfaces.
-policy=/usr/sbin/policy-rc.d
-[ -e "$policy" ] || { printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; trap 'rm -f "$policy"' EXIT; }
-apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -6,10 +6,10 @@ cd "$(dirname "$0")/.."
 . scripts/env.sh
 . scripts/prerequisites.sh
 
-scripts/install-deps.sh
+scripts/install-deps.sh --test
 
-# Tests that need root, namespaces, mmdebstrap or qemu fail loudly instead of skipping.
-export LECTERN_REQUIRE_NETNS=1 LECTERN_IMAGE_TESTS=1
+# Tests that need root, namespaces, mmdebstrap, qemu or moto fail loudly instead of skipping.
+export LECTERN_REQUIRE_NETNS=1 LECTERN_IMAGE_TESTS=1 LECTERN_REQUIRE_MOTO=1
 
 echo "== cargo fmt"
 cargo fmt --all -- --check

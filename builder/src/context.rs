@@ -14,6 +14,16 @@ use std::path::Path;
 use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
+/// Reads, checks and expands a master file (with its secrets file).
+pub fn load_typed(master_file: &Path) -> Result<lectern_master::Plan> {
+    lectern_master::load(master_file).map_err(|diagnostics| {
+        anyhow::anyhow!(
+            "{} is not a usable master file:\n{diagnostics}",
+            master_file.display()
+        )
+    })
+}
+
 pub struct Plan {
     /// Secrets shown as `***`: the only view role-wide contexts are cut from.
     redacted: Value,
@@ -24,14 +34,13 @@ pub struct Plan {
 impl Plan {
     /// Reads, checks and expands a master file (with its secrets file).
     pub fn load(master_file: &Path) -> Result<Self> {
-        let plan = lectern_master::load(master_file).map_err(|diagnostics| {
-            anyhow::anyhow!(
-                "{} is not a usable master file:\n{diagnostics}",
-                master_file.display()
-            )
-        })?;
-        let redacted = serde_json::to_value(&plan)?;
-        let revealed = lectern_master::with_secrets_revealed(|| serde_json::to_value(&plan))?;
+        Self::from_typed(&load_typed(master_file)?)
+    }
+
+    /// The two views of an expanded master file.
+    pub fn from_typed(plan: &lectern_master::Plan) -> Result<Self> {
+        let redacted = serde_json::to_value(plan)?;
+        let revealed = lectern_master::with_secrets_revealed(|| serde_json::to_value(plan))?;
         Self::from_views(redacted, revealed)
     }
 

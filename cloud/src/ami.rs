@@ -31,7 +31,11 @@ pub enum Published {
     /// An AMI of this disk was there already.
     Existing { ami: String },
     /// This publish registered it; `uploaded` is `None` when a complete snapshot of the disk was reused.
-    Registered { ami: String, snapshot: String, uploaded: Option<ebs::Uploaded> },
+    Registered {
+        ami: String,
+        snapshot: String,
+        uploaded: Option<ebs::Uploaded>,
+    },
 }
 
 impl Published {
@@ -44,14 +48,23 @@ impl Published {
 
 pub fn publish(aws: &Aws, spec: &AmiSpec, progress: Progress) -> Result<Published> {
     if let Some(image) = ec2::image_named(aws, &spec.name)? {
-        return Ok(Published::Existing { ami: image.require("imageId")?.to_owned() });
+        return Ok(Published::Existing {
+            ami: image.require("imageId")?.to_owned(),
+        });
     }
     let mut tags = spec.tags.clone();
     tags.push((DISK_TAG.to_owned(), spec.disk_sha256.clone()));
     let (snapshot, uploaded) = match reusable_snapshot(aws, &spec.disk_sha256)? {
         Some(snapshot) => (snapshot, None),
         None => {
-            let uploaded = ebs::upload(aws, spec.disk, &spec.description, &tags, spec.workers, progress)?;
+            let uploaded = ebs::upload(
+                aws,
+                spec.disk,
+                &spec.description,
+                &tags,
+                spec.workers,
+                progress,
+            )?;
             (uploaded.snapshot.clone(), Some(uploaded))
         }
     };
@@ -63,7 +76,11 @@ pub fn publish(aws: &Aws, spec: &AmiSpec, progress: Progress) -> Result<Publishe
         }
     };
     ec2::create_tags(aws, &ami, &tags).with_context(|| format!("tagging {ami}"))?;
-    Ok(Published::Registered { ami, snapshot, uploaded })
+    Ok(Published::Registered {
+        ami,
+        snapshot,
+        uploaded,
+    })
 }
 
 /// A completed snapshot of this disk from an earlier, interrupted publish; unfinished ones are deleted.
@@ -75,7 +92,11 @@ fn reusable_snapshot(aws: &Aws, disk_sha256: &str) -> Result<Option<String>> {
             Some("completed") if reusable.is_none() => reusable = Some(id.to_owned()),
             Some("completed") => {}
             status => {
-                tracing::info!(snapshot = id, ?status, "deleting an unfinished snapshot of this disk");
+                tracing::info!(
+                    snapshot = id,
+                    ?status,
+                    "deleting an unfinished snapshot of this disk"
+                );
                 ec2::delete_snapshot(aws, id)?;
             }
         }
@@ -126,7 +147,10 @@ mod tests {
             ("BlockDeviceMapping.1.Ebs.SnapshotId", "snap-1"),
             ("RootDeviceName", "/dev/xvda"),
         ] {
-            assert!(params.contains(&(name.to_owned(), value.to_owned())), "{name}: {params:?}");
+            assert!(
+                params.contains(&(name.to_owned(), value.to_owned())),
+                "{name}: {params:?}"
+            );
         }
     }
 }

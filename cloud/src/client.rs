@@ -80,7 +80,9 @@ impl Aws {
         Ok(Self::new(
             credentials::region(region, &env)?,
             credentials::credentials(&env)?,
-            endpoint.map(str::to_owned).or_else(|| env.var("AWS_ENDPOINT_URL")),
+            endpoint
+                .map(str::to_owned)
+                .or_else(|| env.var("AWS_ENDPOINT_URL")),
         ))
     }
 
@@ -102,7 +104,11 @@ impl Aws {
     fn base_url(&self, service: Service) -> String {
         match &self.endpoint {
             Some(endpoint) => endpoint.clone(),
-            None => format!("https://{}.{}.amazonaws.com", service.signing_name(), self.region),
+            None => format!(
+                "https://{}.{}.amazonaws.com",
+                service.signing_name(),
+                self.region
+            ),
         }
     }
 
@@ -170,7 +176,9 @@ impl Aws {
         for (name, value) in instructions.headers() {
             http = http.header(name, value);
         }
-        let http = http.body(request.body.to_vec()).context("cannot build the request")?;
+        let http = http
+            .body(request.body.to_vec())
+            .context("cannot build the request")?;
         let mut response = self
             .agent
             .run(http)
@@ -187,7 +195,11 @@ impl Aws {
             .limit(64 * 1024 * 1024)
             .read_to_vec()
             .map_err(|e| anyhow!("{} {url}: reading the answer: {e}", request.method))?;
-        Ok(Response { status, headers, body })
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
     }
 }
 
@@ -197,9 +209,14 @@ fn retryable(response: &Response) -> bool {
         return true;
     }
     let body = String::from_utf8_lossy(&response.body);
-    ["Throttling", "RequestLimitExceeded", "ThrottledException", "RequestTimeout"]
-        .iter()
-        .any(|code| body.contains(code))
+    [
+        "Throttling",
+        "RequestLimitExceeded",
+        "ThrottledException",
+        "RequestTimeout",
+    ]
+    .iter()
+    .any(|code| body.contains(code))
 }
 
 /// "EC2 RegisterImage: 400 InvalidAMIName.Duplicate: …": the service's code and message, whichever
@@ -209,8 +226,14 @@ fn service_error(request: &Request, response: &Response) -> anyhow::Error {
     let detail = serde_json::from_str::<serde_json::Value>(&body)
         .ok()
         .map(|json| {
-            let code = json["__type"].as_str().or(json["code"].as_str()).unwrap_or_default();
-            let message = json["message"].as_str().or(json["Message"].as_str()).unwrap_or_default();
+            let code = json["__type"]
+                .as_str()
+                .or(json["code"].as_str())
+                .unwrap_or_default();
+            let message = json["message"]
+                .as_str()
+                .or(json["Message"].as_str())
+                .unwrap_or_default();
             format!("{code}: {message}")
         })
         .or_else(|| {
@@ -221,7 +244,11 @@ fn service_error(request: &Request, response: &Response) -> anyhow::Error {
                     .and_then(|n| n.text())
                     .map(str::to_owned)
             };
-            Some(format!("{}: {}", text("Code")?, text("Message").unwrap_or_default()))
+            Some(format!(
+                "{}: {}",
+                text("Code")?,
+                text("Message").unwrap_or_default()
+            ))
         })
         .unwrap_or_else(|| body.chars().take(300).collect());
     anyhow!(
@@ -247,15 +274,28 @@ mod tests {
     use super::*;
 
     fn response(status: u16, body: &str) -> Response {
-        Response { status, headers: vec![], body: body.as_bytes().to_vec() }
+        Response {
+            status,
+            headers: vec![],
+            body: body.as_bytes().to_vec(),
+        }
     }
 
     #[test]
     fn aws_says_what_to_retry() {
         assert!(retryable(&response(503, "")));
-        assert!(retryable(&response(400, "<Code>RequestLimitExceeded</Code>")));
-        assert!(!retryable(&response(400, "<Code>InvalidAMIName.Duplicate</Code>")));
-        assert!(!retryable(&response(403, r#"{"__type":"AccessDeniedException"}"#)));
+        assert!(retryable(&response(
+            400,
+            "<Code>RequestLimitExceeded</Code>"
+        )));
+        assert!(!retryable(&response(
+            400,
+            "<Code>InvalidAMIName.Duplicate</Code>"
+        )));
+        assert!(!retryable(&response(
+            403,
+            r#"{"__type":"AccessDeniedException"}"#
+        )));
     }
 
     #[test]
@@ -270,7 +310,10 @@ mod tests {
         };
         let xml = "<Response><Errors><Error><Code>InvalidSnapshot.NotFound</Code><Message>snap-1 does not exist</Message></Error></Errors></Response>";
         let err = service_error(&request, &response(400, xml)).to_string();
-        assert_eq!(err, "Ec2 POST /: HTTP 400 InvalidSnapshot.NotFound: snap-1 does not exist");
+        assert_eq!(
+            err,
+            "Ec2 POST /: HTTP 400 InvalidSnapshot.NotFound: snap-1 does not exist"
+        );
         let json = r#"{"__type":"ValidationException","message":"bad block"}"#;
         let err = service_error(&request, &response(400, json)).to_string();
         assert!(err.ends_with("ValidationException: bad block"), "{err}");

@@ -30,8 +30,17 @@ impl Environment for BTreeMap<&str, &str> {
 }
 
 pub fn credentials(env: &dyn Environment) -> Result<Credentials> {
-    if let (Some(id), Some(secret)) = (env.var("AWS_ACCESS_KEY_ID"), env.var("AWS_SECRET_ACCESS_KEY")) {
-        return Ok(Credentials::new(id, secret, env.var("AWS_SESSION_TOKEN"), None, "environment"));
+    if let (Some(id), Some(secret)) = (
+        env.var("AWS_ACCESS_KEY_ID"),
+        env.var("AWS_SECRET_ACCESS_KEY"),
+    ) {
+        return Ok(Credentials::new(
+            id,
+            secret,
+            env.var("AWS_SESSION_TOKEN"),
+            None,
+            "environment",
+        ));
     }
     let profile = profile(env);
     for (file, section) in [
@@ -40,7 +49,10 @@ pub fn credentials(env: &dyn Environment) -> Result<Credentials> {
     ] {
         let Some(file) = file else { continue };
         let values = read_section(&file, &section)?;
-        if let (Some(id), Some(secret)) = (values.get("aws_access_key_id"), values.get("aws_secret_access_key")) {
+        if let (Some(id), Some(secret)) = (
+            values.get("aws_access_key_id"),
+            values.get("aws_secret_access_key"),
+        ) {
             return Ok(Credentials::new(
                 id,
                 secret,
@@ -61,19 +73,26 @@ pub fn region(explicit: Option<&str>, env: &dyn Environment) -> Result<String> {
     if let Some(region) = explicit {
         return Ok(region.to_owned());
     }
-    if let Some(region) = env.var("AWS_REGION").or_else(|| env.var("AWS_DEFAULT_REGION")) {
+    if let Some(region) = env
+        .var("AWS_REGION")
+        .or_else(|| env.var("AWS_DEFAULT_REGION"))
+    {
         return Ok(region);
     }
     if let Some(file) = config_file(env) {
-        if let Some(region) = read_section(&file, &config_section(&profile(env)))?.remove("region") {
+        if let Some(region) = read_section(&file, &config_section(&profile(env)))?.remove("region")
+        {
             return Ok(region);
         }
     }
-    bail!("no AWS region: pass --region, set AWS_REGION, or give the profile a region in ~/.aws/config")
+    bail!(
+        "no AWS region: pass --region, set AWS_REGION, or give the profile a region in ~/.aws/config"
+    )
 }
 
 fn profile(env: &dyn Environment) -> String {
-    env.var("AWS_PROFILE").unwrap_or_else(|| "default".to_owned())
+    env.var("AWS_PROFILE")
+        .unwrap_or_else(|| "default".to_owned())
 }
 
 /// The config file names profiles `[profile NAME]`, except `[default]`.
@@ -147,7 +166,11 @@ mod tests {
             "[default]\naws_access_key_id = D\naws_secret_access_key = DS\n\n[video]\naws_access_key_id = V\naws_secret_access_key = VS\n",
         )
         .unwrap();
-        std::fs::write(&config, "[default]\nregion = us-east-1\n[profile video]\nregion = eu-west-1\n").unwrap();
+        std::fs::write(
+            &config,
+            "[default]\nregion = us-east-1\n[profile video]\nregion = eu-west-1\n",
+        )
+        .unwrap();
         let (c, f) = (creds_file.to_str().unwrap(), config.to_str().unwrap());
         let mut env = BTreeMap::from([("AWS_SHARED_CREDENTIALS_FILE", c), ("AWS_CONFIG_FILE", f)]);
         assert_eq!(credentials(&env).unwrap().access_key_id(), "D");

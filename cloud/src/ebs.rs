@@ -85,7 +85,10 @@ pub fn upload(
             if let Err(cleanup) = ec2::delete_snapshot(aws, &snapshot) {
                 tracing::warn!(%snapshot, "cannot delete the unfinished snapshot: {cleanup:#}");
             }
-            Err(e.context(format!("uploading {} into {snapshot} (deleted)", disk.display())))
+            Err(e.context(format!(
+                "uploading {} into {snapshot} (deleted)",
+                disk.display()
+            )))
         }
     }
 }
@@ -178,7 +181,9 @@ fn write_block(
         .with_context(|| format!("EBS PutSnapshotBlock {index}"))?;
     if let Some(echoed) = response.header("x-amz-checksum") {
         if echoed != checksum {
-            bail!("EBS PutSnapshotBlock {index}: the service stored checksum {echoed}, not {checksum}");
+            bail!(
+                "EBS PutSnapshotBlock {index}: the service stored checksum {echoed}, not {checksum}"
+            );
         }
     }
     Ok(true)
@@ -196,7 +201,10 @@ fn complete(aws: &Aws, snapshot: &str, written: u64) -> Result<()> {
             body_sha256: None,
         })
         .context("EBS CompleteSnapshot")?;
-    let status = response.json()?["Status"].as_str().unwrap_or_default().to_owned();
+    let status = response.json()?["Status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     if status == "error" {
         bail!("EBS CompleteSnapshot: the snapshot failed");
     }
@@ -224,13 +232,16 @@ pub fn read_blocks(aws: &Aws, snapshot: &str) -> Result<Vec<(u64, Vec<u8>)>> {
         if let Some(token) = &token {
             path.push_str(&format!("&pageToken={}", ec2::percent_encode(token)));
         }
-        let page = call_json(aws, "GET", path, &serde_json::Value::Null).context("EBS ListSnapshotBlocks")?;
+        let page = call_json(aws, "GET", path, &serde_json::Value::Null)
+            .context("EBS ListSnapshotBlocks")?;
         for block in page["Blocks"].as_array().into_iter().flatten() {
             // AWS sends a number; some stand-ins send it as a string.
             let index = (block["BlockIndex"].as_u64())
                 .or_else(|| block["BlockIndex"].as_str()?.parse().ok())
                 .context("a block without an index")?;
-            let block_token = block["BlockToken"].as_str().context("a block without a token")?;
+            let block_token = block["BlockToken"]
+                .as_str()
+                .context("a block without a token")?;
             let response = aws
                 .call(&Request {
                     service: Service::Ebs,
@@ -253,8 +264,17 @@ pub fn read_blocks(aws: &Aws, snapshot: &str) -> Result<Vec<(u64, Vec<u8>)>> {
     }
 }
 
-fn call_json(aws: &Aws, method: &'static str, path: String, body: &serde_json::Value) -> Result<serde_json::Value> {
-    let bytes = if body.is_null() { Vec::new() } else { serde_json::to_vec(body)? };
+fn call_json(
+    aws: &Aws,
+    method: &'static str,
+    path: String,
+    body: &serde_json::Value,
+) -> Result<serde_json::Value> {
+    let bytes = if body.is_null() {
+        Vec::new()
+    } else {
+        serde_json::to_vec(body)?
+    };
     aws.call(&Request {
         service: Service::Ebs,
         method,

@@ -83,7 +83,8 @@ pub fn call(aws: &Aws, action: &str, params: &Params) -> Result<String> {
             body_sha256: None,
         })
         .with_context(|| format!("EC2 {action}"))?;
-    String::from_utf8(response.body).with_context(|| format!("EC2 {action}: the answer is not UTF-8"))
+    String::from_utf8(response.body)
+        .with_context(|| format!("EC2 {action}: the answer is not UTF-8"))
 }
 
 /// One `<item>` of a set in an EC2 answer: its direct child elements' text, by tag name.
@@ -134,7 +135,10 @@ pub fn items(xml: &str, set: &str) -> Result<Vec<Item>> {
                         };
                         item.tags.push((text("key"), text("value")));
                     }
-                } else if let Some(text) = child.text().filter(|_| !child.children().any(|c| c.is_element())) {
+                } else if let Some(text) = child
+                    .text()
+                    .filter(|_| !child.children().any(|c| c.is_element()))
+                {
                     item.fields
                         .push((child.tag_name().name().to_owned(), text.trim().to_owned()));
                 }
@@ -148,26 +152,40 @@ pub fn items(xml: &str, set: &str) -> Result<Vec<Item>> {
 /// The text of the first `<tag>` in `xml`.
 pub fn text(xml: &str, tag: &str) -> Result<String> {
     let doc = roxmltree::Document::parse(xml).context("EC2 answered with malformed XML")?;
-    match doc.descendants().find(|n| n.has_tag_name(tag)).and_then(|n| n.text()) {
+    match doc
+        .descendants()
+        .find(|n| n.has_tag_name(tag))
+        .and_then(|n| n.text())
+    {
         Some(text) => Ok(text.trim().to_owned()),
         None => bail!("an EC2 answer has no {tag}"),
     }
 }
 
 pub fn create_tags(aws: &Aws, resource: &str, tags: &[(String, String)]) -> Result<()> {
-    call(aws, "CreateTags", &Params::new().set("ResourceId.1", resource).tags("", tags))?;
+    call(
+        aws,
+        "CreateTags",
+        &Params::new().set("ResourceId.1", resource).tags("", tags),
+    )?;
     Ok(())
 }
 
 pub fn delete_snapshot(aws: &Aws, snapshot: &str) -> Result<()> {
-    call(aws, "DeleteSnapshot", &Params::new().set("SnapshotId", snapshot))?;
+    call(
+        aws,
+        "DeleteSnapshot",
+        &Params::new().set("SnapshotId", snapshot),
+    )?;
     Ok(())
 }
 
 /// This account's snapshots that carry tag `key` = `value`.
 pub fn snapshots_tagged(aws: &Aws, key: &str, value: &str) -> Result<Vec<Item>> {
     let filter = format!("tag:{key}");
-    let params = Params::new().set("Owner.1", "self").filters(&[(&filter, value)]);
+    let params = Params::new()
+        .set("Owner.1", "self")
+        .filters(&[(&filter, value)]);
     items(&call(aws, "DescribeSnapshots", &params)?, "snapshotSet")
 }
 
@@ -181,7 +199,9 @@ pub fn snapshot(aws: &Aws, snapshot: &str) -> Result<Item> {
 
 /// This account's AMI called `name`, if there is one.
 pub fn image_named(aws: &Aws, name: &str) -> Result<Option<Item>> {
-    let params = Params::new().set("Owner.1", "self").filters(&[("name", name)]);
+    let params = Params::new()
+        .set("Owner.1", "self")
+        .filters(&[("name", name)]);
     Ok(items(&call(aws, "DescribeImages", &params)?, "imagesSet")?
         .into_iter()
         .find(|image| image.get("name") == Some(name)))
@@ -195,7 +215,10 @@ mod tests {
     fn query_parameters_are_flattened_and_encoded() {
         let params = Params::new()
             .set("Name", "lectern encoder/1")
-            .tags("TagSpecification.1.", &[("lectern:role".into(), "encoder".into())])
+            .tags(
+                "TagSpecification.1.",
+                &[("lectern:role".into(), "encoder".into())],
+            )
             .filters(&[("tag:lectern:image", "ab")]);
         assert_eq!(
             params.form("X"),

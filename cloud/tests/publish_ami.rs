@@ -64,14 +64,35 @@ fn a_disk_becomes_one_uefi_ami_whose_snapshot_holds_the_disk() {
         progress_seen.fetch_add(1, Ordering::Relaxed);
     };
     let published = ami::publish(&aws, &spec, &progress).unwrap();
-    let Published::Registered { ami, snapshot, uploaded: Some(uploaded) } = &published else {
+    let Published::Registered {
+        ami,
+        snapshot,
+        uploaded: Some(uploaded),
+    } = &published
+    else {
         panic!("the first publish registers and uploads: {published:?}");
     };
     assert_eq!(progress_seen.into_inner(), 5, "one progress step per block");
-    assert_eq!((uploaded.blocks_total, uploaded.blocks_written, uploaded.volume_gib), (5, 4, 1));
-    assert_eq!(read_back(&aws, snapshot, bytes.len()), bytes, "the snapshot holds the disk");
+    assert_eq!(
+        (
+            uploaded.blocks_total,
+            uploaded.blocks_written,
+            uploaded.volume_gib
+        ),
+        (5, 4, 1)
+    );
+    assert_eq!(
+        read_back(&aws, snapshot, bytes.len()),
+        bytes,
+        "the snapshot holds the disk"
+    );
 
-    let answer = ec2::call(&aws, "DescribeImages", &ec2::Params::new().set("ImageId.1", ami)).unwrap();
+    let answer = ec2::call(
+        &aws,
+        "DescribeImages",
+        &ec2::Params::new().set("ImageId.1", ami),
+    )
+    .unwrap();
     let image = &ec2::items(&answer, "imagesSet").unwrap()[0];
     assert_eq!(image.get("name"), Some(spec.name.as_str()));
     assert_eq!(image.get("bootMode"), Some("uefi"), "{answer}");
@@ -79,7 +100,11 @@ fn a_disk_becomes_one_uefi_ami_whose_snapshot_holds_the_disk() {
     assert_eq!(image.tag("lectern:release"), Some("7"));
 
     let again = ami::publish(&aws, &spec, &no_progress).unwrap();
-    assert_eq!(again, Published::Existing { ami: ami.clone() }, "the same disk twice: nothing new");
+    assert_eq!(
+        again,
+        Published::Existing { ami: ami.clone() },
+        "the same disk twice: nothing new"
+    );
     let snapshots = ec2::snapshots_tagged(&aws, DISK_TAG, &spec.disk_sha256).unwrap();
     assert_eq!(snapshots.len(), 1, "one snapshot of the disk");
 }
@@ -99,13 +124,17 @@ fn a_flaky_service_is_retried_and_a_refusing_one_leaves_no_snapshot() {
     let flaky = FaultyProxy::start(
         &moto.url,
         Box::new(move |seen| {
-            let flaky_block = is_block(seen.method, seen.path) && puts.fetch_add(1, Ordering::Relaxed) % 2 == 0;
-            let flaky_start = seen.path == "/snapshots" && starts.fetch_add(1, Ordering::Relaxed) == 0;
+            let flaky_block =
+                is_block(seen.method, seen.path) && puts.fetch_add(1, Ordering::Relaxed) % 2 == 0;
+            let flaky_start =
+                seen.path == "/snapshots" && starts.fetch_add(1, Ordering::Relaxed) == 0;
             (flaky_block || flaky_start).then_some(503)
         }),
     );
     let published = ami::publish(&aws_at(&flaky.url), &spec, &no_progress).unwrap();
-    let Published::Registered { snapshot, .. } = &published else { panic!("{published:?}") };
+    let Published::Registered { snapshot, .. } = &published else {
+        panic!("{published:?}")
+    };
     assert_eq!(read_back(&moto.aws(), snapshot, bytes.len()), bytes);
 
     // A service that refuses blocks (a permission or quota error: not retried) fails the publish,
@@ -119,10 +148,16 @@ fn a_flaky_service_is_retried_and_a_refusing_one_leaves_no_snapshot() {
     );
     let err = ami::publish(&aws_at(&refusing.url), &other_spec, &no_progress).unwrap_err();
     let message = format!("{err:#}");
-    assert!(message.contains("PutSnapshotBlock") && message.contains("403"), "{message}");
+    assert!(
+        message.contains("PutSnapshotBlock") && message.contains("403"),
+        "{message}"
+    );
     assert!(message.contains("(deleted)"), "{message}");
     let left = ec2::snapshots_tagged(&moto.aws(), DISK_TAG, &other_spec.disk_sha256).unwrap();
-    assert!(left.is_empty(), "the failed upload's snapshot is gone: {left:?}");
+    assert!(
+        left.is_empty(),
+        "the failed upload's snapshot is gone: {left:?}"
+    );
 
     // A publish whose upload completed but whose RegisterImage was refused keeps the snapshot, and the
     // next publish registers it without uploading again.
@@ -131,13 +166,24 @@ fn a_flaky_service_is_retried_and_a_refusing_one_leaves_no_snapshot() {
         Box::new(|seen| seen.body.contains("Action=RegisterImage").then_some(400)),
     );
     let err = ami::publish(&aws_at(&no_register.url), &other_spec, &no_progress).unwrap_err();
-    assert!(format!("{err:#}").contains("kept for the next attempt"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("kept for the next attempt"),
+        "{err:#}"
+    );
     let kept = ec2::snapshots_tagged(&moto.aws(), DISK_TAG, &other_spec.disk_sha256).unwrap();
     assert_eq!(kept.len(), 1, "{kept:?}");
     let resumed = ami::publish(&moto.aws(), &other_spec, &no_progress).unwrap();
-    let Published::Registered { snapshot, uploaded: None, .. } = &resumed else {
+    let Published::Registered {
+        snapshot,
+        uploaded: None,
+        ..
+    } = &resumed
+    else {
         panic!("the complete snapshot is reused: {resumed:?}");
     };
     assert_eq!(Some(snapshot.as_str()), kept[0].get("snapshotId"));
-    assert_eq!(read_back(&moto.aws(), snapshot, other_bytes.len()), other_bytes);
+    assert_eq!(
+        read_back(&moto.aws(), snapshot, other_bytes.len()),
+        other_bytes
+    );
 }

@@ -566,8 +566,8 @@ pub struct Deployment {
     /// For `local-vm`: memory in MiB `netbootd vms` gives the VM (default 2048).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u32>,
-    /// For `ec2`: the region, e.g. "eu-west-1". Not used yet: lectern does not launch instances;
-    /// `imgbuild plan --json` shows it.
+    /// For `ec2`: the region, e.g. "eu-west-1": `imgbuild publish ec2` registers the role's AMI
+    /// there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
     /// For `ec2`: the instance type, e.g. "c6i.xlarge". Not used yet: lectern does not launch

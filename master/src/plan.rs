@@ -276,6 +276,16 @@ impl Host {
             RoleConfig::Mixer(_) | RoleConfig::Source(_) | RoleConfig::Netboot => None,
         }
     }
+
+    /// The cloud instance this host runs as (`where = "ec2"`): its region and instance type.
+    pub fn cloud(&self) -> Option<&CloudPlan> {
+        match &self.config {
+            RoleConfig::Encoder(encoder) => encoder.cloud.as_ref(),
+            RoleConfig::StreamingBackend(backend) => backend.server.cloud.as_ref(),
+            RoleConfig::StreamingFrontend(server) => server.cloud.as_ref(),
+            RoleConfig::Mixer(_) | RoleConfig::Source(_) | RoleConfig::Netboot => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

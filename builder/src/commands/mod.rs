@@ -5,6 +5,7 @@ pub mod disk;
 pub mod gc;
 pub mod inspect;
 pub mod list;
+pub mod publish;
 pub mod release;
 pub mod role;
 
@@ -52,6 +53,11 @@ impl Global {
     /// The master file's plan.
     pub fn plan(&self) -> Result<Plan> {
         Plan::load(&self.config)
+    }
+
+    /// The master file's typed plan, for commands that act on hosts rather than render templates.
+    pub fn typed_plan(&self) -> Result<lectern_master::Plan> {
+        crate::context::load_typed(&self.config)
     }
 
     /// The plan, or an empty one (role images need no more) when the default master file is

@@ -39,16 +39,24 @@ impl Moto {
                     std::env::var("LECTERN_REQUIRE_MOTO").as_deref() != Ok("1"),
                     "LECTERN_REQUIRE_MOTO=1 but {program} does not start: {e}"
                 );
-                eprintln!("skipping: {program} does not start ({e}); scripts/install-deps.sh installs it");
+                eprintln!(
+                    "skipping: {program} does not start ({e}); scripts/install-deps.sh installs it"
+                );
                 return None;
             }
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto did not listen on {port} within 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "moto did not listen on {port} within 60 s"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
-        Some(Moto { child, url: format!("http://127.0.0.1:{port}") })
+        Some(Moto {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        })
     }
 
     pub fn aws(&self) -> Aws {
@@ -109,7 +117,11 @@ impl FaultyProxy {
                 });
             }
         });
-        FaultyProxy { url: format!("http://127.0.0.1:{port}"), stop, port }
+        FaultyProxy {
+            url: format!("http://127.0.0.1:{port}"),
+            stop,
+            port,
+        }
     }
 }
 
@@ -139,7 +151,8 @@ fn relay(mut client: TcpStream, upstream: &str, fault: &Fault) -> std::io::Resul
         .lines()
         .find_map(|l| {
             let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-length").then(|| value.trim().parse().ok())?
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
         })
         .unwrap_or(0);
     while request.len() < header_end + length {
