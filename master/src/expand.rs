@@ -890,7 +890,7 @@ impl<'l, 'a> Expander<'l, 'a> {
         }
         for (i, e) in m.encoders.iter().enumerate() {
             let path = format!("encoders[{i}]");
-            let (vm, cloud) = self.deployment(&path, &e.deployment, m);
+            let (vm, cloud) = self.deployment(&path, &e.hostname, &e.deployment, m);
             let Some(r) = self.room_index(m, &path, Some(&e.room), rooms) else {
                 continue;
             };
@@ -937,7 +937,7 @@ impl<'l, 'a> Expander<'l, 'a> {
         }
         for (i, s) in m.servers.iter().enumerate() {
             let path = format!("servers[{i}]");
-            let (vm, cloud) = self.deployment(&path, &s.deployment, m);
+            let (vm, cloud) = self.deployment(&path, &s.hostname, &s.deployment, m);
             let server = ServerConfig { vm, cloud };
             let (role, config) = match s.role {
                 ServerRole::StreamingBackend => {
@@ -1212,9 +1212,34 @@ impl<'l, 'a> Expander<'l, 'a> {
     fn deployment(
         &mut self,
         path: &str,
+        hostname: &str,
         f: &Deployment,
         m: &MasterFile,
     ) -> (Option<VmPlan>, Option<CloudPlan>) {
+        // A field of another placement would be accepted and do nothing: refuse it.
+        let fields = [
+            ("host", f.host.is_some(), Where::LocalVm),
+            ("vcpus", f.vcpus.is_some(), Where::LocalVm),
+            ("memory_mb", f.memory_mb.is_some(), Where::LocalVm),
+            ("region", f.region.is_some(), Where::Ec2),
+            ("instance_type", f.instance_type.is_some(), Where::Ec2),
+            ("instance_profile", f.instance_profile.is_some(), Where::Ec2),
+            ("security_groups", !f.security_groups.is_empty(), Where::Ec2),
+            ("subnet", f.subnet.is_some(), Where::Ec2),
+        ];
+        for (field, set, placement) in fields {
+            if set && placement != f.placement {
+                self.error(
+                    &format!("{path}.{field}"),
+                    format!(
+                        "`{field}` is for `where = \"{}\"` hosts; this one is `{}`",
+                        placement.as_str(),
+                        f.placement.as_str()
+                    ),
+                    None,
+                );
+            }
+        }
         match f.placement {
             Where::Ec2 => {
                 let mut need = |field: &str, value: Option<&String>| match value {
@@ -1227,6 +1252,10 @@ impl<'l, 'a> Expander<'l, 'a> {
                 let cloud = CloudPlan {
                     region: need("region", f.region.as_ref()),
                     instance_type: need("instance_type", f.instance_type.as_ref()),
+                    instance_profile: need("instance_profile", f.instance_profile.as_ref()),
+                    security_groups: f.security_groups.clone(),
+                    subnet: f.subnet.clone(),
+                    layer_parameter: format!("/lectern/{}/{hostname}/layer", m.conference.slug),
                 };
                 (None, Some(cloud))
             }

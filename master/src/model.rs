@@ -543,6 +543,17 @@ pub enum Where {
     BareMetal,
 }
 
+impl Where {
+    /// As the master file spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Where::LocalVm => "local-vm",
+            Where::Ec2 => "ec2",
+            Where::BareMetal => "bare-metal",
+        }
+    }
+}
+
 /// Where an encoder or server runs and how it is reached; shared by `[[encoders]]` and
 /// `[[servers]]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -570,10 +581,21 @@ pub struct Deployment {
     /// there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
-    /// For `ec2`: the instance type, e.g. "c6i.xlarge". Not used yet: lectern does not launch
-    /// instances; `imgbuild plan --json` shows it.
+    /// For `ec2`: the instance type `netbootd cloud up` runs, e.g. "c6i.xlarge".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_type: Option<String>,
+    /// For `ec2`: the IAM instance profile the instance runs with. Its role must allow
+    /// `ssm:GetParameter` (and `kms:Decrypt`) on `/lectern/<conference slug>/<hostname>/*`: the
+    /// instance reads its per-host layer (with its secrets) from there at boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_profile: Option<String>,
+    /// For `ec2`: security group ids, e.g. `["sg-0123…"]`; they must let the mixer's SRT
+    /// contribution feed in (UDP 9000). Default: the VPC's default group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_groups: Vec<String>,
+    /// For `ec2`: the subnet id to launch in. Default: the default VPC's subnet AWS picks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
     /// For netbooted hosts: extra kernel command line arguments, e.g. `["nomodeset"]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kernel_args: Vec<String>,

@@ -413,6 +413,13 @@ pub struct VmPlan {
 pub struct CloudPlan {
     pub region: String,
     pub instance_type: String,
+    pub instance_profile: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub security_groups: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<String>,
+    /// The SSM parameter (SecureString) holding the host's layer, which the instance reads at boot.
+    pub layer_parameter: String,
 }
 
 #[cfg(test)]

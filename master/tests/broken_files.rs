@@ -435,6 +435,32 @@ error: master.toml:142:9: encoders[cornil-enc].vcpus: expected a whole number, f
 
 3 errors found"#,
     },
+    Case {
+        name: "fields of another placement, and a cloud encoder without its instance profile",
+        edits: &[
+            ("instance_profile = \"lectern-encoder\"\n", "vcpus = 8\n"),
+            (
+                "vcpus = 4\nmemory_mb = 4096\nmac = \"52:54:00:42:02:20\"",
+                "region = \"eu-west-1\"\nmemory_mb = 4096\nmac = \"52:54:00:42:02:20\"",
+            ),
+        ],
+        expected: r#"error: master.toml:142:10: encoders[cornil-enc].region: `region` is for `where = "ec2"` hosts; this one is `local-vm`
+    |
+142 | region = "eu-west-1"
+    |          ^^^^^^^^^^^
+
+error: master.toml:147:1: encoders[lameere-enc]: an ec2 host needs `instance_profile`
+    |
+147 | [[encoders]]
+    | ^^^^^^^^^^^^
+
+error: master.toml:153:9: encoders[lameere-enc].vcpus: `vcpus` is for `where = "local-vm"` hosts; this one is `ec2`
+    |
+153 | vcpus = 8
+    |         ^
+
+3 errors found"#,
+    },
 ];
 
 #[test]
