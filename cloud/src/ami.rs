@@ -47,7 +47,11 @@ impl Published {
 }
 
 pub fn publish(aws: &Aws, spec: &AmiSpec, progress: Progress) -> Result<Published> {
-    if let Some(image) = ec2::image_named(aws, &spec.name)? {
+    let existing = ec2::images(aws, &[("name", &[spec.name.as_str()])])?;
+    if let Some(image) = existing
+        .iter()
+        .find(|i| i.get("name") == Some(spec.name.as_str()))
+    {
         return Ok(Published::Existing {
             ami: image.require("imageId")?.to_owned(),
         });

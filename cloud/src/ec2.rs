@@ -31,13 +31,15 @@ impl Params {
         self
     }
 
-    /// `Filter.N.Name` / `Filter.N.Value.1`, one per filter.
-    pub fn filters(mut self, filters: &[(&str, &str)]) -> Self {
-        for (index, (name, value)) in filters.iter().enumerate() {
+    /// `Filter.N.Name` / `Filter.N.Value.M`: an item matches when it matches every filter, and a
+    /// filter when any of its values matches.
+    pub fn filters(mut self, filters: &[(&str, &[&str])]) -> Self {
+        for (index, (name, values)) in filters.iter().enumerate() {
             let n = index + 1;
-            self = self
-                .set(format!("Filter.{n}.Name"), *name)
-                .set(format!("Filter.{n}.Value.1"), *value);
+            self = self.set(format!("Filter.{n}.Name"), *name);
+            for (v, value) in values.iter().enumerate() {
+                self = self.set(format!("Filter.{n}.Value.{}", v + 1), *value);
+            }
         }
         self
     }
@@ -185,7 +187,7 @@ pub fn snapshots_tagged(aws: &Aws, key: &str, value: &str) -> Result<Vec<Item>> 
     let filter = format!("tag:{key}");
     let params = Params::new()
         .set("Owner.1", "self")
-        .filters(&[(&filter, value)]);
+        .filters(&[(&filter, &[value])]);
     items(&call(aws, "DescribeSnapshots", &params)?, "snapshotSet")
 }
 
@@ -197,14 +199,73 @@ pub fn snapshot(aws: &Aws, snapshot: &str) -> Result<Item> {
         .with_context(|| format!("EC2 does not know snapshot {snapshot}"))
 }
 
-/// This account's AMI called `name`, if there is one.
-pub fn image_named(aws: &Aws, name: &str) -> Result<Option<Item>> {
-    let params = Params::new()
-        .set("Owner.1", "self")
-        .filters(&[("name", name)]);
-    Ok(items(&call(aws, "DescribeImages", &params)?, "imagesSet")?
-        .into_iter()
-        .find(|image| image.get("name") == Some(name)))
+/// This account's AMIs that match `filters`.
+pub fn images(aws: &Aws, filters: &[(&str, &[&str])]) -> Result<Vec<Item>> {
+    let params = Params::new().set("Owner.1", "self").filters(filters);
+    items(&call(aws, "DescribeImages", &params)?, "imagesSet")
+}
+
+/// What RunInstances starts: one instance of `image`, with `user_data` (no secrets: the instance
+/// reads those with its own role) and `tags`.
+#[derive(Debug, Clone)]
+pub struct Launch<'a> {
+    pub image: &'a str,
+    pub instance_type: &'a str,
+    pub instance_profile: &'a str,
+    pub security_groups: &'a [String],
+    pub subnet: Option<&'a str>,
+    pub user_data: &'a str,
+    pub tags: &'a [(String, String)],
+}
+
+pub fn launch_params(launch: &Launch) -> Params {
+    use base64::Engine;
+    let mut params = Params::new()
+        .set("ImageId", launch.image)
+        .set("InstanceType", launch.instance_type)
+        .set("MinCount", "1")
+        .set("MaxCount", "1")
+        .set("IamInstanceProfile.Name", launch.instance_profile)
+        .set(
+            "UserData",
+            base64::engine::general_purpose::STANDARD.encode(launch.user_data),
+        )
+        // IMDSv2 only: a token per session, so a forwarded request cannot read the instance's role.
+        .set("MetadataOptions.HttpTokens", "required")
+        .set("MetadataOptions.HttpEndpoint", "enabled")
+        .set("TagSpecification.1.ResourceType", "instance")
+        .tags("TagSpecification.1.", launch.tags);
+    for (index, group) in launch.security_groups.iter().enumerate() {
+        params = params.set(format!("SecurityGroupId.{}", index + 1), group);
+    }
+    if let Some(subnet) = launch.subnet {
+        params = params.set("SubnetId", subnet);
+    }
+    params
+}
+
+/// Starts the instance; its id.
+pub fn run_instance(aws: &Aws, launch: &Launch) -> Result<String> {
+    let answer = call(aws, "RunInstances", &launch_params(launch))?;
+    items(&answer, "instancesSet")?
+        .first()
+        .and_then(|i| i.get("instanceId").map(str::to_owned))
+        .context("RunInstances answered without an instance")
+}
+
+/// Instances that match `filters` (for example `tag:lectern:host` and `instance-state-name`).
+pub fn instances(aws: &Aws, filters: &[(&str, &[&str])]) -> Result<Vec<Item>> {
+    let answer = call(aws, "DescribeInstances", &Params::new().filters(filters))?;
+    items(&answer, "instancesSet")
+}
+
+pub fn terminate_instances(aws: &Aws, ids: &[String]) -> Result<()> {
+    let mut params = Params::new();
+    for (index, id) in ids.iter().enumerate() {
+        params = params.set(format!("InstanceId.{}", index + 1), id);
+    }
+    call(aws, "TerminateInstances", &params)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -219,7 +280,7 @@ mod tests {
                 "TagSpecification.1.",
                 &[("lectern:role".into(), "encoder".into())],
             )
-            .filters(&[("tag:lectern:image", "ab")]);
+            .filters(&[("tag:lectern:image", &["ab"])]);
         assert_eq!(
             params.form("X"),
             "Action=X&Version=2016-11-15&Name=lectern%20encoder%2F1\

@@ -7,5 +7,6 @@ pub mod client;
 pub mod credentials;
 pub mod ebs;
 pub mod ec2;
+pub mod ssm;
 
 pub use client::Aws;

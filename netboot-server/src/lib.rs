@@ -11,6 +11,7 @@
 //! tests and the command line use.
 
 pub mod check;
+pub mod cloud;
 pub mod dhcp;
 pub mod http;
 pub mod mac;

@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use lectern_netboot::check;
+use lectern_netboot::cloud::{CloudEncoders, Started};
 use lectern_netboot::dhcp::Mode;
 use lectern_netboot::mac::MacAddr;
 use lectern_netboot::plan_policy::{self, PlanPolicy};
@@ -165,6 +166,26 @@ enum Command {
     /// Run this machine's local VMs of the master file (`where = "local-vm"`) until SIGTERM: each
     /// netboots with its MAC, vCPUs and memory, and starts again when it dies.
     Vms(VmsArgs),
+    /// Start or stop a room's cloud encoders (`where = "ec2"`) from the role's published AMI.
+    /// Credentials come from the standard AWS chain (environment, ~/.aws).
+    Cloud(CloudArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CloudArgs {
+    #[command(subcommand)]
+    action: CloudAction,
+    /// Talk to this endpoint instead of AWS (a stand-in such as moto); default: `AWS_ENDPOINT_URL`, else AWS.
+    #[arg(long, global = true)]
+    endpoint_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum CloudAction {
+    /// Store each cloud host's layer in SSM and run its instance (a running one is left alone).
+    Up { room: String },
+    /// Terminate the room's instances and delete their layers from SSM.
+    Down { room: String },
 }
 
 #[derive(Debug, clap::Args)]
@@ -324,6 +345,43 @@ async fn main() -> anyhow::Result<ExitCode> {
             };
             tracing::info!(count = vms.len(), %hypervisor, "running the local VMs");
             supervisor.run(vms, server::terminated()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::Cloud(args)) => {
+            let (plan, store) = plan_policy::load(&master)?;
+            let fleet = CloudEncoders {
+                plan: &plan,
+                store: &store,
+                endpoint: args.endpoint_url,
+            };
+            match args.action {
+                CloudAction::Up { room } => {
+                    for started in fleet.up(&room)? {
+                        match started {
+                            Started::Launched {
+                                hostname,
+                                instance,
+                                ami,
+                            } => {
+                                println!("{hostname}: started {instance} from {ami}")
+                            }
+                            Started::AlreadyRunning { hostname, instance } => {
+                                println!(
+                                    "{hostname}: {instance} runs already (its layer is updated for its next boot)"
+                                )
+                            }
+                        }
+                    }
+                }
+                CloudAction::Down { room } => {
+                    let terminated = fleet.down(&room)?;
+                    if terminated.is_empty() {
+                        println!("{room}: no cloud instance was running");
+                    } else {
+                        println!("{room}: terminated {}", terminated.join(", "));
+                    }
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::CheckStatic(args)) => {

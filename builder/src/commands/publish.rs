@@ -30,8 +30,8 @@ pub enum Target {
         /// chain's region.
         #[arg(long)]
         region: Option<String>,
-        /// Talk to this endpoint instead of AWS (a stand-in such as moto).
-        #[arg(long, env = "AWS_ENDPOINT_URL")]
+        /// Talk to this endpoint instead of AWS (a stand-in such as moto); default: `AWS_ENDPOINT_URL`, else AWS.
+        #[arg(long)]
         endpoint_url: Option<String>,
         /// Blocks uploaded in parallel.
         #[arg(long, default_value_t = 16)]

@@ -62,6 +62,31 @@ impl Moto {
     pub fn aws(&self) -> Aws {
         aws_at(&self.url)
     }
+
+    /// An IAM instance profile, which moto's RunInstances insists on (lectern itself never creates IAM
+    /// resources, so its client has no IAM calls): one form POST that moto routes by the credential
+    /// scope's service.
+    pub fn create_instance_profile(&self, name: &str) {
+        let body =
+            format!("Action=CreateInstanceProfile&Version=2010-05-08&InstanceProfileName={name}");
+        let address = self.url.trim_start_matches("http://");
+        let mut stream = TcpStream::connect(address).expect("moto listens");
+        write!(
+            stream,
+            "POST / HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+             Authorization: AWS4-HMAC-SHA256 Credential=AKIDLECTERNTEST/20260101/us-east-1/iam/aws4_request, \
+             SignedHeaders=host, Signature=0\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "CreateInstanceProfile: {answer}"
+        );
+    }
 }
 
 impl Drop for Moto {
