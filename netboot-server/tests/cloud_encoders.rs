@@ -11,18 +11,40 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::Command;
 
 use base64::Engine;
 use lectern_cloud::ami::{self, AmiSpec};
 use lectern_cloud::{ec2, ssm};
 use lectern_netboot::cloud::{CloudEncoders, Started, USER_DATA_MAGIC};
 use lectern_store::{HostLayer, Manifest, Store};
-use stand_in::Moto;
+use stand_in::{FakeImds, Moto};
 
 const ROOM: &str = "lameere";
 const HOST: &str = "lameere-enc";
 /// A stand-in for the stream key in the host's layer.
-const LAYER_SECRET: &[u8] = b"rtmp://ingest/live/lameere?key=layer-secret-41f9";
+const LAYER_SECRET: &str = "rtmp://ingest/live/lameere?key=layer-secret-41f9";
+
+/// A host layer as imgbuild writes it: a cpio of `lectern-host/…`, the secret file private.
+fn host_layer_cpio(dir: &Path) -> Vec<u8> {
+    let tree = dir.join("layer");
+    std::fs::create_dir_all(tree.join("lectern-host/etc/lectern")).unwrap();
+    std::fs::write(tree.join("lectern-host/etc/hostname"), format!("{HOST}\n")).unwrap();
+    let args = tree.join("lectern-host/etc/lectern/encoder.args");
+    std::fs::write(&args, LAYER_SECRET).unwrap();
+    std::fs::set_permissions(&args, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let output = Command::new("sh")
+        .args(["-c", "find lectern-host | sort | cpio -o -H newc --quiet"])
+        .current_dir(&tree)
+        .output()
+        .expect("cpio runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
 
 /// The example master file and secrets in `dir`, with a store holding an encoder image and the cloud
 /// encoder's layer.
@@ -43,7 +65,7 @@ fn example_with_store(dir: &Path) -> (lectern_master::Plan, Store, Manifest) {
         BTreeMap::new(),
     );
     store.add_manifest(&manifest).unwrap();
-    let layer = store.put_blob(LAYER_SECRET).unwrap();
+    let layer = store.put_blob(&host_layer_cpio(dir)).unwrap();
     let key = lectern_store::Digest::of_bytes(b"layer key");
     store
         .add_host_layer(&HostLayer::new(HOST, "encoder", key, layer))
@@ -173,7 +195,55 @@ fn a_rooms_cloud_encoder_runs_from_its_ami_with_its_layer_in_ssm_and_stops_again
     flate2::read::GzDecoder::new(&gzipped[..])
         .read_to_end(&mut layer)
         .unwrap();
-    assert_eq!(layer, LAYER_SECRET);
+    assert_eq!(
+        layer,
+        std::fs::read(store.blob_path(&store.host_layer(HOST).unwrap().unwrap().blob.sha256))
+            .unwrap()
+    );
+
+    // The image's cloud-layer unit, as the instance runs it at boot: IMDSv2 only, the layer from SSM
+    // with the role's credentials, applied with its modes; nothing secret in what it prints.
+    let imds = FakeImds::start(user_data.clone());
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../overlays/base/config/usr/lib/lectern/cloud-layer");
+    let output = Command::new("bash")
+        .arg(&script)
+        .env("LECTERN_IMDS", &imds.url)
+        .env("LECTERN_SSM_ENDPOINT", &moto.url)
+        .env("LECTERN_ROOT", &root)
+        .output()
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "cloud-layer failed: {printed}");
+    assert!(
+        printed.contains(&format!("applied {HOST}'s layer")),
+        "{printed}"
+    );
+    assert!(
+        !printed.contains("layer-secret") && !printed.contains("imds-secret"),
+        "{printed}"
+    );
+    assert_eq!(
+        imds.tokenless.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "IMDSv1 was used"
+    );
+    let args = root.join("etc/lectern/encoder.args");
+    assert_eq!(std::fs::read_to_string(&args).unwrap(), LAYER_SECRET);
+    assert_eq!(
+        std::fs::metadata(&args).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/hostname")).unwrap(),
+        format!("{HOST}\n")
+    );
 
     let again = fleet.up(ROOM).unwrap();
     assert_eq!(

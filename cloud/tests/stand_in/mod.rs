@@ -212,3 +212,76 @@ fn relay(mut client: TcpStream, upstream: &str, fault: &Fault) -> std::io::Resul
     client.write_all(&response)?;
     client.shutdown(Shutdown::Both)
 }
+
+/// EC2's instance metadata service as IMDSv2 serves it: a session token from `PUT /latest/api/token`,
+/// required on every other request (a request without it gets 401 and is counted), the instance's
+/// user-data and its role's temporary credentials.
+pub struct FakeImds {
+    pub url: String,
+    pub tokenless: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FakeImds {
+    pub const TOKEN: &'static str = "imds-session-token-5d1c";
+    pub const PROFILE: &'static str = "lectern-encoder";
+
+    pub fn start(user_data: String) -> FakeImds {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("an IMDS port");
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let tokenless = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = tokenless.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let _ = Self::answer(stream, &user_data, &counter);
+            }
+        });
+        FakeImds { url, tokenless }
+    }
+
+    fn answer(
+        mut stream: TcpStream,
+        user_data: &str,
+        tokenless: &std::sync::atomic::AtomicUsize,
+    ) -> std::io::Result<()> {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte)? == 1 {
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let mut first = head.lines().next().unwrap_or_default().split(' ');
+        let (method, path) = (
+            first.next().unwrap_or_default(),
+            first.next().unwrap_or_default(),
+        );
+        let has_token = head.lines().any(|l| {
+            l.to_ascii_lowercase() == format!("x-aws-ec2-metadata-token: {}", Self::TOKEN)
+        });
+        let credentials = r#"{"Code":"Success","AccessKeyId":"ASIALECTERNTEST","SecretAccessKey":"imds-secret","Token":"imds-session","Expiration":"2099-01-01T00:00:00Z"}"#;
+        let (status, body) = match (method, path) {
+            ("PUT", "/latest/api/token") => (200, Self::TOKEN.to_owned()),
+            _ if !has_token => {
+                tokenless.fetch_add(1, Ordering::Relaxed);
+                (401, String::new())
+            }
+            ("GET", "/latest/user-data") => (200, user_data.to_owned()),
+            ("GET", "/latest/meta-data/iam/security-credentials/") => {
+                (200, Self::PROFILE.to_owned())
+            }
+            ("GET", p)
+                if p == format!(
+                    "/latest/meta-data/iam/security-credentials/{}",
+                    Self::PROFILE
+                ) =>
+            {
+                (200, credentials.to_owned())
+            }
+            _ => (404, String::new()),
+        };
+        write!(
+            stream,
+            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+}
