@@ -119,7 +119,7 @@ impl CloudEncoders<'_> {
                 continue;
             }
             let (ami, image) = self.current_ami(&aws, host)?;
-            let user_data = user_data(host, cloud);
+            let user_data = user_data(host, cloud, self.endpoint.as_deref());
             let tags = self.tags(host, &image);
             let instance = ec2::run_instance(
                 &aws,
@@ -184,13 +184,18 @@ impl CloudEncoders<'_> {
     }
 }
 
-/// The instance's user-data: who it is and where its layer waits. Nothing in it is secret; EC2 shows
-/// user-data to anyone who may describe the instance.
-pub fn user_data(host: &Host, cloud: &CloudPlan) -> String {
-    format!(
+/// The instance's user-data: who it is and where its layer waits (with `ssm_endpoint`, at the stand-in
+/// this command talks to). Nothing in it is secret; EC2 shows user-data to anyone who may describe the
+/// instance.
+pub fn user_data(host: &Host, cloud: &CloudPlan, ssm_endpoint: Option<&str>) -> String {
+    let mut text = format!(
         "{USER_DATA_MAGIC}\nhost={}\nregion={}\nlayer_parameter={}\n",
         host.hostname, cloud.region, cloud.layer_parameter
-    )
+    );
+    if let Some(endpoint) = ssm_endpoint {
+        text.push_str(&format!("ssm_endpoint={endpoint}\n"));
+    }
+    text
 }
 
 /// The host's current layer as the parameter holds it: the cpio, gzipped, in base64.

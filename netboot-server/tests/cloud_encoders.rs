@@ -174,7 +174,8 @@ fn a_rooms_cloud_encoder_runs_from_its_ami_with_its_layer_in_ssm_and_stops_again
     assert_eq!(
         user_data,
         format!(
-            "{USER_DATA_MAGIC}\nhost={HOST}\nregion=eu-west-1\nlayer_parameter=/lectern/fosdem2027/{HOST}/layer\n"
+            "{USER_DATA_MAGIC}\nhost={HOST}\nregion=eu-west-1\nlayer_parameter=/lectern/fosdem2027/{HOST}/layer\nssm_endpoint={}\n",
+            moto.url
         )
     );
     let secrets = std::fs::read_to_string(dir.path().join("secrets.toml")).unwrap();
@@ -211,7 +212,6 @@ fn a_rooms_cloud_encoder_runs_from_its_ami_with_its_layer_in_ssm_and_stops_again
     let output = Command::new("bash")
         .arg(&script)
         .env("LECTERN_IMDS", &imds.url)
-        .env("LECTERN_SSM_ENDPOINT", &moto.url)
         .env("LECTERN_ROOT", &root)
         .output()
         .unwrap();

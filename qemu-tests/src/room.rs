@@ -52,16 +52,46 @@ pub struct RoomLab {
     ssh_key: PathBuf,
     pub guests: Vec<Guest>,
     started: Instant,
-    dhcp: LanDhcp,
+    fixture: Fixture,
 }
 
-/// Who hands out the lab LAN's addresses.
+/// Which copy of the master file the lab serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LanDhcp {
-    /// netbootd, in the mode the master file says.
+pub enum Fixture {
+    /// As it is: netbootd hands out the addresses, in the mode the master file says.
     AsMasterFile,
-    /// A venue's DHCP server (dnsmasq), with netbootd in proxy mode beside it.
+    /// A venue's DHCP server (dnsmasq) hands them out, with netbootd in proxy mode beside it.
     ProxyBesideVenue,
+    /// The room's encoder runs in the cloud (`where = "ec2"`), fed by the mixer's SRT contribution with
+    /// the room's passphrase (added to a copy of the secrets file).
+    CloudEncoder,
+}
+
+/// The contribution passphrase the `CloudEncoder` fixture adds to the secrets.
+pub const CLOUD_PASSPHRASE: &str = "lectern-test-contribution-91be";
+
+/// `Fixture::CloudEncoder`'s edit of the fixture: its room's encoder moved from a local VM to EC2, the
+/// room given a contribution passphrase.
+fn move_encoder_to_the_cloud(text: &str) -> Result<String> {
+    let block = text
+        .find("hostname = \"lameere-enc\"\n")
+        .context("the fixture has no lameere-enc")?;
+    let end = block + text[block..].find("\n[[").context("lameere-enc is the last table")?;
+    let local_vm_only = ["host = ", "vcpus = ", "memory_mb = ", "mac = ", "ip = ", "# "];
+    let mut encoder: String = text[block..end]
+        .lines()
+        .filter(|line| !local_vm_only.iter().any(|field| line.starts_with(field)))
+        .map(|line| match line {
+            "where = \"local-vm\"" => "where = \"ec2\"\nregion = \"eu-west-1\"\ninstance_type = \"c6i.large\"\ninstance_profile = \"lectern-encoder\"\n".to_owned(),
+            _ => format!("{line}\n"),
+        })
+        .collect();
+    encoder.push('\n');
+    let key = "stream_key = \"secret:stream_keys.lameere\"\n";
+    ensure!(text.contains(key), "the fixture's room has no stream key");
+    Ok(text[..block].replacen(key, &format!("{key}contribution_passphrase = \"secret:contribution.lameere\"\n"), 1)
+        + &encoder
+        + &text[end..])
 }
 
 /// Runs `test` in the lab every room-sized VM test starts from: the fixture master file served by the
@@ -71,7 +101,7 @@ pub enum LanDhcp {
 pub fn with_fixture_lab(
     target_tmpdir: &str,
     roles: Option<&[Role]>,
-    dhcp: LanDhcp,
+    fixture: Fixture,
     test: impl FnOnce(&mut RoomLab) -> Result<()>,
 ) {
     if !crate::vm_tests_enabled() {
@@ -82,8 +112,8 @@ pub fn with_fixture_lab(
         let netbootd = crate::netbootd_binary(&std::env::current_exe()?)?;
         let builder = crate::fixture_builder(&store_dir)?;
         crate::fixture_plan()?; // makes the fixture's secrets file 0600
-        let fixture = crate::repo().join("builder/tests/fixtures/master.toml");
-        let mut room = RoomLab::new(&fixture, &store_dir, dhcp)?;
+        let master_file = crate::repo().join("builder/tests/fixtures/master.toml");
+        let mut room = RoomLab::new(&master_file, &store_dir, fixture)?;
         match roles {
             Some(roles) => room.build_roles(&builder, roles)?,
             None => room.build(&builder)?,
@@ -111,7 +141,7 @@ impl RoomLab {
     /// A lab for the video LAN of `master` (its interface as the bridge, the netboot machine's address on
     /// it) serving a copy of the master file (and the secrets file beside it) with the store at `store`, and
     /// a fresh ssh key that can log in to every host.
-    pub fn new(master: &Path, store: &Path, dhcp: LanDhcp) -> Result<Self> {
+    pub fn new(master: &Path, store: &Path, fixture: Fixture) -> Result<Self> {
         let original = lectern_master::load(master).map_err(|e| anyhow::anyhow!("{e}"))?;
         let lan = format!(
             "{}/{}",
@@ -132,7 +162,7 @@ impl RoomLab {
             lab.dir(),
             store,
             public.trim(),
-            dhcp,
+            fixture,
         )?;
         let plan = lectern_master::load(&served).map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(RoomLab {
@@ -142,7 +172,7 @@ impl RoomLab {
             ssh_key,
             guests: Vec::new(),
             started: Instant::now(),
-            dhcp,
+            fixture,
         })
     }
 
@@ -229,7 +259,7 @@ impl RoomLab {
     /// `netbootd check`, then `netbootd --config` in the lab's namespace (after the venue's DHCP server,
     /// in proxy mode).
     pub fn serve(&mut self, netbootd: &Path) -> Result<()> {
-        if self.dhcp == LanDhcp::ProxyBesideVenue {
+        if self.fixture == Fixture::ProxyBesideVenue {
             self.start_venue_dhcp()?;
         }
         let state = self.lab.dir().join("state");
@@ -679,18 +709,29 @@ fn unix_seconds(stamp: &str) -> Option<u64> {
 
 /// The master file at `master` copied into `dir` with `[netboot] store` pointing at `store`, `[secrets]
 /// file` at the original's `secrets` file and `ssh_key` authorized on every host; in proxy mode, with no
-/// dynamic range, for [`LanDhcp::ProxyBesideVenue`].
+/// dynamic range, for [`Fixture::ProxyBesideVenue`].
 fn copy_master(
     master: &Path,
     secrets: &Path,
     dir: &Path,
     store: &Path,
     ssh_key: &str,
-    dhcp: LanDhcp,
+    fixture: Fixture,
 ) -> Result<PathBuf> {
-    let text = fs::read_to_string(master)?;
+    let mut text = fs::read_to_string(master)?;
     let store = fs::canonicalize(store)?;
-    let proxy = dhcp == LanDhcp::ProxyBesideVenue;
+    let proxy = fixture == Fixture::ProxyBesideVenue;
+    let secrets = if fixture == Fixture::CloudEncoder {
+        text = move_encoder_to_the_cloud(&text)?;
+        let copy = dir.join("secrets.toml");
+        let mut secrets_text = fs::read_to_string(secrets)?;
+        secrets_text.push_str(&format!("\n[contribution]\nlameere = {CLOUD_PASSPHRASE:?}\n"));
+        fs::write(&copy, secrets_text)?;
+        fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        copy
+    } else {
+        secrets.to_owned()
+    };
     let mut replaced = 0;
     let text: String = text
         .lines()
@@ -926,7 +967,7 @@ mod tests {
             dir.path(),
             dir.path(),
             key,
-            LanDhcp::AsMasterFile,
+            Fixture::AsMasterFile,
         )
         .unwrap();
         let plan = lectern_master::load(&served).unwrap();
@@ -949,7 +990,7 @@ mod tests {
             dir.path(),
             dir.path(),
             key,
-            LanDhcp::ProxyBesideVenue,
+            Fixture::ProxyBesideVenue,
         )
         .unwrap();
         let proxy = lectern_master::load(&served).unwrap();
@@ -958,6 +999,27 @@ mod tests {
             lectern_master::model::DhcpMode::Proxy
         );
         assert_eq!(proxy.network.dhcp.range, None);
+
+        // The encoder in the cloud, fed by the mixer's encrypted contribution.
+        let served = copy_master(
+            &fixture,
+            &original.secrets_file,
+            dir.path(),
+            dir.path(),
+            key,
+            Fixture::CloudEncoder,
+        )
+        .unwrap();
+        let cloud = lectern_master::load(&served).unwrap();
+        let encoder = cloud.host("lameere-enc").unwrap();
+        assert_eq!(encoder.cloud().unwrap().region, "eu-west-1");
+        assert_eq!((encoder.mac, encoder.netboot), (None, false));
+        let lectern_master::RoleConfig::Mixer(mixer) = &cloud.host("lameere-mixer").unwrap().config else {
+            panic!("the mixer is a mixer");
+        };
+        assert_eq!(mixer.contributions.len(), 1);
+        let url = lectern_master::with_secrets_revealed(|| serde_json::to_string(&mixer.contributions[0].url)).unwrap();
+        assert!(url.contains(CLOUD_PASSPHRASE), "{url}");
     }
 
     #[test]

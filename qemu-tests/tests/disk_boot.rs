@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use lectern_builder::disk::{self, DiskFormat, DiskSpec, ROOT_LABEL};
 use lectern_master::Role;
-use lectern_qemu_tests::room::{LanDhcp, RoomLab, with_fixture_lab};
+use lectern_qemu_tests::room::{Fixture, RoomLab, with_fixture_lab};
 use lectern_store::Store;
 
 const ENCODER: &str = "lameere-enc";
@@ -22,7 +22,7 @@ fn the_encoder_disk_boots_under_uefi_raw_and_qcow2() {
     with_fixture_lab(
         env!("CARGO_TARGET_TMPDIR"),
         roles,
-        LanDhcp::AsMasterFile,
+        Fixture::AsMasterFile,
         run,
     );
 }

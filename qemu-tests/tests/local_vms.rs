@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use lectern_master::Role;
 use lectern_netboot::vms::STATE_FILE;
-use lectern_qemu_tests::room::{LanDhcp, RoomLab, with_fixture_lab};
+use lectern_qemu_tests::room::{Fixture, RoomLab, with_fixture_lab};
 use lectern_qemu_tests::{fixture_builder_with_overlays, netbootd_binary, repo};
 use lectern_store::Store;
 use serde_json::Value;
@@ -25,7 +25,7 @@ fn netbootd_runs_the_local_vms_of_the_master_file() {
     with_fixture_lab(
         env!("CARGO_TARGET_TMPDIR"),
         roles,
-        LanDhcp::AsMasterFile,
+        Fixture::AsMasterFile,
         run,
     );
 }

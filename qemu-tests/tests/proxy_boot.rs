@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use lectern_master::Role;
 use lectern_qemu_tests::Firmware;
-use lectern_qemu_tests::room::{LanDhcp, RoomLab, with_fixture_lab};
+use lectern_qemu_tests::room::{Fixture, RoomLab, with_fixture_lab};
 
 const ENCODER: &str = "lameere-enc";
 
@@ -20,7 +20,7 @@ fn a_host_boots_to_its_role_in_proxy_mode_beside_the_venue_dhcp() {
     with_fixture_lab(
         env!("CARGO_TARGET_TMPDIR"),
         roles,
-        LanDhcp::ProxyBesideVenue,
+        Fixture::ProxyBesideVenue,
         run,
     );
 }

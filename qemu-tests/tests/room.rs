@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use lectern_qemu_tests::Firmware;
-use lectern_qemu_tests::room::{LanDhcp, PHASES, RoomLab, with_fixture_lab};
+use lectern_qemu_tests::room::{Fixture, PHASES, RoomLab, with_fixture_lab};
 use serde_json::Value;
 
 const MIXER: &str = "lameere-mixer";
@@ -53,7 +53,7 @@ fn a_room_streams_from_power_on_to_the_browser() {
     with_fixture_lab(
         env!("CARGO_TARGET_TMPDIR"),
         None,
-        LanDhcp::AsMasterFile,
+        Fixture::AsMasterFile,
         run,
     );
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use lectern_qemu_tests::Firmware;
-use lectern_qemu_tests::room::{LanDhcp, RoomLab};
+use lectern_qemu_tests::room::{Fixture, RoomLab};
 
 #[derive(Parser)]
 struct Args {
@@ -69,7 +69,7 @@ fn boot(room: &mut RoomLab, slug: &str) -> Result<String> {
 fn main() -> Result<()> {
     let args = Args::parse();
     let plan = lectern_master::load(&args.config).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut room = RoomLab::new(&args.config, &plan.netboot.store, LanDhcp::AsMasterFile)?;
+    let mut room = RoomLab::new(&args.config, &plan.netboot.store, Fixture::AsMasterFile)?;
     room.serve(&args.netbootd)?;
     let outcome = boot(&mut room, &args.room);
     print!("{}", room.table());
