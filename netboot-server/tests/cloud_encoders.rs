@@ -18,7 +18,7 @@ use lectern_cloud::ami::{self, AmiSpec};
 use lectern_cloud::{ec2, ssm};
 use lectern_netboot::cloud::{CloudEncoders, Started, USER_DATA_MAGIC};
 use lectern_store::{HostLayer, Manifest, Store};
-use stand_in::{FakeImds, Moto};
+use stand_in::{FakeImds, Moto, create_instance_profile};
 
 const ROOM: &str = "lameere";
 const HOST: &str = "lameere-enc";
@@ -132,7 +132,7 @@ fn a_rooms_cloud_encoder_runs_from_its_ami_with_its_layer_in_ssm_and_stops_again
     assert!(on_lan.contains("has no cloud"), "{on_lan}");
 
     let ami = publish_ami(&moto, dir.path(), &manifest);
-    moto.create_instance_profile("lectern-encoder");
+    create_instance_profile(&moto.url, "lectern-encoder");
     let started = fleet.up(ROOM).unwrap();
     let [
         Started::Launched {

@@ -309,24 +309,61 @@ impl Lab {
     }
 
     /// Starts a UEFI guest (OVMF) that boots `disk` (an `imgbuild disk` image, `format` raw or qcow2) as
-    /// a VM or cloud instance does, its NIC without a PXE ROM. `firmware_host` names the host in an SMBIOS
-    /// OEM string (`lectern.host=`), as the production box's VMs are started. The disk stays unchanged
+    /// a VM or cloud instance does, its NIC without a PXE ROM. `smbios` are qemu `-smbios` values: an OEM
+    /// string `type=11,value=lectern.host=NAME` names the host as the production box's VMs are started,
+    /// `type=1,manufacturer=Amazon EC2` makes the firmware an EC2 instance's. The disk stays unchanged
     /// (qemu's snapshot mode). Returns its index for [`Lab::stop`].
     pub fn disk_boot(
         &mut self,
         mac: &str,
         disk: &Path,
         format: &str,
-        firmware_host: Option<&str>,
+        smbios: &[String],
     ) -> Result<usize> {
         let (tap, _, mut command) = self.guest("q35", &format!("mac={mac},romfile="))?;
         command
             .args(["-bios", OVMF, "-snapshot", "-drive"])
             .arg(format!("file={},format={format},if=virtio", disk.display()));
-        if let Some(host) = firmware_host {
-            command.args(["-smbios", &format!("type=11,value=lectern.host={host}")]);
+        for value in smbios {
+            command.arg("-smbios").arg(value);
         }
         self.spawn(command, &format!("{tap}.qemu.log"))
+    }
+
+    /// Runs `work` on a thread inside the lab's namespace, so that the sockets it opens and the
+    /// processes it starts are on the lab's LAN (an AWS stand-in and its clients, a metadata service).
+    pub fn in_netns_thread<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T> {
+        let namespace = fs::File::open(format!("/run/netns/{}", self.netns))
+            .with_context(|| format!("opening namespace {}", self.netns))?;
+        std::thread::spawn(move || {
+            use std::os::fd::AsRawFd;
+            // SAFETY: setns on this thread only, with a namespace file we hold open.
+            if unsafe { libc::setns(namespace.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(anyhow::anyhow!(
+                    "setns: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+            Ok(work())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the namespace thread panicked"))?
+    }
+
+    /// Adds `address` (CIDR) to the lab's bridge: a router or service address guests reach.
+    pub fn add_address(&self, address: &str) -> Result<()> {
+        ip(&[
+            "-n",
+            &self.netns,
+            "addr",
+            "add",
+            address,
+            "dev",
+            &self.bridge,
+        ])
     }
 
     /// A new tap on the bridge and a TCG qemu on it (`nic` completes its virtio-net device); returns
@@ -493,14 +530,19 @@ pub fn fixture_builder_with_overlays(store_dir: &Path, overlays: &Path) -> Resul
 /// The netbootd of this build, beside the test executable `test_exe` (target/<profile>/deps/…):
 /// `cargo test --workspace` builds it; alone, build it first with `cargo build -p lectern-netboot`.
 pub fn netbootd_binary(test_exe: &Path) -> Result<PathBuf> {
+    workspace_binary(test_exe, "netbootd")
+}
+
+/// The workspace binary `name` (netbootd, imgbuild) cargo built beside the test executable.
+pub fn workspace_binary(test_exe: &Path, name: &str) -> Result<PathBuf> {
     let binary = test_exe
         .parent()
         .and_then(Path::parent)
         .context("test executable has no target/<profile>/deps parent")?
-        .join("netbootd");
+        .join(name);
     ensure!(
         binary.is_file(),
-        "no netbootd at {} (cargo build -p lectern-netboot)",
+        "no {name} at {} (cargo build --workspace)",
         binary.display()
     );
     Ok(binary)

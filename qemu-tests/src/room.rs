@@ -76,8 +76,18 @@ fn move_encoder_to_the_cloud(text: &str) -> Result<String> {
     let block = text
         .find("hostname = \"lameere-enc\"\n")
         .context("the fixture has no lameere-enc")?;
-    let end = block + text[block..].find("\n[[").context("lameere-enc is the last table")?;
-    let local_vm_only = ["host = ", "vcpus = ", "memory_mb = ", "mac = ", "ip = ", "# "];
+    let end = block
+        + text[block..]
+            .find("\n[[")
+            .context("lameere-enc is the last table")?;
+    let local_vm_only = [
+        "host = ",
+        "vcpus = ",
+        "memory_mb = ",
+        "mac = ",
+        "ip = ",
+        "# ",
+    ];
     let mut encoder: String = text[block..end]
         .lines()
         .filter(|line| !local_vm_only.iter().any(|field| line.starts_with(field)))
@@ -89,8 +99,11 @@ fn move_encoder_to_the_cloud(text: &str) -> Result<String> {
     encoder.push('\n');
     let key = "stream_key = \"secret:stream_keys.lameere\"\n";
     ensure!(text.contains(key), "the fixture's room has no stream key");
-    Ok(text[..block].replacen(key, &format!("{key}contribution_passphrase = \"secret:contribution.lameere\"\n"), 1)
-        + &encoder
+    Ok(text[..block].replacen(
+        key,
+        &format!("{key}contribution_passphrase = \"secret:contribution.lameere\"\n"),
+        1,
+    ) + &encoder
         + &text[end..])
 }
 
@@ -314,9 +327,12 @@ impl RoomLab {
         format: &str,
         firmware_names_it: bool,
     ) -> Result<()> {
-        let name = firmware_names_it.then_some(hostname);
+        let smbios: Vec<String> = (firmware_names_it
+            .then(|| format!("type=11,value=lectern.host={hostname}")))
+        .into_iter()
+        .collect();
         self.start_guest(hostname, Firmware::Uefi, |lab, mac| {
-            lab.disk_boot(mac, disk, format, name)
+            lab.disk_boot(mac, disk, format, &smbios)
         })
     }
 
@@ -635,8 +651,13 @@ impl RoomLab {
     pub fn ssh_bytes(&self, hostname: &str, command: &str) -> Result<Vec<u8>> {
         let ip = (self.plan.host(hostname))
             .and_then(|host| host.ip)
-            .with_context(|| format!("{hostname} has no fixed address in the master file"))?
-            .to_string();
+            .with_context(|| format!("{hostname} has no fixed address in the master file"))?;
+        self.ssh_to(ip, command)
+            .with_context(|| format!("ssh {hostname}"))
+    }
+
+    /// Runs `command` as root on the guest at `ip` (one with no fixed address, e.g. a cloud instance).
+    pub fn ssh_to(&self, ip: Ipv4Addr, command: &str) -> Result<Vec<u8>> {
         let output = self
             .lab
             .in_netns("ssh")
@@ -659,10 +680,28 @@ impl RoomLab {
             .output()?;
         ensure!(
             output.status.success(),
-            "ssh {hostname} {command:?}: {}",
+            "ssh {ip} {command:?}: {}",
             String::from_utf8_lossy(&output.stderr)
         );
         Ok(output.stdout)
+    }
+
+    /// The address netbootd leased to `mac` (a machine the master file does not list), if any.
+    pub fn leased_address(&self, mac: &str) -> Option<Ipv4Addr> {
+        let file = self
+            .lab
+            .dir()
+            .join("state")
+            .join(lectern_netboot::server::LEASE_FILE);
+        let leases: Value = serde_json::from_slice(&fs::read(file).ok()?).ok()?;
+        leases.as_array()?.iter().find(|lease| {
+            lease["mac"]
+                .as_str()
+                .is_some_and(|m| m.eq_ignore_ascii_case(mac))
+        })?["ip"]
+            .as_str()?
+            .parse()
+            .ok()
     }
 
     /// netbootd's log, every host's record and the end of every guest's logs.
@@ -725,7 +764,9 @@ fn copy_master(
         text = move_encoder_to_the_cloud(&text)?;
         let copy = dir.join("secrets.toml");
         let mut secrets_text = fs::read_to_string(secrets)?;
-        secrets_text.push_str(&format!("\n[contribution]\nlameere = {CLOUD_PASSPHRASE:?}\n"));
+        secrets_text.push_str(&format!(
+            "\n[contribution]\nlameere = {CLOUD_PASSPHRASE:?}\n"
+        ));
         fs::write(&copy, secrets_text)?;
         fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         copy
@@ -1014,11 +1055,15 @@ mod tests {
         let encoder = cloud.host("lameere-enc").unwrap();
         assert_eq!(encoder.cloud().unwrap().region, "eu-west-1");
         assert_eq!((encoder.mac, encoder.netboot), (None, false));
-        let lectern_master::RoleConfig::Mixer(mixer) = &cloud.host("lameere-mixer").unwrap().config else {
+        let lectern_master::RoleConfig::Mixer(mixer) = &cloud.host("lameere-mixer").unwrap().config
+        else {
             panic!("the mixer is a mixer");
         };
         assert_eq!(mixer.contributions.len(), 1);
-        let url = lectern_master::with_secrets_revealed(|| serde_json::to_string(&mixer.contributions[0].url)).unwrap();
+        let url = lectern_master::with_secrets_revealed(|| {
+            serde_json::to_string(&mixer.contributions[0].url)
+        })
+        .unwrap();
         assert!(url.contains(CLOUD_PASSPHRASE), "{url}");
     }
 

@@ -22,13 +22,18 @@ pub struct Moto {
 impl Moto {
     /// `None` (the test skips) when moto is not installed, unless LECTERN_REQUIRE_MOTO=1 says it must be.
     pub fn start() -> Option<Moto> {
+        Self::start_on("127.0.0.1")
+    }
+
+    /// moto listening on `host` (an address of this network namespace).
+    pub fn start_on(host: &str) -> Option<Moto> {
         let program = std::env::var("LECTERN_MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
         let child = match Command::new(&program)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-H", host, "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -46,7 +51,7 @@ impl Moto {
             }
         };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while TcpStream::connect((host, port)).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "moto did not listen on {port} within 60 s"
@@ -55,37 +60,12 @@ impl Moto {
         }
         Some(Moto {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("http://{host}:{port}"),
         })
     }
 
     pub fn aws(&self) -> Aws {
         aws_at(&self.url)
-    }
-
-    /// An IAM instance profile, which moto's RunInstances insists on (lectern itself never creates IAM
-    /// resources, so its client has no IAM calls): one form POST that moto routes by the credential
-    /// scope's service.
-    pub fn create_instance_profile(&self, name: &str) {
-        let body =
-            format!("Action=CreateInstanceProfile&Version=2010-05-08&InstanceProfileName={name}");
-        let address = self.url.trim_start_matches("http://");
-        let mut stream = TcpStream::connect(address).expect("moto listens");
-        write!(
-            stream,
-            "POST / HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\
-             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
-             Authorization: AWS4-HMAC-SHA256 Credential=AKIDLECTERNTEST/20260101/us-east-1/iam/aws4_request, \
-             SignedHeaders=host, Signature=0\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).unwrap();
-        assert!(
-            answer.starts_with("HTTP/1.1 200"),
-            "CreateInstanceProfile: {answer}"
-        );
     }
 }
 
@@ -94,6 +74,31 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// An IAM instance profile, which moto's RunInstances insists on (lectern itself never creates IAM
+/// resources, so its client has no IAM calls): one form POST to the moto at `url`, which routes it by the
+/// credential scope's service.
+pub fn create_instance_profile(url: &str, name: &str) {
+    let body =
+        format!("Action=CreateInstanceProfile&Version=2010-05-08&InstanceProfileName={name}");
+    let address = url.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address).expect("moto listens");
+    write!(
+        stream,
+        "POST / HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\
+         Authorization: AWS4-HMAC-SHA256 Credential=AKIDLECTERNTEST/20260101/us-east-1/iam/aws4_request, \
+         SignedHeaders=host, Signature=0\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "CreateInstanceProfile: {answer}"
+    );
 }
 
 pub fn aws_at(url: &str) -> Aws {
@@ -226,7 +231,12 @@ impl FakeImds {
     pub const PROFILE: &'static str = "lectern-encoder";
 
     pub fn start(user_data: String) -> FakeImds {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("an IMDS port");
+        Self::start_on("127.0.0.1:0", user_data)
+    }
+
+    /// Listening on `address`, e.g. `169.254.169.254:80` where instances look for it.
+    pub fn start_on(address: &str, user_data: String) -> FakeImds {
+        let listener = TcpListener::bind(address).expect("an IMDS port");
         let url = format!("http://{}", listener.local_addr().unwrap());
         let tokenless = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = tokenless.clone();

@@ -1,0 +1,365 @@
+//! A cloud encoder, end to end, with an AWS stand-in on the lab's LAN: `imgbuild publish ec2` uploads the
+//! encoder's disk into an EBS snapshot and registers the AMI (moto), `netbootd cloud up` stores the host's
+//! layer in SSM and runs the instance, and a UEFI VM with an EC2 instance's firmware boots the snapshot's
+//! blocks read back as its volume, beside an IMDSv2 metadata service that serves it the instance's
+//! user-data and role. The instance must learn it is `lameere-enc` from that alone, read its layer (its
+//! ssh keys, SRT passphrase and stream key) from SSM, and turn the mixer's SRT contribution into the
+//! room's HLS on the netbooted streaming backend: ffprobe finds every rendition, and the decoded stream is
+//! not black, silent or frozen. The contribution is sent by the mixer's own `contribute` script (from a
+//! stand-in of voctocore's live output: five emulated guests, the mixer's among them, are more than this
+//! machine's two cores carry; see the room test). No secret is on the disk, in the snapshot or in the
+//! user-data; a contribution with a wrong passphrase is refused; `netbootd cloud down` ends it.
+//!
+//! LECTERN_IMAGE_TESTS=1, root, moto (scripts/install-deps.sh --test).
+
+#[allow(dead_code)]
+#[path = "../../cloud/tests/stand_in/mod.rs"]
+mod stand_in;
+
+use std::fs::{self, File};
+use std::net::Ipv4Addr;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use base64::Engine;
+use lectern_cloud::ebs::{self, BLOCK_SIZE};
+use lectern_cloud::ec2;
+use lectern_master::{Role, RoleConfig};
+use lectern_qemu_tests::room::{CLOUD_PASSPHRASE, Fixture, RoomLab, with_fixture_lab};
+use lectern_qemu_tests::{Firmware, workspace_binary};
+use stand_in::{FakeImds, Moto, aws_at, create_instance_profile};
+
+const ROOM: &str = "lameere";
+const ENCODER: &str = "lameere-enc";
+const BACKEND: &str = "stream-backend";
+const MIXER: &str = "lameere-mixer";
+/// The instance's NIC: not in the master file (a cloud host has none there), so netbootd leases it a
+/// pool address as the VPC's DHCP would.
+const INSTANCE_MAC: &str = "52:54:00:00:0e:c2";
+const METADATA: &str = "169.254.169.254";
+const STREAM_KEY: &str = "lectern-test-secret-7f3a9c";
+
+#[test]
+fn a_cloud_encoder_boots_its_ami_learns_who_it_is_and_streams_the_contribution() {
+    let roles = Some(&[Role::Encoder, Role::StreamingBackend][..]);
+    with_fixture_lab(
+        env!("CARGO_TARGET_TMPDIR"),
+        roles,
+        Fixture::CloudEncoder,
+        run,
+    );
+}
+
+fn run(room: &mut RoomLab) -> Result<()> {
+    // The backend netboots while the instance is published and launched.
+    room.power_on(BACKEND, Firmware::Bios)?;
+    let server = room.plan.netboot.server_ip;
+    let moto = room
+        .lab
+        .in_netns_thread(move || Moto::start_on(&server.to_string()))?
+        .context("moto is required for the cloud encoder test (scripts/install-deps.sh --test)")?;
+    let url = moto.url.clone();
+    // Publish, then launch: the real commands, against the stand-in.
+    let published = cli(
+        room,
+        "imgbuild",
+        &[
+            "publish",
+            "ec2",
+            "--role",
+            "encoder",
+            "--endpoint-url",
+            &url,
+        ],
+    )?;
+    eprintln!("{published}");
+    let url_for_iam = url.clone();
+    room.lab
+        .in_netns_thread(move || create_instance_profile(&url_for_iam, "lectern-encoder"))?;
+    let launched = cli(
+        room,
+        "netbootd",
+        &["cloud", "up", ROOM, "--endpoint-url", &url],
+    )?;
+    ensure!(
+        launched.contains("started i-"),
+        "netbootd cloud up: {launched}"
+    );
+
+    // What EC2 would hand the instance: its user-data, and its root volume from the AMI's snapshot.
+    let volume = room.lab.dir().join("instance-volume.raw");
+    let (user_data, snapshot_blocks) = {
+        let (url, volume) = (url.clone(), volume.clone());
+        room.lab
+            .in_netns_thread(move || instance_boot_media(&url, &volume))??
+    };
+    eprintln!("user-data:\n{user_data}the volume has {snapshot_blocks} written blocks");
+    for secret in [STREAM_KEY, CLOUD_PASSPHRASE] {
+        ensure!(!user_data.contains(secret), "a secret in the user-data");
+        ensure!(
+            !file_contains(&volume, secret.as_bytes())?,
+            "a secret on the instance's volume (the AMI)"
+        );
+    }
+
+    // The instance: EC2 firmware, the metadata service at its link-local address behind the LAN's router.
+    room.lab
+        .add_address(&format!("{}/24", room.plan.network.gateway))?;
+    room.lab.add_address(&format!("{METADATA}/32"))?;
+    let imds = room
+        .lab
+        .in_netns_thread(move || FakeImds::start_on(&format!("{METADATA}:80"), user_data))?;
+    let smbios = ["type=1,manufacturer=Amazon EC2,product=c6i.large".to_owned()];
+    room.lab.disk_boot(INSTANCE_MAC, &volume, "raw", &smbios)?;
+
+    let started = Instant::now();
+    let address = wait(
+        Duration::from_secs(300),
+        "the instance's DHCP lease",
+        || Ok(room.leased_address(INSTANCE_MAC)),
+    )?;
+    // Logging in proves the layer from SSM is applied: the lab's ssh key comes only in it.
+    let seen = wait(Duration::from_secs(600), "ssh to the instance", || {
+        Ok(room
+            .ssh_to(
+                address,
+                "hostname; systemctl is-active lectern-cloud-layer.service lectern-encoder.service; \
+                 stat -c %a /etc/lectern/encoder.args; journalctl -b -u lectern-cloud-layer -o cat",
+            )
+            .ok()
+            .map(|out| String::from_utf8_lossy(&out).into_owned()))
+    })?;
+    eprintln!(
+        "instance {address} up in {:.0} s:\n{seen}",
+        started.elapsed().as_secs_f64()
+    );
+    let lines: Vec<&str> = seen.lines().collect();
+    ensure!(
+        lines.first() == Some(&ENCODER),
+        "the instance is not {ENCODER}:\n{seen}"
+    );
+    ensure!(
+        lines.get(1..3) == Some(&["active", "active"][..]),
+        "cloud-layer and encoder not both active:\n{seen}"
+    );
+    ensure!(
+        lines.get(3) == Some(&"600"),
+        "encoder.args is not private:\n{seen}"
+    );
+    ensure!(
+        imds.tokenless.load(std::sync::atomic::Ordering::Relaxed) == 0,
+        "the instance used IMDSv1"
+    );
+    ensure!(
+        !seen.contains(STREAM_KEY) && !seen.contains(CLOUD_PASSPHRASE),
+        "a secret in the cloud-layer journal:\n{seen}"
+    );
+
+    // A contribution with the wrong passphrase gets nowhere.
+    let contribution = contribution_line(room, address)?;
+    let wrong = contribution.replace(CLOUD_PASSPHRASE, "not-the-rooms-passphrase");
+    let refused = room
+        .lab
+        .in_netns("timeout")
+        .args(["20", "ffmpeg", "-hide_banner", "-loglevel", "error", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=320x180:rate=5"])
+        .args(["-t", "10", "-c:v", "libx264", "-f", "mpegts"])
+        .arg(wrong.split(' ').next().context("no URL")?)
+        .output()?;
+    ensure!(
+        !refused.status.success(),
+        "a contribution with the wrong passphrase was accepted"
+    );
+
+    // The mixer's contribution: its own script, fed by a stand-in of voctocore's live output.
+    let live = room
+        .lab
+        .in_netns("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=5"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args([
+            "-c:v",
+            "rawvideo",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:a",
+            "pcm_s16le",
+        ])
+        .args(["-f", "matroska", "tcp://127.0.0.1:15000?listen=1"])
+        .stdin(Stdio::null())
+        .spawn()?;
+    let live = ChildGuard(live);
+    let credentials = room.lab.dir().join("mixer-credentials");
+    fs::create_dir_all(&credentials)?;
+    fs::write(
+        credentials.join("contributions"),
+        format!("{contribution}\n"),
+    )?;
+    let script =
+        lectern_qemu_tests::repo().join("overlays/mixer/config/usr/lib/lectern/contribute");
+    let mut contribute = room.lab.in_netns("setsid");
+    contribute
+        .arg("bash")
+        .arg(&script)
+        .env("CREDENTIALS_DIRECTORY", &credentials)
+        .stdin(Stdio::null());
+    room.lab.spawn(contribute, "contribute.log")?;
+
+    room.wait_for(
+        "the cloud encoder's HLS on the backend",
+        Duration::from_secs(600),
+        Some(Duration::from_secs(30)),
+        |r| r.streaming(ROOM),
+    )?;
+    eprintln!(
+        "HLS from the cloud encoder {:.0} s after the instance powered on",
+        started.elapsed().as_secs_f64()
+    );
+    let room_plan = room.plan.room(ROOM).context("no room")?.clone();
+    let urls = room.rendition_urls(ROOM)?;
+    for (rendition, url) in room_plan.renditions.iter().zip(&urls) {
+        let streams = room.lab.probe_streams(url)?;
+        let want_video = (
+            "video".to_owned(),
+            "h264".to_owned(),
+            u64::from(rendition.width),
+            u64::from(rendition.height),
+            0,
+        );
+        let want_audio = (
+            "audio".to_owned(),
+            "aac".to_owned(),
+            0,
+            0,
+            u64::from(room_plan.video.audio_rate),
+        );
+        ensure!(
+            streams.contains(&want_video) && streams.contains(&want_audio),
+            "{}: {streams:?}",
+            rendition.stream
+        );
+    }
+    let media = room.lab.media_check(&urls[0], 8)?;
+    if let Some(problem) = media.problem() {
+        bail!("the cloud encoder's stream is {problem}: {media:?}");
+    }
+    drop(live);
+
+    let down = cli(
+        room,
+        "netbootd",
+        &["cloud", "down", ROOM, "--endpoint-url", &url],
+    )?;
+    ensure!(
+        down.contains("terminated i-"),
+        "netbootd cloud down: {down}"
+    );
+    Ok(())
+}
+
+/// Runs the workspace's `binary` (imgbuild, netbootd) on the served master file in the lab's namespace,
+/// with stand-in AWS credentials; what it printed.
+fn cli(room: &RoomLab, binary: &str, args: &[&str]) -> Result<String> {
+    let exe = std::env::current_exe()?;
+    let mut command = room
+        .lab
+        .in_netns(workspace_binary(&exe, binary)?.to_str().context("path")?);
+    command
+        .arg("--config")
+        .arg(&room.master)
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", "AKIDLECTERNTEST")
+        .env("AWS_SECRET_ACCESS_KEY", "lectern-test-secret");
+    let output = command.output()?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    ensure!(output.status.success(), "{binary} {args:?}:\n{said}");
+    Ok(said)
+}
+
+/// The launched instance's user-data, and its root volume written from the AMI's snapshot (a sparse file
+/// of the volume's size, as EBS presents it); the number of blocks the snapshot holds.
+fn instance_boot_media(url: &str, volume: &Path) -> Result<(String, usize)> {
+    let aws = aws_at(url);
+    let instance = ec2::instances(&aws, &[("tag:lectern:host", &[ENCODER])])?
+        .into_iter()
+        .next()
+        .context("netbootd cloud up started no instance")?;
+    let id = instance.require("instanceId")?;
+    let answer = ec2::call(
+        &aws,
+        "DescribeInstanceAttribute",
+        &ec2::Params::new()
+            .set("InstanceId", id)
+            .set("Attribute", "userData"),
+    )?;
+    let user_data =
+        base64::engine::general_purpose::STANDARD.decode(ec2::text(&answer, "value")?)?;
+    let snapshot = ec2::snapshots_tagged(&aws, "lectern:role", "encoder")?
+        .into_iter()
+        .next()
+        .context("no snapshot of the encoder's disk")?;
+    let volume_gib: u64 = snapshot.require("volumeSize")?.parse()?;
+    let file = File::create(volume)?;
+    file.set_len(volume_gib << 30)?;
+    let blocks = ebs::read_blocks(&aws, snapshot.require("snapshotId")?)?;
+    for (index, data) in &blocks {
+        file.write_all_at(data, index * BLOCK_SIZE)?;
+    }
+    Ok((String::from_utf8(user_data)?, blocks.len()))
+}
+
+/// The mixer's contribution to the cloud encoder, as its host layer renders it
+/// (`overlays/mixer/host/etc/lectern/contributions.j2`), sent to the instance's address.
+fn contribution_line(room: &RoomLab, address: Ipv4Addr) -> Result<String> {
+    let RoleConfig::Mixer(mixer) = &room.plan.host(MIXER).context("no mixer")?.config else {
+        bail!("{MIXER} is not a mixer");
+    };
+    let feed = mixer
+        .contributions
+        .first()
+        .context("the mixer contributes nothing")?;
+    let url: String = lectern_master::with_secrets_revealed(|| serde_json::to_value(&feed.url))?
+        .as_str()
+        .context("a URL")?
+        .to_owned();
+    let encoder = room.plan.host(ENCODER).context("no encoder")?;
+    let url = url.replacen(&encoder.address, &address.to_string(), 1);
+    Ok(format!("{url} {} {}", feed.video_kbps, feed.audio_kbps))
+}
+
+fn file_contains(file: &Path, needle: &[u8]) -> Result<bool> {
+    let status = Command::new("grep")
+        .args(["-q", "-a", "-F", "--"])
+        .arg(std::str::from_utf8(needle)?)
+        .arg(file)
+        .status()?;
+    Ok(status.success())
+}
+
+fn wait<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = probe()? {
+            return Ok(value);
+        }
+        ensure!(Instant::now() < deadline, "no {what} within {limit:?}");
+        std::thread::sleep(Duration::from_secs(5));
+    }
+}
+
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
