@@ -16,6 +16,8 @@ use lectern_master::plan::CloudPlan;
 use lectern_master::{Host, Plan};
 use lectern_store::Store;
 
+use crate::schedule::RoomSwitch;
+
 /// The first line of a lectern cloud host's user-data, which the image's cloud-layer unit looks for.
 pub const USER_DATA_MAGIC: &str = "#lectern-cloud-host";
 /// States of an instance that still runs, or will.
@@ -208,4 +210,29 @@ fn layer_parameter_value(store: &Store, hostname: &str) -> Result<String> {
     let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     gzip.write_all(&cpio)?;
     Ok(base64::engine::general_purpose::STANDARD.encode(gzip.finish()?))
+}
+
+impl RoomSwitch for CloudEncoders<'_> {
+    fn up(&self, room: &str) -> Result<()> {
+        for started in CloudEncoders::up(self, room)? {
+            tracing::info!(?started, "cloud encoder up");
+        }
+        Ok(())
+    }
+
+    fn down(&self, room: &str) -> Result<()> {
+        let terminated = CloudEncoders::down(self, room)?;
+        tracing::info!(%room, ?terminated, "cloud encoders down");
+        Ok(())
+    }
+}
+
+impl CloudEncoders<'_> {
+    /// `(slug, name)` of every room with cloud hosts, for the schedule mode.
+    pub fn rooms(&self) -> Vec<(String, String)> {
+        (self.plan.rooms.iter())
+            .filter(|room| self.hosts(&room.slug).is_ok())
+            .map(|room| (room.slug.clone(), room.name.clone()))
+            .collect()
+    }
 }

@@ -20,6 +20,7 @@ pub mod plan_policy;
 pub mod policy;
 pub mod ra;
 pub mod safe_path;
+pub mod schedule;
 pub mod server;
 pub mod tftp;
 pub mod timeline;

@@ -20,6 +20,7 @@ use lectern_netboot::dhcp::Mode;
 use lectern_netboot::mac::MacAddr;
 use lectern_netboot::plan_policy::{self, PlanPolicy};
 use lectern_netboot::policy::{BootPolicy, Host, Network, StaticImage, StaticPolicy};
+use lectern_netboot::schedule;
 use lectern_netboot::server::{self, ServerConfig};
 use lectern_netboot::vms;
 
@@ -186,6 +187,56 @@ enum CloudAction {
     Up { room: String },
     /// Terminate the room's instances and delete their layers from SSM.
     Down { room: String },
+    /// Until SIGTERM: run each room's cloud encoders from LEAD before its first talk of each day until
+    /// TAIL after its last, as the conference's schedule (Pentabarf/frab XML) says; read again every
+    /// 10 minutes. Outside those windows the rooms' instances are kept down.
+    Schedule {
+        /// A file or http(s) URL; default: the master file's `conference.schedule_url`.
+        #[arg(long)]
+        schedule: Option<String>,
+        /// Minutes before a room's first talk of the day.
+        #[arg(long, default_value_t = 30)]
+        lead_minutes: u64,
+        /// Minutes after its last.
+        #[arg(long, default_value_t = 15)]
+        tail_minutes: u64,
+    },
+}
+
+/// The system clock, waiting in short steps so that SIGTERM (`stop`) ends the wait at once.
+struct SystemClock {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl lectern_netboot::schedule::Clock for SystemClock {
+    fn now(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default()
+    }
+
+    fn wait(&mut self, until: u64) -> bool {
+        while self.now() < until {
+            if self.stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        !self.stop.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The schedule's text, from a file or over http(s).
+fn read_schedule(source: &str) -> anyhow::Result<String> {
+    if source.starts_with("http://") || source.starts_with("https://") {
+        let mut answer = ureq::get(source)
+            .call()
+            .with_context(|| format!("fetching the schedule {source}"))?;
+        Ok(answer.body_mut().read_to_string()?)
+    } else {
+        std::fs::read_to_string(source).with_context(|| format!("reading the schedule {source}"))
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -372,6 +423,37 @@ async fn main() -> anyhow::Result<ExitCode> {
                             }
                         }
                     }
+                }
+                CloudAction::Schedule {
+                    schedule,
+                    lead_minutes,
+                    tail_minutes,
+                } => {
+                    let source = (schedule.or_else(|| plan.conference.schedule_url.clone()))
+                        .context(
+                            "no --schedule and no conference.schedule_url in the master file",
+                        )?;
+                    let rooms = fleet.rooms();
+                    if rooms.is_empty() {
+                        bail!("no room of {} has cloud encoders", master.display());
+                    }
+                    let (lead, tail) = (
+                        Duration::from_secs(lead_minutes * 60),
+                        Duration::from_secs(tail_minutes * 60),
+                    );
+                    let load = || {
+                        let talks = schedule::talks(&read_schedule(&source)?)?;
+                        schedule::windows(&talks, &rooms, lead, tail)
+                    };
+                    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let stopping = stop.clone();
+                    tokio::spawn(async move {
+                        server::terminated().await;
+                        stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+                    });
+                    tokio::task::block_in_place(|| {
+                        schedule::run(&load, &fleet, &mut SystemClock { stop })
+                    })?;
                 }
                 CloudAction::Down { room } => {
                     let terminated = fleet.down(&room)?;

@@ -121,17 +121,23 @@ fn run(room: &mut RoomLab) -> Result<()> {
         "the instance's DHCP lease",
         || Ok(room.leased_address(INSTANCE_MAC)),
     )?;
-    // Logging in proves the layer from SSM is applied: the lab's ssh key comes only in it.
-    let seen = wait(Duration::from_secs(600), "ssh to the instance", || {
-        Ok(room
+    // Logging in proves the layer from SSM is applied: the lab's ssh key comes only in it. Then the
+    // role's units start, after network-online.target, which the layer's unit holds back until it is done.
+    let seen = wait(
+        Duration::from_secs(600),
+        "the instance's encoder running",
+        || {
+            Ok(room
             .ssh_to(
                 address,
                 "hostname; systemctl is-active lectern-cloud-layer.service lectern-encoder.service; \
                  stat -c %a /etc/lectern/encoder.args; journalctl -b -u lectern-cloud-layer -o cat",
             )
             .ok()
-            .map(|out| String::from_utf8_lossy(&out).into_owned()))
-    })?;
+            .map(|out| String::from_utf8_lossy(&out).into_owned())
+            .filter(|seen| !seen.contains("activating") && seen.lines().nth(2) != Some("inactive")))
+        },
+    )?;
     eprintln!(
         "instance {address} up in {:.0} s:\n{seen}",
         started.elapsed().as_secs_f64()
