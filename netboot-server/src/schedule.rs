@@ -273,6 +273,18 @@ mod tests {
         vec![("lameere".into(), "UB2.252A (Lameere)".into())]
     }
 
+    /// Lameere's windows with a 30-minute lead and a 15-minute tail.
+    fn lameere_windows() -> BTreeMap<String, Vec<Window>> {
+        let talks = talks(SCHEDULE).unwrap();
+        windows(
+            &talks,
+            &lameere(),
+            Duration::from_secs(1800),
+            Duration::from_secs(900),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn times_and_durations_are_read_with_their_offsets() {
         assert_eq!(rfc3339_seconds("1970-01-01T00:00:00Z").unwrap(), 0);
@@ -382,14 +394,7 @@ mod tests {
                 self.1.wait(until)
             }
         }
-        let talks = talks(SCHEDULE).unwrap();
-        let plan = windows(
-            &talks,
-            &lameere(),
-            Duration::from_secs(1800),
-            Duration::from_secs(900),
-        )
-        .unwrap();
+        let plan = lameere_windows();
         let mut clock = Shared(record, FakeClock { now: start, wakes });
         run(&|| Ok(plan.clone()), record, &mut clock).unwrap();
         record.calls.take()
@@ -397,14 +402,7 @@ mod tests {
 
     #[test]
     fn the_schedule_mode_starts_and_stops_at_the_right_times() {
-        let talks = talks(SCHEDULE).unwrap();
-        let plan = windows(
-            &talks,
-            &lameere(),
-            Duration::from_secs(1800),
-            Duration::from_secs(900),
-        )
-        .unwrap();
+        let plan = lameere_windows();
         let [sat, sun] = plan["lameere"][..] else {
             panic!()
         };

@@ -445,6 +445,45 @@ impl RoomLab {
             .collect())
     }
 
+    /// The backend's HLS of room `slug` as the plan says it must be: its master playlist lists every
+    /// rendition, and ffprobe finds each one H.264 at its size with AAC at the room's audio rate.
+    pub fn check_renditions(&self, slug: &str) -> Result<()> {
+        let room = self
+            .plan
+            .room(slug)
+            .with_context(|| format!("no room {slug}"))?;
+        let hls = room.hls_url.as_deref().context("no hls_url")?;
+        let master_playlist = self.curl(hls).context("the master playlist")?;
+        for (rendition, url) in room.renditions.iter().zip(self.rendition_urls(slug)?) {
+            ensure!(
+                master_playlist.contains(&format!("{}/index.m3u8", rendition.stream)),
+                "the master playlist does not list {}:\n{master_playlist}",
+                rendition.stream
+            );
+            let streams = self.lab.probe_streams(&url)?;
+            let video = (
+                "video".to_owned(),
+                "h264".to_owned(),
+                u64::from(rendition.width),
+                u64::from(rendition.height),
+                0,
+            );
+            let audio = (
+                "audio".to_owned(),
+                "aac".to_owned(),
+                0,
+                0,
+                u64::from(room.video.audio_rate),
+            );
+            ensure!(
+                streams.contains(&video) && streams.contains(&audio),
+                "{url}: {streams:?}, wanted {video:?} and {audio:?}"
+            );
+            eprintln!("{url}: {streams:?}");
+        }
+        Ok(())
+    }
+
     /// Whether the backend serves every rendition of room `slug` (the encoder pushed its first segments).
     pub fn streaming(&self, slug: &str) -> Result<bool> {
         Ok(self

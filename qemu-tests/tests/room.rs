@@ -100,8 +100,6 @@ fn run(room: &mut RoomLab) -> Result<()> {
     }
 
     let room_plan = room.plan.room(ROOM).context("no room")?.clone();
-    let hls = room_plan.hls_url.clone().context("no hls_url")?;
-    let video = room_plan.video.clone();
     // The backend has a rendition's playlist once the encoder has pushed its first segments (the room's
     // playlist of renditions is there as soon as the backend is).
     let urls = room.rendition_urls(ROOM)?;
@@ -116,34 +114,7 @@ fn run(room: &mut RoomLab) -> Result<()> {
     eprintln!("first HLS playlist on the backend {first_segment:.0} s after netbootd started");
 
     // 2. Every rendition: H.264 at its size, AAC at the room's rate.
-    let master_playlist = room.curl(&hls).context("master playlist")?;
-    for (rendition, url) in room_plan.renditions.iter().zip(&urls) {
-        ensure!(
-            master_playlist.contains(&format!("{}/index.m3u8", rendition.stream)),
-            "the master playlist does not list {}:\n{master_playlist}",
-            rendition.stream
-        );
-        let streams = room.lab.probe_streams(url)?;
-        let want_video = (
-            "video".to_owned(),
-            "h264".to_owned(),
-            u64::from(rendition.width),
-            u64::from(rendition.height),
-            0,
-        );
-        let want_audio = (
-            "audio".to_owned(),
-            "aac".to_owned(),
-            0,
-            0,
-            u64::from(video.audio_rate),
-        );
-        ensure!(
-            streams.contains(&want_video) && streams.contains(&want_audio),
-            "{url}: {streams:?}, wanted {want_video:?} and {want_audio:?}"
-        );
-        eprintln!("{url}: {streams:?}");
-    }
+    room.check_renditions(ROOM)?;
     let check = room.lab.media_check(&main, 8)?;
     eprintln!("main rendition: {check:?}");
     ensure!(
