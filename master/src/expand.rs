@@ -927,13 +927,17 @@ impl<'l, 'a> Expander<'l, 'a> {
                 cloud,
             });
             let identity = deployed_identity(&e.hostname, &e.deployment);
-            hosts.push(new_host(
+            let mut host = new_host(
                 identity,
                 domain,
                 Role::Encoder,
                 Some(room.slug.clone()),
                 config,
-            ));
+            );
+            if e.deployment.placement == Where::Ec2 {
+                host.address = cloud_address(e, domain);
+            }
+            hosts.push(host);
         }
         for (i, s) in m.servers.iter().enumerate() {
             let path = format!("servers[{i}]");
@@ -1136,10 +1140,7 @@ impl<'l, 'a> Expander<'l, 'a> {
             .filter(|e| e.room == room.slug && e.deployment.placement == Where::Ec2)
             .map(|e| {
                 let encode = self.encode(m, room);
-                let target = e
-                    .address
-                    .clone()
-                    .unwrap_or_else(|| format!("{}.{}", e.hostname, m.network.domain));
+                let target = cloud_address(e, &m.network.domain);
                 Contribution {
                     encoder: e.hostname.clone(),
                     url: srt_url(
@@ -1411,6 +1412,11 @@ fn path_before(url: &str, suffix: &str) -> Option<String> {
     let rest = url.split_once("://")?.1;
     let path = &rest[rest.find('/')?..];
     Some(path.strip_suffix(suffix)?.to_owned()).filter(|p| p.ends_with('/'))
+}
+
+/// How the LAN reaches a cloud encoder: the master file's `address`, else `<hostname>.<domain>`.
+fn cloud_address(encoder: &Encoder, domain: &str) -> String {
+    (encoder.address.clone()).unwrap_or_else(|| format!("{}.{domain}", encoder.hostname))
 }
 
 /// How other hosts reach a host: its fixed address, else its mDNS name.

@@ -251,7 +251,7 @@ pub struct Host {
     /// Fixed address, if the master file gives one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ip: Option<Ipv4Addr>,
-    /// How other hosts reach it: the fixed address, else its mDNS name.
+    /// How other hosts reach it: the fixed address, else its mDNS name (a cloud host: its public name).
     pub address: String,
     pub role: Role,
     #[serde(skip_serializing_if = "Option::is_none")]

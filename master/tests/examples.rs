@@ -32,6 +32,19 @@ fn two_room_example_wires_sources_mixer_and_encoders() {
     let plan = load_example("master.toml", "secrets.toml");
     let room = plan.room("lameere").unwrap();
     assert_eq!(room.mixer, "lameere-mixer");
+    // The cloud encoder is reached by its public name, where the mixer's contribution goes.
+    let cloud = plan.host("lameere-enc").unwrap();
+    assert_eq!(cloud.address, "lameere-enc.video.example.org");
+    let lectern_master::RoleConfig::Mixer(mixer) = &plan.host("lameere-mixer").unwrap().config
+    else {
+        panic!("lameere-mixer is a mixer");
+    };
+    assert!(
+        mixer.contributions[0]
+            .url
+            .to_string()
+            .starts_with("srt://lameere-enc.video.example.org:9000?")
+    );
     let ports: Vec<(&str, u16, &str)> = room
         .sources
         .iter()
