@@ -755,8 +755,7 @@ impl<'l, 'a> Expander<'l, 'a> {
         room: &Room,
     ) -> Option<Option<Secret>> {
         let path = format!("rooms[{i}].contribution_passphrase");
-        let cloud = (m.encoders.iter())
-            .any(|e| e.room == room.slug && e.deployment.placement == Where::Ec2);
+        let cloud = cloud_encoders(m, &room.slug).next().is_some();
         match (&room.contribution_passphrase, cloud) {
             (Some(reference), true) => {
                 let passphrase = self.secret(reference, &path)?;
@@ -1134,10 +1133,7 @@ impl<'l, 'a> Expander<'l, 'a> {
         passphrase: Option<&Secret>,
     ) -> MixerConfig {
         let room = &m.rooms[r];
-        let contributions = m
-            .encoders
-            .iter()
-            .filter(|e| e.room == room.slug && e.deployment.placement == Where::Ec2)
+        let contributions = cloud_encoders(m, &room.slug)
             .map(|e| {
                 let encode = self.encode(m, room);
                 let target = cloud_address(e, &m.network.domain);
@@ -1412,6 +1408,11 @@ fn path_before(url: &str, suffix: &str) -> Option<String> {
     let rest = url.split_once("://")?.1;
     let path = &rest[rest.find('/')?..];
     Some(path.strip_suffix(suffix)?.to_owned()).filter(|p| p.ends_with('/'))
+}
+
+/// The encoders of room `slug` that run in the cloud: the mixer contributes to each.
+fn cloud_encoders<'m>(m: &'m MasterFile, slug: &'m str) -> impl Iterator<Item = &'m Encoder> {
+    (m.encoders.iter()).filter(move |e| e.room == slug && e.deployment.placement == Where::Ec2)
 }
 
 /// How the LAN reaches a cloud encoder: the master file's `address`, else `<hostname>.<domain>`.
