@@ -11,7 +11,8 @@
 
 use std::path::Path;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
+use lectern_master::Host;
 use serde_json::{Value, json};
 
 /// Reads, checks and expands a master file (with its secrets file).
@@ -25,140 +26,90 @@ pub fn load_typed(master_file: &Path) -> Result<lectern_master::Plan> {
 }
 
 pub struct Plan {
-    /// Secrets shown as `***`: the only view role-wide contexts are cut from.
-    redacted: Value,
-    /// Secrets revealed: only per-host contexts are cut from it.
-    revealed: Value,
+    /// The expanded master file; `None` without one (role images need no hosts).
+    plan: Option<lectern_master::Plan>,
 }
 
 impl Plan {
     /// Reads, checks and expands a master file (with its secrets file).
     pub fn load(master_file: &Path) -> Result<Self> {
-        Self::from_typed(&load_typed(master_file)?)
+        Ok(Self::from_typed(load_typed(master_file)?))
     }
 
-    /// The two views of an expanded master file.
-    pub fn from_typed(plan: &lectern_master::Plan) -> Result<Self> {
-        let redacted = serde_json::to_value(plan)?;
-        let revealed = lectern_master::with_secrets_revealed(|| serde_json::to_value(plan))?;
-        Self::from_views(redacted, revealed)
-    }
-
-    /// The image store the master file names (where netbootd serves from).
-    pub fn store_dir(&self) -> Option<std::path::PathBuf> {
-        let store = self.redacted.get("netboot")?.get("store")?.as_str()?;
-        Some(store.into())
-    }
-
-    /// netbootd's base URL (`http://10.42.0.1:8080`), if the master file has a netboot server.
-    pub fn netboot_url(&self) -> Option<String> {
-        let url = self.redacted.get("netboot")?.get("base_url")?.as_str()?;
-        Some(url.to_owned())
+    pub fn from_typed(plan: lectern_master::Plan) -> Self {
+        Self { plan: Some(plan) }
     }
 
     /// A plan with no hosts: role images need no more than this.
     pub fn empty() -> Self {
-        let nothing = json!({ "hosts": [] });
-        Self {
-            redacted: nothing.clone(),
-            revealed: nothing,
-        }
+        Self { plan: None }
     }
 
-    /// The two serializations of one plan.
-    pub fn from_views(redacted: Value, revealed: Value) -> Result<Self> {
-        for host in hosts(&revealed) {
-            for field in ["hostname", "role"] {
-                if !host.get(field).is_some_and(Value::is_string) {
-                    bail!("a host in the plan has no string `{field}`: {host}");
-                }
-            }
-        }
-        Ok(Self { redacted, revealed })
+    /// The image store the master file names (where netbootd serves from).
+    pub fn store_dir(&self) -> Option<std::path::PathBuf> {
+        Some(self.plan.as_ref()?.netboot.store.clone())
     }
 
-    /// The redacted and revealed views, for tests that edit a plan.
-    #[cfg(test)]
-    pub(crate) fn into_views(self) -> (Value, Value) {
-        (self.redacted, self.revealed)
+    /// netbootd's base URL (`http://10.42.0.1:8080`), if there is a master file.
+    pub fn netboot_url(&self) -> Option<String> {
+        Some(self.plan.as_ref()?.netboot.base_url.clone())
+    }
+
+    fn hosts(&self) -> &[Host] {
+        self.plan.as_ref().map_or(&[], |plan| &plan.hosts)
     }
 
     /// Roles some host in the plan has, sorted and deduplicated.
     pub fn roles(&self) -> Vec<String> {
-        let mut roles: Vec<String> = hosts(&self.revealed)
-            .map(|host| role_of(host).to_owned())
+        let mut roles: Vec<String> = (self.hosts().iter())
+            .map(|host| host.role.as_str().to_owned())
             .collect();
         roles.sort();
         roles.dedup();
         roles
     }
 
+    /// `{ role, conference }`: serialized as the plan always is, secrets as `***` (the conference holds
+    /// none).
     pub fn role_context(&self, role: &str) -> Value {
-        json!({ "role": role, "conference": self.redacted.get("conference").cloned().unwrap_or(Value::Null) })
+        json!({ "role": role, "conference": self.plan.as_ref().map(|plan| &plan.conference) })
     }
 
-    /// `(hostname, context)` for every host of `role`, in plan order.
+    /// `(hostname, context)` for every host of `role`, in plan order, serialized with secrets revealed.
     pub fn host_contexts(&self, role: &str) -> Vec<(String, Value)> {
-        let plan = &self.revealed;
-        let keys = plan
-            .get("ssh_authorized_keys")
-            .cloned()
-            .unwrap_or_else(|| json!([]));
-        hosts(plan)
-            .filter(|host| role_of(host) == role)
-            .map(|host| {
-                let hostname = host["hostname"].as_str().unwrap_or_default().to_owned();
-                let context = json!({
-                    "role": role,
-                    "conference": plan.get("conference").cloned().unwrap_or(Value::Null),
-                    "network": plan.get("network").cloned().unwrap_or(Value::Null),
-                    "ssh_authorized_keys": keys,
-                    "host": host,
-                    "room": room_of(plan, host),
-                    "lan_hosts": lan_hosts(plan, host),
-                });
-                (hostname, context)
-            })
-            .collect()
+        let Some(plan) = &self.plan else {
+            return Vec::new();
+        };
+        lectern_master::with_secrets_revealed(|| {
+            (plan.hosts.iter())
+                .filter(|host| host.role.as_str() == role)
+                .map(|host| {
+                    let context = json!({
+                        "role": role,
+                        "conference": plan.conference,
+                        "network": plan.network,
+                        "ssh_authorized_keys": plan.ssh_authorized_keys,
+                        "host": host,
+                        "room": host.room.as_deref().and_then(|slug| plan.room(slug)),
+                        "lan_hosts": lan_hosts(plan, host),
+                    });
+                    (host.hostname.clone(), context)
+                })
+                .collect()
+        })
     }
-}
-
-/// The plan's entry for `host`'s room (`slug`, `sources` in mixer order with ports and machines, `video`,
-/// `encode`…), or null.
-fn room_of(plan: &Value, host: &Value) -> Value {
-    let slug = host.get("room");
-    let mut rooms = plan
-        .get("rooms")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten();
-    rooms
-        .find(|room| slug.is_some_and(|slug| room.get("slug") == Some(slug)))
-        .cloned()
-        .unwrap_or(Value::Null)
 }
 
 /// `{hostname, fqdn, ip}` of the other hosts with a fixed address, so that /etc/hosts resolves the
 /// names the plan uses (the ingest URL's backend, a room's mixer) on a LAN without DNS of its own
 /// (mDNS only answers for `.local`).
-fn lan_hosts(plan: &Value, host: &Value) -> Vec<Value> {
-    hosts(plan)
-        .filter(|peer| peer["hostname"] != host["hostname"])
+fn lan_hosts(plan: &lectern_master::Plan, host: &Host) -> Vec<Value> {
+    (plan.hosts.iter())
+        .filter(|peer| peer.hostname != host.hostname)
         .filter_map(|peer| {
-            Some(json!({ "hostname": peer["hostname"], "fqdn": peer["fqdn"], "ip": peer.get("ip")?.as_str()? }))
+            Some(json!({ "hostname": peer.hostname, "fqdn": peer.fqdn, "ip": peer.ip? }))
         })
         .collect()
-}
-
-fn hosts(plan: &Value) -> impl Iterator<Item = &Value> {
-    plan.get("hosts")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-}
-
-fn role_of(host: &Value) -> &str {
-    host.get("role").and_then(Value::as_str).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -185,9 +136,6 @@ pub(crate) mod tests {
             plan.roles(),
             ["encoder", "mixer", "netboot", "source", "streaming-backend"]
         );
-        assert!(plan.redacted.to_string().contains("***"));
-        assert!(!plan.redacted.to_string().contains(FIXTURE_SECRET));
-        assert!(plan.revealed.to_string().contains(FIXTURE_SECRET));
     }
 
     #[test]
@@ -233,9 +181,9 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn rejects_hosts_without_role() {
-        let bad = json!({ "hosts": [{ "hostname": "x" }] });
-        assert!(Plan::from_views(bad.clone(), bad).is_err());
-        assert!(Plan::empty().roles().is_empty());
+    fn without_a_master_file_there_are_no_hosts() {
+        let empty = Plan::empty();
+        assert!(empty.roles().is_empty() && empty.host_contexts("encoder").is_empty());
+        assert_eq!(empty.role_context("base")["conference"], Value::Null);
     }
 }

@@ -260,28 +260,39 @@ variant = "apt"
         );
     }
 
-    /// The repository's own recipes and overlays, and the fixture master file's plan views.
-    fn repo_recipes() -> (Recipes, Value, Value) {
+    /// The repository's own recipes and overlays.
+    fn repo_recipes() -> Recipes {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let recipes = Recipes::load(&repo.join("recipes"), &repo.join("overlays")).unwrap();
-        let plan = crate::context::Plan::load(&crate::context::tests::fixture_path()).unwrap();
-        let (redacted, revealed) = plan.into_views();
-        (recipes, redacted, revealed)
+        Recipes::load(&repo.join("recipes"), &repo.join("overlays")).unwrap()
     }
 
-    /// Applies `edit` to every host named `hostname` in both views.
-    fn edit_host(views: [&mut Value; 2], hostname: &str, edit: impl Fn(&mut Value)) {
-        for view in views {
-            for host in view["hosts"].as_array_mut().unwrap() {
-                if host["hostname"] == hostname {
-                    edit(host);
-                }
-            }
+    /// The fixture master file's plan, with each `(from, to)` edit made to the first occurrence of
+    /// `from` and `secrets` added to a copy of its secrets file: a change as a video team makes it.
+    fn fixture_plan(edits: &[(&str, &str)], secrets: &str) -> crate::context::Plan {
+        use std::os::unix::fs::PermissionsExt;
+        let fixture = crate::context::tests::fixture_path();
+        let mut text = std::fs::read_to_string(&fixture).unwrap();
+        for (from, to) in edits {
+            assert!(text.contains(from), "the fixture has no {from:?}");
+            text = text.replacen(from, to, 1);
         }
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("secrets.toml");
+        let original = fixture.with_file_name("fixture-secrets.toml");
+        std::fs::write(&copy, std::fs::read_to_string(original).unwrap() + secrets).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let text = text.replacen(
+            "file = \"fixture-secrets.toml\"",
+            &format!("file = {:?}", copy.display().to_string()),
+            1,
+        );
+        let master = dir.path().join("master.toml");
+        std::fs::write(&master, text).unwrap();
+        crate::context::Plan::load(&master).unwrap()
     }
 
-    fn plan(redacted: &Value, revealed: &Value) -> crate::context::Plan {
-        crate::context::Plan::from_views(redacted.clone(), revealed.clone()).unwrap()
+    fn fixture() -> crate::context::Plan {
+        fixture_plan(&[], "")
     }
 
     fn host_tree(
@@ -309,8 +320,7 @@ variant = "apt"
 
     #[test]
     fn every_role_renders_against_the_fixture() {
-        let (recipes, redacted, revealed) = repo_recipes();
-        let plan = plan(&redacted, &revealed);
+        let (recipes, plan) = (repo_recipes(), fixture());
         let roles: Vec<String> = plan
             .roles()
             .into_iter()
@@ -330,8 +340,7 @@ variant = "apt"
 
     #[test]
     fn host_files_follow_the_plan() {
-        let (recipes, redacted, revealed) = repo_recipes();
-        let plan = plan(&redacted, &revealed);
+        let (recipes, plan) = (repo_recipes(), fixture());
         let mixer = host_tree(&recipes, &plan, "mixer", "lameere-mixer");
         let ini = file_text(&mixer, "etc/voctomix/voctocore.ini");
         assert!(ini.contains("\nsources=cam,slides\n"), "{ini}");
@@ -382,28 +391,22 @@ variant = "apt"
 
     #[test]
     fn recording_disk_gets_a_mount_unit_only_when_planned() {
-        let (recipes, mut redacted, mut revealed) = repo_recipes();
+        let recipes = repo_recipes();
         let mount = "etc/systemd/system/srv-recordings.mount";
         assert!(
-            host_tree(
-                &recipes,
-                &plan(&redacted, &revealed),
-                "mixer",
-                "lameere-mixer"
-            )
-            .get(mount)
-            .is_none()
+            host_tree(&recipes, &fixture(), "mixer", "lameere-mixer")
+                .get(mount)
+                .is_none()
         );
-        edit_host([&mut redacted, &mut revealed], "lameere-mixer", |host| {
-            host["config"]["mixer"]["record_disk"] = "/dev/sdb".into();
-        });
+        let recording = fixture_plan(
+            &[(
+                "hostname = \"lameere-mixer\"\n",
+                "hostname = \"lameere-mixer\"\nrecord_disk = \"/dev/sdb\"\n",
+            )],
+            "",
+        );
         let unit = file_text(
-            &host_tree(
-                &recipes,
-                &plan(&redacted, &revealed),
-                "mixer",
-                "lameere-mixer",
-            ),
+            &host_tree(&recipes, &recording, "mixer", "lameere-mixer"),
             mount,
         );
         assert!(
@@ -414,30 +417,29 @@ variant = "apt"
 
     #[test]
     fn hosts_keep_time_from_the_lan_in_the_venues_zone() {
-        let (recipes, mut redacted, mut revealed) = repo_recipes();
+        let recipes = repo_recipes();
         let chrony = "etc/chrony/conf.d/lectern.conf";
-        let mixer = host_tree(
-            &recipes,
-            &plan(&redacted, &revealed),
-            "mixer",
-            "lameere-mixer",
-        );
+        let mixer = host_tree(&recipes, &fixture(), "mixer", "lameere-mixer");
         assert!(
             file_text(&mixer, chrony).ends_with(").\nserver 10.99.0.254 iburst\n"),
             "{}",
             file_text(&mixer, chrony)
         );
         assert_eq!(file_text(&mixer, "etc/timezone"), "UTC\n");
-        for view in [&mut redacted, &mut revealed] {
-            view["network"]["ntp"] = serde_json::json!(["10.99.0.1", "10.99.0.2"]);
-            view["conference"]["timezone"] = "Europe/Brussels".into();
-        }
-        let source = host_tree(
-            &recipes,
-            &plan(&redacted, &revealed),
-            "source",
-            "lameere-source-1",
+        let in_brussels = fixture_plan(
+            &[
+                (
+                    "domain = \"video.example.org\"\n",
+                    "domain = \"video.example.org\"\nntp = [\"10.99.0.1\", \"10.99.0.2\"]\n",
+                ),
+                (
+                    "org = \"fosdem\"\n",
+                    "org = \"fosdem\"\ntimezone = \"Europe/Brussels\"\n",
+                ),
+            ],
+            "",
         );
+        let source = host_tree(&recipes, &in_brussels, "source", "lameere-source-1");
         let servers = file_text(&source, chrony);
         assert!(
             servers.ends_with("\nserver 10.99.0.1 iburst\nserver 10.99.0.2 iburst\n"),
@@ -449,7 +451,7 @@ variant = "apt"
                 .ends_with("\nL+ /etc/localtime - - - - /usr/share/zoneinfo/Europe/Brussels\n")
         );
         // Debian's chrony.conf would also poll the internet pool, which a video LAN cannot reach.
-        let context = plan(&redacted, &revealed).role_context("source");
+        let context = in_brussels.role_context("source");
         let config = recipes
             .render("source", OverlayKind::Config, &context)
             .unwrap();
@@ -462,39 +464,32 @@ variant = "apt"
 
     #[test]
     fn capture_delays_reach_the_ingest_env_and_script() {
-        let (recipes, mut redacted, mut revealed) = repo_recipes();
+        let recipes = repo_recipes();
         let env = "etc/lectern/ingest.env";
         let before = file_text(
-            &host_tree(
-                &recipes,
-                &plan(&redacted, &revealed),
-                "source",
-                "lameere-source-2",
-            ),
+            &host_tree(&recipes, &fixture(), "source", "lameere-source-2"),
             env,
         );
         assert!(
             before.contains("\nVIDEO_DELAY_MS=0\nAUDIO_DELAY_MS=0\n"),
             "{before}"
         );
-        edit_host([&mut redacted, &mut revealed], "lameere-source-2", |host| {
-            host["config"]["source"]["capture"]["video_delay_ms"] = 120.into();
-            host["config"]["source"]["capture"]["audio_delay_ms"] = 40.into();
-        });
+        let delayed = fixture_plan(
+            &[(
+                "capture = { kind = \"v4l2\", device = \"/dev/video0\" }",
+                "capture = { kind = \"v4l2\", device = \"/dev/video0\", video_delay_ms = 120, audio_delay_ms = 40 }",
+            )],
+            "",
+        );
         let after = file_text(
-            &host_tree(
-                &recipes,
-                &plan(&redacted, &revealed),
-                "source",
-                "lameere-source-2",
-            ),
+            &host_tree(&recipes, &delayed, "source", "lameere-source-2"),
             env,
         );
         assert!(
             after.contains("\nVIDEO_DELAY_MS=120\nAUDIO_DELAY_MS=40\n"),
             "{after}"
         );
-        let context = plan(&redacted, &revealed).role_context("source");
+        let context = delayed.role_context("source");
         let config = recipes
             .render("source", OverlayKind::Config, &context)
             .unwrap();
@@ -515,31 +510,35 @@ variant = "apt"
 
     #[test]
     fn contributions_are_listed_only_for_mixers_with_cloud_encoders() {
-        let (recipes, mut redacted, mut revealed) = repo_recipes();
+        let recipes = repo_recipes();
         let list = "etc/lectern/contributions";
         assert!(
-            host_tree(
-                &recipes,
-                &plan(&redacted, &revealed),
-                "mixer",
-                "lameere-mixer"
-            )
-            .get(list)
-            .is_none()
+            host_tree(&recipes, &fixture(), "mixer", "lameere-mixer")
+                .get(list)
+                .is_none()
         );
-        edit_host([&mut redacted, &mut revealed], "lameere-mixer", |host| {
-            let feed = serde_json::json!({ "encoder": "e", "url": "srt://e.example.org:9000?pbkeylen=32&passphrase=p4ss-phrase", "video_kbps": 8000, "audio_kbps": 256 });
-            host["config"]["mixer"]["contributions"] = serde_json::json!([feed]);
-        });
-        let tree = host_tree(
-            &recipes,
-            &plan(&redacted, &revealed),
-            "mixer",
-            "lameere-mixer",
+        // The room's encoder moved to the cloud, with the passphrase that must then protect its feed.
+        let cloud = fixture_plan(
+            &[
+                (
+                    "where = \"local-vm\"\nhost = \"control\"\n",
+                    "where = \"ec2\"\nregion = \"eu-west-1\"\ninstance_type = \"c6i.large\"\ninstance_profile = \"p\"\n",
+                ),
+                ("vcpus = 1\n", ""),
+                ("memory_mb = 1536\n", ""),
+                ("mac = \"52:54:00:00:01:01\"\n", ""),
+                ("ip = \"10.99.0.70\"\n", ""),
+                (
+                    "stream_key = \"secret:stream_keys.lameere\"\n",
+                    "stream_key = \"secret:stream_keys.lameere\"\ncontribution_passphrase = \"secret:contribution.lameere\"\n",
+                ),
+            ],
+            "\n[contribution]\nlameere = \"p4ss-phrase-0123\"\n",
         );
+        let tree = host_tree(&recipes, &cloud, "mixer", "lameere-mixer");
         assert_eq!(
             file_text(&tree, list),
-            "srt://e.example.org:9000?pbkeylen=32&passphrase=p4ss-phrase 8000 256\n"
+            "srt://lameere-enc.video.example.org:9000?pbkeylen=32&passphrase=p4ss-phrase-0123 10000 256\n"
         );
         // The URLs carry the passphrase: root's only.
         assert!(
@@ -554,24 +553,9 @@ variant = "apt"
 
     #[test]
     fn a_bitrate_change_touches_only_the_host_layer() {
-        let (recipes, redacted, revealed) = repo_recipes();
-        let (mut changed_redacted, mut changed_revealed) = (redacted.clone(), revealed.clone());
-        edit_host(
-            [&mut changed_redacted, &mut changed_revealed],
-            "lameere-enc",
-            |host| {
-                for arg in host["config"]["encoder"]["ffmpeg_args"]
-                    .as_array_mut()
-                    .unwrap()
-                {
-                    if arg == "3000k" {
-                        *arg = "4500k".into();
-                    }
-                }
-            },
-        );
-        let before = plan(&redacted, &revealed);
-        let after = plan(&changed_redacted, &changed_revealed);
+        let recipes = repo_recipes();
+        let before = fixture();
+        let after = fixture_plan(&[("video_kbps = 3000\n", "video_kbps = 4500\n")], "");
         let role_tree = |plan: &crate::context::Plan| {
             recipes
                 .render(
