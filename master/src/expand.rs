@@ -103,15 +103,15 @@ impl<'l, 'a> Expander<'l, 'a> {
             .map(|(i, room)| self.streams(m, i, room))
             .collect();
         self.ingest(m);
-        let mut plan_hosts = self.hosts(m, &rooms, &streams);
-        let rooms = self.room_plans(m, rooms, &plan_hosts, &streams);
-        for host in &mut plan_hosts {
-            if let RoleConfig::Mixer(mixer) = &mut host.config {
-                if let Some(room) = rooms.iter().find(|r| r.slug == mixer.room) {
-                    mixer.sources = room.sources.clone();
-                }
-            }
-        }
+        // Each room's mixer inputs, wired once, for its mixer and its room plan.
+        let inputs: Vec<Vec<MixerInput>> = (m.rooms.iter().enumerate())
+            .map(|(i, room)| match rooms.get(room.slug.as_str()) {
+                Some(&first) if first == i => self.mixer_inputs(m, i, room),
+                _ => Vec::new(), // a duplicate slug, reported already
+            })
+            .collect();
+        let plan_hosts = self.hosts(m, &rooms, &streams, &inputs);
+        let rooms = self.room_plans(m, rooms, &plan_hosts, &streams, inputs);
         match (network, netboot, self.problems.is_empty()) {
             (Some((network, _)), Some(netboot), true) => Ok(Plan {
                 secrets_file: std::path::absolute(self.secrets_path)
@@ -813,6 +813,7 @@ impl<'l, 'a> Expander<'l, 'a> {
         m: &MasterFile,
         rooms: &BTreeMap<&str, usize>,
         streams: &[Option<RoomStreams>],
+        inputs: &[Vec<MixerInput>],
     ) -> Vec<Host> {
         let domain = &m.network.domain;
         let mut hosts = Vec::new();
@@ -841,7 +842,9 @@ impl<'l, 'a> Expander<'l, 'a> {
                     let passphrase = streams[r]
                         .as_ref()
                         .and_then(|s| s.contribution_passphrase.as_ref());
-                    Some(RoleConfig::Mixer(self.mixer(m, r, h, passphrase)))
+                    Some(RoleConfig::Mixer(
+                        self.mixer(m, r, h, passphrase, &inputs[r]),
+                    ))
                 }
                 (MachineRole::Source, Some(r)) => {
                     let room = &m.rooms[r];
@@ -1131,6 +1134,7 @@ impl<'l, 'a> Expander<'l, 'a> {
         r: usize,
         h: &Machine,
         passphrase: Option<&Secret>,
+        inputs: &[MixerInput],
     ) -> MixerConfig {
         let room = &m.rooms[r];
         let contributions = cloud_encoders(m, &room.slug)
@@ -1152,7 +1156,7 @@ impl<'l, 'a> Expander<'l, 'a> {
         MixerConfig {
             room: room.slug.clone(),
             video: self.video(m, room),
-            sources: Vec::new(), // filled in by `expand` once room_plans knows every source
+            sources: inputs.to_vec(),
             audio_source: room
                 .audio_source
                 .clone()
@@ -1281,6 +1285,37 @@ impl<'l, 'a> Expander<'l, 'a> {
         }
     }
 
+    /// Room `i`'s sources in mixer order: the n-th feeds port 10000+n from the one source machine of
+    /// the room that captures it.
+    fn mixer_inputs(&mut self, m: &MasterFile, i: usize, room: &Room) -> Vec<MixerInput> {
+        let path = format!("rooms[{i}]");
+        let mut inputs = Vec::new();
+        for (j, name) in room.sources.iter().enumerate() {
+            let feeding: Vec<&Machine> = (m.machines.iter())
+                .filter(|h| h.role == MachineRole::Source && h.room.as_deref() == Some(&room.slug))
+                .filter(|h| h.source.as_ref() == Some(name))
+                .collect();
+            match feeding.as_slice() {
+                [one] => inputs.push(MixerInput {
+                    name: name.clone(),
+                    port: ports::SOURCE_BASE + j as u16,
+                    machine: one.hostname.clone(),
+                }),
+                [] => self.error(
+                    &format!("{path}.sources[{j}]"),
+                    format!("no machine captures source \"{name}\" of room \"{}\"", room.slug),
+                    Some(format!("add a [[machines]] entry with role = \"source\", room = \"{}\", source = \"{name}\"", room.slug)),
+                ),
+                [a, b, ..] => self.error(
+                    &format!("{path}.sources[{j}]"),
+                    format!("source \"{name}\" is captured by both {} and {}", a.hostname, b.hostname),
+                    None,
+                ),
+            }
+        }
+        inputs
+    }
+
     /// Wires each room: its mixer, the machine behind each source, its encoders.
     fn room_plans(
         &mut self,
@@ -1288,9 +1323,10 @@ impl<'l, 'a> Expander<'l, 'a> {
         rooms: BTreeMap<&str, usize>,
         hosts: &[Host],
         streams: &[Option<RoomStreams>],
+        inputs: Vec<Vec<MixerInput>>,
     ) -> Vec<RoomPlan> {
         let mut plans = Vec::new();
-        for (i, room) in m.rooms.iter().enumerate() {
+        for ((i, room), inputs) in m.rooms.iter().enumerate().zip(inputs) {
             if rooms.get(room.slug.as_str()) != Some(&i) {
                 continue; // duplicate slug, reported already
             }
@@ -1326,29 +1362,6 @@ impl<'l, 'a> Expander<'l, 'a> {
                     None
                 }
             };
-            let mut inputs = Vec::new();
-            for (j, name) in room.sources.iter().enumerate() {
-                let feeding: Vec<&Host> = in_room(Role::Source)
-                    .filter(|h| matches!(&h.config, RoleConfig::Source(s) if &s.source == name))
-                    .collect();
-                match feeding.as_slice() {
-                    [one] => inputs.push(MixerInput {
-                        name: name.clone(),
-                        port: ports::SOURCE_BASE + j as u16,
-                        machine: one.hostname.clone(),
-                    }),
-                    [] => self.error(
-                        &format!("{path}.sources[{j}]"),
-                        format!("no machine captures source \"{name}\" of room \"{}\"", room.slug),
-                        Some(format!("add a [[machines]] entry with role = \"source\", room = \"{}\", source = \"{name}\"", room.slug)),
-                    ),
-                    [a, b, ..] => self.error(
-                        &format!("{path}.sources[{j}]"),
-                        format!("source \"{name}\" is captured by both {} and {}", a.hostname, b.hostname),
-                        None,
-                    ),
-                }
-            }
             let encoders: Vec<&Host> = in_room(Role::Encoder).collect();
             let (Some(mixer), Some(room_streams)) = (mixer, &streams[i]) else {
                 continue;
