@@ -3,11 +3,12 @@
 //! Two contexts, so that a change to one host never rebuilds a role image and secrets never reach one:
 //! - role-wide (config layer): `{ role, conference }`, from the plan's ordinary serialization, in which
 //!   secrets are `***`.
-//! - per host (host layer): `{ role, conference, network, ssh_authorized_keys, host, room, lan_hosts }`,
+//! - per host (host layer): `{ role, conference, network, ssh_authorized_keys, host, room, lan_hosts,
+//!   secret_values }`,
 //!   from the plan serialized with secrets revealed; `network` is the plan's video LAN (`domain`, `gateway`,
 //!   `dns`, `ntp`…), `host` the plan's host (`hostname`, `mac`, `ip`, `room`, `config.<role>`…), `room` the
-//!   plan's entry for its room (or null) and `lan_hosts` lists `{hostname, fqdn, ip}` of every other host
-//!   with a fixed address.
+//!   plan's entry for its room (or null), `lan_hosts` lists `{hostname, fqdn, ip}` of every other host
+//!   with a fixed address and `secret_values` the raw secrets the host holds (for its log filter).
 
 use std::path::Path;
 
@@ -92,6 +93,7 @@ impl Plan {
                         "host": host,
                         "room": host.room.as_deref().and_then(|slug| plan.room(slug)),
                         "lan_hosts": lan_hosts(plan, host),
+                        "secret_values": lectern_master::secrets::secret_values_in(host),
                     });
                     (host.hostname.clone(), context)
                 })

@@ -552,6 +552,52 @@ variant = "apt"
     }
 
     #[test]
+    fn a_hosts_secrets_are_listed_for_its_log_filter_and_masked_by_it() {
+        let recipes = repo_recipes();
+        let encoder = host_tree(&recipes, &fixture(), "encoder", "lameere-enc");
+        let redact = "etc/lectern/redact";
+        let header = "# The secrets this host holds, one per line after this one: its role scripts show them as *** in logs.\n";
+        assert_eq!(
+            file_text(&encoder, redact),
+            format!("{header}{}\n", crate::context::tests::FIXTURE_SECRET)
+        );
+        assert!(matches!(
+            encoder.get(redact),
+            Some(crate::tree::Entry::File { mode: 0o600, .. })
+        ));
+        let source = host_tree(&recipes, &fixture(), "source", "lameere-source-1");
+        assert_eq!(
+            file_text(&source, redact),
+            header,
+            "a source holds no secret"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("redact");
+        std::fs::write(&list, file_text(&encoder, redact)).unwrap();
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../overlays/base/config/usr/lib/lectern/redact");
+        let mut filter = std::process::Command::new("bash")
+            .arg(&script)
+            .arg(&list)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let failure = format!(
+            "rtmp://b/stream/lameere?key={}: Input/output error\nframe=1 & more\nno newline at the end",
+            crate::context::tests::FIXTURE_SECRET
+        );
+        std::io::Write::write_all(filter.stdin.as_mut().unwrap(), failure.as_bytes()).unwrap();
+        drop(filter.stdin.take());
+        let output = filter.wait_with_output().unwrap();
+        assert_eq!(
+            String::from_utf8(output.stdout).unwrap(),
+            "rtmp://b/stream/lameere?key=***: Input/output error\nframe=1 & more\nno newline at the end\n"
+        );
+    }
+
+    #[test]
     fn a_bitrate_change_touches_only_the_host_layer() {
         let recipes = repo_recipes();
         let before = fixture();

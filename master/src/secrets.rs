@@ -2,7 +2,7 @@
 //! secrets file, and shown as `***` everywhere unless a caller explicitly reveals them (only
 //! the per-host layer renderer does).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::path::Path;
 
@@ -17,6 +17,20 @@ const PREFIX: &str = "secret:";
 
 thread_local! {
     static REVEALING: Cell<bool> = const { Cell::new(false) };
+    /// While [`secret_values_in`] runs: the secret values serialised so far.
+    static COLLECTED: RefCell<Option<Vec<String>>> = const { RefCell::new(None) };
+}
+
+/// Every secret value (a stream key, a passphrase: what a `Secret` was made of, not the URL around it)
+/// somewhere in `value`, deduplicated, longest first: what a host's logs must never show.
+pub fn secret_values_in<T: Serialize>(value: &T) -> Vec<String> {
+    COLLECTED.with(|c| c.replace(Some(Vec::new())));
+    // Serialising walks every field; each Secret adds its parts (see `Serialize for Secret`).
+    let _ = serde_json::to_value(value);
+    let mut values = COLLECTED.with(|c| c.take()).unwrap_or_default();
+    values.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    values.dedup();
+    values
 }
 
 /// Runs `f` with secrets serialising as their real values. Use only to render files that go
@@ -38,13 +52,20 @@ pub fn with_secrets_revealed<R>(f: impl FnOnce() -> R) -> R {
 pub struct Secret {
     value: String,
     redacted: String,
+    /// The secret values inside `value` (a key filled into a URL): empty for a public value.
+    parts: Vec<String>,
 }
 
 impl Secret {
     /// A bare secret value, redacted as `***`.
     pub fn new(value: impl Into<String>) -> Self {
+        let value = value.into();
         Secret {
-            value: value.into(),
+            parts: vec![value.clone()]
+                .into_iter()
+                .filter(|v| !v.is_empty())
+                .collect(),
+            value,
             redacted: REDACTED.into(),
         }
     }
@@ -55,6 +76,7 @@ impl Secret {
         Secret {
             redacted: value.clone(),
             value,
+            parts: Vec::new(),
         }
     }
 
@@ -63,6 +85,7 @@ impl Secret {
         Secret {
             value: template.replace(placeholder, &secret.value),
             redacted: template.replace(placeholder, REDACTED),
+            parts: secret.parts.clone(),
         }
     }
 
@@ -90,6 +113,11 @@ impl fmt::Debug for Secret {
 
 impl Serialize for Secret {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        COLLECTED.with(|c| {
+            if let Some(values) = c.borrow_mut().as_mut() {
+                values.extend(self.parts.iter().cloned());
+            }
+        });
         serializer.serialize_str(self.shown())
     }
 }
@@ -225,5 +253,34 @@ impl Secret {
         } else {
             &self.redacted
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_secret_values_inside_a_value_are_found_wherever_they_sit() {
+        let key = Secret::new("k3y-0123");
+        let url = Secret::fill("rtmp://backend/stream/r?key={key}", "{key}", &key);
+        let passphrase = Secret::new("a-longer-passphrase");
+        let value = (
+            vec![Secret::public("-i"), url.clone()],
+            Some(Secret::fill(
+                "srt://e:9000?passphrase={p}",
+                "{p}",
+                &passphrase,
+            )),
+            url,
+            Secret::new(""),
+        );
+        assert_eq!(
+            secret_values_in(&value),
+            ["a-longer-passphrase", "k3y-0123"]
+        );
+        // Outside the collector, serialising collects nothing and shows no secret.
+        assert!(!serde_json::to_string(&value).unwrap().contains("k3y"));
+        assert!(secret_values_in(&Secret::public("nothing secret")).is_empty());
     }
 }

@@ -170,10 +170,7 @@ impl Lab {
 
     /// Kills what [`Lab::spawn`] started as `index` (a guest: its power cord pulled).
     pub fn stop(&mut self, index: usize) -> Result<()> {
-        let child = &mut self.children[index];
-        child.kill()?;
-        child.wait()?;
-        Ok(())
+        kill(&mut self.children[index])
     }
 
     /// Asks what [`Lab::spawn`] started as `index` to stop (SIGTERM) and waits for it; true if it
@@ -471,11 +468,23 @@ impl Lab {
     }
 }
 
+/// Kills `child`, and the process group it leads if it was started under `setsid` (a restart loop and
+/// what it runs).
+fn kill(child: &mut std::process::Child) -> Result<()> {
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: plain syscalls on a child we have not reaped, so its pid is still ours.
+    if unsafe { libc::getpgid(pid) } == pid {
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+    }
+    child.kill()?;
+    child.wait()?;
+    Ok(())
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
+            let _ = kill(child);
         }
         let _ = ip(&["netns", "del", &self.netns]);
         if std::env::var_os("LECTERN_KEEP_LAB").is_some() {

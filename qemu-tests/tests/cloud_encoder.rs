@@ -185,10 +185,10 @@ fn run(room: &mut RoomLab) -> Result<()> {
     );
     eprintln!("wrong passphrase refused: {}", said.trim());
 
-    // The mixer's contribution: its own script, fed by a stand-in of voctocore's live output.
-    let live = room
-        .lab
-        .in_netns("ffmpeg")
+    // The mixer's contribution: its own script, fed by a stand-in of voctocore's live output (which,
+    // like voctocore, takes a client again after one leaves).
+    let mut live = room.lab.in_netns("setsid");
+    live.args(["bash", "-c", "while :; do ffmpeg \"$@\"; done", "live"])
         .args(["-hide_banner", "-loglevel", "error", "-re"])
         .args(["-f", "lavfi", "-i", "testsrc2=size=640x360:rate=5"])
         .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
@@ -200,11 +200,9 @@ fn run(room: &mut RoomLab) -> Result<()> {
             "-c:a",
             "pcm_s16le",
         ])
-        .args(["-f", "matroska", "tcp://127.0.0.1:15000?listen=1"])
-        .stdin(Stdio::null())
-        .spawn()?;
-    let live = ChildGuard(live);
-    // The mixer's ffmpeg connects once (systemd restarts it on the mixer): start it on a listening port.
+        .args(["-f", "matroska", "tcp://127.0.0.1:15000?listen=1"]);
+    let live = room.lab.spawn(live, "live-output.log")?;
+    // Start the mixer's side once its input listens.
     wait(
         Duration::from_secs(30),
         "voctocore's stand-in listening",
@@ -223,11 +221,33 @@ fn run(room: &mut RoomLab) -> Result<()> {
         credentials.join("contributions"),
         format!("{contribution}\n"),
     )?;
-    let script =
-        lectern_qemu_tests::repo().join("overlays/mixer/config/usr/lib/lectern/contribute");
+    let mixer = room.plan.host(MIXER).context("no mixer")?;
+    let secrets = lectern_master::secrets::secret_values_in(mixer);
+    ensure!(
+        secrets.iter().any(|s| s == CLOUD_PASSPHRASE),
+        "the mixer's secrets: {secrets:?}"
+    );
+    fs::write(
+        credentials.join("redact"),
+        format!("# header\n{}\n", secrets.join("\n")),
+    )?;
+    // /usr/lib/lectern as the mixer's image has it: the base's scripts and the mixer's.
+    let scripts = room.lab.dir().join("usr-lib-lectern");
+    fs::create_dir_all(&scripts)?;
+    for overlay in ["base", "mixer"] {
+        let dir =
+            lectern_qemu_tests::repo().join(format!("overlays/{overlay}/config/usr/lib/lectern"));
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            fs::copy(entry.path(), scripts.join(entry.file_name()))?;
+        }
+    }
+    let script = scripts.join("contribute");
+    // Restarted when it stops, as its unit is (the instance's listener restarts after the refused
+    // caller, and a caller that comes meanwhile is turned away).
     let mut contribute = room.lab.in_netns("setsid");
     contribute
-        .arg("bash")
+        .args(["bash", "-c", "while :; do bash \"$0\"; sleep 3; done"])
         .arg(&script)
         .env("CREDENTIALS_DIRECTORY", &credentials)
         .stdin(Stdio::null());
@@ -249,7 +269,15 @@ fn run(room: &mut RoomLab) -> Result<()> {
     if let Some(problem) = media.problem() {
         bail!("the cloud encoder's stream is {problem}: {media:?}");
     }
-    drop(live);
+    room.lab.stop(live)?;
+    // The mixer's ffmpeg names the URL it fails on (the first tries may meet the listener restarting):
+    // never with the passphrase in it.
+    let said = fs::read_to_string(room.lab.dir().join("contribute.log"))?;
+    ensure!(
+        !said.contains(CLOUD_PASSPHRASE),
+        "the passphrase in the mixer's log:\n{said}"
+    );
+    eprintln!("the mixer's contribution log:\n{said}");
 
     let down = cli(
         room,
@@ -360,14 +388,5 @@ fn wait<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Result<Option
         }
         ensure!(Instant::now() < deadline, "no {what} within {limit:?}");
         std::thread::sleep(Duration::from_secs(1));
-    }
-}
-
-struct ChildGuard(std::process::Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
