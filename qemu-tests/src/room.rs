@@ -1041,16 +1041,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key =
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHRoZS10ZXN0cy1rZXktbm90LWEtcmVhbC1vbmU room-test";
-        let served = copy_master(
-            &fixture,
-            &original.secrets_file,
-            dir.path(),
-            dir.path(),
-            key,
-            Fixture::AsMasterFile,
-        )
-        .unwrap();
-        let plan = lectern_master::load(&served).unwrap();
+        let serve = |variant| {
+            let served = copy_master(
+                &fixture,
+                &original.secrets_file,
+                dir.path(),
+                dir.path(),
+                key,
+                variant,
+            );
+            lectern_master::load(&served.unwrap()).unwrap()
+        };
+        let plan = serve(Fixture::AsMasterFile);
         assert_eq!(
             plan.netboot.store,
             std::fs::canonicalize(dir.path()).unwrap()
@@ -1064,16 +1066,7 @@ mod tests {
         assert!(plan.network.dhcp.range.is_some());
 
         // Beside a venue's DHCP: proxy mode, no range of its own.
-        let served = copy_master(
-            &fixture,
-            &original.secrets_file,
-            dir.path(),
-            dir.path(),
-            key,
-            Fixture::ProxyBesideVenue,
-        )
-        .unwrap();
-        let proxy = lectern_master::load(&served).unwrap();
+        let proxy = serve(Fixture::ProxyBesideVenue);
         assert_eq!(
             proxy.network.dhcp.mode,
             lectern_master::model::DhcpMode::Proxy
@@ -1081,16 +1074,7 @@ mod tests {
         assert_eq!(proxy.network.dhcp.range, None);
 
         // The encoder in the cloud, fed by the mixer's encrypted contribution.
-        let served = copy_master(
-            &fixture,
-            &original.secrets_file,
-            dir.path(),
-            dir.path(),
-            key,
-            Fixture::CloudEncoder,
-        )
-        .unwrap();
-        let cloud = lectern_master::load(&served).unwrap();
+        let cloud = serve(Fixture::CloudEncoder);
         let encoder = cloud.host("lameere-enc").unwrap();
         assert_eq!(encoder.cloud().unwrap().region, "eu-west-1");
         assert_eq!((encoder.mac, encoder.netboot), (None, false));
