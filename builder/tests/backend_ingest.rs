@@ -243,11 +243,19 @@ fn backend_layers_follow_the_plan() {
         "{keys}"
     );
 
-    // The keys reach the host layer's key map and nothing else.
+    // The keys reach the host layer's key map and its list of secrets to keep out of logs, and nothing
+    // else.
+    let (mode, redact) = file(&layers.host, "etc/lectern/redact");
+    assert_eq!(mode, 0o600, "the list holds the secrets");
+    assert!(
+        redact.contains(&format!("\n{LAMEERE_KEY}\n"))
+            && redact.contains(&format!("\n{CORNIL_KEY}\n")),
+        "{redact}"
+    );
     for (name, tree) in [("config", &layers.config), ("host", &layers.host)] {
         let bytes = tree.to_cpio("", 0);
         let text = String::from_utf8_lossy(&bytes);
-        let expected = if name == "host" { 3 } else { 0 };
+        let expected = if name == "host" { 3 + 2 } else { 0 };
         let found = text.matches(LAMEERE_KEY).count() + text.matches(CORNIL_KEY).count();
         assert_eq!(found, expected, "{name} layer holds a key outside the map");
     }
