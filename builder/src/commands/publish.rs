@@ -24,6 +24,7 @@ pub enum Target {
     /// tagged with the image hash and release. The same disk again reuses its AMI. Credentials come
     /// from the standard AWS chain (environment, ~/.aws).
     Ec2 {
+        /// The role whose current release to publish (build it first with `imgbuild role`).
         #[arg(long)]
         role: String,
         /// Default: the regions of the master file's `where = "ec2"` hosts of this role, else the AWS
