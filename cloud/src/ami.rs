@@ -72,13 +72,9 @@ pub fn publish(aws: &Aws, spec: &AmiSpec, progress: Progress) -> Result<Publishe
             (uploaded.snapshot.clone(), Some(uploaded))
         }
     };
-    let ami = match register(aws, spec, &snapshot) {
-        Ok(ami) => ami,
-        Err(e) => {
-            // The snapshot is complete and tagged: the next publish registers it without uploading.
-            return Err(e.context(format!("snapshot {snapshot} is kept for the next attempt")));
-        }
-    };
+    // On failure the snapshot is complete and tagged: the next publish registers it without uploading.
+    let ami = register(aws, spec, &snapshot)
+        .with_context(|| format!("snapshot {snapshot} is kept for the next attempt"))?;
     ec2::create_tags(aws, &ami, &tags).with_context(|| format!("tagging {ami}"))?;
     Ok(Published::Registered {
         ami,

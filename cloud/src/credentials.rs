@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use aws_credential_types::Credentials;
 
-/// Where the chain looks; the process environment in production, a fixed map in tests.
+/// Where the chain looks: the process environment (a fixed map in the tests).
 pub trait Environment {
     fn var(&self, name: &str) -> Option<String>;
 }
@@ -20,12 +20,6 @@ pub struct ProcessEnvironment;
 impl Environment for ProcessEnvironment {
     fn var(&self, name: &str) -> Option<String> {
         std::env::var(name).ok().filter(|v| !v.is_empty())
-    }
-}
-
-impl Environment for BTreeMap<&str, &str> {
-    fn var(&self, name: &str) -> Option<String> {
-        self.get(name).map(|v| (*v).to_owned())
     }
 }
 
@@ -143,6 +137,12 @@ fn read_section(file: &Path, section: &str) -> Result<BTreeMap<String, String>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Environment for BTreeMap<&str, &str> {
+        fn var(&self, name: &str) -> Option<String> {
+            self.get(name).map(|v| (*v).to_owned())
+        }
+    }
 
     #[test]
     fn the_environment_comes_before_the_files() {

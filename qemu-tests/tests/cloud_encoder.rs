@@ -79,15 +79,7 @@ fn run(room: &mut RoomLab) -> Result<()> {
     let url_for_iam = url.clone();
     room.lab
         .in_netns_thread(move || create_instance_profile(&url_for_iam, "lectern-encoder"))?;
-    let launched = cli(
-        room,
-        "netbootd",
-        &["cloud", "up", ROOM, "--endpoint-url", &url],
-    )?;
-    ensure!(
-        launched.contains("started i-"),
-        "netbootd cloud up: {launched}"
-    );
+    cloud(room, "up", &url, "started i-")?;
 
     // What EC2 would hand the instance: its user-data, and its root volume from the AMI's snapshot.
     let volume = room.lab.dir().join("instance-volume.raw");
@@ -279,15 +271,7 @@ fn run(room: &mut RoomLab) -> Result<()> {
     );
     eprintln!("the mixer's contribution log:\n{said}");
 
-    let down = cli(
-        room,
-        "netbootd",
-        &["cloud", "down", ROOM, "--endpoint-url", &url],
-    )?;
-    ensure!(
-        down.contains("terminated i-"),
-        "netbootd cloud down: {down}"
-    );
+    cloud(room, "down", &url, "terminated i-")?;
     Ok(())
 }
 
@@ -312,6 +296,17 @@ fn cli(room: &RoomLab, binary: &str, args: &[&str]) -> Result<String> {
     );
     ensure!(output.status.success(), "{binary} {args:?}:\n{said}");
     Ok(said)
+}
+
+/// `netbootd cloud ACTION` on the room against the stand-in at `url`; it must say `expected`.
+fn cloud(room: &RoomLab, action: &str, url: &str, expected: &str) -> Result<()> {
+    let said = cli(
+        room,
+        "netbootd",
+        &["cloud", action, ROOM, "--endpoint-url", url],
+    )?;
+    ensure!(said.contains(expected), "netbootd cloud {action}: {said}");
+    Ok(())
 }
 
 /// The launched instance's user-data, and its root volume written from the AMI's snapshot (a sparse file

@@ -1,5 +1,4 @@
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -64,8 +63,8 @@ pub fn run(args: &Args, global: &Global) -> Result<()> {
             store.root().display()
         )
     })?;
-    let disk = store.temp_path(&format!("{role}-ec2.raw"));
-    let _remove = RemoveOnDrop(disk.clone());
+    // Removed whether the publish succeeds or not.
+    let disk = tempfile::TempPath::try_from_path(store.temp_path(&format!("{role}-ec2.raw")))?;
     disk::write_disk(
         &store,
         &DiskSpec {
@@ -140,13 +139,4 @@ pub fn run(args: &Args, global: &Global) -> Result<()> {
         print(&text)?;
     }
     Ok(())
-}
-
-/// The temporary disk goes whether the publish succeeds or not.
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
 }
