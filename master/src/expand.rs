@@ -98,20 +98,14 @@ impl<'l, 'a> Expander<'l, 'a> {
         self.identities(&hosts, network.as_ref().map(|(_, net)| *net), &m.network);
         let rooms = self.rooms(m);
         let netboot = self.netboot_server(m, master_dir);
-        // Each room's key and renditions are resolved once, for the room, its encoders and the backend.
-        let streams: Vec<Option<RoomStreams>> = (m.rooms.iter().enumerate())
-            .map(|(i, room)| self.streams(m, i, room))
+        // Each room's media settings, key, renditions and mixer inputs are derived once, for the
+        // room plan, its hosts and the backend.
+        let parts: Vec<RoomParts> = (m.rooms.iter().enumerate())
+            .map(|(i, room)| self.room_parts(m, i, room, rooms.get(room.slug.as_str()) == Some(&i)))
             .collect();
-        self.ingest(m);
-        // Each room's mixer inputs, wired once, for its mixer and its room plan.
-        let inputs: Vec<Vec<MixerInput>> = (m.rooms.iter().enumerate())
-            .map(|(i, room)| match rooms.get(room.slug.as_str()) {
-                Some(&first) if first == i => self.mixer_inputs(m, i, room),
-                _ => Vec::new(), // a duplicate slug, reported already
-            })
-            .collect();
-        let plan_hosts = self.hosts(m, &rooms, &streams, &inputs);
-        let rooms = self.room_plans(m, rooms, &plan_hosts, &streams, inputs);
+        self.ingest(m, &parts);
+        let plan_hosts = self.hosts(m, &rooms, &parts);
+        let rooms = self.room_plans(m, rooms, &plan_hosts, parts);
         match (network, netboot, self.problems.is_empty()) {
             (Some((network, _)), Some(netboot), true) => Ok(Plan {
                 secrets_file: std::path::absolute(self.secrets_path)
@@ -614,38 +608,36 @@ impl<'l, 'a> Expander<'l, 'a> {
         })
     }
 
-    fn video(&self, m: &MasterFile, room: &Room) -> VideoPlan {
-        let d = &m.defaults.video;
-        let o = room.video.clone().unwrap_or_default();
-        let mode = o.mode.unwrap_or(d.mode);
-        let (width, height) = mode.dimensions();
-        VideoPlan {
-            mode,
-            width,
-            height,
-            framerate: o.framerate.unwrap_or(d.framerate),
-            audio_channels: o.audio_channels.unwrap_or(d.audio_channels),
-            audio_rate: o.audio_rate.unwrap_or(d.audio_rate),
-        }
-    }
-
-    fn encode(&self, m: &MasterFile, room: &Room) -> Encode {
-        let d = &m.defaults.encode;
-        let o = room.encode.clone().unwrap_or_default();
-        Encode {
-            hwaccel: o.hwaccel.unwrap_or(d.hwaccel),
-            preset: o.preset.or(d.preset),
-            video_kbps: o.video_kbps.unwrap_or(d.video_kbps),
-            maxrate_kbps: o.maxrate_kbps.unwrap_or(d.maxrate_kbps),
-            keyframe_s: o.keyframe_s.unwrap_or(d.keyframe_s),
-            audio_kbps: o.audio_kbps.unwrap_or(d.audio_kbps),
-            variants: o.variants.unwrap_or_else(|| d.variants.clone()),
+    /// What is derived once per room; `first` is false for a duplicate slug (reported already),
+    /// which gets no mixer inputs.
+    fn room_parts(&mut self, m: &MasterFile, i: usize, room: &Room, first: bool) -> RoomParts {
+        let video = room_video(m, room);
+        let encode = room_encode(m, room);
+        let streams = self.streams(m, i, room, &video, &encode);
+        RoomParts {
+            audio_source: (room.audio_source.clone())
+                .unwrap_or_else(|| room.sources.first().cloned().unwrap_or_default()),
+            inputs: if first {
+                self.mixer_inputs(m, i, room)
+            } else {
+                Vec::new()
+            },
+            video,
+            encode,
+            streams,
         }
     }
 
     /// The room's stream key and renditions (main, then each variant), resolved once for the
     /// room, its encoders and the backend. `None` if the key is missing.
-    fn streams(&mut self, m: &MasterFile, i: usize, room: &Room) -> Option<RoomStreams> {
+    fn streams(
+        &mut self,
+        m: &MasterFile,
+        i: usize,
+        room: &Room,
+        video: &VideoPlan,
+        encode: &Encode,
+    ) -> Option<RoomStreams> {
         let wants_key = m.streaming.ingest_url.contains("{key}");
         let key_path = format!("rooms[{i}].stream_key");
         let key = match (&room.stream_key, wants_key) {
@@ -668,8 +660,6 @@ impl<'l, 'a> Expander<'l, 'a> {
             }
             (None, false) => None,
         };
-        let video = self.video(m, room);
-        let encode = self.encode(m, room);
         let push_url = |stream: &str| {
             let template = m.streaming.ingest_url.replace("{room}", stream);
             Secret::fill(&template, "{key}", key.as_ref().unwrap_or(&Secret::new("")))
@@ -738,7 +728,7 @@ impl<'l, 'a> Expander<'l, 'a> {
                 maxrate.max(variant.video_kbps),
             ));
         }
-        let contribution_passphrase = self.contribution_passphrase(m, i, room)?;
+        let contribution_passphrase = self.contribution_passphrase(m, i, room).ok()?;
         Some(RoomStreams {
             key,
             renditions,
@@ -747,18 +737,18 @@ impl<'l, 'a> Expander<'l, 'a> {
     }
 
     /// The room's contribution passphrase: required (10 to 79 characters, as SRT wants) when the room
-    /// has a cloud encoder, refused when nothing would use it. `Some(None)`: the room needs none.
+    /// has a cloud encoder, refused when nothing would use it. `Ok(None)`: the room needs none.
     fn contribution_passphrase(
         &mut self,
         m: &MasterFile,
         i: usize,
         room: &Room,
-    ) -> Option<Option<Secret>> {
+    ) -> Result<Option<Secret>, Reported> {
         let path = format!("rooms[{i}].contribution_passphrase");
         let cloud = cloud_encoders(m, &room.slug).next().is_some();
         match (&room.contribution_passphrase, cloud) {
             (Some(reference), true) => {
-                let passphrase = self.secret(reference, &path)?;
+                let passphrase = self.secret(reference, &path).ok_or(Reported)?;
                 let length = passphrase.expose().chars().count();
                 let url_safe = (passphrase.expose().chars())
                     .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c));
@@ -769,7 +759,7 @@ impl<'l, 'a> Expander<'l, 'a> {
                         "the SRT passphrase travels in the feed's URL: use letters, digits and - . _ ~ only",
                         None,
                     );
-                    return None;
+                    return Err(Reported);
                 }
                 if !(10..=79).contains(&length) {
                     // Not quoting the value: it is the secret.
@@ -778,9 +768,9 @@ impl<'l, 'a> Expander<'l, 'a> {
                         format!("an SRT passphrase has 10 to 79 characters, this one has {length}"),
                         None,
                     );
-                    return None;
+                    return Err(Reported);
                 }
-                Some(Some(passphrase))
+                Ok(Some(passphrase))
             }
             (None, true) => {
                 self.error(
@@ -794,7 +784,7 @@ impl<'l, 'a> Expander<'l, 'a> {
                         room.slug
                     )),
                 );
-                None
+                Err(Reported)
             }
             (Some(_), false) => {
                 self.error(
@@ -802,9 +792,9 @@ impl<'l, 'a> Expander<'l, 'a> {
                     "the room has no cloud (`ec2`) encoder, so this passphrase would never be used",
                     Some("remove contribution_passphrase".into()),
                 );
-                None
+                Err(Reported)
             }
-            (None, false) => Some(None),
+            (None, false) => Ok(None),
         }
     }
 
@@ -812,8 +802,7 @@ impl<'l, 'a> Expander<'l, 'a> {
         &mut self,
         m: &MasterFile,
         rooms: &BTreeMap<&str, usize>,
-        streams: &[Option<RoomStreams>],
-        inputs: &[Vec<MixerInput>],
+        parts: &[RoomParts],
     ) -> Vec<Host> {
         let domain = &m.network.domain;
         let mut hosts = Vec::new();
@@ -839,12 +828,7 @@ impl<'l, 'a> Expander<'l, 'a> {
                             Some("set record_disk to the mixer's recording disk, e.g. \"/dev/disk/by-id/…\"; without one the recorder deletes the oldest segments to keep a quarter of the RAM free".into()),
                         );
                     }
-                    let passphrase = streams[r]
-                        .as_ref()
-                        .and_then(|s| s.contribution_passphrase.as_ref());
-                    Some(RoleConfig::Mixer(
-                        self.mixer(m, r, h, passphrase, &inputs[r]),
-                    ))
+                    Some(RoleConfig::Mixer(self.mixer(m, r, h, &parts[r])))
                 }
                 (MachineRole::Source, Some(r)) => {
                     let room = &m.rooms[r];
@@ -859,7 +843,7 @@ impl<'l, 'a> Expander<'l, 'a> {
                                 mixer: mixer.unwrap_or_default(),
                                 mixer_port: port,
                                 capture,
-                                video: self.video(m, room),
+                                video: parts[r].video.clone(),
                             })
                         })
                 }
@@ -897,7 +881,7 @@ impl<'l, 'a> Expander<'l, 'a> {
                 continue;
             };
             let room = &m.rooms[r];
-            let Some(room_streams) = &streams[r] else {
+            let Some(room_streams) = &parts[r].streams else {
                 continue;
             };
             let pull_url = match e.deployment.placement {
@@ -911,8 +895,7 @@ impl<'l, 'a> Expander<'l, 'a> {
                     Secret::public(format!("tcp://{mixer}:{}", ports::LIVE_OUT))
                 }
             };
-            let encode = self.encode(m, room);
-            let video = self.video(m, room);
+            let (video, encode) = (parts[r].video.clone(), parts[r].encode.clone());
             let renditions = room_streams.renditions.clone();
             let ffmpeg_args =
                 ffmpeg::encoder_args(&pull_url, &renditions, m.streaming.ingest, &video, &encode);
@@ -947,7 +930,7 @@ impl<'l, 'a> Expander<'l, 'a> {
             let server = ServerConfig { vm, cloud };
             let (role, config) = match s.role {
                 ServerRole::StreamingBackend => {
-                    let Some(backend) = self.backend(m, &path, streams, server) else {
+                    let Some(backend) = self.backend(m, &path, parts, server) else {
                         continue;
                     };
                     (
@@ -967,7 +950,7 @@ impl<'l, 'a> Expander<'l, 'a> {
     }
 
     /// The ingest URL: placeholders, and a scheme that matches the ingest kind.
-    fn ingest(&mut self, m: &MasterFile) {
+    fn ingest(&mut self, m: &MasterFile, parts: &[RoomParts]) {
         let url = &m.streaming.ingest_url;
         let bad_placeholder = url
             .replace("{room}", "")
@@ -1010,8 +993,8 @@ impl<'l, 'a> Expander<'l, 'a> {
             .chain(m.rooms.iter().filter_map(|r| r.encode.as_ref()?.hwaccel))
             .any(|h| h == HwAccel::Vaapi);
         // A preset tunes x264 only: refused where a room encodes with VAAPI or VP8 instead.
-        for (i, room) in m.rooms.iter().enumerate() {
-            let encode = self.encode(m, room);
+        for (i, (room, parts)) in m.rooms.iter().zip(parts).enumerate() {
+            let encode = &parts.encode;
             let Some(preset) = encode.preset else {
                 continue;
             };
@@ -1049,7 +1032,7 @@ impl<'l, 'a> Expander<'l, 'a> {
         &mut self,
         m: &MasterFile,
         path: &str,
-        streams: &[Option<RoomStreams>],
+        parts: &[RoomParts],
         server: ServerConfig,
     ) -> Option<BackendConfig> {
         let s = &m.streaming;
@@ -1103,9 +1086,9 @@ impl<'l, 'a> Expander<'l, 'a> {
         let rooms = m
             .rooms
             .iter()
-            .zip(streams)
-            .filter_map(|(room, streams)| {
-                let streams = streams.as_ref()?;
+            .zip(parts)
+            .filter_map(|(room, parts)| {
+                let streams = parts.streams.as_ref()?;
                 Some(BackendRoom {
                     slug: room.slug.clone(),
                     name: room.name.clone(),
@@ -1128,18 +1111,12 @@ impl<'l, 'a> Expander<'l, 'a> {
         })
     }
 
-    fn mixer(
-        &mut self,
-        m: &MasterFile,
-        r: usize,
-        h: &Machine,
-        passphrase: Option<&Secret>,
-        inputs: &[MixerInput],
-    ) -> MixerConfig {
+    fn mixer(&mut self, m: &MasterFile, r: usize, h: &Machine, parts: &RoomParts) -> MixerConfig {
         let room = &m.rooms[r];
+        let passphrase = (parts.streams.as_ref()).and_then(|s| s.contribution_passphrase.as_ref());
+        let encode = &parts.encode;
         let contributions = cloud_encoders(m, &room.slug)
             .map(|e| {
-                let encode = self.encode(m, room);
                 let target = cloud_address(e, &m.network.domain);
                 Contribution {
                     encoder: e.hostname.clone(),
@@ -1155,12 +1132,9 @@ impl<'l, 'a> Expander<'l, 'a> {
             .collect();
         MixerConfig {
             room: room.slug.clone(),
-            video: self.video(m, room),
-            sources: inputs.to_vec(),
-            audio_source: room
-                .audio_source
-                .clone()
-                .unwrap_or_else(|| room.sources.first().cloned().unwrap_or_default()),
+            video: parts.video.clone(),
+            sources: parts.inputs.clone(),
+            audio_source: parts.audio_source.clone(),
             control_port: ports::CONTROL,
             mix_out_port: ports::MIX_OUT,
             live_out_port: ports::LIVE_OUT,
@@ -1322,11 +1296,10 @@ impl<'l, 'a> Expander<'l, 'a> {
         m: &MasterFile,
         rooms: BTreeMap<&str, usize>,
         hosts: &[Host],
-        streams: &[Option<RoomStreams>],
-        inputs: Vec<Vec<MixerInput>>,
+        parts: Vec<RoomParts>,
     ) -> Vec<RoomPlan> {
         let mut plans = Vec::new();
-        for ((i, room), inputs) in m.rooms.iter().enumerate().zip(inputs) {
+        for ((i, room), parts) in m.rooms.iter().enumerate().zip(parts) {
             if rooms.get(room.slug.as_str()) != Some(&i) {
                 continue; // duplicate slug, reported already
             }
@@ -1363,7 +1336,7 @@ impl<'l, 'a> Expander<'l, 'a> {
                 }
             };
             let encoders: Vec<&Host> = in_room(Role::Encoder).collect();
-            let (Some(mixer), Some(room_streams)) = (mixer, &streams[i]) else {
+            let (Some(mixer), Some(room_streams)) = (mixer, parts.streams) else {
                 continue;
             };
             plans.push(RoomPlan {
@@ -1372,15 +1345,12 @@ impl<'l, 'a> Expander<'l, 'a> {
                 irc_channel: room.irc_channel.clone(),
                 url: room.url.clone(),
                 mixer,
-                sources: inputs,
-                audio_source: room
-                    .audio_source
-                    .clone()
-                    .unwrap_or_else(|| room.sources.first().cloned().unwrap_or_default()),
+                sources: parts.inputs,
+                audio_source: parts.audio_source,
                 encoders: encoders.iter().map(|h| h.hostname.clone()).collect(),
-                video: self.video(m, room),
-                encode: self.encode(m, room),
-                renditions: room_streams.renditions.clone(),
+                video: parts.video,
+                encode: parts.encode,
+                renditions: room_streams.renditions,
                 hls_url: per_room(m.streaming.hls_url.as_deref(), &room.slug),
                 watch_url: per_room(m.streaming.watch_url.as_deref(), &room.slug),
                 recording_dir: recording_dir(m, room),
@@ -1390,12 +1360,58 @@ impl<'l, 'a> Expander<'l, 'a> {
     }
 }
 
+/// A problem that is in the diagnostics already.
+struct Reported;
+
+/// What is derived once per room (see [`Expander::room_parts`]).
+struct RoomParts {
+    video: VideoPlan,
+    encode: Encode,
+    /// The source the room's sound comes from.
+    audio_source: String,
+    /// `None` if its key or contribution passphrase was refused.
+    streams: Option<RoomStreams>,
+    /// The mixer's inputs, in order.
+    inputs: Vec<MixerInput>,
+}
+
 /// A room's key and renditions (see [`Expander::streams`]).
 struct RoomStreams {
     key: Option<Secret>,
     renditions: Vec<Rendition>,
     /// The SRT passphrase of the contribution feeds to the room's cloud encoders, if it has any.
     contribution_passphrase: Option<Secret>,
+}
+
+/// A room's picture and sound: its own settings over `[defaults.video]`.
+fn room_video(m: &MasterFile, room: &Room) -> VideoPlan {
+    let d = &m.defaults.video;
+    let o = room.video.clone().unwrap_or_default();
+    let mode = o.mode.unwrap_or(d.mode);
+    let (width, height) = mode.dimensions();
+    VideoPlan {
+        mode,
+        width,
+        height,
+        framerate: o.framerate.unwrap_or(d.framerate),
+        audio_channels: o.audio_channels.unwrap_or(d.audio_channels),
+        audio_rate: o.audio_rate.unwrap_or(d.audio_rate),
+    }
+}
+
+/// A room's encoding: its own settings over `[defaults.encode]`.
+fn room_encode(m: &MasterFile, room: &Room) -> Encode {
+    let d = &m.defaults.encode;
+    let o = room.encode.clone().unwrap_or_default();
+    Encode {
+        hwaccel: o.hwaccel.unwrap_or(d.hwaccel),
+        preset: o.preset.or(d.preset),
+        video_kbps: o.video_kbps.unwrap_or(d.video_kbps),
+        maxrate_kbps: o.maxrate_kbps.unwrap_or(d.maxrate_kbps),
+        keyframe_s: o.keyframe_s.unwrap_or(d.keyframe_s),
+        audio_kbps: o.audio_kbps.unwrap_or(d.audio_kbps),
+        variants: o.variants.unwrap_or_else(|| d.variants.clone()),
+    }
 }
 
 /// An SRT URL (`base` ends in `?` or `&`) encrypted with `passphrase` (AES-256), if there is one.
