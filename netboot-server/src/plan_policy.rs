@@ -254,21 +254,32 @@ mod tests {
     const MASTER: &str = include_str!("../../examples/master.toml");
     const SECRETS: &str = include_str!("../../examples/secrets.toml.example");
 
-    fn plan(dir: &Path) -> Plan {
+    /// The example with one host given extra kernel arguments (which its script must carry), and
+    /// the `(from, to)` edits.
+    fn plan_with(dir: &Path, edits: &[(&str, &str)]) -> Plan {
         use std::os::unix::fs::PermissionsExt;
         let master = dir.join("master.toml");
-        // One host with extra kernel arguments, which its script must carry.
-        let text = MASTER.replacen(
+        let mut text = MASTER.to_owned();
+        for (from, to) in [(
             "\nsource = \"cam\"\n",
             "\nsource = \"cam\"\nkernel_args = [\"nomodeset\", \"modules-load=vivid\"]\n",
-            1,
-        );
-        assert_ne!(text, MASTER);
+        )]
+        .iter()
+        .chain(edits)
+        {
+            let edited = text.replacen(from, to, 1);
+            assert_ne!(edited, text, "{from:?} is not in the example");
+            text = edited;
+        }
         std::fs::write(&master, text).unwrap();
         let secrets = dir.join("secrets.toml");
         std::fs::write(&secrets, SECRETS).unwrap();
         std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o600)).unwrap();
         lectern_master::load(&master).unwrap()
+    }
+
+    fn plan(dir: &Path) -> Plan {
+        plan_with(dir, &[])
     }
 
     fn put(store: &Store, content: &str) -> BlobRef {
@@ -355,5 +366,22 @@ mod tests {
         );
         // The cloud encoder does not netboot at all.
         assert!(policy.hosts().iter().all(|h| h.hostname != "lameere-enc"));
+    }
+
+    #[test]
+    fn the_master_files_time_servers_are_what_dhcp_offers() {
+        let dir = tempfile::tempdir().unwrap();
+        let edit = (
+            "dns = [\"10.42.0.254\"]\n",
+            "dns = [\"10.42.0.254\"]\nntp = [\"10.42.0.5\", \"10.42.0.6\"]\n",
+        );
+        let plan = plan_with(dir.path(), &[edit]);
+        let store = Store::create(dir.path().join("store")).unwrap();
+        let policy = PlanPolicy::new(&plan, &store);
+        // Option 42 is rendered from this list (the responder's tests).
+        assert_eq!(
+            policy.network().ntp,
+            [Ipv4Addr::new(10, 42, 0, 5), Ipv4Addr::new(10, 42, 0, 6)]
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! Proxy mode, end to end: the fixture's netbooted encoder boots to its role on a venue's LAN, where
 //! dnsmasq is the DHCP server (the addresses, as the venue's network team reserved them) and
 //! `netbootd --config master.toml` in `mode = "proxy"` only adds the boot options. The host must get its
-//! address from the venue, its boot from netbootd, and report its role.
+//! address from the venue, its boot from netbootd, and report its role. The booted host keeps the master
+//! file's time: the venue's time zone, and chrony asking `network.ntp` (the gateway by default), not an
+//! internet pool.
 //!
 //! LECTERN_IMAGE_TESTS=1, root.
 
@@ -54,6 +56,26 @@ fn run(room: &mut RoomLab) -> Result<()> {
     ensure!(
         seen.lines().collect::<Vec<_>>() == [ENCODER, "active"],
         "in proxy mode the encoder is not in its role:\n{seen}"
+    );
+
+    let zone = &room.plan.conference.timezone;
+    let offset = |seen: &[u8]| String::from_utf8_lossy(seen).trim().to_owned();
+    let here = std::process::Command::new("date")
+        .arg("+%z")
+        .env("TZ", zone)
+        .output()?;
+    let seen = room.ssh(ENCODER, "cat /etc/timezone; date +%z")?;
+    ensure!(
+        seen.lines().collect::<Vec<_>>() == [zone.as_str(), &offset(&here.stdout)],
+        "the host does not keep {zone}'s time:\n{seen}"
+    );
+    let sources = room.ssh(ENCODER, "chronyc -n -c sources | cut -d, -f3")?;
+    let want: Vec<String> = (room.plan.network.ntp.iter())
+        .map(|ip| ip.to_string())
+        .collect();
+    ensure!(
+        sources.lines().collect::<Vec<_>>() == want,
+        "chrony asks {sources:?}, not network.ntp {want:?}"
     );
     Ok(())
 }
