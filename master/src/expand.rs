@@ -42,6 +42,7 @@ struct HostEntry<'m> {
     /// Lives on the video LAN and boots from netbootd.
     on_lan: bool,
     kernel_args: &'m [String],
+    hardware: Option<&'m HardwareIdentity>,
 }
 
 impl<'l, 'a> Expander<'l, 'a> {
@@ -294,6 +295,75 @@ impl<'l, 'a> Expander<'l, 'a> {
         secs
     }
 
+    /// A host's SMBIOS identity: only where netbootd releases secrets, well-formed, and one
+    /// machine's UUID per host.
+    fn hardware_identity<'h>(
+        &mut self,
+        h: &'h HostEntry,
+        hardware: &HardwareIdentity,
+        uuids: &mut HashMap<String, &'h str>,
+    ) {
+        let path = format!("{}.identity", h.path);
+        if !h.on_lan {
+            self.error(
+                &path,
+                format!(
+                    "{} does not boot from netbootd, which is what checks an identity",
+                    h.hostname
+                ),
+                Some("remove identity".into()),
+            );
+            return;
+        }
+        let HardwareIdentity {
+            uuid,
+            serial,
+            asset_tag,
+        } = hardware;
+        if uuid.is_none() && serial.is_none() && asset_tag.is_none() {
+            self.error(
+                &path,
+                "an identity needs at least one of uuid, serial and asset_tag",
+                None,
+            );
+        }
+        if let Some(uuid) = uuid {
+            match normalized_uuid(uuid) {
+                None => self.error(
+                    &format!("{path}.uuid"),
+                    format!("{uuid:?} is not a UUID (8-4-4-4-12 hexadecimal digits)"),
+                    None,
+                ),
+                Some(uuid) => {
+                    if let Some(first) = uuids.insert(uuid, &h.path) {
+                        let first_line = self.locator.error(first, "", None).line;
+                        self.error(
+                            &format!("{path}.uuid"),
+                            format!(
+                                "this UUID is already the identity of the host on line {first_line}"
+                            ),
+                            None,
+                        );
+                    }
+                }
+            }
+        }
+        for (field, value) in [("serial", serial), ("asset_tag", asset_tag)] {
+            let Some(value) = value else { continue };
+            let plain = !value.is_empty()
+                && value.len() <= 64
+                && value.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+                && value.trim() == value;
+            if !plain {
+                self.error(
+                    &format!("{path}.{field}"),
+                    format!("{value:?} is not an SMBIOS string lectern can compare: 1 to 64 printable ASCII characters, no space at either end"),
+                    None,
+                );
+            }
+        }
+    }
+
     fn host_entries<'m>(&mut self, m: &'m MasterFile) -> Vec<HostEntry<'m>> {
         let machines = m.machines.iter().enumerate().map(|(i, h)| HostEntry {
             path: format!("machines[{i}]"),
@@ -302,6 +372,7 @@ impl<'l, 'a> Expander<'l, 'a> {
             ip: h.ip,
             on_lan: h.role != MachineRole::Netboot,
             kernel_args: &h.kernel_args,
+            hardware: h.identity.as_ref(),
         });
         let deployed = |list: &str, i: usize, hostname: &'m str, d: &'m Deployment| HostEntry {
             path: format!("{list}[{i}]"),
@@ -310,6 +381,7 @@ impl<'l, 'a> Expander<'l, 'a> {
             ip: d.ip,
             on_lan: d.placement != Where::Ec2,
             kernel_args: &d.kernel_args,
+            hardware: d.identity.as_ref(),
         };
         let encoders = (m.encoders.iter().enumerate())
             .map(|(i, e)| deployed("encoders", i, &e.hostname, &e.deployment));
@@ -323,7 +395,11 @@ impl<'l, 'a> Expander<'l, 'a> {
         let mut hostnames: HashMap<&str, &str> = HashMap::new();
         let mut macs: HashMap<MacAddr, &str> = HashMap::new();
         let mut ips: HashMap<Ipv4Addr, &str> = HashMap::new();
+        let mut uuids: HashMap<String, &str> = HashMap::new();
         for h in hosts {
+            if let Some(hardware) = h.hardware {
+                self.hardware_identity(h, hardware, &mut uuids);
+            }
             for (i, arg) in h.kernel_args.iter().enumerate() {
                 let path = format!("{}.kernel_args[{i}]", h.path);
                 if arg.is_empty() || arg.contains(char::is_whitespace) {
@@ -594,6 +670,13 @@ impl<'l, 'a> Expander<'l, 'a> {
             return None;
         };
         let port = m.netboot.http_port;
+        if m.netboot.https_port == port {
+            self.error(
+                "netboot.https_port",
+                format!("netbootd serves HTTP on {port} already: HTTPS needs a port of its own"),
+                None,
+            );
+        }
         let base_url = if port == 80 {
             format!("http://{server_ip}")
         } else {
@@ -604,6 +687,8 @@ impl<'l, 'a> Expander<'l, 'a> {
             server_ip,
             http_port: port,
             base_url,
+            https_port: m.netboot.https_port,
+            secure_url: format!("https://{server_ip}:{}", m.netboot.https_port),
             store: master_dir.join(&m.netboot.store),
         })
     }
@@ -862,15 +947,17 @@ impl<'l, 'a> Expander<'l, 'a> {
                 MachineRole::Netboot => Role::Netboot,
             };
             if let Some(config) = config {
-                let identity = (
-                    h.hostname.as_str(),
-                    h.mac.as_deref(),
-                    h.ip,
-                    Where::BareMetal,
-                    h.kernel_args.as_slice(),
-                );
-                let mut host = new_host(identity, domain, role, h.room.clone(), config);
+                let fields = HostFields {
+                    hostname: &h.hostname,
+                    mac: h.mac.as_deref(),
+                    ip: h.ip,
+                    placement: Where::BareMetal,
+                    kernel_args: &h.kernel_args,
+                    hardware: h.identity.as_ref(),
+                };
+                let mut host = new_host(fields, domain, role, h.room.clone(), config);
                 host.netboot = role != Role::Netboot;
+                self.unbound_secrets(&path, &host, m.network.dhcp.mode);
                 hosts.push(host);
             }
         }
@@ -911,9 +998,9 @@ impl<'l, 'a> Expander<'l, 'a> {
                 vm,
                 cloud,
             });
-            let identity = deployed_identity(&e.hostname, &e.deployment);
+            let fields = deployed_fields(&e.hostname, &e.deployment);
             let mut host = new_host(
-                identity,
+                fields,
                 domain,
                 Role::Encoder,
                 Some(room.slug.clone()),
@@ -922,6 +1009,7 @@ impl<'l, 'a> Expander<'l, 'a> {
             if e.deployment.placement == Where::Ec2 {
                 host.address = cloud_address(e, domain);
             }
+            self.unbound_secrets(&path, &host, m.network.dhcp.mode);
             hosts.push(host);
         }
         for (i, s) in m.servers.iter().enumerate() {
@@ -943,10 +1031,35 @@ impl<'l, 'a> Expander<'l, 'a> {
                     RoleConfig::StreamingFrontend(server),
                 ),
             };
-            let identity = deployed_identity(&s.hostname, &s.deployment);
-            hosts.push(new_host(identity, domain, role, None, config));
+            let fields = deployed_fields(&s.hostname, &s.deployment);
+            let host = new_host(fields, domain, role, None, config);
+            self.unbound_secrets(&path, &host, m.network.dhcp.mode);
+            hosts.push(host);
         }
         hosts
+    }
+
+    /// A netbooted host with secrets and no hardware identity gets them by its address alone.
+    fn unbound_secrets(&mut self, path: &str, host: &Host, mode: DhcpMode) {
+        if !host.netboot || host.identity.is_some() {
+            return;
+        }
+        let count = crate::secrets::secret_values_in(&host.config).len();
+        if count == 0 {
+            return;
+        }
+        let lan = match mode {
+            DhcpMode::Proxy => "any machine on the venue's LAN",
+            DhcpMode::Authoritative => "any machine on the video LAN",
+        };
+        self.warn(
+            path,
+            format!(
+                "{} has secrets ({count}) but no `identity`: {lan} that takes its address can fetch them",
+                host.hostname
+            ),
+            Some("add identity = { uuid = \"…\" } (its SMBIOS system UUID: `cat /sys/class/dmi/id/product_uuid` on it, or netbootd's /api/hosts after a boot)".into()),
+        );
     }
 
     /// The ingest URL: placeholders, and a scheme that matches the ingest kind.
@@ -1454,32 +1567,42 @@ fn reach(hostname: &str, ip: Option<Ipv4Addr>) -> String {
     ip.map_or_else(|| format!("{hostname}.local"), |ip| ip.to_string())
 }
 
-/// Host name, MAC, fixed address, placement and kernel arguments.
-type Identity<'m> = (
-    &'m str,
-    Option<&'m str>,
-    Option<Ipv4Addr>,
-    Where,
-    &'m [String],
-);
+/// What every host of the master file has, whichever list it is in.
+struct HostFields<'m> {
+    hostname: &'m str,
+    mac: Option<&'m str>,
+    ip: Option<Ipv4Addr>,
+    placement: Where,
+    kernel_args: &'m [String],
+    hardware: Option<&'m HardwareIdentity>,
+}
 
-fn deployed_identity<'m>(hostname: &'m str, d: &'m Deployment) -> Identity<'m> {
-    (
+fn deployed_fields<'m>(hostname: &'m str, d: &'m Deployment) -> HostFields<'m> {
+    HostFields {
         hostname,
-        d.mac.as_deref(),
-        d.ip,
-        d.placement,
-        &d.kernel_args,
-    )
+        mac: d.mac.as_deref(),
+        ip: d.ip,
+        placement: d.placement,
+        kernel_args: &d.kernel_args,
+        hardware: d.identity.as_ref(),
+    }
 }
 
 fn new_host(
-    (hostname, mac, ip, placement, kernel_args): Identity,
+    fields: HostFields,
     domain: &str,
     role: Role,
     room: Option<String>,
     config: RoleConfig,
 ) -> Host {
+    let HostFields {
+        hostname,
+        mac,
+        ip,
+        placement,
+        kernel_args,
+        hardware,
+    } = fields;
     Host {
         hostname: hostname.to_string(),
         fqdn: format!("{hostname}.{domain}"),
@@ -1491,6 +1614,10 @@ fn new_host(
         placement,
         netboot: placement != Where::Ec2,
         kernel_args: kernel_args.to_vec(),
+        identity: hardware.map(|h| HardwareIdentity {
+            uuid: h.uuid.as_deref().and_then(normalized_uuid),
+            ..h.clone()
+        }),
         config,
     }
 }
@@ -1508,6 +1635,16 @@ fn recording_dir(m: &MasterFile, room: &Room) -> String {
         "/srv/recordings/{}/{}/{}",
         m.conference.org, m.conference.slug, room.slug
     )
+}
+
+/// A UUID in its canonical lowercase form, as Linux shows it in /sys/class/dmi/id/product_uuid.
+fn normalized_uuid(text: &str) -> Option<String> {
+    let groups: Vec<&str> = text.split('-').collect();
+    let shape = groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12]);
+    let hex = groups
+        .iter()
+        .all(|g| g.chars().all(|c| c.is_ascii_hexdigit()));
+    (shape && hex).then(|| text.to_ascii_lowercase())
 }
 
 /// An address a host may have: inside the subnet, not its network or broadcast address.

@@ -159,9 +159,13 @@ pub enum DhcpMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Netboot {
-    /// TCP port of netbootd's HTTP server (iPXE scripts, images, boot reports).
+    /// TCP port of netbootd's HTTP server (iPXE scripts, images, public host layers).
     #[serde(default = "default_http_port")]
     pub http_port: u16,
+    /// TCP port of netbootd's HTTPS server: hosts fetch their secrets and send their boot reports
+    /// there, pinning the server's key (kept in the store, baked into the role images).
+    #[serde(default = "default_https_port")]
+    pub https_port: u16,
     /// Image store directory, relative to the master file's directory.
     #[serde(default = "default_store")]
     pub store: String,
@@ -171,6 +175,7 @@ impl Default for Netboot {
     fn default() -> Self {
         Netboot {
             http_port: default_http_port(),
+            https_port: default_https_port(),
             store: default_store(),
         }
     }
@@ -178,6 +183,10 @@ impl Default for Netboot {
 
 fn default_http_port() -> u16 {
     8080
+}
+
+fn default_https_port() -> u16 {
+    8443
 }
 
 fn default_store() -> String {
@@ -499,6 +508,29 @@ pub struct Machine {
     /// `["nomodeset"]`, or `["modules-load=vivid"]` for the kernel's virtual capture device.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kernel_args: Vec<String>,
+    /// The machine's hardware identity: netbootd releases its secrets (stream keys, passphrases)
+    /// only to a boot that presents it, over TLS. Without one they go to whichever machine holds the
+    /// host's address, and `imgbuild check` warns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<HardwareIdentity>,
+}
+
+/// What a machine's firmware says it is (SMBIOS), which the wire does not show: the host's
+/// secrets are released only to a boot whose `/sys/class/dmi/id` matches every field given. qemu
+/// sets them with `-smbios type=1,uuid=…,serial=…` and `-smbios type=3,asset=…`; `netbootd vms`
+/// does so for local VMs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HardwareIdentity {
+    /// System UUID (`dmidecode -s system-uuid`), e.g. "4c4c4544-0042-3510-8052-b4c04f4e3732".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    /// System serial number (`dmidecode -s system-serial-number`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// Chassis asset tag (`dmidecode -s chassis-asset-tag`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asset_tag: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -599,6 +631,10 @@ pub struct Deployment {
     /// For netbooted hosts: extra kernel command line arguments, e.g. `["nomodeset"]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kernel_args: Vec<String>,
+    /// For `local-vm` and `bare-metal`: the hardware identity its secrets are released to (see
+    /// `[[machines]] identity`). `netbootd vms` gives a local VM these SMBIOS values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<HardwareIdentity>,
 }
 
 // serde cannot deny unknown fields beside `flatten`; the schema does, and the structural check

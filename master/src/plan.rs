@@ -12,7 +12,9 @@ use serde::Serialize;
 
 use crate::diagnostics::Diagnostic;
 pub use crate::mac::MacAddr;
-use crate::model::{Capture, Conference, DhcpMode, Encode, HwAccel, IngestKind, VideoMode, Where};
+use crate::model::{
+    Capture, Conference, DhcpMode, Encode, HardwareIdentity, HwAccel, IngestKind, VideoMode, Where,
+};
 use crate::secrets::Secret;
 
 /// voctocore's ports (voctomix 1.x, as packaged in Debian bookworm).
@@ -116,6 +118,9 @@ pub struct NetbootPlan {
     pub http_port: u16,
     /// e.g. "http://10.42.0.1:8080"
     pub base_url: String,
+    pub https_port: u16,
+    /// e.g. "https://10.42.0.1:8443": secrets and boot reports, to the pinned key.
+    pub secure_url: String,
     /// Absolute path of the image store.
     pub store: PathBuf,
 }
@@ -263,6 +268,9 @@ pub struct Host {
     /// Extra kernel command line arguments it netboots with.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub kernel_args: Vec<String>,
+    /// The SMBIOS identity its secrets are released to (UUID lowercase), if the master file binds one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<HardwareIdentity>,
     pub config: RoleConfig,
 }
 

@@ -69,6 +69,7 @@ fn master_file(rooms: &[RoomSpec], mode: DhcpMode, seed: u8) -> MasterFile {
         capture: None,
         record_disk: None,
         kernel_args: Vec::new(),
+        identity: None,
     }];
     let mut encoders = Vec::new();
     let mut room_entries = Vec::new();
@@ -87,6 +88,7 @@ fn master_file(rooms: &[RoomSpec], mode: DhcpMode, seed: u8) -> MasterFile {
             capture: None,
             record_disk: None,
             kernel_args: Vec::new(),
+            identity: None,
         });
         for (i, source) in sources.iter().enumerate() {
             machines.push(Machine {
@@ -105,6 +107,11 @@ fn master_file(rooms: &[RoomSpec], mode: DhcpMode, seed: u8) -> MasterFile {
                 }),
                 record_disk: None,
                 kernel_args: Vec::new(),
+                identity: Some(HardwareIdentity {
+                    uuid: None,
+                    serial: Some(format!("SN-{}-{i}", room.slug)),
+                    asset_tag: None,
+                }),
             });
         }
         if let Some(placement) = room.encoder {
@@ -125,6 +132,14 @@ fn master_file(rooms: &[RoomSpec], mode: DhcpMode, seed: u8) -> MasterFile {
                     security_groups: Vec::new(),
                     subnet: None,
                     kernel_args: Vec::new(),
+                    identity: (!cloud).then(|| HardwareIdentity {
+                        uuid: Some(format!(
+                            "00000000-0000-4000-8000-{seed:06x}{:06x}",
+                            encoders.len()
+                        )),
+                        serial: None,
+                        asset_tag: None,
+                    }),
                 },
                 address: None,
             });

@@ -46,7 +46,8 @@ pub(crate) fn run(store: &Store, keep: usize, grace: Duration) -> Result<GcRepor
         live_blobs.extend(
             history[split..]
                 .iter()
-                .map(|(_, layer)| layer.blob.sha256.clone()),
+                .flat_map(|(_, layer)| std::iter::once(&layer.blob).chain(&layer.secrets))
+                .map(|blob| blob.sha256.clone()),
         );
     }
 

@@ -8,6 +8,7 @@
 //! manifests/<role>/<seq>.json  one manifest per build of a role (a release); the highest seq is current
 //! hosts/<hostname>/<seq>.json  one record per per-host layer build; the highest seq is current
 //! tmp/                         scratch space on the same filesystem, for atomic imports
+//! keys/netbootd.key            netbootd's TLS key (0600), whose pin the role images carry
 //! ```
 //!
 //! Every file is written to a temp path, fsynced and renamed (or linked) into place, so an interrupted build
@@ -19,6 +20,7 @@ mod atomic;
 mod digest;
 mod gc;
 mod records;
+mod server_key;
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, Write};
@@ -32,6 +34,7 @@ pub use atomic::{write_atomic, write_new_atomic};
 pub use digest::{Digest, InvalidDigest};
 pub use gc::GcReport;
 pub use records::{BlobRef, FORMAT, HostLayer, LayerKind, LayerRecord, Manifest};
+pub use server_key::ServerKey;
 
 /// Each variant's message includes its cause (they are not chained as `source()`, so it prints once).
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +67,7 @@ fn sequence_number(path: &Path) -> Option<u64> {
         .ok()
 }
 
-fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
+pub(crate) fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
     let path = path.to_owned();
     move |cause| StoreError::Io {
         action,
@@ -185,6 +188,27 @@ impl Store {
         Ok(blob)
     }
 
+    /// Stores a small blob only its owner may read (0600): a host's secrets.
+    pub fn put_private_blob(&self, bytes: &[u8]) -> Result<BlobRef> {
+        use std::os::unix::fs::PermissionsExt;
+        let blob = BlobRef {
+            sha256: Digest::of_bytes(bytes),
+            size: bytes.len() as u64,
+        };
+        let target = self.blob_path(&blob.sha256);
+        if self.has_blob(&blob) {
+            fs::set_permissions(&target, fs::Permissions::from_mode(0o600))
+                .map_err(io_err("restricting", &target))?;
+        } else {
+            write_atomic(&target, |file| {
+                file.set_permissions(fs::Permissions::from_mode(0o600))?;
+                file.write_all(bytes)
+            })
+            .map_err(io_err("writing", &target))?;
+        }
+        Ok(blob)
+    }
+
     /// The cached layer with this key, if it and all its outputs are present.
     pub fn layer(&self, key: &Digest) -> Result<Option<LayerRecord>> {
         let path = self.layer_path(key);
@@ -293,7 +317,11 @@ impl Store {
     /// Records a host layer build as that host's current one (a no-op if its blob is already current).
     pub fn add_host_layer(&self, layer: &HostLayer) -> Result<()> {
         let current = self.host_layer(&layer.hostname)?;
-        if current.is_some_and(|current| current.blob == layer.blob && current.role == layer.role) {
+        let same = |current: &HostLayer| {
+            (current.blob == layer.blob && current.secrets == layer.secrets)
+                && current.role == layer.role
+        };
+        if current.is_some_and(|current| same(&current)) {
             return Ok(());
         }
         self.append(Records::Hosts, &layer.hostname, layer)

@@ -96,7 +96,13 @@ pub struct HostLayer {
     pub hostname: String,
     pub role: String,
     pub key: Digest,
+    /// What every boot of the host loads: its files without secrets.
     pub blob: BlobRef,
+    /// Its files with secrets (a 0600 blob), released only over TLS to a boot that proves it is the
+    /// host. None: the host has none, or `blob` holds them (a cloud host, which reads its layer from
+    /// SSM rather than from netbootd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<BlobRef>,
     pub created_unix: u64,
 }
 
@@ -108,7 +114,16 @@ impl HostLayer {
             role: role.to_owned(),
             key,
             blob,
+            secrets: None,
             created_unix: crate::now_unix(),
+        }
+    }
+
+    /// The same layer with its secrets in a blob of their own.
+    pub fn with_secrets(self, secrets: BlobRef) -> Self {
+        Self {
+            secrets: Some(secrets),
+            ..self
         }
     }
 }

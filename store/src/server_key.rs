@@ -1,0 +1,118 @@
+//! netbootd's TLS key. imgbuild makes it with the store and bakes its pin into every role image;
+//! netbootd serves secrets and takes boot reports only over TLS with it, so a host that checks the
+//! pin talks to this server and nobody on the LAN reads what they say.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use base64::Engine;
+use sha2::{Digest as _, Sha256};
+
+use crate::{Result, Store, StoreError, io_err, write_new_atomic};
+
+/// The key and what clients pin of it.
+#[derive(Clone)]
+pub struct ServerKey {
+    /// PKCS#8 PEM of the private key.
+    pub pem: String,
+    /// `sha256//<base64 of the SHA-256 of its SubjectPublicKeyInfo>`, as curl's `--pinnedpubkey` takes it.
+    pub pin: String,
+}
+
+impl std::fmt::Debug for ServerKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerKey")
+            .field("pin", &self.pin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerKey {
+    fn from_pem(pem: String, path: &std::path::Path) -> Result<ServerKey> {
+        let key = rcgen::KeyPair::from_pem(&pem).map_err(|e| {
+            StoreError::Missing(format!("{} is not a usable key: {e}", path.display()))
+        })?;
+        let spki = Sha256::digest(key.public_key_der());
+        let pin = format!(
+            "sha256//{}",
+            base64::engine::general_purpose::STANDARD.encode(spki)
+        );
+        Ok(ServerKey { pem, pin })
+    }
+}
+
+impl Store {
+    /// Where the key lives: readable by its owner only.
+    pub fn server_key_path(&self) -> PathBuf {
+        self.root.join("keys/netbootd.key")
+    }
+
+    /// The key, if imgbuild has made it.
+    pub fn existing_server_key(&self) -> Result<Option<ServerKey>> {
+        let path = self.server_key_path();
+        match fs::read_to_string(&path) {
+            Ok(pem) => ServerKey::from_pem(pem, &path).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("reading", &path)(e)),
+        }
+    }
+
+    /// The key, made (ECDSA P-256) the first time. Two writers racing keep the first one's.
+    pub fn server_key(&self) -> Result<ServerKey> {
+        if let Some(key) = self.existing_server_key()? {
+            return Ok(key);
+        }
+        let path = self.server_key_path();
+        let dir = path.parent().expect("keys/ has a parent");
+        fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(io_err("restricting", dir))?;
+        let key = rcgen::KeyPair::generate()
+            .map_err(|e| StoreError::Missing(format!("cannot make netbootd's TLS key: {e}")))?;
+        let pem = key.serialize_pem();
+        let written = write_new_atomic(&path, |file| {
+            file.set_permissions(fs::Permissions::from_mode(0o600))?;
+            file.write_all(pem.as_bytes())
+        });
+        match written {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err("writing", &path)(e)),
+        }
+        Ok(self.existing_server_key()?.expect("just written"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_is_made_once_private_and_pinned_by_its_public_half() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap();
+        assert!(store.existing_server_key().unwrap().is_none());
+        let made = store.server_key().unwrap();
+        let again = store.server_key().unwrap();
+        assert_eq!(
+            (made.pem.as_str(), made.pin.as_str()),
+            (again.pem.as_str(), again.pin.as_str())
+        );
+        assert!(
+            made.pin.starts_with("sha256//") && made.pin.len() == 8 + 44,
+            "{}",
+            made.pin
+        );
+        let mode = fs::metadata(store.server_key_path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(
+            !format!("{made:?}").contains("PRIVATE"),
+            "Debug shows no key"
+        );
+    }
+}
