@@ -125,7 +125,8 @@ impl Builder {
             Some(self.role_layer(&base, recipe)?)
         };
         let below = role_layer.as_ref().unwrap_or(&base);
-        let config = self.config_layer(role, below, &plan.role_context(role))?;
+        let pin = self.store.server_key()?.pin;
+        let config = self.config_layer(role, below, &plan.role_context(role, &pin))?;
 
         let artifacts = BTreeMap::from([
             (VMLINUZ.to_owned(), base.outputs[VMLINUZ].clone()),
@@ -165,10 +166,24 @@ impl Builder {
         plan.host_contexts(role)
             .into_iter()
             .map(|(hostname, context)| {
-                let tree = self.recipes.render(role, OverlayKind::Host, &context)?;
-                let archive = host_archive(&tree, self.options.source_date_epoch);
-                let blob = self.store.put_blob(&archive)?;
-                let layer = HostLayer::new(&hostname, role, tree.digest(), blob);
+                let mut tree = self.recipes.render(role, OverlayKind::Host, &context)?;
+                let key = tree.digest();
+                let epoch = self.options.source_date_epoch;
+                // What netbootd serves over plain HTTP leaves the secrets out: they go, over TLS, only
+                // to a boot that proves it is the host. A cloud host reads its whole layer from SSM.
+                let secrets = if plan.netboots(&hostname) {
+                    Some(tree.take_private()).filter(|secrets| !secrets.is_empty())
+                } else {
+                    None
+                };
+                let blob = self.store.put_blob(&host_archive(&tree, epoch))?;
+                let mut layer = HostLayer::new(&hostname, role, key, blob);
+                if let Some(secrets) = secrets {
+                    let blob = self
+                        .store
+                        .put_private_blob(&host_archive(&secrets, epoch))?;
+                    layer = layer.with_secrets(blob);
+                }
                 self.store.add_host_layer(&layer)?;
                 Ok(layer)
             })

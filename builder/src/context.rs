@@ -1,14 +1,15 @@
 //! Render contexts for overlays, cut from lectern-master's `Plan` (the expanded master file) as JSON.
 //!
 //! Two contexts, so that a change to one host never rebuilds a role image and secrets never reach one:
-//! - role-wide (config layer): `{ role, conference }`, from the plan's ordinary serialization, in which
-//!   secrets are `***`.
+//! - role-wide (config layer): `{ role, conference, netbootd_pin }`, from the plan's ordinary
+//!   serialization, in which secrets are `***`.
 //! - per host (host layer): `{ role, conference, network, ssh_authorized_keys, host, room, lan_hosts,
-//!   secret_values }`,
+//!   secret_values, netbootd_secure_url }`,
 //!   from the plan serialized with secrets revealed; `network` is the plan's video LAN (`domain`, `gateway`,
 //!   `dns`, `ntp`…), `host` the plan's host (`hostname`, `mac`, `ip`, `room`, `config.<role>`…), `room` the
 //!   plan's entry for its room (or null), `lan_hosts` lists `{hostname, fqdn, ip}` of every other host
-//!   with a fixed address and `secret_values` the raw secrets the host holds (for its log filter).
+//!   with a fixed address, `secret_values` the raw secrets the host holds (for its log filter) and
+//!   `netbootd_secure_url` where it fetches its secrets and sends its reports (`https://…:8443`).
 
 use std::path::Path;
 
@@ -70,10 +71,22 @@ impl Plan {
         roles
     }
 
-    /// `{ role, conference }`: serialized as the plan always is, secrets as `***` (the conference holds
-    /// none).
-    pub fn role_context(&self, role: &str) -> Value {
-        json!({ "role": role, "conference": self.plan.as_ref().map(|plan| &plan.conference) })
+    /// `{ role, conference, netbootd_pin }`: serialized as the plan always is, secrets as `***` (the
+    /// conference holds none); `netbootd_pin` is what hosts pin of netbootd's TLS key (see
+    /// `lectern_store::ServerKey`).
+    pub fn role_context(&self, role: &str, netbootd_pin: &str) -> Value {
+        json!({
+            "role": role,
+            "conference": self.plan.as_ref().map(|plan| &plan.conference),
+            "netbootd_pin": netbootd_pin,
+        })
+    }
+
+    /// Whether `hostname` boots from netbootd (a cloud host does not).
+    pub fn netboots(&self, hostname: &str) -> bool {
+        self.hosts()
+            .iter()
+            .any(|host| host.hostname == hostname && host.netboot)
     }
 
     /// `(hostname, context)` for every host of `role`, in plan order, serialized with secrets revealed.
@@ -94,6 +107,7 @@ impl Plan {
                         "room": host.room.as_deref().and_then(|slug| plan.room(slug)),
                         "lan_hosts": lan_hosts(plan, host),
                         "secret_values": lectern_master::secrets::secret_values_in(host),
+                        "netbootd_secure_url": plan.netboot.secure_url,
                     });
                     (host.hostname.clone(), context)
                 })
@@ -121,6 +135,8 @@ pub(crate) mod tests {
     use super::*;
 
     pub(crate) const FIXTURE_SECRET: &str = "lectern-test-secret-7f3a9c";
+    /// What role contexts pin in tests (a real one is `lectern_store::ServerKey::pin`).
+    pub(crate) const TEST_PIN: &str = "sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 
     /// The fixture master file. Its secrets file must be 0600 to be used, which git cannot record.
     pub(crate) fn fixture_path() -> PathBuf {
@@ -143,7 +159,7 @@ pub(crate) mod tests {
     #[test]
     fn role_context_has_no_hosts_and_no_secrets() {
         let plan = Plan::load(&fixture_path()).unwrap();
-        let context = plan.role_context("encoder");
+        let context = plan.role_context("encoder", TEST_PIN);
         assert_eq!(context["role"], "encoder");
         assert_eq!(context["conference"]["org"], "fosdem");
         assert!(context.get("host").is_none());
@@ -186,6 +202,9 @@ pub(crate) mod tests {
     fn without_a_master_file_there_are_no_hosts() {
         let empty = Plan::empty();
         assert!(empty.roles().is_empty() && empty.host_contexts("encoder").is_empty());
-        assert_eq!(empty.role_context("base")["conference"], Value::Null);
+        assert_eq!(
+            empty.role_context("base", TEST_PIN)["conference"],
+            Value::Null
+        );
     }
 }

@@ -204,6 +204,7 @@ impl Recipes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::context::tests::TEST_PIN;
 
     fn recipes(files: &[(&str, &str)]) -> Result<Recipes> {
         let dir = tempfile::tempdir().unwrap();
@@ -329,7 +330,11 @@ variant = "apt"
         assert_eq!(roles, ["encoder", "mixer", "source", "streaming-backend"]);
         for role in &roles {
             let config = recipes
-                .render(role, OverlayKind::Config, &plan.role_context(role))
+                .render(
+                    role,
+                    OverlayKind::Config,
+                    &plan.role_context(role, TEST_PIN),
+                )
                 .unwrap();
             assert_eq!(file_text(&config, "etc/lectern/role"), format!("{role}\n"));
             for (_, context) in plan.host_contexts(role) {
@@ -451,7 +456,7 @@ variant = "apt"
                 .ends_with("\nL+ /etc/localtime - - - - /usr/share/zoneinfo/Europe/Brussels\n")
         );
         // Debian's chrony.conf would also poll the internet pool, which a video LAN cannot reach.
-        let context = in_brussels.role_context("source");
+        let context = in_brussels.role_context("source", TEST_PIN);
         let config = recipes
             .render("source", OverlayKind::Config, &context)
             .unwrap();
@@ -489,7 +494,7 @@ variant = "apt"
             after.contains("\nVIDEO_DELAY_MS=120\nAUDIO_DELAY_MS=40\n"),
             "{after}"
         );
-        let context = delayed.role_context("source");
+        let context = delayed.role_context("source", TEST_PIN);
         let config = recipes
             .render("source", OverlayKind::Config, &context)
             .unwrap();
@@ -607,7 +612,7 @@ variant = "apt"
                 .render(
                     "encoder",
                     OverlayKind::Config,
-                    &plan.role_context("encoder"),
+                    &plan.role_context("encoder", TEST_PIN),
                 )
                 .unwrap()
                 .digest()

@@ -139,6 +139,25 @@ impl Tree {
         }
     }
 
+    /// Moves the files only their owner may read (the host's secrets, see [`Tree::make_private`]) into a
+    /// tree of their own, with their directories.
+    pub fn take_private(&mut self) -> Tree {
+        let private: Vec<String> = (self.entries.iter())
+            .filter(|(_, entry)| matches!(entry, Entry::File { mode, .. } if mode & 0o077 == 0))
+            .map(|(path, _)| path.clone())
+            .collect();
+        let mut taken = Tree::default();
+        for path in private {
+            let entry = self.entries.remove(&path).expect("listed above");
+            taken.insert(&path, entry);
+        }
+        taken
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     pub fn get(&self, path: &str) -> Option<&Entry> {
         self.entries.get(path)
     }

@@ -166,7 +166,11 @@ fn render_master(master: &str) -> Layers {
     let plan = Plan::load(&dir.path().join("master.toml")).unwrap();
     let recipes = Recipes::load(&repo().join("recipes"), &repo().join("overlays")).unwrap();
     let config = recipes
-        .render(ROLE, OverlayKind::Config, &plan.role_context(ROLE))
+        .render(
+            ROLE,
+            OverlayKind::Config,
+            &plan.role_context(ROLE, "sha256//pin"),
+        )
         .unwrap();
     let hosts = plan.host_contexts(ROLE);
     assert_eq!(hosts.len(), 1, "one backend in the plan");

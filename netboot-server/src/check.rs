@@ -22,6 +22,11 @@ pub fn check(config: &ServerConfig, policy: &dyn BootPolicy) -> Vec<String> {
             ));
         }
     }
+    if config.https.is_none() {
+        problems.push(
+            "no TLS key in the store: hosts could neither fetch their secrets nor report (imgbuild makes it with the first image)".to_owned(),
+        );
+    }
     let netmask = policy.network().netmask;
     let in_subnet = |ip: Ipv4Addr| same_subnet(ip, config.server_ip, netmask);
     if let Some((first, last)) = config.pool {
@@ -108,6 +113,10 @@ mod tests {
             state_dir: "/var/lib/netbootd".into(),
             tftp_root: tftp_root.into(),
             http_port: 8080,
+            https: Some(crate::server::Https {
+                port: 8443,
+                key_pem: String::new(),
+            }),
         }
     }
 

@@ -1,6 +1,7 @@
-//! HTTP: per-host iPXE scripts, immutable artifacts by content hash, per-host layers for
-//! their own host only, firmware files for UEFI HTTP boot, the boot reporter's endpoint, the
-//! boot timeline, metrics and health.
+//! HTTP: per-host iPXE scripts, immutable artifacts by content hash, per-host layers (without
+//! secrets) for their own host only, firmware files for UEFI HTTP boot, the boot timeline,
+//! metrics and health. HTTPS (the same server over TLS): each host's secrets, once per boot, to
+//! the host that proves it is the host, and the boot reports, with the token that release gave.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -22,21 +23,24 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
 use crate::mac::MacAddr;
-use crate::metrics::{HTTP_CONNECTIONS_CUT, HTTP_RESPONSES, Metrics};
-use crate::policy::{BootPolicy, Host, SharedPolicy};
+use crate::metrics::{HTTP_CONNECTIONS_CUT, HTTP_RESPONSES, Metrics, REPORTS_REFUSED, SECRETS};
+use crate::policy::{BootPolicy, Host, SharedPolicy, Smbios};
 use crate::safe_path;
-use crate::timeline::{Event, HostRecord, Report, Timeline};
+use crate::timeline::{Event, HostRecord, Refusal, Report, Timeline};
 use crate::urls::{
     ROUTE_ARTIFACT, ROUTE_FIRMWARE, ROUTE_HEALTH, ROUTE_HOST_LAYER, ROUTE_HOSTS, ROUTE_METRICS,
-    ROUTE_REPORT, ROUTE_SCRIPT, ROUTES, Urls,
+    ROUTE_REPORT, ROUTE_SCRIPT, ROUTE_SECRETS, ROUTES, Urls,
 };
+
+/// The response header that carries a boot's report token with its secrets.
+pub const REPORT_TOKEN_HEADER: &str = "lectern-report-token";
 
 /// Artifacts never change under their hash: cache them for a year.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -48,6 +52,8 @@ const PRIVATE: &str = "no-store";
 /// A boot report is a few hundred bytes; axum's default (2 MiB) would let every host on the
 /// LAN make us parse and keep megabytes of `media` per report.
 const REPORT_MAX_BYTES: usize = 64 * 1024;
+/// A boot id and three SMBIOS strings.
+const SECRETS_REQUEST_MAX_BYTES: usize = 4 * 1024;
 
 pub struct HttpState {
     pub policy: SharedPolicy,
@@ -61,18 +67,34 @@ pub struct HttpState {
 type AppState = State<Arc<HttpState>>;
 type Peer = ConnectInfo<SocketAddr>;
 
+/// What plain HTTP serves: nothing secret.
 pub fn router(state: Arc<HttpState>) -> axum::Router {
-    axum::Router::new()
+    let routes = axum::Router::new()
         .route(ROUTE_SCRIPT, get(ipxe_script))
         .route(ROUTE_ARTIFACT, get(artifact))
         .route(ROUTE_HOST_LAYER, get(host_layer))
         .route(ROUTE_FIRMWARE, get(firmware))
+        .route(ROUTE_HOSTS, get(hosts))
+        .route(ROUTE_METRICS, get(metrics));
+    with_common(routes, state)
+}
+
+/// What only TLS serves: secrets, and the reports whose token came with them.
+pub fn secure_router(state: Arc<HttpState>) -> axum::Router {
+    let routes = axum::Router::new()
+        .route(
+            ROUTE_SECRETS,
+            post(host_secrets).layer(DefaultBodyLimit::max(SECRETS_REQUEST_MAX_BYTES)),
+        )
         .route(
             ROUTE_REPORT,
             post(report).layer(DefaultBodyLimit::max(REPORT_MAX_BYTES)),
-        )
-        .route(ROUTE_HOSTS, get(hosts))
-        .route(ROUTE_METRICS, get(metrics))
+        );
+    with_common(routes, state)
+}
+
+fn with_common(routes: axum::Router<Arc<HttpState>>, state: Arc<HttpState>) -> axum::Router {
+    routes
         .route(ROUTE_HEALTH, get(|| async { "ok\n" }))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -104,11 +126,41 @@ impl Default for Limits {
     }
 }
 
-/// Serves until accepting fails for good. hyper directly rather than `axum::serve`, which
-/// sets no timer (so no header timeout) and takes every connection offered.
+/// Serves [`router`] until accepting fails for good.
 pub async fn serve(listener: TcpListener, state: Arc<HttpState>, limits: Limits) -> io::Result<()> {
     let metrics = Arc::clone(&state.metrics);
-    let app = router(state);
+    accept(listener, router(state), metrics, limits, None).await
+}
+
+/// Serves [`secure_router`] over TLS until accepting fails for good. A handshake must be done
+/// within the header-read timeout.
+pub async fn serve_tls(
+    listener: TcpListener,
+    state: Arc<HttpState>,
+    limits: Limits,
+    tls: Arc<rustls::ServerConfig>,
+) -> io::Result<()> {
+    let metrics = Arc::clone(&state.metrics);
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    accept(
+        listener,
+        secure_router(state),
+        metrics,
+        limits,
+        Some(acceptor),
+    )
+    .await
+}
+
+/// hyper directly rather than `axum::serve`, which sets no timer (so no header timeout) and
+/// takes every connection offered.
+async fn accept(
+    listener: TcpListener,
+    app: axum::Router,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.connections));
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1
@@ -129,15 +181,34 @@ pub async fn serve(listener: TcpListener, state: Arc<HttpState>, limits: Limits)
             continue;
         };
         let (app, http1, metrics) = (app.clone(), http1.clone(), Arc::clone(&metrics));
+        let tls = tls.clone();
         tokio::spawn(async move {
-            serve_connection(stream, peer, app, &http1, &metrics, limits.idle_timeout).await;
+            let idle = limits.idle_timeout;
+            match tls {
+                None => serve_connection(stream, peer, app, &http1, &metrics, idle).await,
+                Some(tls) => {
+                    let handshake = tls.accept(stream);
+                    match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, peer, app, &http1, &metrics, idle).await;
+                        }
+                        Ok(Err(error)) => {
+                            metrics.inc(HTTP_CONNECTIONS_CUT, &[("reason", "tls_handshake")]);
+                            tracing::debug!(%peer, %error, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            metrics.inc(HTTP_CONNECTIONS_CUT, &[("reason", "tls_timeout")]);
+                        }
+                    }
+                }
+            }
             drop(permit);
         });
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
     peer: SocketAddr,
     app: axum::Router,
     http1: &hyper::server::conn::http1::Builder,
@@ -183,14 +254,14 @@ async fn serve_connection(
 }
 
 /// A connection that notes when a byte last moved, for the idle timeout.
-struct Watched {
-    stream: TcpStream,
+struct Watched<S> {
+    stream: S,
     opened: Instant,
     /// Milliseconds after `opened`.
     moved_at_ms: Arc<AtomicU64>,
 }
 
-impl Watched {
+impl<S> Watched<S> {
     fn moved(&self) {
         let since = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.moved_at_ms.store(since, Ordering::Relaxed);
@@ -210,7 +281,7 @@ impl Watched {
     }
 }
 
-impl AsyncRead for Watched {
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -223,7 +294,7 @@ impl AsyncRead for Watched {
     }
 }
 
-impl AsyncWrite for Watched {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -356,6 +427,99 @@ async fn host_layer(
     Ok(serve_file(request, &path, PRIVATE, None).await)
 }
 
+/// What a booted host sends for its secrets: its boot and what its firmware says it is.
+#[derive(Debug, serde::Deserialize)]
+struct SecretsRequest {
+    boot_id: String,
+    #[serde(flatten)]
+    smbios: Smbios,
+}
+
+/// The host's secrets (a cpio, empty if it has none) and its boot's report token: to the host's
+/// address, presenting the identity the policy asks for, once per boot. Each refusal is counted,
+/// logged and noted on the host.
+async fn host_secrets(
+    State(state): AppState,
+    ConnectInfo(peer): Peer,
+    UrlPath(host): UrlPath<String>,
+    Json(request): Json<SecretsRequest>,
+) -> Response {
+    let policy = state.policy.current();
+    let Ok(host) = known_host(&*policy, &host)
+        .or_else(|_| policy.host_named(&host).ok_or(StatusCode::NOT_FOUND))
+    else {
+        state.metrics.inc(SECRETS, &[("outcome", "unknown_host")]);
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let refuse = |outcome: &'static str, why: String| {
+        state.metrics.inc(SECRETS, &[("outcome", outcome)]);
+        tracing::warn!(host = %host.hostname, %peer, outcome, "refused the host's secrets: {why}");
+        state
+            .timeline
+            .alert(host.mac, &format!("secrets refused to {peer}: {why}"));
+        StatusCode::FORBIDDEN.into_response()
+    };
+    let holder = address_of(&state, host);
+    if holder.is_none() || holder != peer_ipv4(peer) {
+        let holder = holder.map_or("no address yet".to_owned(), |ip| ip.to_string());
+        return refuse("wrong_address", format!("the host's address is {holder}"));
+    }
+    if let Some(expected) = policy.identity(host) {
+        let wrong = expected.mismatches(&request.smbios);
+        if !wrong.is_empty() {
+            return refuse(
+                "wrong_identity",
+                format!("its SMBIOS {} did not match", wrong.join(", ")),
+            );
+        }
+    }
+    let boot_id = &request.boot_id;
+    let plain_id = (1..=64).contains(&boot_id.len())
+        && boot_id.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+    if !plain_id {
+        return refuse("bad_request", "no usable boot_id".to_owned());
+    }
+    let secrets = match policy.host_secrets(host) {
+        Some(path) => match tokio::fs::read(&path).await {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::error!(path = %path.display(), %error, "cannot read a host's secrets");
+                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            }
+        },
+        None => Vec::new(),
+    };
+    let presented = serde_json::json!({
+        "uuid": request.smbios.uuid,
+        "serial": request.smbios.serial,
+        "asset_tag": request.smbios.asset_tag,
+    });
+    let token = match state.timeline.release_secrets(host.mac, boot_id, presented) {
+        Ok(token) => token,
+        Err(Refusal::Again) => {
+            return refuse(
+                "again",
+                "they went out already in this boot (a second fetch)".to_owned(),
+            );
+        }
+    };
+    state.metrics.inc(SECRETS, &[("outcome", "released")]);
+    tracing::info!(host = %host.hostname, %peer, bytes = secrets.len(), "released the host's secrets");
+    let token = HeaderValue::from_str(&token).expect("hex is a header value");
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static(PRIVATE)),
+            (header::HeaderName::from_static(REPORT_TOKEN_HEADER), token),
+        ],
+        secrets,
+    )
+        .into_response()
+}
+
 async fn firmware(
     State(state): AppState,
     UrlPath(file): UrlPath<String>,
@@ -424,21 +588,36 @@ fn none_match(headers: &HeaderMap, etag: &HeaderValue) -> bool {
         })
 }
 
-/// Accepted from the host's own address when we know it (its reservation or lease); a
-/// proxy-mode host whose address we never saw may report from anywhere.
+/// Accepted with the token the host's current boot got with its secrets, from the host's own
+/// address when we know it (its reservation or lease).
 async fn report(
     State(state): AppState,
     ConnectInfo(peer): Peer,
+    headers: HeaderMap,
     Json(report): Json<Report>,
 ) -> StatusCode {
     let policy = state.policy.current();
     let Some(host) = policy.host_named(&report.host) else {
         return StatusCode::NOT_FOUND;
     };
+    let refused = |reason: &'static str| {
+        state.metrics.inc(REPORTS_REFUSED, &[("reason", reason)]);
+        tracing::warn!(host = %report.host, %peer, reason, "refused a boot report");
+        StatusCode::FORBIDDEN
+    };
+    let token = (headers.get(header::AUTHORIZATION))
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    match token {
+        None => return refused("no_token"),
+        Some(token) if !state.timeline.report_token_is(host.mac, token) => {
+            return refused("wrong_token");
+        }
+        Some(_) => {}
+    }
     let holder = address_of(&state, host);
     if holder.is_some() && holder != peer_ipv4(peer) {
-        tracing::warn!(host = %report.host, %peer, ?holder, "refused a boot report from another address");
-        return StatusCode::FORBIDDEN;
+        return refused("wrong_address");
     }
     tracing::info!(host = %report.host, %peer, role = %report.role, image = %report.image, state = ?report.state, failed = ?report.failed, problems = ?report.problems, "boot report");
     state
@@ -483,6 +662,7 @@ mod tests {
     use std::time::Duration;
 
     use axum::extract::connect_info::MockConnectInfo;
+    use tokio::net::TcpStream;
 
     use super::*;
     use crate::policy::{Network, StaticPolicy};
@@ -521,20 +701,52 @@ mod tests {
         assert!(!none_match(&HeaderMap::new(), &etag));
     }
 
-    /// The report route of a server that knows one host, `mixer1` at 10.0.0.10, posted to
-    /// from that address.
-    async fn post_report(state: &Arc<HttpState>, body: String) -> StatusCode {
-        let app = router(Arc::clone(state))
-            .layer(MockConnectInfo(SocketAddr::from(([10, 0, 0, 10], 40_000))));
-        let request = Request::post(ROUTE_REPORT)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body))
-            .unwrap();
-        app.oneshot(request).await.unwrap().status()
+    /// A POST to the TLS side of a server that knows one host, `mixer1` at 10.0.0.10, from `from`.
+    async fn post(
+        state: &Arc<HttpState>,
+        from: [u8; 4],
+        path: &str,
+        token: Option<&str>,
+        body: String,
+    ) -> Response {
+        let app = secure_router(Arc::clone(state))
+            .layer(MockConnectInfo(SocketAddr::from((from, 40_000))));
+        let mut request = Request::post(path).header(header::CONTENT_TYPE, "application/json");
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        app.oneshot(request.body(Body::from(body)).unwrap())
+            .await
+            .unwrap()
+    }
+
+    const HOST_ADDRESS: [u8; 4] = [10, 0, 0, 10];
+
+    async fn post_report(state: &Arc<HttpState>, token: Option<&str>, body: String) -> StatusCode {
+        post(state, HOST_ADDRESS, ROUTE_REPORT, token, body)
+            .await
+            .status()
+    }
+
+    /// Asks for mixer1's secrets from `from` as boot `boot_id`; the report token, or the status.
+    async fn secrets(
+        state: &Arc<HttpState>,
+        from: [u8; 4],
+        boot_id: &str,
+    ) -> Result<String, StatusCode> {
+        let body = format!(r#"{{"boot_id":"{boot_id}","uuid":null}}"#);
+        let response = post(state, from, "/host/mixer1/secrets", None, body).await;
+        match response.status() {
+            StatusCode::OK => Ok(response.headers()[REPORT_TOKEN_HEADER]
+                .to_str()
+                .unwrap()
+                .to_owned()),
+            status => Err(status),
+        }
     }
 
     #[tokio::test]
-    async fn reports_carry_problems_and_media_within_a_size_limit() {
+    async fn secrets_go_once_per_boot_and_reports_need_that_boots_token() {
         let mac = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
         let host = Host {
             mac,
@@ -562,9 +774,50 @@ mod tests {
                 "problems":["live output is black"],"media":{media},"boot_id":"b1"}}"#
             )
         };
+        let frames = || report(r#"{"frames":45}"#);
+
+        // Before the host fetched its layer (a boot), nothing goes out.
+        assert_eq!(
+            secrets(&state, HOST_ADDRESS, "b1").await,
+            Err(StatusCode::FORBIDDEN)
+        );
+        state.timeline.record(mac, Event::HostLayer);
+        assert_eq!(
+            secrets(&state, [10, 0, 0, 66], "b1").await,
+            Err(StatusCode::FORBIDDEN)
+        );
+        let token = secrets(&state, HOST_ADDRESS, "b1").await.unwrap();
+        assert_eq!(token.len(), 64);
+        // The same boot may ask again (a retry); another boot id in the same boot may not.
+        assert_eq!(secrets(&state, HOST_ADDRESS, "b1").await, Ok(token.clone()));
+        assert_eq!(
+            secrets(&state, HOST_ADDRESS, "b2").await,
+            Err(StatusCode::FORBIDDEN)
+        );
+        let record = state.timeline.get(mac);
+        assert!(record.secrets.is_some());
+        assert_eq!(record.alerts.len(), 3, "{:?}", record.alerts);
+        assert!(
+            record.alerts[2].contains("a second fetch"),
+            "{:?}",
+            record.alerts
+        );
+        let metrics = state.metrics.render();
+        for outcome in ["released\"} 2", "wrong_address\"} 1", "again\"} 2"] {
+            assert!(metrics.contains(outcome), "{outcome}: {metrics}");
+        }
 
         assert_eq!(
-            post_report(&state, report(r#"{"frames":45}"#)).await,
+            post_report(&state, None, frames()).await,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            post_report(&state, Some("0f0f"), frames()).await,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(state.timeline.get(mac).problems, Vec::<String>::new());
+        assert_eq!(
+            post_report(&state, Some(&token), frames()).await,
             StatusCode::NO_CONTENT
         );
         let record = state.timeline.get(mac);
@@ -573,7 +826,12 @@ mod tests {
 
         let padding = "x".repeat(REPORT_MAX_BYTES);
         assert_eq!(
-            post_report(&state, report(&format!(r#"{{"log":"{padding}"}}"#))).await,
+            post_report(
+                &state,
+                Some(&token),
+                report(&format!(r#"{{"log":"{padding}"}}"#))
+            )
+            .await,
             StatusCode::PAYLOAD_TOO_LARGE
         );
         assert_eq!(

@@ -24,5 +24,6 @@ pub mod schedule;
 pub mod server;
 pub mod tftp;
 pub mod timeline;
+pub mod tls;
 pub mod urls;
 pub mod vms;

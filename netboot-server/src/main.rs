@@ -21,7 +21,7 @@ use lectern_netboot::mac::MacAddr;
 use lectern_netboot::plan_policy::{self, PlanPolicy};
 use lectern_netboot::policy::{BootPolicy, Host, Network, StaticImage, StaticPolicy};
 use lectern_netboot::schedule;
-use lectern_netboot::server::{self, ServerConfig};
+use lectern_netboot::server::{self, Https, ServerConfig};
 use lectern_netboot::vms;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -112,9 +112,14 @@ struct Args {
     root_image: Option<String>,
     #[arg(long, default_value = "")]
     cmdline: String,
-    /// Directory of per-host layers named HOSTNAME.cpio.
+    /// Directory of per-host layers named HOSTNAME.cpio, and their secrets, HOSTNAME.secrets.cpio.
     #[arg(long)]
     layer_dir: Option<PathBuf>,
+    /// PKCS#8 PEM key of the HTTPS side (secrets, reports); without one there is none.
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    #[arg(long, default_value_t = 8443)]
+    https_port: u16,
 }
 
 fn init_logging() {
@@ -253,7 +258,19 @@ struct VmsArgs {
 }
 
 /// The server settings and the policy the arguments describe.
-fn configure(args: Args, state_dir: PathBuf, tftp_root: PathBuf) -> (ServerConfig, StaticPolicy) {
+fn configure(
+    args: Args,
+    state_dir: PathBuf,
+    tftp_root: PathBuf,
+) -> anyhow::Result<(ServerConfig, StaticPolicy)> {
+    let https = match &args.tls_key {
+        Some(path) => Some(Https {
+            port: args.https_port,
+            key_pem: std::fs::read_to_string(path)
+                .with_context(|| format!("reading the TLS key {}", path.display()))?,
+        }),
+        None => None,
+    };
     let network = Network {
         netmask: args.netmask,
         router: args.router,
@@ -288,8 +305,9 @@ fn configure(args: Args, state_dir: PathBuf, tftp_root: PathBuf) -> (ServerConfi
         state_dir,
         tftp_root,
         http_port: args.http_port,
+        https,
     };
-    (config, policy)
+    Ok((config, policy))
 }
 
 /// Prints the problems `check` found; the exit code says whether there were any.
@@ -317,7 +335,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     match cli.command {
         None => {
             let loaded = plan_policy::load(&master)?;
-            let config = plan_policy::server_config(&loaded.0, state_dir, tftp_root);
+            let config = plan_policy::server_config(&loaded.0, &loaded.1, state_dir, tftp_root)?;
             // New builds and rollbacks in the store are served without a restart or a SIGHUP.
             let store = loaded.1.clone();
             let mut seen = store.changed_at();
@@ -347,7 +365,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
         Some(Command::Check) => {
             let (plan, store) = plan_policy::load(&master)?;
-            let config = plan_policy::server_config(&plan, state_dir, tftp_root);
+            let config = plan_policy::server_config(&plan, &store, state_dir, tftp_root)?;
             let policy = PlanPolicy::new(&plan, &store);
             let mut problems = check::check(&config, &policy);
             problems.extend(policy.gaps().iter().cloned());
@@ -355,7 +373,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             Ok(report(&problems, &summary))
         }
         Some(Command::ServeStatic(args)) => {
-            let (config, policy) = configure(args, state_dir, tftp_root);
+            let (config, policy) = configure(args, state_dir, tftp_root)?;
             // Everything comes from the command line, so a reload re-applies the same policy.
             server::run(
                 config,
@@ -467,7 +485,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::CheckStatic(args)) => {
-            let (config, policy) = configure(args, state_dir, tftp_root);
+            let (config, policy) = configure(args, state_dir, tftp_root)?;
             let problems = check::check(&config, &policy);
             Ok(report(
                 &problems,

@@ -43,6 +43,14 @@ pub const TIMELINE_STRANGERS: Counter = Counter {
     name: "netbootd_timeline_strangers_total",
     help: "Events from MACs outside the policy, counted instead of recorded, by event.",
 };
+pub const SECRETS: Counter = Counter {
+    name: "netbootd_secrets_total",
+    help: "Requests for a host's secrets, by outcome (released, or why refused).",
+};
+pub const REPORTS_REFUSED: Counter = Counter {
+    name: "netbootd_reports_refused_total",
+    help: "Boot reports refused, by reason.",
+};
 
 pub const RA_SENT: Counter = Counter {
     name: "netbootd_router_advertisements_total",

@@ -11,8 +11,8 @@ use lectern_store::{Manifest, Store};
 
 use crate::dhcp::Mode;
 use crate::mac::MacAddr;
-use crate::policy::{Artifact, ArtifactKind, BootPolicy, Host, IpxeScript, Network};
-use crate::server::ServerConfig;
+use crate::policy::{Artifact, ArtifactKind, BootPolicy, Host, IpxeScript, Network, Smbios};
+use crate::server::{Https, ServerConfig};
 use crate::urls::Urls;
 
 /// The artifact names imgbuild gives a role's netboot files.
@@ -55,6 +55,8 @@ struct HostBoot {
     kernel_args: Vec<String>,
     image: Option<RoleImage>,
     layer: Option<PathBuf>,
+    secrets: Option<PathBuf>,
+    identity: Option<Smbios>,
 }
 
 /// Boot answers for every netbooted host of a plan.
@@ -108,8 +110,12 @@ impl PlanPolicy {
                     }
                 })
                 .clone();
+            let mut secrets = None;
             let layer = match store.host_layer(&host.hostname) {
-                Ok(Some(layer)) if layer.role == role => Some(store.blob_path(&layer.blob.sha256)),
+                Ok(Some(layer)) if layer.role == role => {
+                    secrets = (layer.secrets.as_ref()).map(|blob| store.blob_path(&blob.sha256));
+                    Some(store.blob_path(&layer.blob.sha256))
+                }
                 Ok(Some(layer)) => {
                     gaps.push(format!(
                         "{}'s host layer was built for role {}, not {role} (run: imgbuild all)",
@@ -140,6 +146,12 @@ impl PlanPolicy {
                 kernel_args: host.kernel_args.clone(),
                 image,
                 layer,
+                secrets,
+                identity: host.identity.as_ref().map(|identity| Smbios {
+                    uuid: identity.uuid.clone(),
+                    serial: identity.serial.clone(),
+                    asset_tag: identity.asset_tag.clone(),
+                }),
             };
             boots.insert(mac, boot);
         }
@@ -212,6 +224,14 @@ impl BootPolicy for PlanPolicy {
     fn host_layer(&self, host: &Host) -> Option<PathBuf> {
         self.boots.get(&host.mac)?.layer.clone()
     }
+
+    fn host_secrets(&self, host: &Host) -> Option<PathBuf> {
+        self.boots.get(&host.mac)?.secrets.clone()
+    }
+
+    fn identity(&self, host: &Host) -> Option<&Smbios> {
+        self.boots.get(&host.mac)?.identity.as_ref()
+    }
 }
 
 /// Loads the master file (and its secrets file, for validation) and the store it names.
@@ -226,10 +246,20 @@ pub fn load(config: &Path) -> anyhow::Result<(Plan, Store)> {
     Ok((plan, store))
 }
 
-/// The server settings a plan implies; `state_dir` and `tftp_root` are the host's own choice.
-pub fn server_config(plan: &Plan, state_dir: PathBuf, tftp_root: PathBuf) -> ServerConfig {
+/// The server settings a plan implies, with the store's TLS key if imgbuild has made it;
+/// `state_dir` and `tftp_root` are the host's own choice.
+pub fn server_config(
+    plan: &Plan,
+    store: &Store,
+    state_dir: PathBuf,
+    tftp_root: PathBuf,
+) -> anyhow::Result<ServerConfig> {
+    let https = store.existing_server_key()?.map(|key| Https {
+        port: plan.netboot.https_port,
+        key_pem: key.pem,
+    });
     let dhcp = &plan.network.dhcp;
-    ServerConfig {
+    Ok(ServerConfig {
         interface: dhcp.interface.clone(),
         server_ip: plan.netboot.server_ip,
         mode: match dhcp.mode {
@@ -240,7 +270,8 @@ pub fn server_config(plan: &Plan, state_dir: PathBuf, tftp_root: PathBuf) -> Ser
         state_dir,
         tftp_root,
         http_port: plan.netboot.http_port,
-    }
+        https,
+    })
 }
 
 #[cfg(test)]

@@ -24,6 +24,38 @@ pub struct Host {
     pub ip: Option<Ipv4Addr>,
 }
 
+/// What a machine's firmware says it is (SMBIOS), as a booted host reads it from
+/// `/sys/class/dmi/id` and presents it, over TLS, for its secrets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct Smbios {
+    /// The system UUID, lowercase.
+    #[serde(default)]
+    pub uuid: Option<String>,
+    #[serde(default)]
+    pub serial: Option<String>,
+    #[serde(default)]
+    pub asset_tag: Option<String>,
+}
+
+impl Smbios {
+    /// The fields of `self` that `presented` does not match (absent counts as a mismatch); each
+    /// field `self` leaves out matches anything.
+    pub fn mismatches(&self, presented: &Smbios) -> Vec<&'static str> {
+        let uuid = |value: &Option<String>| value.as_deref().map(str::to_ascii_lowercase);
+        let mut wrong = Vec::new();
+        if self.uuid.is_some() && uuid(&self.uuid) != uuid(&presented.uuid) {
+            wrong.push("uuid");
+        }
+        if self.serial.is_some() && self.serial != presented.serial {
+            wrong.push("serial");
+        }
+        if self.asset_tag.is_some() && self.asset_tag != presented.asset_tag {
+            wrong.push("asset_tag");
+        }
+        wrong
+    }
+}
+
 /// Parameters every address is handed out with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Network {
@@ -139,8 +171,17 @@ pub trait BootPolicy: Send + Sync + 'static {
     /// The file behind an artifact hash, if the policy serves it.
     fn artifact(&self, hash: &str) -> Option<Artifact>;
 
-    /// The host's private layer (may hold secrets; served only to the host's own address).
+    /// The host's layer without its secrets (served over HTTP to the host's own address).
     fn host_layer(&self, host: &Host) -> Option<PathBuf>;
+
+    /// The host's secrets as a layer of their own: released only over TLS, once per boot, to the
+    /// host's address presenting its [`BootPolicy::identity`].
+    fn host_secrets(&self, host: &Host) -> Option<PathBuf>;
+
+    /// The hardware identity the host must present for its secrets; `None`: its address is enough.
+    fn identity(&self, _host: &Host) -> Option<&Smbios> {
+        None
+    }
 
     fn host(&self, mac: MacAddr) -> Option<&Host> {
         self.hosts().iter().find(|host| host.mac == mac)
@@ -320,6 +361,11 @@ impl BootPolicy for StaticPolicy {
             .layer_dir
             .as_ref()?
             .join(format!("{}.cpio", host.hostname));
+        path.is_file().then_some(path)
+    }
+
+    fn host_secrets(&self, host: &Host) -> Option<PathBuf> {
+        let path = (self.layer_dir.as_ref()?).join(format!("{}.secrets.cpio", host.hostname));
         path.is_file().then_some(path)
     }
 }

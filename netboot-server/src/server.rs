@@ -84,6 +84,24 @@ pub struct ServerConfig {
     pub state_dir: PathBuf,
     pub tftp_root: PathBuf,
     pub http_port: u16,
+    /// The HTTPS side (secrets and reports); without it no host gets its secrets or may report.
+    pub https: Option<Https>,
+}
+
+/// Where HTTPS listens, and the key whose pin the hosts carry.
+#[derive(Clone)]
+pub struct Https {
+    pub port: u16,
+    /// PKCS#8 PEM.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Https {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Https")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
 }
 
 fn reservations(policy: &dyn BootPolicy) -> Vec<(MacAddr, Ipv4Addr)> {
@@ -206,6 +224,21 @@ pub async fn run(
         .await
         .with_context(|| format!("binding HTTP {http_address}"))?;
     tracing::info!(%http_address, "HTTP listening");
+    let https = match &config.https {
+        Some(https) => {
+            let tls = crate::tls::server_config(&https.key_pem)?;
+            let address = SocketAddr::from((config.server_ip, https.port));
+            let listener = TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding HTTPS {address}"))?;
+            tracing::info!(%address, "HTTPS listening");
+            Some((listener, tls))
+        }
+        None => {
+            tracing::warn!("no TLS key: hosts can neither fetch their secrets nor report");
+            None
+        }
+    };
     // Without CAP_NET_RAW the rest still works; boots just take the IPv6 wait.
     let router_advertisements = {
         let (interface, policy, metrics) = (
@@ -235,7 +268,13 @@ pub async fn run(
         tokio::select! {
             result = dhcp::serve(Arc::clone(&responder), &config.interface) => result.context("DHCP"),
             result = tftp_stopped => result.unwrap_or_else(|_| Err(anyhow!("TFTP thread died"))).context("TFTP"),
-            result = http::serve(http_listener, http_state, http_limits) => result.context("HTTP"),
+            result = http::serve(http_listener, Arc::clone(&http_state), http_limits) => result.context("HTTP"),
+            result = async {
+                match https {
+                    Some((listener, tls)) => http::serve_tls(listener, http_state, http_limits, tls).await,
+                    None => std::future::pending().await,
+                }
+            } => result.context("HTTPS"),
             result = router_advertisements => result,
         }
     };

@@ -104,6 +104,34 @@ pub struct HostRecord {
     pub problems: Vec<String>,
     pub media: Option<Value>,
     pub boot_id: Option<String>,
+    /// When this host's secrets last went out (over TLS, to the boot that proved it is the host).
+    pub secrets: Option<String>,
+    /// The SMBIOS identity that boot presented, for the master file's `identity`.
+    pub presented_identity: Option<Value>,
+    /// What was refused in this host's name (a spoofer, or the host itself after one), newest
+    /// last; the last [`ALERTS_KEPT`].
+    pub alerts: Vec<String>,
+}
+
+/// Alerts kept per host: enough to see what happened, bounded against a flood.
+pub const ALERTS_KEPT: usize = 10;
+
+/// Why a host's secrets were not released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// They went out already in this boot (since the host last fetched its layer), to another
+    /// boot id.
+    Again,
+}
+
+/// Whether a host's secrets may go out, and to which boot: the window opens when the host fetches
+/// its layer (a new boot) and closes at the first release. Never shown: it holds the report token.
+#[derive(Debug, Default)]
+struct Release {
+    open: bool,
+    boot_id: Option<String>,
+    /// The bearer token of that boot's reports.
+    token: Option<String>,
 }
 
 impl HostRecord {
@@ -121,6 +149,7 @@ impl HostRecord {
 #[derive(Debug, Default)]
 struct State {
     records: BTreeMap<MacAddr, HostRecord>,
+    releases: HashMap<MacAddr, Release>,
     macs_by_ip: HashMap<Ipv4Addr, MacAddr>,
     /// The policy's MACs; `None` until [`Timeline::set_known`] is first called, and then every
     /// MAC is recorded.
@@ -153,6 +182,7 @@ impl Timeline {
         let known: HashSet<MacAddr> = macs.into_iter().collect();
         let mut state = self.state.lock().expect("timeline lock");
         state.records.retain(|mac, _| known.contains(mac));
+        state.releases.retain(|mac, _| known.contains(mac));
         state.macs_by_ip.retain(|_, mac| known.contains(mac));
         state.known = Some(known);
     }
@@ -223,6 +253,10 @@ impl Timeline {
                 .inc(TIMELINE_STRANGERS, &[("event", event.label())]);
             return;
         }
+        // A host's layer opens its boot: its secrets may go out once more.
+        if event == Event::HostLayer {
+            state.releases.entry(mac).or_default().open = true;
+        }
         let record = state.records.entry(mac).or_default();
         match event {
             Event::Dhcp => record.dhcp = stamp,
@@ -261,6 +295,57 @@ impl Timeline {
         }
     }
 
+    /// Releases `mac`'s secrets to `boot_id` and returns the token of its reports: once per boot
+    /// (the same boot id may ask again, a client retrying), or refuses.
+    pub fn release_secrets(
+        &self,
+        mac: MacAddr,
+        boot_id: &str,
+        presented: Value,
+    ) -> Result<String, Refusal> {
+        let mut state = self.state.lock().expect("timeline lock");
+        let release = state.releases.entry(mac).or_default();
+        let token = match (&release.token, release.boot_id.as_deref()) {
+            (Some(token), Some(released_to)) if released_to == boot_id => token.clone(),
+            _ if release.open => {
+                let token = random_token();
+                *release = Release {
+                    open: false,
+                    boot_id: Some(boot_id.to_owned()),
+                    token: Some(token.clone()),
+                };
+                token
+            }
+            _ => return Err(Refusal::Again),
+        };
+        if state.knows(mac) {
+            let record = state.records.entry(mac).or_default();
+            record.secrets = Some(rfc3339(SystemTime::now()));
+            record.presented_identity = Some(presented);
+        }
+        Ok(token)
+    }
+
+    /// Whether `token` is the one `mac`'s current boot was given with its secrets.
+    pub fn report_token_is(&self, mac: MacAddr, token: &str) -> bool {
+        let state = self.state.lock().expect("timeline lock");
+        let current = state.releases.get(&mac).and_then(|r| r.token.as_deref());
+        current.is_some_and(|current| constant_time_eq(current.as_bytes(), token.as_bytes()))
+    }
+
+    /// Notes on `mac`'s record something refused in its name.
+    pub fn alert(&self, mac: MacAddr, what: &str) {
+        let mut state = self.state.lock().expect("timeline lock");
+        if !state.knows(mac) {
+            return;
+        }
+        let alerts = &mut state.records.entry(mac).or_default().alerts;
+        alerts.push(format!("{} {what}", rfc3339(SystemTime::now())));
+        if alerts.len() > ALERTS_KEPT {
+            alerts.remove(0);
+        }
+    }
+
     pub fn get(&self, mac: MacAddr) -> HostRecord {
         self.state
             .lock()
@@ -270,6 +355,21 @@ impl Timeline {
             .cloned()
             .unwrap_or_default()
     }
+}
+
+/// 32 random bytes from the kernel, hex.
+fn random_token() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut bytes))
+        .expect("the kernel's random source");
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compares without stopping at the first difference, so timing says nothing of the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 /// `2026-11-21T21:30:07Z`; hand-written to avoid a date crate for one format.

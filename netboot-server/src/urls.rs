@@ -7,15 +7,18 @@ pub(crate) const ROUTE_SCRIPT: &str = "/ipxe/{mac}";
 pub(crate) const ROUTE_ARTIFACT: &str = "/a/{hash}";
 /// `{host}`: a MAC, or a host name of the master file.
 pub(crate) const ROUTE_HOST_LAYER: &str = "/host/{host}/layer";
+/// Over TLS only: `{host}` as for the layer.
+pub(crate) const ROUTE_SECRETS: &str = "/host/{host}/secrets";
 pub(crate) const ROUTE_FIRMWARE: &str = "/firmware/{file}";
 pub(crate) const ROUTE_REPORT: &str = "/api/report";
 pub(crate) const ROUTE_HOSTS: &str = "/api/hosts";
 pub(crate) const ROUTE_METRICS: &str = "/metrics";
 pub(crate) const ROUTE_HEALTH: &str = "/healthz";
-pub(crate) const ROUTES: [&str; 8] = [
+pub(crate) const ROUTES: [&str; 9] = [
     ROUTE_SCRIPT,
     ROUTE_ARTIFACT,
     ROUTE_HOST_LAYER,
+    ROUTE_SECRETS,
     ROUTE_FIRMWARE,
     ROUTE_REPORT,
     ROUTE_HOSTS,
