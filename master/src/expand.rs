@@ -1058,7 +1058,7 @@ impl<'l, 'a> Expander<'l, 'a> {
                 "{} has secrets ({count}) but no `identity`: {lan} that takes its address can fetch them",
                 host.hostname
             ),
-            Some("add identity = { uuid = \"…\" } (its SMBIOS system UUID: `cat /sys/class/dmi/id/product_uuid` on it, or netbootd's /api/hosts after a boot)".into()),
+            Some("add identity = { uuid = \"…\" } (its SMBIOS system UUID: `cat /sys/class/dmi/id/product_uuid` on it, or what netbootd logs at its boot)".into()),
         );
     }
 

@@ -451,9 +451,11 @@ async fn host_secrets(
         state.metrics.inc(SECRETS, &[("outcome", "unknown_host")]);
         return StatusCode::NOT_FOUND.into_response();
     };
+    // What was presented goes to the operator's log (to copy into the master file), not to the API.
+    let presented = &request.smbios;
     let refuse = |outcome: &'static str, why: String| {
         state.metrics.inc(SECRETS, &[("outcome", outcome)]);
-        tracing::warn!(host = %host.hostname, %peer, outcome, "refused the host's secrets: {why}");
+        tracing::warn!(host = %host.hostname, %peer, outcome, ?presented, "refused the host's secrets: {why}");
         state
             .timeline
             .alert(host.mac, &format!("secrets refused to {peer}: {why}"));
@@ -489,12 +491,7 @@ async fn host_secrets(
         },
         None => Vec::new(),
     };
-    let presented = serde_json::json!({
-        "uuid": request.smbios.uuid,
-        "serial": request.smbios.serial,
-        "asset_tag": request.smbios.asset_tag,
-    });
-    let token = match state.timeline.release_secrets(host.mac, boot_id, presented) {
+    let token = match state.timeline.release_secrets(host.mac, boot_id) {
         Ok(token) => token,
         Err(Refusal::Again) => {
             return refuse(
@@ -504,7 +501,7 @@ async fn host_secrets(
         }
     };
     state.metrics.inc(SECRETS, &[("outcome", "released")]);
-    tracing::info!(host = %host.hostname, %peer, bytes = secrets.len(), "released the host's secrets");
+    tracing::info!(host = %host.hostname, %peer, ?presented, bytes = secrets.len(), "released the host's secrets");
     let token = HeaderValue::from_str(&token).expect("hex is a header value");
     (
         [

@@ -19,7 +19,7 @@ use lectern_netboot::cloud::{CloudEncoders, Started};
 use lectern_netboot::dhcp::Mode;
 use lectern_netboot::mac::MacAddr;
 use lectern_netboot::plan_policy::{self, PlanPolicy};
-use lectern_netboot::policy::{BootPolicy, Host, Network, StaticImage, StaticPolicy};
+use lectern_netboot::policy::{BootPolicy, Host, Network, Smbios, StaticImage, StaticPolicy};
 use lectern_netboot::schedule;
 use lectern_netboot::server::{self, Https, ServerConfig};
 use lectern_netboot::vms;
@@ -30,15 +30,28 @@ enum ModeArg {
     Proxy,
 }
 
-/// `MAC,IP,HOSTNAME` or `MAC,HOSTNAME` (no reservation), like dnsmasq's dhcp-host.
+/// `MAC,IP,HOSTNAME` or `MAC,HOSTNAME` (no reservation), like dnsmasq's dhcp-host, then
+/// optionally the identity its secrets need: `,uuid=…`, `,serial=…`, `,asset_tag=…`.
 #[derive(Debug, Clone)]
-struct HostArg(Host);
+struct HostArg(Host, Option<Smbios>);
 
 impl FromStr for HostArg {
     type Err = anyhow::Error;
 
     fn from_str(text: &str) -> anyhow::Result<Self> {
-        let fields: Vec<&str> = text.split(',').collect();
+        let (fields, identity): (Vec<&str>, Vec<&str>) =
+            text.split(',').partition(|field| !field.contains('='));
+        let mut smbios = Smbios::default();
+        for field in &identity {
+            let (key, value) = field.split_once('=').expect("partitioned on '='");
+            let slot = match key {
+                "uuid" => &mut smbios.uuid,
+                "serial" => &mut smbios.serial,
+                "asset_tag" => &mut smbios.asset_tag,
+                _ => bail!("unknown host field {key:?} (uuid, serial or asset_tag): {text:?}"),
+            };
+            *slot = Some(value.to_owned());
+        }
         let (mac, ip, hostname) = match fields.as_slice() {
             [mac, ip, hostname] => (
                 mac,
@@ -48,11 +61,12 @@ impl FromStr for HostArg {
             [mac, hostname] => (mac, None, hostname),
             _ => bail!("want MAC,IP,HOSTNAME or MAC,HOSTNAME: {text:?}"),
         };
-        Ok(HostArg(Host {
+        let host = Host {
             mac: mac.parse::<MacAddr>()?,
             hostname: hostname.to_string(),
             ip,
-        }))
+        };
+        Ok(HostArg(host, (!identity.is_empty()).then_some(smbios)))
     }
 }
 
@@ -76,7 +90,8 @@ struct Args {
     server_ip: Ipv4Addr,
     #[arg(long, value_enum, default_value = "authoritative")]
     mode: ModeArg,
-    /// Known machine, repeatable: MAC,IP,HOSTNAME or MAC,HOSTNAME.
+    /// Known machine, repeatable: MAC,IP,HOSTNAME or MAC,HOSTNAME, then ,uuid=… ,serial=… ,asset_tag=…
+    /// for the identity its secrets need.
     #[arg(long = "host")]
     hosts: Vec<HostArg>,
     /// Dynamic pool FIRST-LAST (authoritative mode).
@@ -279,8 +294,17 @@ fn configure(
         domain: args.domain,
         lease_time: Duration::from_secs(args.lease_secs),
     };
-    let hosts = args.hosts.into_iter().map(|HostArg(host)| host).collect();
+    let hosts = args
+        .hosts
+        .iter()
+        .map(|HostArg(host, _)| host.clone())
+        .collect();
     let mut policy = StaticPolicy::new(hosts, network);
+    for HostArg(host, identity) in args.hosts {
+        if let Some(identity) = identity {
+            policy = policy.with_identity(host.mac, identity);
+        }
+    }
     if let (Some(artifact_dir), Some(kernel)) = (args.artifact_dir, args.kernel) {
         let image = StaticImage {
             kernel,

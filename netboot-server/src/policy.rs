@@ -271,6 +271,7 @@ pub struct StaticPolicy {
     artifact_dir: PathBuf,
     layer_dir: Option<PathBuf>,
     artifact_kinds: HashMap<String, ArtifactKind>,
+    identities: HashMap<MacAddr, Smbios>,
 }
 
 impl StaticPolicy {
@@ -282,7 +283,14 @@ impl StaticPolicy {
             artifact_dir: PathBuf::new(),
             layer_dir: None,
             artifact_kinds: HashMap::new(),
+            identities: HashMap::new(),
         }
+    }
+
+    /// `mac` gets its secrets only by presenting `identity`.
+    pub fn with_identity(mut self, mac: MacAddr, identity: Smbios) -> Self {
+        self.identities.insert(mac, identity);
+        self
     }
 
     pub fn with_image(mut self, image: StaticImage, artifact_dir: PathBuf) -> Self {
@@ -367,6 +375,10 @@ impl BootPolicy for StaticPolicy {
     fn host_secrets(&self, host: &Host) -> Option<PathBuf> {
         let path = (self.layer_dir.as_ref()?).join(format!("{}.secrets.cpio", host.hostname));
         path.is_file().then_some(path)
+    }
+
+    fn identity(&self, host: &Host) -> Option<&Smbios> {
+        self.identities.get(&host.mac)
     }
 }
 

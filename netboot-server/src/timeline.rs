@@ -106,8 +106,6 @@ pub struct HostRecord {
     pub boot_id: Option<String>,
     /// When this host's secrets last went out (over TLS, to the boot that proved it is the host).
     pub secrets: Option<String>,
-    /// The SMBIOS identity that boot presented, for the master file's `identity`.
-    pub presented_identity: Option<Value>,
     /// What was refused in this host's name (a spoofer, or the host itself after one), newest
     /// last; the last [`ALERTS_KEPT`].
     pub alerts: Vec<String>,
@@ -297,12 +295,7 @@ impl Timeline {
 
     /// Releases `mac`'s secrets to `boot_id` and returns the token of its reports: once per boot
     /// (the same boot id may ask again, a client retrying), or refuses.
-    pub fn release_secrets(
-        &self,
-        mac: MacAddr,
-        boot_id: &str,
-        presented: Value,
-    ) -> Result<String, Refusal> {
+    pub fn release_secrets(&self, mac: MacAddr, boot_id: &str) -> Result<String, Refusal> {
         let mut state = self.state.lock().expect("timeline lock");
         let release = state.releases.entry(mac).or_default();
         let token = match (&release.token, release.boot_id.as_deref()) {
@@ -319,9 +312,7 @@ impl Timeline {
             _ => return Err(Refusal::Again),
         };
         if state.knows(mac) {
-            let record = state.records.entry(mac).or_default();
-            record.secrets = Some(rfc3339(SystemTime::now()));
-            record.presented_identity = Some(presented);
+            state.records.entry(mac).or_default().secrets = Some(rfc3339(SystemTime::now()));
         }
         Ok(token)
     }

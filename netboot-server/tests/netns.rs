@@ -647,55 +647,27 @@ fn http_serves_ranges_etags_host_layers_to_their_owner_and_the_boot_timeline() {
     );
     assert_eq!(escape, "403");
 
-    let post_report = |body: &str| {
-        let url = format!("{HTTP}/api/report");
-        let json = "Content-Type: application/json";
-        http(
-            &lab,
-            &[
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-H",
-                json,
-                "-d",
-                body,
-                &url,
-            ],
-        )
-    };
-    // What the image's reporter (overlays/base/.../lectern/report) posts.
-    let report = |state: &str, failed: &str| {
-        let problems = failed.replace(".service\"", ".service failed\"");
-        post_report(&format!(
-            r#"{{"host":"mixer1","role":"mixer","image":"sha256:abc","state":"{state}","failed":[{failed}],"restarts":{{"voctocore.service":2}},"problems":[{problems}],"media":{{"frames":45,"mean_volume_db":-20.5}},"boot_id":"b1"}}"#
-        ))
-    };
-    assert_eq!(report("up", ""), "403", "only the host itself reports");
-    lab.set_client_address("10.99.0.10/24");
-    assert_eq!(report("up", ""), "204");
-    assert_eq!(report("degraded", r#""voctocore.service""#), "204");
-    assert_eq!(report("sideways", ""), "422");
-    let oversized = format!(
-        r#"{{"host":"mixer1","role":"mixer","image":"sha256:abc","state":"up","media":{{"log":"{}"}}}}"#,
-        "x".repeat(70_000)
+    // Reports carry a token that comes with the host's secrets: they go over TLS only.
+    let plain_report = http(
+        &lab,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            "{}",
+            &format!("{HTTP}/api/report"),
+        ],
     );
-    assert_eq!(post_report(&oversized), "413", "reports are bounded");
+    assert_eq!(plain_report, "404", "no report route over plain HTTP");
     let hosts = http(&lab, &[&format!("{HTTP}/api/hosts")]);
     for field in [
         "\"kernel\":\"20",
         "\"ipxe_script\":\"20",
-        "\"reported_up\":\"20",
-        "\"last_heartbeat\":\"20",
-        "\"role\":\"mixer\"",
-        "\"image\":\"sha256:abc\"",
-        "\"state\":\"degraded\"",
-        "\"failed\":[\"voctocore.service\"]",
-        "\"restarts\":{\"voctocore.service\":2}",
-        "\"problems\":[\"voctocore.service failed\"]",
-        "\"media\":{\"frames\":45,\"mean_volume_db\":-20.5}",
-        "\"boot_id\":\"b1\"",
+        "\"host_layer\":\"20",
     ] {
         assert!(hosts.contains(field), "{field} missing from {hosts}");
     }
@@ -705,6 +677,216 @@ fn http_serves_ranges_etags_host_layers_to_their_owner_and_the_boot_timeline() {
             "netbootd_http_responses_total{route=\"/host/{host}/layer\",status=\"4xx\"} 1"
         ),
         "{metrics}"
+    );
+}
+
+const UUID: &str = "4c4c4544-0042-3510-8052-b4c04f4e3732";
+/// What the secrets layer holds: it must never show on the wire.
+const SECRET_MARK: &str = "stream-key-7d1f0c29e8";
+
+/// curl on the client, as the booted host's scripts run it: pinned to `pin`, a JSON body.
+fn https(lab: &Lab, pin: &str, args: &[&str]) -> std::process::Output {
+    let pinned = ["-sS", "-m", "10", "--insecure", "--pinnedpubkey", pin];
+    lab.client("curl", &[&pinned[..], args].concat())
+}
+
+/// Asks for mixer1's secrets as boot `boot_id` presenting `smbios` (JSON fields); the status, the
+/// body and the report token.
+fn ask_secrets(lab: &Lab, pin: &str, boot_id: &str, smbios: &str) -> (String, Vec<u8>, String) {
+    let body_file = lab.dir.path().join("secrets.out");
+    let _ = std::fs::remove_file(&body_file);
+    let body = format!(r#"{{"boot_id":"{boot_id}"{smbios}}}"#);
+    let output = https(
+        lab,
+        pin,
+        &[
+            "-D",
+            "-",
+            "-o",
+            body_file.to_str().unwrap(),
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body,
+            &format!("https://{SERVER_IP}:8443/host/mixer1/secrets"),
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let headers = String::from_utf8_lossy(&output.stdout).to_ascii_lowercase();
+    let status = headers
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    let token = (headers.lines())
+        .find_map(|line| line.strip_prefix("lectern-report-token: "))
+        .map(|token| token.trim().to_owned())
+        .unwrap_or_default();
+    (status, std::fs::read(&body_file).unwrap_or_default(), token)
+}
+
+#[test]
+fn secrets_go_over_tls_once_per_boot_to_the_host_that_proves_it() {
+    let Some(mut lab) = Lab::new(&["curl", "tcpdump"]) else {
+        return;
+    };
+    let store = lectern_store::Store::create(lab.dir.path().join("store")).unwrap();
+    let key = store.server_key().unwrap();
+    let layers = lab.dir.path().join("layers");
+    std::fs::create_dir_all(&layers).unwrap();
+    std::fs::write(layers.join("mixer1.cpio"), b"public layer of mixer1").unwrap();
+    let secrets = format!("070701 lectern-host/etc/lectern/encoder.args {SECRET_MARK}");
+    std::fs::write(layers.join("mixer1.secrets.cpio"), &secrets).unwrap();
+    // Everything on the wire, from the first request on.
+    let capture = lab.dir.path().join("boot.pcap");
+    lab.spawn_in_server(
+        "tcpdump",
+        "tcpdump",
+        &[
+            "-i",
+            lab::BRIDGE,
+            "-U",
+            "-s",
+            "0",
+            "-w",
+            capture.to_str().unwrap(),
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    lab.start_netbootd(
+        SERVER_IP,
+        &[
+            "--host",
+            &format!("{MIXER},10.99.0.10,mixer1,uuid={UUID}"),
+            "--layer-dir",
+            layers.to_str().unwrap(),
+            "--tls-key",
+            store.server_key_path().to_str().unwrap(),
+        ],
+    );
+    lab.set_client_mac(MIXER);
+    lab.set_client_address("10.99.0.10/24");
+    let pin = key.pin.as_str();
+    let identity = format!(r#","uuid":"{}""#, UUID.to_ascii_uppercase());
+
+    // Nothing before the host's boot has fetched its layer.
+    assert_eq!(ask_secrets(&lab, pin, "b0", &identity).0, "403");
+    assert_eq!(
+        http(&lab, &[&format!("{HTTP}/host/{MIXER}/layer")]),
+        "public layer of mixer1"
+    );
+    // A spoofer with the host's MAC and address, but not its SMBIOS UUID: nothing.
+    let spoofed = r#","uuid":"00000000-0000-0000-0000-000000000000""#;
+    let (status, body, token) = ask_secrets(&lab, pin, "f00d", spoofed);
+    assert_eq!(
+        (status.as_str(), body.len(), token.as_str()),
+        ("403", 0, "")
+    );
+    assert_eq!(
+        ask_secrets(&lab, pin, "f00d", "").0,
+        "403",
+        "no identity at all"
+    );
+    // A client that does not pin netbootd's key never even asks.
+    let other_pin = "sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let unpinned = https(
+        &lab,
+        other_pin,
+        &[&format!("https://{SERVER_IP}:8443/healthz")],
+    );
+    assert_eq!(
+        unpinned.status.code(),
+        Some(90),
+        "curl's pinned key mismatch"
+    );
+
+    // The host itself (its UUID as the firmware spells it, in any case) gets them, with a token.
+    let (status, body, token) = ask_secrets(&lab, pin, "b1", &identity);
+    assert_eq!(status, "200");
+    assert_eq!(body, secrets.as_bytes());
+    assert_eq!(token.len(), 64, "{token}");
+    // Once: a second fetch in the same boot, with the host's UUID but another boot id, is refused.
+    assert_eq!(ask_secrets(&lab, pin, "f00d", &identity).0, "403");
+
+    let report = |token: &str| {
+        let auth = format!("Authorization: Bearer {token}");
+        let body =
+            r#"{"host":"mixer1","role":"mixer","image":"sha256:abc","state":"up","boot_id":"b1"}"#;
+        let output = https(
+            &lab,
+            pin,
+            &[
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                "Content-Type: application/json",
+                "-H",
+                &auth,
+                "-d",
+                body,
+                &format!("https://{SERVER_IP}:8443/api/report"),
+            ],
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert_eq!(report("0123"), "403", "a report without the boot's token");
+    assert_eq!(report(&token), "204");
+
+    let hosts = http(&lab, &[&format!("{HTTP}/api/hosts")]);
+    let hosts: serde_json::Value = serde_json::from_str(&hosts).unwrap();
+    let mixer = &hosts[0];
+    assert_eq!(mixer["state"], "up", "{mixer:#}");
+    assert!(mixer["secrets"].is_string(), "{mixer:#}");
+    let alerts: Vec<&str> = (mixer["alerts"].as_array().unwrap().iter())
+        .filter_map(|alert| alert.as_str())
+        .collect();
+    assert_eq!(alerts.len(), 4, "{alerts:#?}");
+    assert!(
+        alerts[1].contains("SMBIOS uuid did not match"),
+        "{alerts:#?}"
+    );
+    assert!(alerts[3].contains("a second fetch"), "{alerts:#?}");
+    let metrics = http(&lab, &[&format!("{HTTP}/metrics")]);
+    for counted in [
+        "netbootd_secrets_total{outcome=\"released\"} 1",
+        "netbootd_secrets_total{outcome=\"wrong_identity\"} 2",
+        "netbootd_secrets_total{outcome=\"again\"} 2",
+        "netbootd_reports_refused_total{reason=\"wrong_token\"} 1",
+    ] {
+        assert!(metrics.contains(counted), "{counted}: {metrics}");
+    }
+
+    // The wire saw the public layer, and neither the secrets nor the token.
+    std::thread::sleep(Duration::from_secs(1));
+    let wire = std::fs::read(&capture).unwrap();
+    let seen = |needle: &[u8]| wire.windows(needle.len()).any(|window| window == needle);
+    assert!(
+        seen(b"public layer of mixer1"),
+        "the capture caught the boot ({} bytes)",
+        wire.len()
+    );
+    assert!(
+        !seen(SECRET_MARK.as_bytes()),
+        "a secret crossed the LAN in clear"
+    );
+    assert!(
+        !seen(token.as_bytes()),
+        "the report token crossed the LAN in clear"
+    );
+    assert!(
+        !seen(UUID.to_ascii_uppercase().as_bytes()),
+        "the identity crossed the LAN in clear"
+    );
+    let log = lab.log("netbootd");
+    assert!(
+        log.contains(&UUID.to_ascii_uppercase()),
+        "the operator's log names what was presented"
     );
 }
 
