@@ -115,21 +115,23 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// The per-host layer's files as `(path without the prefix, mode, content)`, read with GNU cpio.
+/// A file of the per-host layer (its public part, then its secrets) as `(mode, content)`, read with
+/// GNU cpio.
 fn host_layer_file(store: &Store, hostname: &str, path: &str) -> (u32, String) {
     let layer = store
         .host_layer(hostname)
         .unwrap()
         .expect("host layer recorded");
-    let archive = store.blob_path(&layer.blob.sha256);
     let out = scratch();
-    let status = Command::new("cpio")
-        .args(["--quiet", "-idm", "-D"])
-        .arg(out.path())
-        .arg("-F")
-        .arg(&archive)
-        .status();
-    assert!(status.unwrap().success());
+    for blob in std::iter::once(&layer.blob).chain(&layer.secrets) {
+        let status = Command::new("cpio")
+            .args(["--quiet", "-idm", "-D"])
+            .arg(out.path())
+            .arg("-F")
+            .arg(store.blob_path(&blob.sha256))
+            .status();
+        assert!(status.unwrap().success());
+    }
     let file = out.path().join(HOST_PREFIX).join(path);
     use std::os::unix::fs::PermissionsExt;
     let mode = fs::metadata(&file).unwrap().permissions().mode() & 0o777;
@@ -203,7 +205,20 @@ fn encoder_image_is_complete_secret_free_and_reproducible() {
         );
     }
 
-    // The per-host layer carries the rendered config with the secret, readable by root only.
+    // The per-host layer carries the rendered config with the secret, readable by root only, in a
+    // part of its own that netbootd releases over TLS alone; the part served over HTTP has none.
+    let layer = store.host_layer(ENCODER_HOST).unwrap().unwrap();
+    let public = fs::read(store.blob_path(&layer.blob.sha256)).unwrap();
+    assert!(
+        !contains(&public, SECRET.as_bytes()),
+        "a secret in the layer served over HTTP"
+    );
+    let secrets = store.blob_path(&layer.secrets.as_ref().expect("a secrets part").sha256);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        fs::metadata(&secrets).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let (mode, args) = host_layer_file(&store, ENCODER_HOST, "etc/lectern/encoder.args");
     assert_eq!(mode, 0o600);
     assert!(args.contains(&format!(

@@ -301,7 +301,7 @@ impl<'l, 'a> Expander<'l, 'a> {
         &mut self,
         h: &'h HostEntry,
         hardware: &HardwareIdentity,
-        uuids: &mut HashMap<String, &'h str>,
+        uuids: &mut HashMap<String, &'h HostEntry<'h>>,
     ) {
         let path = format!("{}.identity", h.path);
         if !h.on_lan {
@@ -335,12 +335,13 @@ impl<'l, 'a> Expander<'l, 'a> {
                     None,
                 ),
                 Some(uuid) => {
-                    if let Some(first) = uuids.insert(uuid, &h.path) {
-                        let first_line = self.locator.error(first, "", None).line;
+                    if let Some(first) = uuids.insert(uuid, h) {
+                        let first_line = self.locator.error(&first.path, "", None).line;
                         self.error(
                             &format!("{path}.uuid"),
                             format!(
-                                "this UUID is already the identity of the host on line {first_line}"
+                                "this UUID is already {}'s identity (line {first_line}): two machines cannot both be one",
+                                first.hostname
                             ),
                             None,
                         );
@@ -395,7 +396,7 @@ impl<'l, 'a> Expander<'l, 'a> {
         let mut hostnames: HashMap<&str, &str> = HashMap::new();
         let mut macs: HashMap<MacAddr, &str> = HashMap::new();
         let mut ips: HashMap<Ipv4Addr, &str> = HashMap::new();
-        let mut uuids: HashMap<String, &str> = HashMap::new();
+        let mut uuids: HashMap<String, &HostEntry> = HashMap::new();
         for h in hosts {
             if let Some(hardware) = h.hardware {
                 self.hardware_identity(h, hardware, &mut uuids);

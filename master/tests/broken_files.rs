@@ -35,6 +35,43 @@ struct Case {
 
 const CASES: &[Case] = &[
     Case {
+        name: "an identity that is not a UUID",
+        edits: &[(
+            "uuid = \"2cf95bbc-8157-4255-8320-3c91938cdcb7\"",
+            "uuid = \"2cf95bbc-8157-4255-8320\"",
+        )],
+        expected: r#"error: master.toml:89:21: machines[lameere-mixer].identity.uuid: "2cf95bbc-8157-4255-8320" is not a UUID (8-4-4-4-12 hexadecimal digits)
+   |
+89 | identity = { uuid = "2cf95bbc-8157-4255-8320" }
+   |                     ^^^^^^^^^^^^^^^^^^^^^^^^^
+
+1 error found"#,
+    },
+    Case {
+        name: "two hosts with one UUID, and a serial with a space at its end",
+        edits: &[
+            (
+                "uuid = \"f09a37a1-1517-4484-85bd-87feaec2e85c\"",
+                "uuid = \"2CF95BBC-8157-4255-8320-3C91938CDCB7\"",
+            ),
+            (
+                "uuid = \"8e99f066-55bb-4fb7-8fc9-d750c80b7f23\"",
+                "serial = \"SN 1 \"",
+            ),
+        ],
+        expected: r#"error: master.toml:116:21: machines[cornil-mixer].identity.uuid: this UUID is already lameere-mixer's identity (line 86): two machines cannot both be one
+    |
+116 | identity = { uuid = "2CF95BBC-8157-4255-8320-3C91938CDCB7" }
+    |                     ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+
+error: master.toml:168:23: servers[stream-backend].identity.serial: "SN 1 " is not an SMBIOS string lectern can compare: 1 to 64 printable ASCII characters, no space at either end
+    |
+168 | identity = { serial = "SN 1 " }
+    |                       ^^^^^^^
+
+2 errors found"#,
+    },
+    Case {
         name: "a time zone without its area",
         edits: &[("timezone = \"Europe/Brussels\"", "timezone = \"Brussels\"")],
         expected: r#"error: master.toml:11:12: conference.timezone: "Brussels" is not a known time zone
@@ -114,9 +151,9 @@ error: master.toml:54:40: defaults.encode.variants[1080p].height: a variant of r
     Case {
         name: "unknown key beside shared deployment fields",
         edits: &[("vcpus = 4", "vcpu = 4")],
-        expected: r#"error: master.toml:142:1: encoders[cornil-enc].vcpu: unknown key `vcpu` in encoders[cornil-enc]
+        expected: r#"error: master.toml:144:1: encoders[cornil-enc].vcpu: unknown key `vcpu` in encoders[cornil-enc]
     |
-142 | vcpu = 4
+144 | vcpu = 4
     | ^^^^
   help: did you mean `vcpus`?
 
@@ -125,9 +162,9 @@ error: master.toml:54:40: defaults.encode.variants[1080p].height: a variant of r
     Case {
         name: "unknown key",
         edits: &[("record_disk = \"/dev/sdb\"", "record_dsk = \"/dev/sdb\"")],
-        expected: r#"error: master.toml:92:1: machines[lameere-mixer].record_dsk: unknown key `record_dsk` in machines[lameere-mixer]
+        expected: r#"error: master.toml:93:1: machines[lameere-mixer].record_dsk: unknown key `record_dsk` in machines[lameere-mixer]
    |
-92 | record_dsk = "/dev/sdb"
+93 | record_dsk = "/dev/sdb"
    | ^^^^^^^^^^
   help: did you mean `record_disk`?
 
@@ -136,9 +173,9 @@ error: master.toml:54:40: defaults.encode.variants[1080p].height: a variant of r
     Case {
         name: "malformed mac",
         edits: &[("mac = \"52:54:00:42:01:11\"", "mac = \"52:54:00:42:01\"")],
-        expected: r#"error: master.toml:96:7: machines[lameere-source-1].mac: "52:54:00:42:01" is not a MAC address
+        expected: r#"error: master.toml:97:7: machines[lameere-source-1].mac: "52:54:00:42:01" is not a MAC address
    |
-96 | mac = "52:54:00:42:01"
+97 | mac = "52:54:00:42:01"
    |       ^^^^^^^^^^^^^^^^
   help: write six hex pairs separated by colons, like 8c:16:45:00:e6:f6
 
@@ -147,9 +184,9 @@ error: master.toml:54:40: defaults.encode.variants[1080p].height: a variant of r
     Case {
         name: "duplicate mac",
         edits: &[("mac = \"52:54:00:42:01:12\"", "mac = \"52:54:00:42:01:11\"")],
-        expected: r#"error: master.toml:105:7: machines[lameere-source-2].mac: MAC 52:54:00:42:01:11 is already used on line 94
+        expected: r#"error: master.toml:106:7: machines[lameere-source-2].mac: MAC 52:54:00:42:01:11 is already used on line 95
     |
-105 | mac = "52:54:00:42:01:11"
+106 | mac = "52:54:00:42:01:11"
     |       ^^^^^^^^^^^^^^^^^^^
   help: two hosts cannot share one network card
 
@@ -161,9 +198,9 @@ error: master.toml:54:40: defaults.encode.variants[1080p].height: a variant of r
             "hostname = \"cornil-source-2\"",
             "hostname = \"cornil-source-1\"",
         )],
-        expected: r#"error: master.toml:129:12: machines[cornil-source-1].hostname: host name "cornil-source-1" is already used on line 119
+        expected: r#"error: master.toml:131:12: machines[cornil-source-1].hostname: host name "cornil-source-1" is already used on line 121
     |
-129 | hostname = "cornil-source-1"
+131 | hostname = "cornil-source-1"
     |            ^^^^^^^^^^^^^^^^^
   help: every host needs its own name
 
@@ -172,9 +209,9 @@ error: master.toml:54:40: defaults.encode.variants[1080p].height: a variant of r
     Case {
         name: "duplicate ip",
         edits: &[("ip = \"10.42.0.12\"", "ip = \"10.42.0.11\"")],
-        expected: r#"error: master.toml:106:6: machines[lameere-source-2].ip: address 10.42.0.11 is already used on line 94
+        expected: r#"error: master.toml:107:6: machines[lameere-source-2].ip: address 10.42.0.11 is already used on line 95
     |
-106 | ip = "10.42.0.11"
+107 | ip = "10.42.0.11"
     |      ^^^^^^^^^^^^
 
 1 error found"#,
@@ -182,9 +219,9 @@ error: master.toml:54:40: defaults.encode.variants[1080p].height: a variant of r
     Case {
         name: "ip outside subnet",
         edits: &[("ip = \"10.42.0.12\"", "ip = \"10.43.0.12\"")],
-        expected: r#"error: master.toml:106:6: machines[lameere-source-2].ip: 10.43.0.12 is outside the subnet 10.42.0.0/24
+        expected: r#"error: master.toml:107:6: machines[lameere-source-2].ip: 10.43.0.12 is outside the subnet 10.42.0.0/24
     |
-106 | ip = "10.43.0.12"
+107 | ip = "10.43.0.12"
     |      ^^^^^^^^^^^^
 
 1 error found"#,
@@ -192,9 +229,9 @@ error: master.toml:54:40: defaults.encode.variants[1080p].height: a variant of r
     Case {
         name: "reservation in range",
         edits: &[("ip = \"10.42.0.12\"", "ip = \"10.42.0.210\"")],
-        expected: r#"error: master.toml:106:6: machines[lameere-source-2].ip: 10.42.0.210 is inside the dynamic range 10.42.0.200–10.42.0.250
+        expected: r#"error: master.toml:107:6: machines[lameere-source-2].ip: 10.42.0.210 is inside the dynamic range 10.42.0.200–10.42.0.250
     |
-106 | ip = "10.42.0.210"
+107 | ip = "10.42.0.210"
     |      ^^^^^^^^^^^^^
   help: a fixed address must not be handed out to another machine: pick one outside the range, or shrink the range
 
@@ -228,9 +265,9 @@ error: master.toml:70:1: rooms[cornil]: room "cornil" has more than one mixer (l
    |                   ^^^^^^^^
   help: add a [[machines]] entry with role = "source", room = "lameere", source = "slides"
 
-error: master.toml:109:10: machines[lameere-source-2].source: there is no source "slide" in room "lameere"
+error: master.toml:110:10: machines[lameere-source-2].source: there is no source "slide" in room "lameere"
     |
-109 | source = "slide"
+110 | source = "slide"
     |          ^^^^^^^
   help: did you mean "slides"?
 
@@ -256,9 +293,9 @@ error: master.toml:109:10: machines[lameere-source-2].source: there is no source
    | ^^^^^^^^^
   help: add a [[machines]] entry with role = "mixer" and room = "cornil"
 
-error: master.toml:117:8: machines[cornil-mixer].room: there is no room "cornill"
+error: master.toml:119:8: machines[cornil-mixer].room: there is no room "cornill"
     |
-117 | room = "cornill"
+119 | room = "cornill"
     |        ^^^^^^^^^
   help: did you mean "cornil"?
 
@@ -267,9 +304,9 @@ error: master.toml:117:8: machines[cornil-mixer].room: there is no room "cornill
     Case {
         name: "wrong type",
         edits: &[("vcpus = 4", "vcpus = \"4\"")],
-        expected: r#"error: master.toml:142:9: encoders[cornil-enc].vcpus: expected a whole number, found a string
+        expected: r#"error: master.toml:144:9: encoders[cornil-enc].vcpus: expected a whole number, found a string
     |
-142 | vcpus = "4"
+144 | vcpus = "4"
     |         ^^^
 
 1 error found"#,
@@ -356,9 +393,9 @@ error: master.toml:117:8: machines[cornil-mixer].room: there is no room "cornill
             "region = \"eu-west-1\"\ninstance_type = \"c6i.xlarge\"",
             "instance_type = \"c6i.xlarge\"",
         )],
-        expected: r#"error: master.toml:147:1: encoders[lameere-enc]: an ec2 host needs `region`
+        expected: r#"error: master.toml:150:1: encoders[lameere-enc]: an ec2 host needs `region`
     |
-147 | [[encoders]]
+150 | [[encoders]]
     | ^^^^^^^^^^^^
 
 1 error found"#,
@@ -416,21 +453,21 @@ error: master.toml:117:8: machines[cornil-mixer].room: there is no room "cornill
             ("vcpus = 4", "vcpus = \"4\""),
             ("record_disk", "recording_disk"),
         ],
-        expected: r#"error: master.toml:92:1: machines[lameere-mixer].recording_disk: unknown key `recording_disk` in machines[lameere-mixer]
+        expected: r#"error: master.toml:93:1: machines[lameere-mixer].recording_disk: unknown key `recording_disk` in machines[lameere-mixer]
    |
-92 | recording_disk = "/dev/sdb"
+93 | recording_disk = "/dev/sdb"
    | ^^^^^^^^^^^^^^
   help: did you mean `record_disk`?
 
-error: master.toml:96:7: machines[lameere-source-1].mac: "52:54:00:42:01" is not a MAC address
+error: master.toml:97:7: machines[lameere-source-1].mac: "52:54:00:42:01" is not a MAC address
    |
-96 | mac = "52:54:00:42:01"
+97 | mac = "52:54:00:42:01"
    |       ^^^^^^^^^^^^^^^^
   help: write six hex pairs separated by colons, like 8c:16:45:00:e6:f6
 
-error: master.toml:142:9: encoders[cornil-enc].vcpus: expected a whole number, found a string
+error: master.toml:144:9: encoders[cornil-enc].vcpus: expected a whole number, found a string
     |
-142 | vcpus = "4"
+144 | vcpus = "4"
     |         ^^^
 
 3 errors found"#,
@@ -444,19 +481,19 @@ error: master.toml:142:9: encoders[cornil-enc].vcpus: expected a whole number, f
                 "region = \"eu-west-1\"\nmemory_mb = 4096\nmac = \"52:54:00:42:02:20\"",
             ),
         ],
-        expected: r#"error: master.toml:142:10: encoders[cornil-enc].region: `region` is for `where = "ec2"` hosts; this one is `local-vm`
+        expected: r#"error: master.toml:144:10: encoders[cornil-enc].region: `region` is for `where = "ec2"` hosts; this one is `local-vm`
     |
-142 | region = "eu-west-1"
+144 | region = "eu-west-1"
     |          ^^^^^^^^^^^
 
-error: master.toml:147:1: encoders[lameere-enc]: an ec2 host needs `instance_profile`
+error: master.toml:150:1: encoders[lameere-enc]: an ec2 host needs `instance_profile`
     |
-147 | [[encoders]]
+150 | [[encoders]]
     | ^^^^^^^^^^^^
 
-error: master.toml:153:9: encoders[lameere-enc].vcpus: `vcpus` is for `where = "local-vm"` hosts; this one is `ec2`
+error: master.toml:156:9: encoders[lameere-enc].vcpus: `vcpus` is for `where = "local-vm"` hosts; this one is `ec2`
     |
-153 | vcpus = 8
+156 | vcpus = 8
     |         ^
 
 3 errors found"#,

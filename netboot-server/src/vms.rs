@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use lectern_master::Plan;
+use lectern_master::model::HardwareIdentity;
 use serde::Serialize;
 use tokio::process::{Child, Command};
 
@@ -27,6 +28,35 @@ pub struct VmSpec {
     pub memory_mb: u32,
     /// Its tap on the bridge (at most 15 characters, as Linux wants).
     pub tap: String,
+    /// qemu `-smbios` values: its name ([`name_smbios`]), and the identity its secrets are released
+    /// to ([`identity_smbios`]).
+    pub smbios: Vec<String>,
+}
+
+/// The `-smbios` values that make a qemu guest present `identity` as its firmware's.
+pub fn identity_smbios(identity: Option<&HardwareIdentity>) -> Vec<String> {
+    let Some(identity) = identity else {
+        return Vec::new();
+    };
+    // qemu splits -smbios values at commas; a doubled comma is a literal one.
+    let value = |text: &str| text.replace(',', ",,");
+    let system: Vec<String> = [("uuid", &identity.uuid), ("serial", &identity.serial)]
+        .into_iter()
+        .filter_map(|(field, v)| Some(format!("{field}={}", value(v.as_deref()?))))
+        .collect();
+    let mut args = Vec::new();
+    if !system.is_empty() {
+        args.push(format!("type=1,{}", system.join(",")));
+    }
+    if let Some(tag) = &identity.asset_tag {
+        args.push(format!("type=3,asset={}", value(tag)));
+    }
+    args
+}
+
+/// The OEM string a disk-booted guest finds its layer by.
+pub fn name_smbios(hostname: &str) -> String {
+    format!("type=11,value=lectern.host={hostname}")
 }
 
 /// How this machine runs VMs.
@@ -68,6 +98,9 @@ pub fn local_vms(plan: &Plan, hypervisor: &str) -> Result<Vec<VmSpec>> {
             vcpus: vm.vcpus,
             memory_mb: vm.memory_mb,
             tap: format!("lvm{}", vms.len()),
+            smbios: std::iter::once(name_smbios(&host.hostname))
+                .chain(identity_smbios(host.identity.as_ref()))
+                .collect(),
         });
     }
     Ok(vms)
@@ -100,11 +133,15 @@ impl Supervisor {
             &format!("virtio-net-pci,netdev=lan,mac={},bootindex=1", vm.mac),
             "-boot",
             "n",
-            "-smbios",
-            &format!("type=11,value=lectern.host={}", vm.hostname),
         ]
         .map(String::from)
-        .to_vec()
+        .into_iter()
+        .chain(
+            vm.smbios
+                .iter()
+                .flat_map(|value| ["-smbios".to_owned(), value.clone()]),
+        )
+        .collect()
     }
 
     /// Runs every VM until `shutdown` resolves, then powers them off.
@@ -311,6 +348,13 @@ mod tests {
             vcpus: 4,
             memory_mb: 4096,
             tap: "lvm0".into(),
+            smbios: std::iter::once(name_smbios("cornil-enc"))
+                .chain(identity_smbios(Some(&HardwareIdentity {
+                    uuid: Some("4c4c4544-0042-3510-8052-b4c04f4e3732".into()),
+                    serial: None,
+                    asset_tag: Some("AV,17".into()),
+                })))
+                .collect(),
         };
         let args = supervisor.qemu_args(&vm).join(" ");
         for part in [
@@ -320,7 +364,8 @@ mod tests {
             "tap,id=lan,ifname=lvm0,script=no",
             "mac=52:54:00:00:02:01,bootindex=1",
             "-boot n",
-            "type=11,value=lectern.host=cornil-enc",
+            "-smbios type=11,value=lectern.host=cornil-enc",
+            "-smbios type=1,uuid=4c4c4544-0042-3510-8052-b4c04f4e3732 -smbios type=3,asset=AV,,17",
             "file:/var/lib/netbootd/vms/cornil-enc.serial.log",
         ] {
             assert!(args.contains(part), "{part} missing: {args}");

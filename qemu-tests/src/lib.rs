@@ -291,13 +291,17 @@ impl Lab {
     }
 
     /// Starts a guest that boots from its NIC, as a machine at the venue does: BIOS with qemu's own
-    /// iPXE ROM, or UEFI (OVMF) with the firmware's own PXE. Returns its index for [`Lab::stop`].
-    pub fn pxe_boot(&mut self, mac: &str, firmware: Firmware) -> Result<usize> {
+    /// iPXE ROM, or UEFI (OVMF) with the firmware's own PXE; `smbios` are qemu `-smbios` values (its
+    /// identity). Returns its index for [`Lab::stop`].
+    pub fn pxe_boot(&mut self, mac: &str, firmware: Firmware, smbios: &[String]) -> Result<usize> {
         let (machine, nic) = match firmware {
             Firmware::Bios => ("pc", format!("mac={mac},bootindex=1")),
             Firmware::Uefi => ("q35", format!("mac={mac},bootindex=1,romfile=")),
         };
         let (tap, _, mut command) = self.guest(machine, &nic)?;
+        for value in smbios {
+            command.arg("-smbios").arg(value);
+        }
         match firmware {
             Firmware::Bios => command.args(["-boot", "n"]),
             Firmware::Uefi => command.args(["-bios", OVMF]),

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail, ensure};
 use lectern_builder::build::Builder;
 use lectern_builder::context::Plan as RenderPlan;
+use lectern_master::model::HardwareIdentity;
 use lectern_master::{Plan, Role};
+use lectern_netboot::vms::{identity_smbios, name_smbios};
 use serde_json::Value;
 
 use crate::{Firmware, Lab};
@@ -313,9 +315,27 @@ impl RoomLab {
         Ok(())
     }
 
-    /// Switches `hostname` (a netbooted host of the plan) on, with `firmware`.
+    /// Switches `hostname` (a netbooted host of the plan) on, with `firmware`, its SMBIOS the identity
+    /// the master file gives it.
     pub fn power_on(&mut self, hostname: &str, firmware: Firmware) -> Result<()> {
-        self.start_guest(hostname, firmware, |lab, mac| lab.pxe_boot(mac, firmware))
+        let identity = self
+            .plan
+            .host(hostname)
+            .and_then(|host| host.identity.clone());
+        self.power_on_as(hostname, firmware, identity.as_ref())
+    }
+
+    /// Like [`RoomLab::power_on`], the firmware presenting `identity` instead (a spoofer's, or none).
+    pub fn power_on_as(
+        &mut self,
+        hostname: &str,
+        firmware: Firmware,
+        identity: Option<&HardwareIdentity>,
+    ) -> Result<()> {
+        let smbios = identity_smbios(identity);
+        self.start_guest(hostname, firmware, |lab, mac| {
+            lab.pxe_boot(mac, firmware, &smbios)
+        })
     }
 
     /// Starts `hostname` (a host of the plan with a MAC) from `disk` instead of the network, UEFI, named by
@@ -327,10 +347,14 @@ impl RoomLab {
         format: &str,
         firmware_names_it: bool,
     ) -> Result<()> {
-        let smbios: Vec<String> = (firmware_names_it
-            .then(|| format!("type=11,value=lectern.host={hostname}")))
-        .into_iter()
-        .collect();
+        let identity = self
+            .plan
+            .host(hostname)
+            .and_then(|host| host.identity.as_ref());
+        let smbios: Vec<String> = (firmware_names_it.then(|| name_smbios(hostname)))
+            .into_iter()
+            .chain(identity_smbios(identity))
+            .collect();
         self.start_guest(hostname, Firmware::Uefi, |lab, mac| {
             lab.disk_boot(mac, disk, format, &smbios)
         })

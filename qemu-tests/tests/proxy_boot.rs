@@ -1,7 +1,9 @@
 //! Proxy mode, end to end: the fixture's netbooted encoder boots to its role on a venue's LAN, where
 //! dnsmasq is the DHCP server (the addresses, as the venue's network team reserved them) and
 //! `netbootd --config master.toml` in `mode = "proxy"` only adds the boot options. The host must get its
-//! address from the venue, its boot from netbootd, and report its role. The booted host keeps the master
+//! address from the venue, its boot from netbootd, and report its role. Before that, the same VM boots
+//! with another SMBIOS UUID than the master file binds it to (a spoofer on the venue's LAN with its MAC and
+//! address): it must get no secrets, and netbootd must say why. The booted host keeps the master
 //! file's time: the venue's time zone, and chrony asking `network.ntp` (the gateway by default), not an
 //! internet pool.
 //!
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use lectern_master::Role;
+use lectern_master::model::HardwareIdentity;
 use lectern_qemu_tests::Firmware;
 use lectern_qemu_tests::room::{Fixture, RoomLab, with_fixture_lab};
 
@@ -28,6 +31,37 @@ fn a_host_boots_to_its_role_in_proxy_mode_beside_the_venue_dhcp() {
 }
 
 fn run(room: &mut RoomLab) -> Result<()> {
+    let spoofed = HardwareIdentity {
+        uuid: Some("00000000-0000-4000-8000-00000000dead".into()),
+        serial: None,
+        asset_tag: None,
+    };
+    room.power_on_as(ENCODER, Firmware::Bios, Some(&spoofed))?;
+    let refused = |r: &RoomLab| {
+        let alerts = r.record(ENCODER)["alerts"].to_string();
+        Ok(alerts.contains("SMBIOS uuid did not match"))
+    };
+    let every = Some(Duration::from_secs(30));
+    room.wait_for(
+        "netbootd refusing the spoofer",
+        Duration::from_secs(600),
+        every,
+        refused,
+    )?;
+    let holds = "test -e /etc/lectern/encoder.args && echo holds || echo none";
+    let mut seen = String::new();
+    room.wait_for("ssh to the spoofer", Duration::from_secs(120), None, |r| {
+        seen = r.ssh(ENCODER, holds).unwrap_or_default();
+        Ok(!seen.is_empty())
+    })?;
+    ensure!(seen.trim() == "none", "the spoofer holds the stream key");
+    let metrics = room.get("/metrics").unwrap_or_default();
+    ensure!(
+        metrics.contains("netbootd_secrets_total{outcome=\"wrong_identity\"}"),
+        "{metrics}"
+    );
+    room.power_off(ENCODER)?;
+
     room.power_on(ENCODER, Firmware::Bios)?;
     room.wait_for(
         "the encoder reporting in proxy mode",
