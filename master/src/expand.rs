@@ -671,6 +671,26 @@ impl<'l, 'a> Expander<'l, 'a> {
             return None;
         };
         let port = m.netboot.http_port;
+        let operator = m.netboot.operator_address;
+        if operator.ip().is_unspecified() {
+            self.warn(
+                "netboot.operator_address",
+                format!("{operator} serves the operator's views (every host's MAC, address and state) to the video LAN too"),
+                Some("keep the default 127.0.0.1:8081, or use an address of an admin network".into()),
+            );
+        }
+        let on_server =
+            operator.ip().is_unspecified() || operator.ip() == std::net::IpAddr::V4(server_ip);
+        if on_server && [port, m.netboot.https_port].contains(&operator.port()) {
+            self.error(
+                "netboot.operator_address",
+                format!(
+                    "port {} is netbootd's HTTP or HTTPS port already",
+                    operator.port()
+                ),
+                None,
+            );
+        }
         if m.netboot.https_port == port {
             self.error(
                 "netboot.https_port",
@@ -690,6 +710,8 @@ impl<'l, 'a> Expander<'l, 'a> {
             base_url,
             https_port: m.netboot.https_port,
             secure_url: format!("https://{server_ip}:{}", m.netboot.https_port),
+            operator_url: format!("http://{}", m.netboot.operator_address),
+            operator_address: m.netboot.operator_address,
             store: master_dir.join(&m.netboot.store),
         })
     }

@@ -166,6 +166,11 @@ pub struct Netboot {
     /// there, pinning the server's key (kept in the store, baked into the role images).
     #[serde(default = "default_https_port")]
     pub https_port: u16,
+    /// Where netbootd serves the operator's views (`/api/hosts`, `/metrics`): every host's MAC,
+    /// address and state, which the LAN does not get. The box's loopback by default (reach it with
+    /// `ssh -L 8081:127.0.0.1:8081`); an address on an admin network of its own otherwise.
+    #[serde(default = "default_operator_address")]
+    pub operator_address: std::net::SocketAddr,
     /// Image store directory, relative to the master file's directory.
     #[serde(default = "default_store")]
     pub store: String,
@@ -176,6 +181,7 @@ impl Default for Netboot {
         Netboot {
             http_port: default_http_port(),
             https_port: default_https_port(),
+            operator_address: default_operator_address(),
             store: default_store(),
         }
     }
@@ -187,6 +193,10 @@ fn default_http_port() -> u16 {
 
 fn default_https_port() -> u16 {
     8443
+}
+
+fn default_operator_address() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 8081))
 }
 
 fn default_store() -> String {

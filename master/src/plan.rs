@@ -121,6 +121,9 @@ pub struct NetbootPlan {
     pub https_port: u16,
     /// e.g. "https://10.42.0.1:8443": secrets and boot reports, to the pinned key.
     pub secure_url: String,
+    /// e.g. "http://127.0.0.1:8081": the operator's views.
+    pub operator_url: String,
+    pub operator_address: std::net::SocketAddr,
     /// Absolute path of the image store.
     pub store: PathBuf,
 }

@@ -113,6 +113,7 @@ mod tests {
             state_dir: "/var/lib/netbootd".into(),
             tftp_root: tftp_root.into(),
             http_port: 8080,
+            operator_address: "127.0.0.1:8081".parse().unwrap(),
             https: Some(crate::server::Https {
                 port: 8443,
                 key_pem: String::new(),

@@ -67,13 +67,19 @@ pub struct HttpState {
 type AppState = State<Arc<HttpState>>;
 type Peer = ConnectInfo<SocketAddr>;
 
-/// What plain HTTP serves: nothing secret.
+/// What plain HTTP serves the LAN: what clients boot, nothing secret.
 pub fn router(state: Arc<HttpState>) -> axum::Router {
     let routes = axum::Router::new()
         .route(ROUTE_SCRIPT, get(ipxe_script))
         .route(ROUTE_ARTIFACT, get(artifact))
         .route(ROUTE_HOST_LAYER, get(host_layer))
-        .route(ROUTE_FIRMWARE, get(firmware))
+        .route(ROUTE_FIRMWARE, get(firmware));
+    with_common(routes, state)
+}
+
+/// The operator's views, on an address of their own: every host's MAC, address and state.
+pub fn operator_router(state: Arc<HttpState>) -> axum::Router {
+    let routes = axum::Router::new()
         .route(ROUTE_HOSTS, get(hosts))
         .route(ROUTE_METRICS, get(metrics));
     with_common(routes, state)
@@ -126,10 +132,14 @@ impl Default for Limits {
     }
 }
 
-/// Serves [`router`] until accepting fails for good.
-pub async fn serve(listener: TcpListener, state: Arc<HttpState>, limits: Limits) -> io::Result<()> {
-    let metrics = Arc::clone(&state.metrics);
-    accept(listener, router(state), metrics, limits, None).await
+/// Serves `app` ([`router`] or [`operator_router`]) until accepting fails for good.
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    metrics: Arc<Metrics>,
+    limits: Limits,
+) -> io::Result<()> {
+    accept(listener, app, metrics, limits, None).await
 }
 
 /// Serves [`secure_router`] over TLS until accepting fails for good. A handshake must be done
@@ -885,7 +895,12 @@ mod tests {
             header_read_timeout: Duration::from_millis(500),
             idle_timeout: Duration::from_secs(1),
         };
-        tokio::spawn(serve(listener, Arc::clone(&state), limits));
+        tokio::spawn(serve(
+            listener,
+            router(Arc::clone(&state)),
+            Arc::clone(&state.metrics),
+            limits,
+        ));
         let cut = |reason| {
             state
                 .metrics

@@ -135,6 +135,9 @@ struct Args {
     tls_key: Option<PathBuf>,
     #[arg(long, default_value_t = 8443)]
     https_port: u16,
+    /// Where the operator's views (/api/hosts, /metrics) listen.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    operator_address: std::net::SocketAddr,
 }
 
 fn init_logging() {
@@ -329,6 +332,7 @@ fn configure(
         state_dir,
         tftp_root,
         http_port: args.http_port,
+        operator_address: args.operator_address,
         https,
     };
     Ok((config, policy))

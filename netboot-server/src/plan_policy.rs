@@ -270,6 +270,7 @@ pub fn server_config(
         state_dir,
         tftp_root,
         http_port: plan.netboot.http_port,
+        operator_address: plan.netboot.operator_address,
         https,
     })
 }

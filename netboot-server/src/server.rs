@@ -84,6 +84,8 @@ pub struct ServerConfig {
     pub state_dir: PathBuf,
     pub tftp_root: PathBuf,
     pub http_port: u16,
+    /// Where the operator's views (`/api/hosts`, `/metrics`) listen.
+    pub operator_address: SocketAddr,
     /// The HTTPS side (secrets and reports); without it no host gets its secrets or may report.
     pub https: Option<Https>,
 }
@@ -224,6 +226,15 @@ pub async fn run(
         .await
         .with_context(|| format!("binding HTTP {http_address}"))?;
     tracing::info!(%http_address, "HTTP listening");
+    let operator_listener = TcpListener::bind(config.operator_address)
+        .await
+        .with_context(|| {
+            format!(
+                "binding the operator's views to {}",
+                config.operator_address
+            )
+        })?;
+    tracing::info!(address = %config.operator_address, "operator's views listening");
     let https = match &config.https {
         Some(https) => {
             let tls = crate::tls::server_config(&https.key_pem)?;
@@ -268,7 +279,8 @@ pub async fn run(
         tokio::select! {
             result = dhcp::serve(Arc::clone(&responder), &config.interface) => result.context("DHCP"),
             result = tftp_stopped => result.unwrap_or_else(|_| Err(anyhow!("TFTP thread died"))).context("TFTP"),
-            result = http::serve(http_listener, Arc::clone(&http_state), http_limits) => result.context("HTTP"),
+            result = http::serve(http_listener, http::router(Arc::clone(&http_state)), Arc::clone(&http_state.metrics), http_limits) => result.context("HTTP"),
+            result = http::serve(operator_listener, http::operator_router(Arc::clone(&http_state)), Arc::clone(&http_state.metrics), http_limits) => result.context("operator's views"),
             result = async {
                 match https {
                     Some((listener, tls)) => http::serve_tls(listener, http_state, http_limits, tls).await,

@@ -21,6 +21,9 @@ fn check_passes_a_sound_setup_and_names_every_problem_otherwise() {
         std::fs::write(dir.path().join(file), b"x").unwrap();
     }
     let root = dir.path().to_str().unwrap();
+    let store = lectern_store::Store::create(dir.path().join("store")).unwrap();
+    store.server_key().unwrap();
+    let key = store.server_key_path();
     let common = [
         "--interface",
         "br0",
@@ -30,6 +33,8 @@ fn check_passes_a_sound_setup_and_names_every_problem_otherwise() {
         root,
         "--artifact-dir",
         root,
+        "--tls-key",
+        key.to_str().unwrap(),
     ];
 
     let (ok, out) = check(

@@ -187,7 +187,7 @@ fn authoritative_dhcp_gives_udhcpc_its_reservation_name_and_boot_file() {
     );
 
     lab.set_client_address("10.99.0.10/24");
-    let hosts = http(&lab, &[&format!("{HTTP}/api/hosts")]);
+    let hosts = lab.operator("/api/hosts");
     assert!(
         hosts.contains("\"hostname\":\"mixer1\"") && hosts.contains("\"dhcp\":\"20"),
         "{hosts}"
@@ -373,7 +373,7 @@ fn proxy_mode_adds_boot_options_beside_a_venue_dnsmasq_and_ignores_unlisted_macs
     );
     assert_eq!(var(&env, "boot_file"), None);
     lab.set_client_address("10.99.0.121/24");
-    let metrics = http(&lab, &[&format!("http://{PROXY_IP}:8080/metrics")]);
+    let metrics = lab.operator("/metrics");
     assert!(
         metrics.contains("netbootd_dhcp_dropped_total{reason=\"unknown_client\"}"),
         "{metrics}"
@@ -663,7 +663,7 @@ fn http_serves_ranges_etags_host_layers_to_their_owner_and_the_boot_timeline() {
         ],
     );
     assert_eq!(plain_report, "404", "no report route over plain HTTP");
-    let hosts = http(&lab, &[&format!("{HTTP}/api/hosts")]);
+    let hosts = lab.operator("/api/hosts");
     for field in [
         "\"kernel\":\"20",
         "\"ipxe_script\":\"20",
@@ -671,7 +671,7 @@ fn http_serves_ranges_etags_host_layers_to_their_owner_and_the_boot_timeline() {
     ] {
         assert!(hosts.contains(field), "{field} missing from {hosts}");
     }
-    let metrics = http(&lab, &[&format!("{HTTP}/metrics")]);
+    let metrics = lab.operator("/metrics");
     assert!(
         metrics.contains(
             "netbootd_http_responses_total{route=\"/host/{host}/layer\",status=\"4xx\"} 1"
@@ -838,7 +838,7 @@ fn secrets_go_over_tls_once_per_boot_to_the_host_that_proves_it() {
     assert_eq!(report("0123"), "403", "a report without the boot's token");
     assert_eq!(report(&token), "204");
 
-    let hosts = http(&lab, &[&format!("{HTTP}/api/hosts")]);
+    let hosts = lab.operator("/api/hosts");
     let hosts: serde_json::Value = serde_json::from_str(&hosts).unwrap();
     let mixer = &hosts[0];
     assert_eq!(mixer["state"], "up", "{mixer:#}");
@@ -852,7 +852,7 @@ fn secrets_go_over_tls_once_per_boot_to_the_host_that_proves_it() {
         "{alerts:#?}"
     );
     assert!(alerts[3].contains("a second fetch"), "{alerts:#?}");
-    let metrics = http(&lab, &[&format!("{HTTP}/metrics")]);
+    let metrics = lab.operator("/metrics");
     for counted in [
         "netbootd_secrets_total{outcome=\"released\"} 1",
         "netbootd_secrets_total{outcome=\"wrong_identity\"} 2",
@@ -914,10 +914,10 @@ fn noise_image(lab: &Lab) -> Vec<String> {
     .to_vec()
 }
 
-/// Boots two real firmwares against netbootd at `server_ip`: qemu's own iPXE ROM (BIOS) and
+/// Boots two real firmwares against the lab's netbootd: qemu's own iPXE ROM (BIOS) and
 /// OVMF's PXE client (UEFI, `romfile=` drops the iPXE ROM). Returns `/api/hosts` once both
 /// have fetched their kernel, after checking every step of the chain.
-fn boot_firmware_to_kernel(lab: &mut Lab, server_ip: &str) -> serde_json::Value {
+fn boot_firmware_to_kernel(lab: &mut Lab) -> serde_json::Value {
     for (name, machine, tap, mac, firmware) in [
         (
             "qemu-bios",
@@ -962,11 +962,8 @@ fn boot_firmware_to_kernel(lab: &mut Lab, server_ip: &str) -> serde_json::Value 
     }
     let deadline = Instant::now() + Duration::from_secs(400);
     let hosts = loop {
-        let output = lab.server(
-            "curl",
-            &["-sf", &format!("http://{server_ip}:8080/api/hosts")],
-        );
-        let hosts: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+        let hosts: serde_json::Value =
+            serde_json::from_str(&lab.operator("/api/hosts")).unwrap_or_default();
         if hosts[0]["kernel"].is_string() && hosts[1]["kernel"].is_string() {
             break hosts;
         }
@@ -1004,17 +1001,7 @@ fn boot_firmware_to_kernel(lab: &mut Lab, server_ip: &str) -> serde_json::Value 
             lab.logs()
         );
     }
-    let metrics = must(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            &lab.server_ns,
-            "curl",
-            "-sf",
-            &format!("http://{server_ip}:8080/metrics"),
-        ],
-    );
+    let metrics = lab.operator("/metrics");
     // Accepted, not necessarily complete yet: a lost final ACK is only noticed later.
     assert!(
         metrics.contains("netbootd_tftp_requests_total{outcome=\"accepted\"}"),
@@ -1041,7 +1028,7 @@ fn qemu_bios_and_uefi_firmware_chain_to_the_kernel_download() {
         SERVER_IP,
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
-    let hosts = boot_firmware_to_kernel(&mut lab, SERVER_IP);
+    let hosts = boot_firmware_to_kernel(&mut lab);
     assert_eq!(
         (&hosts[0]["ip"], &hosts[1]["ip"]),
         (&"10.99.0.11".into(), &"10.99.0.12".into())
@@ -1068,7 +1055,7 @@ fn qemu_firmware_boots_through_proxy_mode_beside_a_venue_dnsmasq() {
         PROXY_IP,
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
     );
-    let hosts = boot_firmware_to_kernel(&mut lab, PROXY_IP);
+    let hosts = boot_firmware_to_kernel(&mut lab);
     for host in [&hosts[0], &hosts[1]] {
         let ip = host["ip"].as_str().unwrap_or_default();
         assert!(

@@ -548,6 +548,12 @@ impl RoomLab {
         self.curl(&format!("{}{path}", self.plan.netboot.base_url))
     }
 
+    /// GETs `path` from netbootd's operator views (`/api/hosts`, `/metrics`), which listen on the
+    /// lab's loopback as on the production box's.
+    pub fn operator(&self, path: &str) -> Option<String> {
+        self.curl(&format!("{}{path}", self.plan.netboot.operator_url))
+    }
+
     /// GETs `url` from inside the lab; `None` unless it answers 2xx.
     pub fn curl(&self, url: &str) -> Option<String> {
         let output = self
@@ -565,7 +571,7 @@ impl RoomLab {
     /// netbootd's `/api/hosts` record of `hostname` (null if none yet).
     pub fn record(&self, hostname: &str) -> Value {
         let hosts: Value = self
-            .get("/api/hosts")
+            .operator("/api/hosts")
             .and_then(|body| serde_json::from_str(&body).ok())
             .unwrap_or(Value::Null);
         hosts
@@ -777,7 +783,7 @@ impl RoomLab {
         let _ = writeln!(
             out,
             "--- /api/hosts ---\n{}",
-            self.get("/api/hosts").unwrap_or_default()
+            self.operator("/api/hosts").unwrap_or_default()
         );
         for path in self.lab.guest_logs() {
             let text = String::from_utf8_lossy(&fs::read(&path).unwrap_or_default()).into_owned();

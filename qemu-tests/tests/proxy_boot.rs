@@ -55,7 +55,7 @@ fn run(room: &mut RoomLab) -> Result<()> {
         Ok(!seen.is_empty())
     })?;
     ensure!(seen.trim() == "none", "the spoofer holds the stream key");
-    let metrics = room.get("/metrics").unwrap_or_default();
+    let metrics = room.operator("/metrics").unwrap_or_default();
     ensure!(
         metrics.contains("netbootd_secrets_total{outcome=\"wrong_identity\"}"),
         "{metrics}"

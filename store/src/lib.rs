@@ -188,7 +188,20 @@ impl Store {
         Ok(blob)
     }
 
-    /// Stores a small blob only its owner may read (0600): a host's secrets.
+    /// Gives a private file to the store's owner: netbootd runs as that user (`lectern`), and imgbuild
+    /// may run as root.
+    pub(crate) fn own(&self, path: &Path) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let owner = fs::metadata(&self.root).map_err(io_err("reading", &self.root))?;
+        let current = fs::metadata(path).map_err(io_err("reading", path))?;
+        if (current.uid(), current.gid()) != (owner.uid(), owner.gid()) {
+            std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid()))
+                .map_err(io_err("giving to the store's owner", path))?;
+        }
+        Ok(())
+    }
+
+    /// Stores a small blob only the store's owner may read (0600): a host's secrets.
     pub fn put_private_blob(&self, bytes: &[u8]) -> Result<BlobRef> {
         use std::os::unix::fs::PermissionsExt;
         let blob = BlobRef {
@@ -206,6 +219,7 @@ impl Store {
             })
             .map_err(io_err("writing", &target))?;
         }
+        self.own(&target)?;
         Ok(blob)
     }
 

@@ -44,7 +44,7 @@ impl ServerKey {
 }
 
 impl Store {
-    /// Where the key lives: readable by its owner only.
+    /// Where the key lives: readable by the store's owner only.
     pub fn server_key_path(&self) -> PathBuf {
         self.root.join("keys/netbootd.key")
     }
@@ -69,6 +69,7 @@ impl Store {
         fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
             .map_err(io_err("restricting", dir))?;
+        self.own(dir)?;
         let key = rcgen::KeyPair::generate()
             .map_err(|e| StoreError::Missing(format!("cannot make netbootd's TLS key: {e}")))?;
         let pem = key.serialize_pem();
@@ -81,6 +82,7 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io_err("writing", &path)(e)),
         }
+        self.own(&path)?;
         Ok(self.existing_server_key()?.expect("just written"))
     }
 }
@@ -114,5 +116,27 @@ mod tests {
             !format!("{made:?}").contains("PRIVATE"),
             "Debug shows no key"
         );
+    }
+
+    #[test]
+    fn private_files_belong_to_the_stores_owner() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap();
+        // As root (the tests' usual case here), hand the store to `nobody` as the package does to
+        // `lectern`; as anyone else the store is theirs already.
+        let _ = std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534));
+        let owner = fs::metadata(dir.path()).unwrap().uid();
+        let blob = store.put_private_blob(b"stream key").unwrap();
+        store.server_key().unwrap();
+        for path in [store.blob_path(&blob.sha256), store.server_key_path()] {
+            let meta = fs::metadata(&path).unwrap();
+            assert_eq!(
+                (meta.uid(), meta.mode() & 0o777),
+                (owner, 0o600),
+                "{}",
+                path.display()
+            );
+        }
     }
 }

@@ -222,6 +222,13 @@ impl Lab {
         exec_in(&self.client_ns, program, args)
     }
 
+    /// GETs `path` from netbootd's operator views (the server namespace's loopback); "" if it fails.
+    pub fn operator(&self, path: &str) -> String {
+        let url = format!("http://127.0.0.1:8081{path}");
+        let output = self.server("curl", &["-sf", "-m", "10", &url]);
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
     /// Runs a command in the server namespace.
     pub fn server(&self, program: &str, args: &[&str]) -> Output {
         exec_in(&self.server_ns, program, args)
