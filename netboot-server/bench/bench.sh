@@ -2,7 +2,7 @@
 # Reproduces BENCHMARKS.md: netbootd against Kea and dnsmasq (DHCP), tftpd-hpa and dnsmasq
 # (TFTP) and nginx (HTTP), one server at a time on the same bridge in throwaway network
 # namespaces; clients in a second namespace over a veth pair. Needs root and
-#   apt-get install kea-dhcp4-server kea-admin dnsmasq-base tftpd-hpa nginx-light curl iproute2
+#   apt-get install kea-dhcp4-server kea-admin dnsmasq-base tftpd-hpa nginx-light curl iproute2 openssl
 # Usage: bash netboot-server/bench/bench.sh [path/to/release/netbootd]
 set -euo pipefail
 
@@ -164,3 +164,34 @@ NGINX
 start nginx 8080 nginx -c "$work/nginx/nginx.conf"
 echo "| HTTP ${HTTP_MB} MiB x ${HTTP_CLIENTS} | nginx $(nginx -v 2>&1 | grep -oP '/\K\S+') | $(http_throughput http://10.99.0.1:8080/a/artifact) |"
 stop
+
+# --- A boot's secrets: its host layer over HTTP, then its secrets over TLS -------------------
+# Each fetch is a new connection, as a boot makes; netbootd's CPU is read from /proc around the runs.
+SECRET_FETCHES=${SECRET_FETCHES:-200}
+mkdir -p "$work/layers"
+head -c 16K /dev/urandom >"$work/layers/h1.cpio"
+head -c 4K /dev/urandom >"$work/layers/h1.secrets.cpio"
+openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/tls.key" 2>/dev/null
+pin="sha256//$(openssl pkey -in "$work/tls.key" -pubout -outform der | openssl dgst -sha256 -binary | base64)"
+cpu_ms() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%d", ($14 + $15) * 1000 / hz }' "/proc/$1/stat"; }
+# per_fetch CURL_ARGS...: the median time of a fetch and netbootd's CPU per fetch.
+per_fetch() {
+    local before after
+    before=$(cpu_ms "$pid")
+    for _ in $(seq "$SECRET_FETCHES"); do
+        in_client curl -sS --fail -o /dev/null -w '%{time_total}\n' "$@"
+    done >"$work/times"
+    after=$(cpu_ms "$pid")
+    sort -n "$work/times" | awk -v cpu=$((after - before)) -v n="$SECRET_FETCHES" \
+        '{ t[NR] = $1 } END { printf "%.2f ms median, %.2f ms server CPU per fetch", t[int((NR + 1) / 2)] * 1000, cpu / n }'
+}
+start netbootd 8443 "$NETBOOTD" serve-static --interface br0 --server-ip 10.99.0.1 --netmask 255.255.0.0 \
+    --state-dir "$work/state" --tftp-root "$work/tftp" --host 52:54:00:00:00:01,10.99.0.2,h1,uuid=0c0ffee0-0000-4000-8000-000000000001 \
+    --layer-dir "$work/layers" --tls-key "$work/tls.key"
+echo "| host layer, 16 KiB over HTTP | netbootd | $(per_fetch http://10.99.0.1:8080/host/h1/layer) |"
+# The same boot asking again is served (a retry); a boot asks once.
+body='{"boot_id":"b1","uuid":"0c0ffee0-0000-4000-8000-000000000001"}'
+echo "| secrets, 4 KiB over TLS (pinned, identity checked) | netbootd | $(per_fetch --insecure --pinnedpubkey "$pin" \
+    -H 'Content-Type: application/json' -d "$body" https://10.99.0.1:8443/host/h1/secrets) |"
+stop
+
