@@ -534,6 +534,10 @@ variant = "apt"
                 ("mac = \"52:54:00:00:01:01\"\n", ""),
                 ("ip = \"10.99.0.70\"\n", ""),
                 (
+                    "identity = { uuid = \"6c656374-6572-6e00-0000-000000000070\" }\n",
+                    "",
+                ),
+                (
                     "stream_key = \"secret:stream_keys.lameere\"\n",
                     "stream_key = \"secret:stream_keys.lameere\"\ncontribution_passphrase = \"secret:contribution.lameere\"\n",
                 ),

@@ -113,7 +113,7 @@ fn a_broken_master_file_fails_check_with_its_line() {
     let output = imgbuild(dir.path(), &["check"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
-        text(&output).contains("master.toml:96:7: machines[lameere-source-1].mac"),
+        text(&output).contains("master.toml:97:7: machines[lameere-source-1].mac"),
         "{}",
         text(&output)
     );

@@ -5,7 +5,6 @@ use std::net::Ipv4Addr;
 
 use crate::policy::{BIOS_IPXE, BootPolicy, EFI_X64_IPXE};
 use crate::server::ServerConfig;
-use crate::urls::Urls;
 
 fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, netmask: Ipv4Addr) -> bool {
     u32::from(a) & u32::from(netmask) == u32::from(b) & u32::from(netmask)
@@ -45,8 +44,6 @@ pub fn check(config: &ServerConfig, policy: &dyn BootPolicy) -> Vec<String> {
     let mut macs = HashMap::new();
     let mut names = HashMap::new();
     let mut addresses = HashMap::new();
-    let urls = Urls::new(format!("http://{}:{}", config.server_ip, config.http_port));
-    let artifact_prefix = urls.artifact("");
     for host in policy.hosts() {
         let name = &host.hostname;
         if let Some(other) = macs.insert(host.mac, name) {
@@ -71,14 +68,11 @@ pub fn check(config: &ServerConfig, policy: &dyn BootPolicy) -> Vec<String> {
                 ));
             }
         }
-        let Some(script) = policy.ipxe_script(host, &urls) else {
+        let Some(boot) = policy.boot(host) else {
             problems.push(format!("{name} has no iPXE script: it would boot nothing"));
             continue;
         };
-        for hash in script
-            .split_whitespace()
-            .filter_map(|word| word.strip_prefix(&artifact_prefix))
-        {
+        for hash in boot.artifacts() {
             match policy.artifact(hash) {
                 Some(artifact) if artifact.path.is_file() => {}
                 Some(artifact) => problems.push(format!(
@@ -86,7 +80,7 @@ pub fn check(config: &ServerConfig, policy: &dyn BootPolicy) -> Vec<String> {
                     artifact.path.display()
                 )),
                 None => problems.push(format!(
-                    "{name}'s script names artifact {hash}, which the store does not serve"
+                    "{name} boots artifact {hash}, which the store does not serve"
                 )),
             }
         }

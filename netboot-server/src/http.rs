@@ -381,9 +381,8 @@ async fn ipxe_script(
 ) -> Result<Response, StatusCode> {
     let policy = state.policy.current();
     let host = known_host(&*policy, &mac)?;
-    let script = policy
-        .ipxe_script(host, &state.urls)
-        .ok_or(StatusCode::NOT_FOUND)?;
+    let boot = policy.boot(host).ok_or(StatusCode::NOT_FOUND)?;
+    let script = crate::ipxe::script(&boot, host.mac, &state.urls);
     state.timeline.record(host.mac, Event::IpxeScript);
     Ok((
         [

@@ -14,6 +14,7 @@ pub mod check;
 pub mod cloud;
 pub mod dhcp;
 pub mod http;
+pub mod ipxe;
 pub mod mac;
 pub mod metrics;
 pub mod plan_policy;

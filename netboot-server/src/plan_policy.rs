@@ -11,9 +11,8 @@ use lectern_store::{Manifest, Store};
 
 use crate::dhcp::Mode;
 use crate::mac::MacAddr;
-use crate::policy::{Artifact, ArtifactKind, BootPolicy, Host, IpxeScript, Network, Smbios};
+use crate::policy::{Artifact, ArtifactKind, Boot, BootPolicy, Host, Network, Smbios};
 use crate::server::{Https, ServerConfig};
-use crate::urls::Urls;
 
 /// The artifact names imgbuild gives a role's netboot files.
 const KERNEL: &str = "vmlinuz";
@@ -188,33 +187,29 @@ impl BootPolicy for PlanPolicy {
         &self.network
     }
 
-    fn ipxe_script(&self, host: &Host, urls: &Urls) -> Option<String> {
+    fn boot(&self, host: &Host) -> Option<Boot> {
         let boot = self.boots.get(&host.mac)?;
         let image = boot.image.as_ref()?;
-        // The host layer (a plain cpio) goes first: UEFI iPXE hands the kernel its initrds through
-        // the EFI stub's initrd= options, which concatenate them without iPXE's 4-byte alignment.
         // The initrd fetches and verifies the root; the reporter tells us when the role is up.
-        let mut cmdline = format!(
-            "boot=lectern ip=dhcp lectern.root={} lectern.root_sha256={} lectern.server={} \
-             lectern.image={} lectern.role={} systemd.hostname={} console=tty0 console=ttyS0,115200n8",
-            urls.artifact(&image.root),
-            image.root,
-            urls.base(),
-            image.id,
-            boot.role,
-            boot.hostname,
-        );
-        for arg in &boot.kernel_args {
-            cmdline.push(' ');
-            cmdline.push_str(arg);
-        }
-        let script = IpxeScript {
-            kernel_url: urls.artifact(&image.kernel),
-            initrd_urls: vec![urls.artifact(&image.initrd)],
-            host_layer_url: boot.layer.as_ref().map(|_| urls.host_layer(host.mac)),
-            cmdline,
-        };
-        Some(script.render())
+        let args = [
+            "boot=lectern".to_owned(),
+            "ip=dhcp".to_owned(),
+            format!("lectern.image={}", image.id),
+            format!("lectern.role={}", boot.role),
+            format!("systemd.hostname={}", boot.hostname),
+            "console=tty0".to_owned(),
+            "console=ttyS0,115200n8".to_owned(),
+        ];
+        Some(Boot {
+            kernel: image.kernel.clone(),
+            initrds: vec![image.initrd.clone()],
+            host_layer: boot.layer.is_some(),
+            root: Some(image.root.clone()),
+            args: args
+                .into_iter()
+                .chain(boot.kernel_args.iter().cloned())
+                .collect(),
+        })
     }
 
     fn artifact(&self, hash: &str) -> Option<Artifact> {
@@ -278,6 +273,7 @@ pub fn server_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::urls::Urls;
     use std::collections::BTreeMap;
     use std::net::Ipv4Addr;
 
@@ -353,7 +349,9 @@ mod tests {
         let host = policy.host(mac).unwrap().clone();
         assert_eq!(host.ip, Some(Ipv4Addr::new(10, 42, 0, 11)));
         let urls = Urls::new("http://10.42.0.1:8080");
-        let script = policy.ipxe_script(&host, &urls).unwrap();
+        let boot = policy.boot(&host).unwrap();
+        assert_eq!(boot.root.as_deref(), Some(artifacts[ROOT].sha256.as_str()));
+        let script = crate::ipxe::script(&boot, host.mac, &urls);
         let root = artifacts[ROOT].sha256.as_str();
         assert!(
             script.contains(&format!("lectern.root_sha256={root}")),
@@ -387,7 +385,7 @@ mod tests {
             .host("52:54:00:42:01:10".parse().unwrap())
             .unwrap()
             .clone();
-        assert_eq!(policy.ipxe_script(&mixer, &urls), None);
+        assert_eq!(policy.boot(&mixer), None);
         assert!(
             policy
                 .gaps()

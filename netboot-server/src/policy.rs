@@ -12,7 +12,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::mac::MacAddr;
-use crate::urls::Urls;
 
 /// A machine the policy knows, by MAC.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,8 +164,8 @@ pub trait BootPolicy: Send + Sync + 'static {
     /// Netmask, router, DNS, domain and lease time handed out with every address.
     fn network(&self) -> &Network;
 
-    /// The iPXE script for `host`, with URLs built by `urls`; `None` if it boots nothing.
-    fn ipxe_script(&self, host: &Host, urls: &Urls) -> Option<String>;
+    /// What `host` boots; `None` if nothing.
+    fn boot(&self, host: &Host) -> Option<Boot>;
 
     /// The file behind an artifact hash, if the policy serves it.
     fn artifact(&self, hash: &str) -> Option<Artifact>;
@@ -216,39 +215,27 @@ impl SharedPolicy {
     }
 }
 
-/// A kernel, its initrds and command line, rendered as an iPXE script.
+/// What a host boots, by artifact hash: the HTTP side turns it into URLs and an iPXE script
+/// (see `ipxe.rs`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IpxeScript {
-    pub kernel_url: String,
-    pub initrd_urls: Vec<String>,
-    /// The host's own uncompressed cpio, if any.
-    pub host_layer_url: Option<String>,
-    pub cmdline: String,
+pub struct Boot {
+    pub kernel: String,
+    /// After the host's own layer, in order.
+    pub initrds: Vec<String>,
+    /// The host's own layer (a plain cpio, without its secrets) goes first.
+    pub host_layer: bool,
+    /// The root image the initrd fetches and checks against this hash.
+    pub root: Option<String>,
+    /// Kernel arguments beyond those naming the root and the server.
+    pub args: Vec<String>,
 }
 
-impl IpxeScript {
-    pub fn render(&self) -> String {
-        // UEFI's kernel loader joins initrds without padding: a plain cpio is only found at a
-        // 4-byte offset, a compressed archive at any, so the host layer goes first.
-        let urls: Vec<&String> = self
-            .host_layer_url
-            .iter()
-            .chain(&self.initrd_urls)
-            .collect();
-        let names: Vec<String> = (0..urls.len())
-            .map(|index| format!("initrd{index}"))
-            .collect();
-        // UEFI iPXE hands initrds over only to a kernel whose command line names them.
-        let initrd_args: String = names.iter().map(|name| format!(" initrd={name}")).collect();
-        let mut script = format!(
-            "#!ipxe\nkernel {}{initrd_args} {}\n",
-            self.kernel_url, self.cmdline
-        );
-        for (name, url) in names.iter().zip(urls) {
-            script.push_str(&format!("initrd --name {name} {url}\n"));
-        }
-        script.push_str("boot\n");
-        script
+impl Boot {
+    /// Every artifact it loads.
+    pub fn artifacts(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.kernel)
+            .chain(&self.initrds)
+            .chain(&self.root)
     }
 }
 
@@ -328,32 +315,18 @@ impl BootPolicy for StaticPolicy {
         &self.network
     }
 
-    fn ipxe_script(&self, host: &Host, urls: &Urls) -> Option<String> {
+    fn boot(&self, host: &Host) -> Option<Boot> {
         let image = self.image.as_ref()?;
-        let initrd_urls: Vec<String> = image
-            .initrds
-            .iter()
-            .map(|hash| urls.artifact(hash))
+        let args = (image.cmdline.split_whitespace().map(str::to_owned))
+            .chain([format!("hostname={}", host.hostname)])
             .collect();
-        let host_layer_url = self.host_layer(host).map(|_| urls.host_layer(host.mac));
-        let root = image
-            .root
-            .as_ref()
-            .map(|hash| format!(" lectern.root={}", urls.artifact(hash)));
-        let cmdline = format!(
-            "{} hostname={} lectern.server={}{}",
-            image.cmdline,
-            host.hostname,
-            urls.base(),
-            root.unwrap_or_default()
-        );
-        let script = IpxeScript {
-            kernel_url: urls.artifact(&image.kernel),
-            initrd_urls,
-            host_layer_url,
-            cmdline,
-        };
-        Some(script.render())
+        Some(Boot {
+            kernel: image.kernel.clone(),
+            initrds: image.initrds.clone(),
+            host_layer: self.host_layer(host).is_some(),
+            root: image.root.clone(),
+            args,
+        })
     }
 
     fn artifact(&self, hash: &str) -> Option<Artifact> {
@@ -426,21 +399,6 @@ mod tests {
                 Some(BootStep::IpxeScript)
             );
         }
-    }
-
-    #[test]
-    fn script_names_every_initrd_on_the_command_line() {
-        let script = IpxeScript {
-            kernel_url: "http://s/a/k".into(),
-            initrd_urls: vec!["http://s/a/i".into()],
-            host_layer_url: Some("http://s/h/l".into()),
-            cmdline: "console=ttyS0".into(),
-        };
-        assert_eq!(
-            script.render(),
-            "#!ipxe\nkernel http://s/a/k initrd=initrd0 initrd=initrd1 console=ttyS0\n\
-             initrd --name initrd0 http://s/h/l\ninitrd --name initrd1 http://s/a/i\nboot\n"
-        );
     }
 
     #[test]

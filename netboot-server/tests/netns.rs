@@ -545,7 +545,7 @@ fn http_serves_ranges_etags_host_layers_to_their_owner_and_the_boot_timeline() {
 
     let script = http(&lab, &[&format!("{HTTP}/ipxe/{MIXER}")]);
     assert!(script.starts_with("#!ipxe\n"), "{script}");
-    assert!(script.contains(&format!("kernel {HTTP}/a/{kernel_hash} initrd=initrd0 initrd=initrd1 console=ttyS0 hostname=mixer1")), "{script}");
+    assert!(script.contains(&format!("kernel {HTTP}/a/{kernel_hash} initrd=initrd0 initrd=initrd1 lectern.server={HTTP} console=ttyS0 hostname=mixer1")), "{script}");
     assert!(
         script.contains(&format!("initrd --name initrd0 {HTTP}/host/{MIXER}/layer")),
         "{script}"

@@ -429,10 +429,13 @@ impl Lab {
             std::os::unix::fs::symlink(&root, &served)?;
         }
         let server = format!("http://{SERVER_IP}:{HTTP_PORT}");
-        let cmdline = format!(
-            "console=ttyS0 boot=lectern ip=dhcp lectern.root={server}/{root_name} lectern.root_sha256={root_sha256} \
-             lectern.server={server} lectern.image={}",
-            manifest.image
+        let args = ["console=ttyS0", "boot=lectern", "ip=dhcp"].map(String::from);
+        let args = [&args[..], &[format!("lectern.image={}", manifest.image)]].concat();
+        let root_url = format!("{server}/{root_name}");
+        let cmdline = lectern_netboot::ipxe::kernel_command_line(
+            Some((&root_url, root_sha256)),
+            &server,
+            &args,
         );
         // e.g. LECTERN_LAB_CMDLINE=systemd.journald.forward_to_console=1 puts the journal in the serial log.
         let cmdline = match std::env::var("LECTERN_LAB_CMDLINE") {

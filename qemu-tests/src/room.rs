@@ -88,6 +88,7 @@ fn move_encoder_to_the_cloud(text: &str) -> Result<String> {
         "memory_mb = ",
         "mac = ",
         "ip = ",
+        "identity = ",
         "# ",
     ];
     let mut encoder: String = text[block..end]
