@@ -23,6 +23,8 @@ use crate::urls::Urls;
 
 /// Lease file name inside the state directory.
 pub const LEASE_FILE: &str = "dhcp-leases.json";
+/// The boot timeline (and each boot's report token), inside the state directory.
+pub const TIMELINE_FILE: &str = "timeline.json";
 
 /// A TFTP transfer or an HTTP download holds its socket and the file it serves.
 const DESCRIPTORS_PER_TRANSFER: u64 = 2;
@@ -176,7 +178,10 @@ pub async fn run(
     ensure_descriptor_limit(descriptors_needed(&tftp_limits, &http_limits));
     let initial = load().context("loading the boot policy")?;
     let metrics = Arc::new(Metrics::default());
-    let timeline = Arc::new(Timeline::new(Arc::clone(&metrics)));
+    let timeline = Arc::new(Timeline::persistent(
+        Arc::clone(&metrics),
+        config.state_dir.join(TIMELINE_FILE),
+    ));
     let urls = Urls::new(format!("http://{}:{}", config.server_ip, config.http_port));
     let pool = match (config.pool, config.mode) {
         (Some((first, last)), Mode::Authoritative) => {
@@ -310,12 +315,16 @@ pub async fn run(
         tokio::select! {
             result = &mut serving => return result,
             _ = hangup.recv() => reload("SIGHUP"),
-            _ = poll.tick() => if changed() { reload("the store changed") },
+            _ = poll.tick() => {
+                if changed() { reload("the store changed") }
+                timeline.save();
+            }
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
     }
     tracing::info!("stopping");
+    timeline.save();
     Ok(())
 }
 

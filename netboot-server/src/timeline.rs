@@ -81,7 +81,8 @@ fn object_only<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Valu
 }
 
 /// When each step last happened, as RFC 3339 UTC timestamps.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct HostRecord {
     pub ip: Option<Ipv4Addr>,
     pub dhcp: Option<String>,
@@ -124,7 +125,8 @@ pub enum Refusal {
 
 /// Whether a host's secrets may go out, and to which boot: the window opens when the host fetches
 /// its layer (a new boot) and closes at the first release. Never shown: it holds the report token.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 struct Release {
     open: bool,
     boot_id: Option<String>,
@@ -164,15 +166,99 @@ impl State {
 pub struct Timeline {
     state: Mutex<State>,
     metrics: Arc<Metrics>,
+    /// Where [`Timeline::save`] keeps it across restarts, if anywhere.
+    file: Option<std::path::PathBuf>,
+    /// Changed since the last save.
+    changed: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Serialize)]
+struct SavedRef<'a> {
+    records: &'a BTreeMap<MacAddr, HostRecord>,
+    releases: &'a HashMap<MacAddr, Release>,
+}
+
+/// What the timeline file holds: every known host's record, and its boot's release (with the
+/// report token, so running hosts keep reporting across a restart: hence 0600).
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Saved {
+    records: BTreeMap<MacAddr, HostRecord>,
+    releases: HashMap<MacAddr, Release>,
 }
 
 impl Timeline {
     /// Strangers are counted in `metrics`.
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Timeline {
-            state: Mutex::default(),
             metrics,
+            ..Timeline::default()
         }
+    }
+
+    /// A timeline kept in `file`: what it holds is read back now (a missing file is an empty
+    /// timeline; an unreadable one is set aside as `<file>.corrupt`, said, and started afresh).
+    pub fn persistent(metrics: Arc<Metrics>, file: std::path::PathBuf) -> Self {
+        let saved = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice::<Saved>(&bytes).unwrap_or_else(|error| {
+                let aside = file.with_extension("json.corrupt");
+                let _ = std::fs::rename(&file, &aside);
+                tracing::warn!(%error, aside = %aside.display(), "the boot timeline was unreadable: starting afresh");
+                Saved::default()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Saved::default(),
+            Err(error) => {
+                tracing::warn!(%error, file = %file.display(), "cannot read the boot timeline: starting afresh");
+                Saved::default()
+            }
+        };
+        let macs_by_ip = (saved.records.iter())
+            .filter_map(|(mac, record)| Some((record.ip?, *mac)))
+            .collect();
+        let state = State {
+            records: saved.records,
+            releases: saved.releases,
+            macs_by_ip,
+            known: None,
+        };
+        Timeline {
+            state: Mutex::new(state),
+            metrics,
+            file: Some(file),
+            changed: Default::default(),
+        }
+    }
+
+    /// Writes the timeline to its file, atomically, if it changed since the last time.
+    pub fn save(&self) {
+        use std::io::Write;
+        use std::os::unix::fs::PermissionsExt;
+        use std::sync::atomic::Ordering;
+        let Some(file) = &self.file else { return };
+        if !self.changed.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let bytes = {
+            let state = self.state.lock().expect("timeline lock");
+            let saved = SavedRef {
+                records: &state.records,
+                releases: &state.releases,
+            };
+            serde_json::to_vec(&saved).expect("the timeline serializes")
+        };
+        let written = lectern_store::write_atomic(file, |out| {
+            out.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            out.write_all(&bytes)
+        });
+        if let Err(error) = written {
+            // Kept in memory; the next save tries again.
+            self.changed.store(true, Ordering::Release);
+            tracing::warn!(%error, file = %file.display(), "cannot save the boot timeline");
+        }
+    }
+
+    fn touch(&self) {
+        self.changed
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Only these MACs get records from now on; records of any other are dropped.
@@ -183,6 +269,7 @@ impl Timeline {
         state.releases.retain(|mac, _| known.contains(mac));
         state.macs_by_ip.retain(|_, mac| known.contains(mac));
         state.known = Some(known);
+        self.touch();
     }
 
     /// `mac` now holds `ip` (a DHCP lease, reservation or a proxy client's own claim).
@@ -207,6 +294,7 @@ impl Timeline {
         }
         state.macs_by_ip.insert(ip, mac);
         state.records.entry(mac).or_default().ip = Some(ip);
+        self.touch();
     }
 
     pub fn ip_of(&self, mac: MacAddr) -> Option<Ipv4Addr> {
@@ -291,6 +379,7 @@ impl Timeline {
                 record.image = Some(report.image);
             }
         }
+        self.touch();
     }
 
     /// Releases `mac`'s secrets to `boot_id` and returns the token of its reports: once per boot
@@ -314,6 +403,10 @@ impl Timeline {
         if state.knows(mac) {
             state.records.entry(mac).or_default().secrets = Some(rfc3339(SystemTime::now()));
         }
+        drop(state);
+        self.touch();
+        // At once: a restart must not lose the token of a host that is booting.
+        self.save();
         Ok(token)
     }
 
@@ -335,6 +428,8 @@ impl Timeline {
         if alerts.len() > ALERTS_KEPT {
             alerts.remove(0);
         }
+        drop(state);
+        self.touch();
     }
 
     pub fn get(&self, mac: MacAddr) -> HostRecord {
@@ -596,6 +691,41 @@ mod tests {
             timeline.get(host),
             HostRecord::default(),
             "dropped with the host"
+        );
+    }
+
+    #[test]
+    fn a_restart_keeps_the_records_and_the_report_tokens() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("timeline.json");
+        let mac = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
+        let first = Timeline::persistent(Arc::default(), file.clone());
+        first.bind_address(mac, Ipv4Addr::new(10, 0, 0, 10));
+        first.record(mac, Event::HostLayer);
+        let token = first.release_secrets(mac, "b1").unwrap();
+        first.record(mac, report(ReportState::Up, "b1", &[]));
+        first.save();
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+
+        let second = Timeline::persistent(Arc::default(), file.clone());
+        assert!(
+            second.report_token_is(mac, &token),
+            "running hosts keep reporting"
+        );
+        assert_eq!(second.mac_of(Ipv4Addr::new(10, 0, 0, 10)), Some(mac));
+        assert_eq!(second.get(mac).state, Some(ReportState::Up));
+        assert_eq!(second.release_secrets(mac, "b2"), Err(Refusal::Again));
+
+        std::fs::write(&file, b"{ not json").unwrap();
+        let third = Timeline::persistent(Arc::default(), file.clone());
+        assert_eq!(third.get(mac), HostRecord::default());
+        assert!(
+            dir.path().join("timeline.json.corrupt").exists(),
+            "set aside, not lost"
         );
     }
 }
