@@ -23,6 +23,8 @@ const ZONEINFO: &str = "/usr/share/zoneinfo";
 pub enum SecretsSource {
     Loaded(Secrets),
     Failed(Diagnostics),
+    /// Not read at all: references are checked for form, their values stand unread.
+    Unread,
 }
 
 pub struct Expander<'l, 'a> {
@@ -79,6 +81,16 @@ impl<'l, 'a> Expander<'l, 'a> {
                 let problems = std::mem::take(problems);
                 self.problems.extend(problems);
                 None
+            }
+            SecretsSource::Unread => {
+                crate::secrets::reference_name(
+                    reference,
+                    path,
+                    self.locator,
+                    self.secrets_path,
+                    &mut self.problems,
+                )?;
+                Some(Secret::unread())
             }
         }
     }
@@ -857,6 +869,9 @@ impl<'l, 'a> Expander<'l, 'a> {
         match (&room.contribution_passphrase, cloud) {
             (Some(reference), true) => {
                 let passphrase = self.secret(reference, &path).ok_or(Reported)?;
+                if passphrase.is_unread() {
+                    return Ok(Some(passphrase));
+                }
                 let length = passphrase.expose().chars().count();
                 let url_safe = (passphrase.expose().chars())
                     .all(|c| c.is_ascii_alphanumeric() || "-._~".contains(c));

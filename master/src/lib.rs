@@ -35,14 +35,26 @@ pub fn schema() -> serde_json::Value {
 
 /// Reads, checks and expands the master file at `path`.
 pub fn load(path: &Path) -> Result<Plan, Diagnostics> {
-    let text = input::read_bounded(path, "master file", input::MASTER_FILE_LIMIT).map_err(|e| {
+    let text = read_master(path)?;
+    load_from(path, &text, Secrets::load)
+}
+
+/// Like [`load`], without reading the secrets file: each `secret:` reference is checked for its
+/// form only and stands for a value nobody read ([`Secret::unread`]). For netbootd, which serves
+/// what imgbuild rendered and needs no secret values.
+pub fn load_without_secret_values(path: &Path) -> Result<Plan, Diagnostics> {
+    let text = read_master(path)?;
+    expand_text(path, &text, |_| SecretsSource::Unread)
+}
+
+fn read_master(path: &Path) -> Result<String, Diagnostics> {
+    input::read_bounded(path, "master file", input::MASTER_FILE_LIMIT).map_err(|e| {
         Diagnostics(vec![Diagnostic::file_level(
             path,
             e,
             Some("pass the right file with --config FILE".into()),
         )])
-    })?;
-    load_from(path, &text, Secrets::load)
+    })
 }
 
 /// Checks and expands master-file `text` (named `path` in messages), with the secrets file
@@ -51,6 +63,17 @@ pub fn load_from(
     path: &Path,
     text: &str,
     load_secrets: impl FnOnce(&Path) -> Result<Secrets, Diagnostics>,
+) -> Result<Plan, Diagnostics> {
+    expand_text(path, text, |path| match load_secrets(path) {
+        Ok(secrets) => SecretsSource::Loaded(secrets),
+        Err(problems) => SecretsSource::Failed(problems),
+    })
+}
+
+fn expand_text(
+    path: &Path,
+    text: &str,
+    secrets_source: impl FnOnce(&Path) -> SecretsSource,
 ) -> Result<Plan, Diagnostics> {
     let schema = schema();
     let source = SourceFile { path, text };
@@ -79,10 +102,7 @@ pub fn load_from(
     };
     let secrets_path = master_dir.join(&master.secrets.file);
     let secrets = if uses_secrets(&master) {
-        match load_secrets(&secrets_path) {
-            Ok(secrets) => SecretsSource::Loaded(secrets),
-            Err(problems) => SecretsSource::Failed(problems),
-        }
+        secrets_source(&secrets_path)
     } else {
         SecretsSource::Loaded(Secrets::default())
     };

@@ -54,6 +54,8 @@ pub struct Secret {
     redacted: String,
     /// The secret values inside `value` (a key filled into a URL): empty for a public value.
     parts: Vec<String>,
+    /// Stands for a value nobody read (see [`Secret::unread`]).
+    unread: bool,
 }
 
 impl Secret {
@@ -67,7 +69,24 @@ impl Secret {
                 .collect(),
             value,
             redacted: REDACTED.into(),
+            unread: false,
         }
+    }
+
+    /// A secret whose value was not read: what a reader that only checks the master file gets
+    /// (netbootd, which needs no secret values). Its value is `***` too.
+    pub fn unread() -> Self {
+        Secret {
+            value: REDACTED.into(),
+            redacted: REDACTED.into(),
+            parts: Vec::new(),
+            unread: true,
+        }
+    }
+
+    /// Whether this is (or holds) a secret that was not read: checks of its value do not apply.
+    pub fn is_unread(&self) -> bool {
+        self.unread
     }
 
     /// A value with nothing secret in it, for lists that mix both (shown as it is).
@@ -77,6 +96,7 @@ impl Secret {
             redacted: value.clone(),
             value,
             parts: Vec::new(),
+            unread: false,
         }
     }
 
@@ -86,6 +106,7 @@ impl Secret {
             value: template.replace(placeholder, &secret.value),
             redacted: template.replace(placeholder, REDACTED),
             parts: secret.parts.clone(),
+            unread: secret.unread,
         }
     }
 
@@ -120,6 +141,31 @@ impl Serialize for Secret {
         });
         serializer.serialize_str(self.shown())
     }
+}
+
+/// The name a `secret:<table>.<key>` reference points to, or a problem: a master file never holds
+/// a secret itself.
+pub(crate) fn reference_name<'r>(
+    reference: &'r str,
+    path: &str,
+    locator: &Locator,
+    secrets_file: &Path,
+    problems: &mut Diagnostics,
+) -> Option<&'r str> {
+    let Some(name) = reference.strip_prefix(PREFIX) else {
+        // Not quoting the line: it holds the secret.
+        let diagnostic = locator.error(
+            path,
+            "secrets may not be written in the master file",
+            Some(format!(
+                "move the value into {} and write a reference here, like \"secret:stream_keys.<room>\"",
+                secrets_file.display()
+            )),
+        );
+        problems.push(diagnostic.without_snippet());
+        return None;
+    };
+    Some(name)
 }
 
 /// The secrets file, loaded and checked.
@@ -205,19 +251,7 @@ impl Secrets {
         secrets_file: &Path,
         problems: &mut Diagnostics,
     ) -> Option<Secret> {
-        let Some(name) = reference.strip_prefix(PREFIX) else {
-            // Not quoting the line: it holds the secret.
-            let diagnostic = locator.error(
-                path,
-                "secrets may not be written in the master file",
-                Some(format!(
-                    "move the value into {} and write a reference here, like \"secret:stream_keys.<room>\"",
-                    secrets_file.display()
-                )),
-            );
-            problems.push(diagnostic.without_snippet());
-            return None;
-        };
+        let name = reference_name(reference, path, locator, secrets_file, problems)?;
         let mut parts = name.split('.');
         let mut node = parts.next().and_then(|first| self.table.get(first));
         for part in parts {

@@ -188,3 +188,36 @@ fn plan_json_never_shows_secret_values() {
     // The reveal scope ends with the closure.
     assert_eq!(serde_json::to_string(&plan).unwrap(), json);
 }
+
+#[test]
+fn a_reader_without_secret_values_needs_no_secrets_file_and_sees_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = dir.path().join("master.toml");
+    std::fs::copy(example("master.toml"), &master).unwrap();
+    // No secrets.toml next to it at all.
+    let plan =
+        lectern_master::load_without_secret_values(&master).unwrap_or_else(|e| panic!("{e}"));
+    let with_values = load_example("master.toml", "secrets.toml");
+    assert_eq!(plan.hosts.len(), with_values.hosts.len());
+    for host in &plan.hosts {
+        let values = lectern_master::secrets::secret_values_in(&host.config);
+        assert!(values.is_empty(), "{} holds {values:?}", host.hostname);
+    }
+    lectern_master::with_secrets_revealed(|| {
+        let json = serde_json::to_string(&plan.hosts).unwrap();
+        assert!(!json.contains("example-key"), "no secret value anywhere");
+    });
+    // A secret written into the master file itself is still refused.
+    let inline = std::fs::read_to_string(&master).unwrap().replacen(
+        "\"secret:stream_keys.cornil\"",
+        "\"cornil-key-in-clear\"",
+        1,
+    );
+    std::fs::write(&master, inline).unwrap();
+    let refused = lectern_master::load_without_secret_values(&master).unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("secrets may not be written in the master file")
+    );
+}

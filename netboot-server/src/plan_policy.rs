@@ -229,9 +229,11 @@ impl BootPolicy for PlanPolicy {
     }
 }
 
-/// Loads the master file (and its secrets file, for validation) and the store it names.
+/// Loads the master file and the store it names. Not the secrets file: what netbootd serves,
+/// imgbuild rendered, and the hosts' secrets are in the store's private blobs.
 pub fn load(config: &Path) -> anyhow::Result<(Plan, Store)> {
-    let plan = lectern_master::load(config).map_err(|problems| anyhow::anyhow!("{problems}"))?;
+    let plan = lectern_master::load_without_secret_values(config)
+        .map_err(|problems| anyhow::anyhow!("{problems}"))?;
     let store = Store::open(&plan.netboot.store).map_err(|e| {
         anyhow::anyhow!(
             "{e}\n  help: build the images first: imgbuild all --config {}",
