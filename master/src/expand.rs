@@ -703,6 +703,13 @@ impl<'l, 'a> Expander<'l, 'a> {
                 None,
             );
         }
+        if m.netboot.stale_after_missed_beats == 0 {
+            self.error(
+                "netboot.stale_after_missed_beats",
+                "0 would call every host stale between two heartbeats",
+                Some("use 2 or more: one late beat is no outage".into()),
+            );
+        }
         if m.netboot.https_port == port {
             self.error(
                 "netboot.https_port",
@@ -724,6 +731,7 @@ impl<'l, 'a> Expander<'l, 'a> {
             secure_url: format!("https://{server_ip}:{}", m.netboot.https_port),
             operator_url: format!("http://{}", m.netboot.operator_address),
             operator_address: m.netboot.operator_address,
+            stale_after_secs: u64::from(m.netboot.stale_after_missed_beats) * HEARTBEAT_SECS,
             store: master_dir.join(&m.netboot.store),
         })
     }

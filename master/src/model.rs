@@ -171,6 +171,10 @@ pub struct Netboot {
     /// `ssh -L 8081:127.0.0.1:8081`); an address on an admin network of its own otherwise.
     #[serde(default = "default_operator_address")]
     pub operator_address: std::net::SocketAddr,
+    /// Hosts report every 30 s; one whose reports stop for this many beats is marked `stale` in
+    /// netbootd's `/api/hosts` (powered off, hung, or cut off the LAN).
+    #[serde(default = "default_stale_after_missed_beats")]
+    pub stale_after_missed_beats: u32,
     /// Image store directory, relative to the master file's directory.
     #[serde(default = "default_store")]
     pub store: String,
@@ -182,6 +186,7 @@ impl Default for Netboot {
             http_port: default_http_port(),
             https_port: default_https_port(),
             operator_address: default_operator_address(),
+            stale_after_missed_beats: default_stale_after_missed_beats(),
             store: default_store(),
         }
     }
@@ -193,6 +198,10 @@ fn default_http_port() -> u16 {
 
 fn default_https_port() -> u16 {
     8443
+}
+
+fn default_stale_after_missed_beats() -> u32 {
+    3
 }
 
 fn default_operator_address() -> std::net::SocketAddr {

@@ -30,6 +30,9 @@ pub mod ports {
     pub const CONTRIBUTION: u16 = 9000;
 }
 
+/// How often a booted host reports (`lectern-heartbeat.timer` in the base image).
+pub const HEARTBEAT_SECS: u64 = 30;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     pub conference: Conference,
@@ -123,6 +126,8 @@ pub struct NetbootPlan {
     pub secure_url: String,
     /// e.g. "http://127.0.0.1:8081": the operator's views.
     pub operator_url: String,
+    /// A host that has not reported for this long is stale (`stale_after_missed_beats` heartbeats).
+    pub stale_after_secs: u64,
     pub operator_address: std::net::SocketAddr,
     /// Absolute path of the image store.
     pub store: PathBuf,

@@ -108,6 +108,7 @@ mod tests {
             tftp_root: tftp_root.into(),
             http_port: 8080,
             operator_address: "127.0.0.1:8081".parse().unwrap(),
+            stale_after: Duration::from_secs(90),
             https: Some(crate::server::Https {
                 port: 8443,
                 key_pem: String::new(),

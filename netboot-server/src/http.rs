@@ -62,6 +62,8 @@ pub struct HttpState {
     pub urls: Urls,
     /// The TFTP root, offered over HTTP to UEFI HTTP-boot firmware.
     pub firmware_root: PathBuf,
+    /// A host whose last report is older than this is shown `stale`.
+    pub stale_after: Duration,
 }
 
 type AppState = State<Arc<HttpState>>;
@@ -637,6 +639,8 @@ struct HostView<'a> {
     mac: MacAddr,
     hostname: &'a str,
     reserved_ip: Option<Ipv4Addr>,
+    /// It reported once, and not for the last `stale_after`.
+    stale: bool,
     #[serde(flatten)]
     timeline: HostRecord,
 }
@@ -646,11 +650,17 @@ async fn hosts(State(state): AppState) -> Response {
     let views: Vec<HostView> = policy
         .hosts()
         .iter()
-        .map(|host| HostView {
-            mac: host.mac,
-            hostname: &host.hostname,
-            reserved_ip: host.ip,
-            timeline: state.timeline.get(host.mac),
+        .map(|host| {
+            let timeline = state.timeline.get(host.mac);
+            HostView {
+                mac: host.mac,
+                hostname: &host.hostname,
+                reserved_ip: host.ip,
+                stale: timeline
+                    .silent_for()
+                    .is_some_and(|silent| silent > state.stale_after),
+                timeline,
+            }
         })
         .collect();
     Json(views).into_response()
@@ -773,6 +783,7 @@ mod tests {
             metrics: Arc::default(),
             urls: Urls::new("http://10.0.0.1:8080"),
             firmware_root: PathBuf::new(),
+            stale_after: Duration::from_secs(90),
         });
         let report = |media: &str| {
             format!(
@@ -886,6 +897,7 @@ mod tests {
             metrics: Arc::default(),
             urls: Urls::new("http://127.0.0.1"),
             firmware_root: firmware.path().into(),
+            stale_after: Duration::from_secs(90),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();

@@ -138,6 +138,9 @@ struct Args {
     /// Where the operator's views (/api/hosts, /metrics) listen.
     #[arg(long, default_value = "127.0.0.1:8081")]
     operator_address: std::net::SocketAddr,
+    /// Hosts report every 30 s: one silent for this many beats is shown stale.
+    #[arg(long, default_value_t = 3)]
+    stale_after_missed_beats: u32,
 }
 
 fn init_logging() {
@@ -333,6 +336,9 @@ fn configure(
         tftp_root,
         http_port: args.http_port,
         operator_address: args.operator_address,
+        stale_after: Duration::from_secs(
+            u64::from(args.stale_after_missed_beats) * lectern_master::plan::HEARTBEAT_SECS,
+        ),
         https,
     };
     Ok((config, policy))

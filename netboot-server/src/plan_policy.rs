@@ -268,6 +268,7 @@ pub fn server_config(
         tftp_root,
         http_port: plan.netboot.http_port,
         operator_address: plan.netboot.operator_address,
+        stale_after: Duration::from_secs(plan.netboot.stale_after_secs),
         https,
     })
 }

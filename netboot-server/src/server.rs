@@ -88,6 +88,8 @@ pub struct ServerConfig {
     pub http_port: u16,
     /// Where the operator's views (`/api/hosts`, `/metrics`) listen.
     pub operator_address: SocketAddr,
+    /// A host silent for this long is shown stale.
+    pub stale_after: Duration,
     /// The HTTPS side (secrets and reports); without it no host gets its secrets or may report.
     pub https: Option<Https>,
 }
@@ -278,6 +280,7 @@ pub async fn run(
         metrics,
         urls,
         firmware_root: config.tftp_root,
+        stale_after: config.stale_after,
     });
     let tftp_stopped = serve_tftp_on_own_thread(tftp, tftp_socket)?;
     let serving = async {

@@ -135,6 +135,13 @@ struct Release {
 }
 
 impl HostRecord {
+    /// How long since its last report, if it ever reported.
+    pub fn silent_for(&self) -> Option<std::time::Duration> {
+        let beat = unix_seconds(self.last_heartbeat.as_deref()?)?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
+        Some(std::time::Duration::from_secs(now.saturating_sub(beat)))
+    }
+
     fn forget_reports(&mut self) {
         self.reported_up = None;
         self.state = None;
@@ -443,6 +450,26 @@ impl Timeline {
     }
 }
 
+/// Seconds since 1970 of an [`rfc3339`] stamp (`2026-11-21T21:30:07Z`), the inverse of it.
+fn unix_seconds(stamp: &str) -> Option<u64> {
+    let number = |range: std::ops::Range<usize>| stamp.get(range)?.parse::<u64>().ok();
+    let shape = stamp.len() == 20 && stamp.as_bytes()[10] == b'T' && stamp.ends_with('Z');
+    if !shape {
+        return None;
+    }
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    // Days-from-civil (Howard Hinnant's algorithm), the inverse of the one in `rfc3339`.
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year / 400;
+    let yoe = year - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
+}
+
 /// 32 random bytes from the kernel, hex.
 fn random_token() -> String {
     use std::io::Read;
@@ -484,6 +511,29 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn reads_back_what_it_formats() {
+        for secs in [0, 951_782_400, 1_795_296_607, 4_102_444_800] {
+            assert_eq!(
+                unix_seconds(&rfc3339(UNIX_EPOCH + Duration::from_secs(secs))),
+                Some(secs)
+            );
+        }
+        assert_eq!(unix_seconds("2026-11-21 21:30:07"), None);
+        let ten_minutes_ago = SystemTime::now() - Duration::from_secs(600);
+        let record = HostRecord {
+            last_heartbeat: Some(rfc3339(ten_minutes_ago)),
+            ..HostRecord::default()
+        };
+        let silent = record.silent_for().unwrap();
+        assert!((599..=601).contains(&silent.as_secs()), "{silent:?}");
+        assert_eq!(
+            HostRecord::default().silent_for(),
+            None,
+            "never reported: not stale"
+        );
+    }
 
     #[test]
     fn formats_rfc3339() {

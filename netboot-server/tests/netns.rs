@@ -842,6 +842,7 @@ fn secrets_go_over_tls_once_per_boot_to_the_host_that_proves_it() {
     let hosts: serde_json::Value = serde_json::from_str(&hosts).unwrap();
     let mixer = &hosts[0];
     assert_eq!(mixer["state"], "up", "{mixer:#}");
+    assert_eq!(mixer["stale"], false, "it just reported: {mixer:#}");
     assert!(mixer["secrets"].is_string(), "{mixer:#}");
     let alerts: Vec<&str> = (mixer["alerts"].as_array().unwrap().iter())
         .filter_map(|alert| alert.as_str())
