@@ -35,16 +35,12 @@ pub struct Expander<'l, 'a> {
     warnings: Diagnostics,
 }
 
-/// A host of any kind, seen through the fields every host has.
+/// A host of any kind, where the master file has it, seen through the fields every host has.
 struct HostEntry<'m> {
     path: String,
-    hostname: &'m str,
-    mac: Option<&'m str>,
-    ip: Option<Ipv4Addr>,
     /// Lives on the video LAN and boots from netbootd.
     on_lan: bool,
-    kernel_args: &'m [String],
-    hardware: Option<&'m HardwareIdentity>,
+    fields: HostFields<'m>,
 }
 
 impl<'l, 'a> Expander<'l, 'a> {
@@ -321,7 +317,7 @@ impl<'l, 'a> Expander<'l, 'a> {
                 &path,
                 format!(
                     "{} does not boot from netbootd, which is what checks an identity",
-                    h.hostname
+                    h.fields.hostname
                 ),
                 Some("remove identity".into()),
             );
@@ -353,7 +349,7 @@ impl<'l, 'a> Expander<'l, 'a> {
                             &format!("{path}.uuid"),
                             format!(
                                 "this UUID is already {}'s identity (line {first_line}): two machines cannot both be one",
-                                first.hostname
+                                first.fields.hostname
                             ),
                             None,
                         );
@@ -380,21 +376,13 @@ impl<'l, 'a> Expander<'l, 'a> {
     fn host_entries<'m>(&mut self, m: &'m MasterFile) -> Vec<HostEntry<'m>> {
         let machines = m.machines.iter().enumerate().map(|(i, h)| HostEntry {
             path: format!("machines[{i}]"),
-            hostname: &h.hostname,
-            mac: h.mac.as_deref(),
-            ip: h.ip,
             on_lan: h.role != MachineRole::Netboot,
-            kernel_args: &h.kernel_args,
-            hardware: h.identity.as_ref(),
+            fields: machine_fields(h),
         });
         let deployed = |list: &str, i: usize, hostname: &'m str, d: &'m Deployment| HostEntry {
             path: format!("{list}[{i}]"),
-            hostname,
-            mac: d.mac.as_deref(),
-            ip: d.ip,
             on_lan: d.placement != Where::Ec2,
-            kernel_args: &d.kernel_args,
-            hardware: d.identity.as_ref(),
+            fields: deployed_fields(hostname, d),
         };
         let encoders = (m.encoders.iter().enumerate())
             .map(|(i, e)| deployed("encoders", i, &e.hostname, &e.deployment));
@@ -410,10 +398,10 @@ impl<'l, 'a> Expander<'l, 'a> {
         let mut ips: HashMap<Ipv4Addr, &str> = HashMap::new();
         let mut uuids: HashMap<String, &HostEntry> = HashMap::new();
         for h in hosts {
-            if let Some(hardware) = h.hardware {
+            if let Some(hardware) = h.fields.hardware {
                 self.hardware_identity(h, hardware, &mut uuids);
             }
-            for (i, arg) in h.kernel_args.iter().enumerate() {
+            for (i, arg) in h.fields.kernel_args.iter().enumerate() {
                 let path = format!("{}.kernel_args[{i}]", h.path);
                 if arg.is_empty() || arg.contains(char::is_whitespace) {
                     self.error(
@@ -428,31 +416,31 @@ impl<'l, 'a> Expander<'l, 'a> {
                     self.error(&path, format!("`{arg}` is set by netbootd"), None);
                 }
             }
-            if !h.kernel_args.is_empty() && !h.on_lan {
+            if !h.fields.kernel_args.is_empty() && !h.on_lan {
                 self.error(
                     &format!("{}.kernel_args", h.path),
                     format!(
                         "{} does not netboot, so netbootd cannot pass it kernel arguments",
-                        h.hostname
+                        h.fields.hostname
                     ),
                     None,
                 );
             }
             let hostname_path = format!("{}.hostname", h.path);
-            if self.name(&hostname_path, h.hostname) {
-                if let Some(first) = hostnames.insert(h.hostname, &h.path) {
+            if self.name(&hostname_path, h.fields.hostname) {
+                if let Some(first) = hostnames.insert(h.fields.hostname, &h.path) {
                     let first_line = self.locator.error(first, "", None).line;
                     self.error(
                         &hostname_path,
                         format!(
                             "host name \"{}\" is already used on line {first_line}",
-                            h.hostname
+                            h.fields.hostname
                         ),
                         Some("every host needs its own name".into()),
                     );
                 }
             }
-            match (h.mac, h.on_lan) {
+            match (h.fields.mac, h.on_lan) {
                 (Some(text), true) => match text.parse::<MacAddr>() {
                     Ok(mac) if mac.0[0] & 1 == 1 => self.error(
                         &format!("{}.mac", h.path),
@@ -482,7 +470,7 @@ impl<'l, 'a> Expander<'l, 'a> {
                     &h.path,
                     format!(
                         "{} has no `mac`: netbootd recognises machines by MAC",
-                        h.hostname
+                        h.fields.hostname
                     ),
                     Some("add mac = \"…\" (from the machine's label or `ip link`)".into()),
                 ),
@@ -490,19 +478,19 @@ impl<'l, 'a> Expander<'l, 'a> {
                     &format!("{}.mac", h.path),
                     format!(
                         "{} does not boot from the video LAN, so a MAC is meaningless here",
-                        h.hostname
+                        h.fields.hostname
                     ),
                     Some("remove `mac`".into()),
                 ),
                 _ => {}
             }
-            let Some(ip) = h.ip else {
+            let Some(ip) = h.fields.ip else {
                 if h.on_lan && n.dhcp.mode == DhcpMode::Authoritative && n.dhcp.range.is_none() {
                     self.error(
                         &h.path,
                         format!(
                             "{} has no `ip` and [network.dhcp] has no `range` to lease one from",
-                            h.hostname
+                            h.fields.hostname
                         ),
                         Some(
                             "give it ip = \"…\", or add range = [first, last] to [network.dhcp]"
@@ -993,15 +981,7 @@ impl<'l, 'a> Expander<'l, 'a> {
                 MachineRole::Netboot => Role::Netboot,
             };
             if let Some(config) = config {
-                let fields = HostFields {
-                    hostname: &h.hostname,
-                    mac: h.mac.as_deref(),
-                    ip: h.ip,
-                    placement: Where::BareMetal,
-                    kernel_args: &h.kernel_args,
-                    hardware: h.identity.as_ref(),
-                };
-                let mut host = new_host(fields, domain, role, h.room.clone(), config);
+                let mut host = new_host(machine_fields(h), domain, role, h.room.clone(), config);
                 host.netboot = role != Role::Netboot;
                 self.unbound_secrets(&path, &host, m.network.dhcp.mode);
                 hosts.push(host);
@@ -1621,6 +1601,17 @@ struct HostFields<'m> {
     placement: Where,
     kernel_args: &'m [String],
     hardware: Option<&'m HardwareIdentity>,
+}
+
+fn machine_fields(h: &Machine) -> HostFields<'_> {
+    HostFields {
+        hostname: &h.hostname,
+        mac: h.mac.as_deref(),
+        ip: h.ip,
+        placement: Where::BareMetal,
+        kernel_args: &h.kernel_args,
+        hardware: h.identity.as_ref(),
+    }
 }
 
 fn deployed_fields<'m>(hostname: &'m str, d: &'m Deployment) -> HostFields<'m> {

@@ -83,6 +83,14 @@ fn var<'a>(env: &'a HashMap<String, String>, key: &str) -> Option<&'a str> {
     env.get(key).map(String::as_str)
 }
 
+/// The HTTP status curl got for `args`.
+fn http_status(lab: &Lab, args: &[&str]) -> String {
+    http(
+        lab,
+        &[&["-o", "/dev/null", "-w", "%{http_code}"], args].concat(),
+    )
+}
+
 fn http(lab: &Lab, args: &[&str]) -> String {
     let output = lab.client("curl", &[&["-sS", "-m", "10"], args].concat());
     assert!(
@@ -616,7 +624,7 @@ fn http_serves_ranges_etags_host_layers_to_their_owner_and_the_boot_timeline() {
     );
     lab.set_client_address("10.99.0.11/24");
     assert_eq!(
-        http(&lab, &["-o", "/dev/null", "-w", "%{http_code}", &layer]),
+        http_status(&lab, &[&layer]),
         "403",
         "another address must not get the layer"
     );
@@ -648,19 +656,10 @@ fn http_serves_ranges_etags_host_layers_to_their_owner_and_the_boot_timeline() {
     assert_eq!(escape, "403");
 
     // Reports carry a token that comes with the host's secrets: they go over TLS only.
-    let plain_report = http(
+    let json = "Content-Type: application/json";
+    let plain_report = http_status(
         &lab,
-        &[
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            "{}",
-            &format!("{HTTP}/api/report"),
-        ],
+        &["-H", json, "-d", "{}", &format!("{HTTP}/api/report")],
     );
     assert_eq!(plain_report, "404", "no report route over plain HTTP");
     let hosts = lab.operator("/api/hosts");
