@@ -761,6 +761,69 @@ mod tests {
         }
     }
 
+    /// A server whose one host, mixer1 at 10.0.0.10, must present `uuid`, in a boot (its layer
+    /// fetched).
+    fn guarded_state(uuid: &str) -> Arc<HttpState> {
+        let mac = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
+        let host = Host {
+            mac,
+            hostname: "mixer1".into(),
+            ip: Some(Ipv4Addr::new(10, 0, 0, 10)),
+        };
+        let network = Network {
+            netmask: Ipv4Addr::new(255, 255, 255, 0),
+            router: None,
+            dns: vec![],
+            ntp: vec![],
+            domain: None,
+            lease_time: Duration::from_secs(3600),
+        };
+        let identity = Smbios {
+            uuid: Some(uuid.into()),
+            ..Smbios::default()
+        };
+        let policy = StaticPolicy::new(vec![host], network).with_identity(mac, identity);
+        let state = Arc::new(HttpState {
+            policy: SharedPolicy::new(Arc::new(policy)),
+            timeline: Arc::default(),
+            metrics: Arc::default(),
+            urls: Urls::new("http://10.0.0.1:8080"),
+            firmware_root: PathBuf::new(),
+            stale_after: Duration::from_secs(90),
+        });
+        state.timeline.record(mac, Event::HostLayer);
+        state
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// Whatever the LAN sends (any bytes, or well-formed requests with any boot id and UUID
+        /// but the host's, and any bearer token), it gets no secrets and plants no report.
+        #[test]
+        fn no_request_gets_secrets_or_plants_a_report(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+            boot_id in "[0-9a-f-]{0,70}|\\PC{0,20}",
+            uuid in "[0-9a-fA-F-]{0,40}",
+            token in "[ -~]{0,80}",
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let state = guarded_state("4c4c4544-0042-3510-8052-b4c04f4e3732");
+            runtime.block_on(async {
+                let near = serde_json::json!({ "boot_id": boot_id, "uuid": uuid }).to_string();
+                for body in [String::from_utf8_lossy(&bytes).into_owned(), near] {
+                    let response = post(&state, HOST_ADDRESS, "/host/mixer1/secrets", None, body).await;
+                    proptest::prop_assert!(response.status().is_client_error(), "{}", response.status());
+                }
+                let report = r#"{"host":"mixer1","role":"mixer","image":"x","state":"up"}"#;
+                let status = post(&state, HOST_ADDRESS, ROUTE_REPORT, Some(&token), report.into()).await.status();
+                proptest::prop_assert!(status.is_client_error(), "{status}");
+                Ok(())
+            })?;
+            let record = state.timeline.get(MacAddr([0x52, 0x54, 0, 0, 0, 1]));
+            proptest::prop_assert!(record.secrets.is_none() && record.state.is_none());
+        }
+    }
+
     #[tokio::test]
     async fn secrets_go_once_per_boot_and_reports_need_that_boots_token() {
         let mac = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
