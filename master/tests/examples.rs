@@ -152,6 +152,15 @@ fn two_room_example_wires_sources_mixer_and_encoders() {
 fn fosdem_25_lists_every_host_and_room() {
     let plan = load_example("fosdem-25.toml", "fosdem-25.secrets.toml");
     assert_eq!(plan.rooms.len(), 25);
+    // Nothing for the team to act on: mixers record to disks, hosts with secrets have identities.
+    assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+    let two_rooms = load_example("master.toml", "secrets.toml");
+    let warned: Vec<&str> = two_rooms
+        .warnings
+        .iter()
+        .map(|w| w.field.as_str())
+        .collect();
+    assert_eq!(warned, ["machines[cornil-mixer]"], "only its RAM recording");
     let physical = plan
         .hosts
         .iter()
