@@ -41,7 +41,9 @@ pub struct Pool {
     reserved_macs: HashSet<MacAddr>,
     leases: BTreeMap<Ipv4Addr, Lease>,
     offers: HashMap<Ipv4Addr, (MacAddr, SystemTime)>,
-    declined: HashMap<Ipv4Addr, SystemTime>,
+    /// Addresses their holder found in use, kept out until then (seconds since 1970); saved beside
+    /// the leases, so a restart does not hand one out again.
+    declined: BTreeMap<Ipv4Addr, u64>,
     lease_file: PathBuf,
     /// Leases changed since the table was last written.
     unsaved: bool,
@@ -74,10 +76,18 @@ impl Pool {
             reserved_macs,
             leases: BTreeMap::new(),
             offers: HashMap::new(),
-            declined: HashMap::new(),
+            declined: BTreeMap::new(),
             lease_file,
             unsaved: false,
         };
+        let declined: BTreeMap<Ipv4Addr, u64> = match fs::read(pool.declined_file()) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other)?,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(error) => return Err(error),
+        };
+        pool.declined = (declined.into_iter())
+            .filter(|(ip, until)| pool.in_range(*ip) && *until > unix_secs(now))
+            .collect();
         let stored: Vec<Lease> = match fs::read(&pool.lease_file) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other)?,
             Err(error) if error.kind() == io::ErrorKind::NotFound => Vec::new(),
@@ -93,6 +103,11 @@ impl Pool {
             }
         }
         Ok(pool)
+    }
+
+    /// Beside the lease file: `dhcp-leases.json` → `dhcp-leases.declined.json`.
+    fn declined_file(&self) -> PathBuf {
+        self.lease_file.with_extension("declined.json")
     }
 
     fn in_range(&self, ip: Ipv4Addr) -> bool {
@@ -113,7 +128,10 @@ impl Pool {
             .offers
             .get(&ip)
             .is_some_and(|(holder, at)| *holder != mac && *at + OFFER_HOLD > now);
-        let declined = self.declined.get(&ip).is_some_and(|until| *until > now);
+        let declined = self
+            .declined
+            .get(&ip)
+            .is_some_and(|until| *until > unix_secs(now));
         if self.reserved_ips.contains(&ip) || leased_to_other || offered_to_other || declined {
             return Err(PoolError::Taken(ip));
         }
@@ -189,14 +207,23 @@ impl Pool {
         self.unsaved |= self.leases.len() != before;
     }
 
-    /// The client found `ip` in use (RFC 2131 DHCPDECLINE): keep it out for a lease time.
-    pub fn decline(&mut self, mac: MacAddr, ip: Ipv4Addr, now: SystemTime) {
-        if self.leases.get(&ip).is_some_and(|lease| lease.mac == mac) {
-            self.leases.remove(&ip);
-            self.unsaved = true;
+    /// The client found `ip` in use (RFC 2131 DHCPDECLINE): keep it out for a lease time. Only
+    /// the client the address is leased or offered to may decline it, as Kea and ISC dhcpd have
+    /// it: anyone else's DECLINE would take a working client's address away. False if refused.
+    pub fn decline(&mut self, mac: MacAddr, ip: Ipv4Addr, now: SystemTime) -> bool {
+        let leased = self.leases.get(&ip).is_some_and(|lease| lease.mac == mac);
+        let offered = self
+            .offers
+            .get(&ip)
+            .is_some_and(|(holder, _)| *holder == mac);
+        if !leased && !offered {
+            return false;
         }
+        self.leases.remove(&ip);
         self.offers.remove(&ip);
-        self.declined.insert(ip, now + self.lease_time);
+        self.declined.insert(ip, unix_secs(now + self.lease_time));
+        self.unsaved = true;
+        true
     }
 
     /// Current leases, for seeding the timeline at start.
@@ -214,11 +241,16 @@ impl Pool {
         }
         self.unsaved = false;
         let leases: Vec<&Lease> = self.leases.values().collect();
-        if let Err(error) = write_atomically(
-            &self.lease_file,
-            &serde_json::to_vec_pretty(&leases).expect("leases serialise"),
-        ) {
-            tracing::error!(file = %self.lease_file.display(), %error, "could not persist DHCP leases");
+        let declined_file = self.declined_file();
+        let files = [
+            (&self.lease_file, serde_json::to_vec_pretty(&leases)),
+            (&declined_file, serde_json::to_vec_pretty(&self.declined)),
+        ];
+        for (file, contents) in files {
+            let contents = contents.expect("the tables serialise");
+            if let Err(error) = write_atomically(file, &contents) {
+                tracing::error!(file = %file.display(), %error, "could not persist DHCP leases");
+            }
         }
     }
 }
@@ -375,7 +407,20 @@ mod tests {
         let now = SystemTime::now();
         let mut pool = pool(dir.path(), vec![], now);
         pool.commit(mac(1), FIRST, now).unwrap();
-        pool.decline(mac(1), FIRST, now);
+        // A DECLINE from anyone but the holder changes nothing.
+        assert!(!pool.decline(mac(2), FIRST, now));
+        assert_eq!(pool.leases().collect::<Vec<_>>(), [(mac(1), FIRST)]);
+        assert!(pool.decline(mac(1), FIRST, now));
+        pool.save();
+        // The declined address stays out after a restart, until its probation ends.
+        let mut pool = self::pool(dir.path(), vec![], now);
+        assert_ne!(pool.offer(mac(3), Some(FIRST), now), Some(FIRST));
+        pool.forget_offer(mac(3));
+        let later = now + HOUR + Duration::from_secs(1);
+        assert_eq!(
+            self::pool(dir.path(), vec![], later).offer(mac(3), Some(FIRST), later),
+            Some(FIRST)
+        );
         assert_eq!(
             pool.offer(mac(1), None, now),
             Some(Ipv4Addr::new(10, 0, 0, 101))

@@ -166,11 +166,35 @@ impl Responder {
                 self.with_pool(|pool| pool.release(request.mac));
                 Err("released")
             }
-            MessageType::Decline => {
-                if let Some(ip) = request.requested_ip {
-                    self.with_pool(|pool| pool.decline(request.mac, ip, SystemTime::now()));
+            // RFC 2131 §4.3.5: a client with an address of its own asks for the network's
+            // parameters; the ACK goes to that address, with no lease in it.
+            MessageType::Inform => {
+                let ciaddr = nonzero(request.message.ciaddr()).ok_or("inform_without_address")?;
+                let mut ack = self.lease_reply(
+                    policy,
+                    request,
+                    MessageType::Ack,
+                    Ipv4Addr::UNSPECIFIED,
+                    host,
+                );
+                ack.set_ciaddr(ciaddr);
+                let opts = ack.opts_mut();
+                for lease in [
+                    OptionCode::AddressLeaseTime,
+                    OptionCode::Renewal,
+                    OptionCode::Rebinding,
+                ] {
+                    opts.remove(lease);
                 }
-                Err("declined")
+                Ok(ack)
+            }
+            MessageType::Decline => {
+                let ip = request.requested_ip.ok_or("decline_without_address")?;
+                let now = SystemTime::now();
+                match self.with_pool(|pool| pool.decline(request.mac, ip, now)) {
+                    Some(true) => Err("declined"),
+                    _ => Err("decline_not_holder"),
+                }
             }
             _ => Err("unsupported_type"),
         }
@@ -470,6 +494,28 @@ mod tests {
         53, 1, 1, 93, 2, 0, 0, 60, 9, b'P', b'X', b'E', b'C', b'l', b'i', b'e', b'n', b't', 97, 2,
         0, 7, 255,
     ];
+
+    #[test]
+    fn inform_gets_the_network_at_its_own_address_and_no_lease() {
+        let responder = responder(Mode::Authoritative, None);
+        let mut inform = packet(STRANGER, &[53, 1, 8, 255]);
+        inform[12..16].copy_from_slice(&[10, 99, 0, 77]);
+        let (ack, to) = reply(&responder, Port::Dhcp, &inform).unwrap();
+        assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+        assert_eq!(to, SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 77), 68));
+        assert_eq!(ack.yiaddr(), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(
+            option(&ack, OptionCode::NtpServers),
+            Some(&DhcpOption::NtpServers(vec![SERVER]))
+        );
+        assert_eq!(option(&ack, OptionCode::AddressLeaseTime), None);
+        // Without an address of its own there is nothing to inform.
+        assert!(
+            responder
+                .handle(Port::Dhcp, CLIENT, &packet(STRANGER, &[53, 1, 8, 255]))
+                .is_none()
+        );
+    }
 
     #[test]
     fn reserved_host_is_offered_its_address_name_network_and_first_stage() {
