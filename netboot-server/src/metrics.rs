@@ -66,8 +66,12 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn inc(&self, counter: Counter, labels: &[(&'static str, &'static str)]) {
+        self.add(counter, labels, 1);
+    }
+
+    pub fn add(&self, counter: Counter, labels: &[(&'static str, &'static str)], count: u64) {
         let mut counters = self.counters.lock().expect("metrics lock");
-        *counters.entry((counter, labels.to_vec())).or_default() += 1;
+        *counters.entry((counter, labels.to_vec())).or_default() += count;
     }
 
     pub fn get(&self, counter: Counter, labels: &[(&'static str, &'static str)]) -> u64 {

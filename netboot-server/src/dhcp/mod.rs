@@ -90,7 +90,16 @@ async fn answer(responder: Arc<Responder>, port: Port, socket: UdpSocket) -> any
                 None
             };
         }
-        responder.save_leases();
+        // No client may hold an ACK for a lease that is not on disk: after a restart its address
+        // would go to another. Unsaved, the batch goes unanswered; the clients ask again, and the
+        // next batch tries the write again.
+        if !responder.save_leases() {
+            let dropped = replies.len() as u64;
+            replies.clear();
+            responder
+                .metrics
+                .add(DHCP_DROPPED, &[("reason", "lease_not_saved")], dropped);
+        }
         for reply in replies.drain(..) {
             if let Err(error) = socket.send_to(&reply.bytes, SocketAddr::V4(reply.to)).await {
                 tracing::warn!(to = %reply.to, %error, "could not send DHCP reply");

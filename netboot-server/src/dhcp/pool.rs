@@ -234,12 +234,11 @@ impl Pool {
     /// Writes the table if it changed since the last save. The DHCP loop calls this once per
     /// batch of requests, before any reply leaves: one atomic write covers every lease in the
     /// batch (group commit), and no client holds an ACK for a lease not on disk.
-    /// A failed write is logged, not fatal: the LAN keeps booting on the in-memory table.
-    pub fn save(&mut self) {
+    /// A failed write is logged and tried again at the next call; false until it succeeds.
+    pub fn save(&mut self) -> bool {
         if !self.unsaved {
-            return;
+            return true;
         }
-        self.unsaved = false;
         let leases: Vec<&Lease> = self.leases.values().collect();
         let declined_file = self.declined_file();
         let files = [
@@ -249,9 +248,12 @@ impl Pool {
         for (file, contents) in files {
             let contents = contents.expect("the tables serialise");
             if let Err(error) = write_atomically(file, &contents) {
-                tracing::error!(file = %file.display(), %error, "could not persist DHCP leases");
+                tracing::error!(file = %file.display(), %error, "could not persist DHCP leases: not answering until they are");
+                return false;
             }
         }
+        self.unsaved = false;
+        true
     }
 }
 
@@ -399,6 +401,23 @@ mod tests {
             0,
             "the pruned table was persisted"
         );
+    }
+
+    #[test]
+    fn a_failed_write_is_said_and_tried_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let mut pool = pool(dir.path(), vec![], now);
+        pool.commit(mac(1), FIRST, now).unwrap();
+        // The lease file's place taken by a directory: the write fails as on a full disk.
+        let lease_file = dir.path().join("leases.json");
+        fs::create_dir(&lease_file).unwrap();
+        assert!(!pool.save(), "not on disk");
+        assert!(!pool.save(), "still not: it is tried again");
+        fs::remove_dir(&lease_file).unwrap();
+        assert!(pool.save());
+        let reloaded = self::pool(dir.path(), vec![], now);
+        assert_eq!(reloaded.leases().collect::<Vec<_>>(), [(mac(1), FIRST)]);
     }
 
     #[test]

@@ -354,9 +354,10 @@ impl Responder {
         true
     }
 
-    /// Writes lease changes to disk; call before sending the replies that announce them.
-    pub fn save_leases(&self) {
-        self.with_pool(Pool::save);
+    /// Writes lease changes to disk; call before sending the replies that announce them. False
+    /// if they could not be written.
+    pub fn save_leases(&self) -> bool {
+        self.with_pool(Pool::save).unwrap_or(true)
     }
 
     fn with_pool<T>(&self, action: impl FnOnce(&mut Pool) -> T) -> Option<T> {
