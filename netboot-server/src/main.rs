@@ -375,6 +375,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             let mut seen = store.changed_at();
             // The first call uses what was just read; every SIGHUP rereads the master file and store.
             let first = std::sync::Mutex::new(Some(loaded));
+            let running = config.clone();
             server::run(
                 config,
                 move || {
@@ -383,6 +384,11 @@ async fn main() -> anyhow::Result<ExitCode> {
                         Some(loaded) => loaded,
                         None => plan_policy::load(&master)?,
                     };
+                    let (state_dir, tftp_root) = (running.state_dir.clone(), running.tftp_root.clone());
+                    let wanted = plan_policy::server_config(&plan, &store, state_dir, tftp_root)?;
+                    for setting in server::needs_restart(&running, &wanted) {
+                        tracing::warn!("{setting} changed in the master file: restart netbootd to apply it (it keeps the old one until then)");
+                    }
                     let policy = PlanPolicy::new(&plan, &store);
                     for gap in policy.gaps() {
                         tracing::warn!("{gap}");

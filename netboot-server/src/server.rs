@@ -110,6 +110,39 @@ impl std::fmt::Debug for Https {
     }
 }
 
+/// The settings of `wanted` that differ from `running` and that only a restart applies (they
+/// hold sockets or shape the server); the policy itself, leases and reservations reload.
+pub fn needs_restart(running: &ServerConfig, wanted: &ServerConfig) -> Vec<&'static str> {
+    let port = |config: &ServerConfig| config.https.as_ref().map(|https| https.port);
+    let key = |config: &ServerConfig| config.https.as_ref().map(|https| https.key_pem.clone());
+    [
+        (
+            "network.dhcp.interface",
+            running.interface != wanted.interface,
+        ),
+        (
+            "the netboot machine's ip",
+            running.server_ip != wanted.server_ip,
+        ),
+        ("network.dhcp.mode", running.mode != wanted.mode),
+        ("network.dhcp.range", running.pool != wanted.pool),
+        ("netboot.http_port", running.http_port != wanted.http_port),
+        ("netboot.https_port", port(running) != port(wanted)),
+        ("netbootd's TLS key", key(running) != key(wanted)),
+        (
+            "netboot.operator_address",
+            running.operator_address != wanted.operator_address,
+        ),
+        (
+            "netboot.stale_after_missed_beats",
+            running.stale_after != wanted.stale_after,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(setting, changed)| changed.then_some(setting))
+    .collect()
+}
+
 fn reservations(policy: &dyn BootPolicy) -> Vec<(MacAddr, Ipv4Addr)> {
     policy
         .hosts()
@@ -133,6 +166,8 @@ pub fn apply_policy(
     }
     if let Some(pool) = pool {
         let mut pool = pool.lock().expect("pool lock");
+        // What clients are told is what the pool records.
+        pool.set_lease_time(policy.network().lease_time);
         pool.set_reservations(reserved);
         pool.save();
     }
@@ -347,6 +382,35 @@ pub async fn terminated() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_names_the_settings_only_a_restart_applies() {
+        let running = ServerConfig {
+            interface: "lectern0".into(),
+            server_ip: Ipv4Addr::new(10, 42, 0, 1),
+            mode: Mode::Authoritative,
+            pool: Some((Ipv4Addr::new(10, 42, 0, 200), Ipv4Addr::new(10, 42, 0, 250))),
+            state_dir: "/var/lib/netbootd".into(),
+            tftp_root: "/usr/lib/ipxe".into(),
+            http_port: 8080,
+            operator_address: "127.0.0.1:8081".parse().unwrap(),
+            stale_after: Duration::from_secs(90),
+            https: None,
+        };
+        assert_eq!(
+            needs_restart(&running, &running.clone()),
+            Vec::<&str>::new()
+        );
+        let wanted = ServerConfig {
+            mode: Mode::Proxy,
+            pool: None,
+            ..running.clone()
+        };
+        assert_eq!(
+            needs_restart(&running, &wanted),
+            ["network.dhcp.mode", "network.dhcp.range"]
+        );
+    }
 
     #[test]
     fn the_descriptor_limit_covers_the_caps_and_is_raised_only_when_short() {

@@ -105,6 +105,11 @@ impl Pool {
         Ok(pool)
     }
 
+    /// New leases from now on last this long; those given keep theirs.
+    pub fn set_lease_time(&mut self, lease_time: Duration) {
+        self.lease_time = lease_time;
+    }
+
     /// Beside the lease file: `dhcp-leases.json` → `dhcp-leases.declined.json`.
     fn declined_file(&self) -> PathBuf {
         self.lease_file.with_extension("declined.json")
