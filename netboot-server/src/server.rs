@@ -232,7 +232,13 @@ pub async fn run(
                 lease_file.clone(),
                 SystemTime::now(),
             )
-            .with_context(|| format!("loading leases from {}", lease_file.display()))?;
+            .with_context(|| {
+                let file = lease_file.display();
+                format!(
+                    "loading leases from {file}\n  help: if it is damaged, move it aside (mv {file} {file}.corrupt) and start again: \
+                     netbootd then knows no dynamic lease, and may offer a client's address to another until that client renews"
+                )
+            })?;
             for (mac, ip) in pool.leases() {
                 timeline.bind_address(mac, ip);
             }
