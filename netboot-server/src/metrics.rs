@@ -23,6 +23,10 @@ pub const DHCP_DROPPED: Counter = Counter {
     name: "netbootd_dhcp_dropped_total",
     help: "DHCP packets dropped without a reply, by reason.",
 };
+pub const DHCP_NOTED: Counter = Counter {
+    name: "netbootd_dhcp_noted_total",
+    help: "DHCP messages taken that want no reply (a release, a decline, a request to the venue's server), by type.",
+};
 pub const TFTP_REQUESTS: Counter = Counter {
     name: "netbootd_tftp_requests_total",
     help: "TFTP requests, by outcome.",

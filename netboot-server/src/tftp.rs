@@ -332,7 +332,10 @@ impl TftpServer {
             match admission {
                 Admission::Admitted => {}
                 // A client that resends its RRQ while we answer it must not get two transfers.
-                Admission::Duplicate => continue,
+                Admission::Duplicate => {
+                    self.metrics.inc(TFTP_REQUESTS, &[("outcome", "duplicate")]);
+                    continue;
+                }
                 // From port 69 itself: a refusal must not cost a socket of its own.
                 Admission::Busy(label) => {
                     tracing::debug!(%client, label, "TFTP request refused: busy");

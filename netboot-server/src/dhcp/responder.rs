@@ -11,7 +11,7 @@ use dhcproto::v4::{
 
 use super::decode::{OPTION_IPXE_ENCAP, Request, decode};
 use super::pool::{Pool, PoolError};
-use crate::metrics::{DHCP_DROPPED, DHCP_REPLIED, Metrics};
+use crate::metrics::{DHCP_DROPPED, DHCP_NOTED, DHCP_REPLIED, Metrics};
 use crate::policy::{BootPolicy, BootStep, Client, Host, SharedPolicy};
 use crate::timeline::{Event, Timeline};
 use crate::urls::Urls;
@@ -85,7 +85,13 @@ impl Responder {
             Ok(message) => message,
             Err(reason) => {
                 tracing::debug!(mac = %request.mac, kind = ?request.kind, reason, "no DHCP reply");
-                self.metrics.inc(DHCP_DROPPED, &[("reason", reason)]);
+                // Taken, and wanting no answer: not a drop.
+                match reason {
+                    "released" | "declined" | "venue_request" => {
+                        self.metrics.inc(DHCP_NOTED, &[("type", reason)]);
+                    }
+                    _ => self.metrics.inc(DHCP_DROPPED, &[("reason", reason)]),
+                }
                 return None;
             }
         };
