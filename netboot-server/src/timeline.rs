@@ -282,15 +282,20 @@ impl Timeline {
     /// `mac` now holds `ip` (a DHCP lease, reservation or a proxy client's own claim).
     pub fn bind_address(&self, mac: MacAddr, ip: Ipv4Addr) {
         let mut state = self.state.lock().expect("timeline lock");
-        if !state.knows(mac) {
-            // A host's old address now leased to a stranger no longer speaks for the host.
-            if state
-                .macs_by_ip
-                .get(&ip)
-                .is_some_and(|holder| *holder != mac)
-            {
-                state.macs_by_ip.remove(&ip);
+        // One holder per address: a host whose address another client now holds (a stranger or
+        // a listed host) no longer has it, so nothing of its own is served there.
+        if let Some(previous) = state
+            .macs_by_ip
+            .get(&ip)
+            .copied()
+            .filter(|holder| *holder != mac)
+        {
+            state.macs_by_ip.remove(&ip);
+            if let Some(record) = state.records.get_mut(&previous) {
+                record.ip = None;
             }
+        }
+        if !state.knows(mac) {
             drop(state);
             self.metrics
                 .inc(TIMELINE_STRANGERS, &[("event", "address")]);
@@ -302,6 +307,20 @@ impl Timeline {
         state.macs_by_ip.insert(ip, mac);
         state.records.entry(mac).or_default().ip = Some(ip);
         self.touch();
+    }
+
+    /// `mac` gave its address back (a DHCPRELEASE): it holds none until it leases again.
+    pub fn forget_address(&self, mac: MacAddr) {
+        let mut state = self.state.lock().expect("timeline lock");
+        if let Some(ip) = state
+            .records
+            .get_mut(&mac)
+            .and_then(|record| record.ip.take())
+        {
+            state.macs_by_ip.remove(&ip);
+            drop(state);
+            self.touch();
+        }
     }
 
     pub fn ip_of(&self, mac: MacAddr) -> Option<Ipv4Addr> {
@@ -735,6 +754,26 @@ mod tests {
             timeline.mac_of(leased),
             None,
             "the host's old address went to a stranger"
+        );
+        assert_eq!(
+            timeline.ip_of(host),
+            None,
+            "and the host no longer holds it"
+        );
+        let other = MacAddr([2, 0, 0, 0, 0, 2]);
+        timeline.set_known([host, other]);
+        timeline.bind_address(host, leased);
+        timeline.bind_address(other, leased);
+        assert_eq!(
+            (timeline.ip_of(host), timeline.ip_of(other)),
+            (None, Some(leased)),
+            "one holder"
+        );
+        timeline.forget_address(other);
+        assert_eq!(
+            (timeline.ip_of(other), timeline.mac_of(leased)),
+            (None, None),
+            "released"
         );
         timeline.set_known([]);
         assert_eq!(

@@ -170,6 +170,10 @@ impl Responder {
             }
             MessageType::Release => {
                 self.with_pool(|pool| pool.release(request.mac));
+                // A reserved host keeps its address: only a pool lease is given back.
+                if host.and_then(|host| host.ip).is_none() {
+                    self.timeline.forget_address(request.mac);
+                }
                 Err("released")
             }
             // RFC 2131 §4.3.5: a client with an address of its own asks for the network's
