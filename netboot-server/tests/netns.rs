@@ -211,6 +211,18 @@ fn pxe_exchange(
     to: SocketAddr,
     ciaddr: Ipv4Addr,
 ) -> Vec<Message> {
+    let replies = pxe_exchange_from(lab, mac, kind, to, ciaddr);
+    replies.into_iter().map(|(reply, _)| reply).collect()
+}
+
+/// Like [`pxe_exchange`], each reply with the address it came from.
+fn pxe_exchange_from(
+    lab: &Lab,
+    mac: [u8; 6],
+    kind: MessageType,
+    to: SocketAddr,
+    ciaddr: Ipv4Addr,
+) -> Vec<(Message, SocketAddr)> {
     let mut request = Message::new(
         ciaddr,
         Ipv4Addr::UNSPECIFIED,
@@ -247,12 +259,12 @@ fn pxe_exchange(
             .filter(|left| !left.is_zero())
         {
             socket.set_read_timeout(Some(left)).unwrap();
-            let Ok(len) = socket.recv(&mut buffer) else {
+            let Ok((len, from)) = socket.recv_from(&mut buffer) else {
                 break;
             };
             if let Ok(reply) = Message::decode(&mut Decoder::new(&buffer[..len])) {
                 if reply.xid() == xid && reply.opcode() == Opcode::BootReply {
-                    replies.push(reply);
+                    replies.push((reply, from));
                 }
             }
         }
@@ -306,18 +318,30 @@ fn proxy_mode_adds_boot_options_beside_a_venue_dnsmasq_and_ignores_unlisted_macs
 
     // Like a real client, retransmit: a loaded machine can leave the venue server slow to answer.
     let mut offers = Vec::new();
+    let mut sources = Vec::new();
     for _ in 0..3 {
-        offers = pxe_exchange(
+        let replies = pxe_exchange_from(
             &lab,
             mixer,
             MessageType::Discover,
             broadcast,
             Ipv4Addr::UNSPECIFIED,
         );
+        (offers, sources) = replies.into_iter().unzip();
         if offers.iter().any(|offer| !offer.yiaddr().is_unspecified()) {
             break;
         }
     }
+    // netbootd answers from the address it serves, not the interface's first (the venue's).
+    let from_proxy = offers
+        .iter()
+        .zip(&sources)
+        .find(|(offer, _)| offer.yiaddr().is_unspecified());
+    assert_eq!(
+        from_proxy.map(|(_, from)| *from),
+        Some(SocketAddr::from(([10, 99, 0, 2], 67))),
+        "{sources:?}"
+    );
     let (proxy, venue): (Vec<&Message>, Vec<&Message>) = offers
         .iter()
         .partition(|offer| offer.yiaddr().is_unspecified());

@@ -5,7 +5,7 @@ pub mod decode;
 pub mod pool;
 pub mod responder;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -37,6 +37,81 @@ pub fn bind(interface: &str, port: u16, shared: bool) -> anyhow::Result<UdpSocke
         .bind(&address.into())
         .with_context(|| format!("binding UDP {address} on {interface}"))?;
     Ok(UdpSocket::from_std(socket.into())?)
+}
+
+/// Sends `bytes` to `to` from `source`, the served address (IP_PKTINFO), as dnsmasq does:
+/// unset, the kernel would take the interface's primary address, which beside a venue's DHCP
+/// server on the same interface is not the one netbootd serves and names as the server.
+async fn send_from(
+    socket: &UdpSocket,
+    bytes: &[u8],
+    to: SocketAddrV4,
+    source: Ipv4Addr,
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    loop {
+        socket.writable().await?;
+        let fd = socket.as_raw_fd();
+        match socket.try_io(tokio::io::Interest::WRITABLE, || {
+            sendmsg_from(fd, bytes, to, source)
+        }) {
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => continue,
+            sent => return sent,
+        }
+    }
+}
+
+fn sendmsg_from(
+    fd: std::os::fd::RawFd,
+    bytes: &[u8],
+    to: SocketAddrV4,
+    source: Ipv4Addr,
+) -> std::io::Result<usize> {
+    use std::mem::size_of;
+    let in_addr = |ip: Ipv4Addr| libc::in_addr {
+        s_addr: u32::from(ip).to_be(),
+    };
+    let mut address = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: to.port().to_be(),
+        sin_addr: in_addr(*to.ip()),
+        sin_zero: [0; 8],
+    };
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // Room for one in_pktinfo control message, aligned as cmsghdr wants.
+    let mut control = [0u64; 8];
+    let info_len = size_of::<libc::in_pktinfo>() as libc::c_uint;
+    // SAFETY: a zeroed msghdr is valid; every pointer set below outlives the sendmsg call, the
+    // control buffer (64 bytes) holds CMSG_SPACE(in_pktinfo) (32), and CMSG_FIRSTHDR of a
+    // buffer that size is not null.
+    unsafe {
+        let mut header: libc::msghdr = std::mem::zeroed();
+        header.msg_name = (&mut address as *mut libc::sockaddr_in).cast();
+        header.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        header.msg_iov = &mut iov;
+        header.msg_iovlen = 1;
+        header.msg_control = control.as_mut_ptr().cast();
+        header.msg_controllen = libc::CMSG_SPACE(info_len) as usize;
+        let message = libc::CMSG_FIRSTHDR(&header);
+        (*message).cmsg_level = libc::IPPROTO_IP;
+        (*message).cmsg_type = libc::IP_PKTINFO;
+        (*message).cmsg_len = libc::CMSG_LEN(info_len) as usize;
+        let info = libc::in_pktinfo {
+            ipi_ifindex: 0,
+            ipi_spec_dst: in_addr(source),
+            ipi_addr: in_addr(Ipv4Addr::UNSPECIFIED),
+        };
+        std::ptr::write_unaligned(libc::CMSG_DATA(message).cast(), info);
+        let sent = libc::sendmsg(fd, &header, 0);
+        if sent < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(sent as usize)
+        }
+    }
 }
 
 /// Answers on 67 (and 4011 in proxy mode) until an I/O error on receive.
@@ -101,7 +176,8 @@ async fn answer(responder: Arc<Responder>, port: Port, socket: UdpSocket) -> any
                 .add(DHCP_DROPPED, &[("reason", "lease_not_saved")], dropped);
         }
         for reply in replies.drain(..) {
-            if let Err(error) = socket.send_to(&reply.bytes, SocketAddr::V4(reply.to)).await {
+            let sent = send_from(&socket, &reply.bytes, reply.to, responder.server_ip).await;
+            if let Err(error) = sent {
                 tracing::warn!(to = %reply.to, %error, "could not send DHCP reply");
                 responder
                     .metrics
