@@ -691,6 +691,30 @@ impl<'l, 'a> Expander<'l, 'a> {
                 None,
             );
         }
+        let limits = &m.netboot.limits;
+        for (field, value) in [
+            ("tftp_per_client", limits.tftp_per_client),
+            ("tftp_total", limits.tftp_total),
+            ("tftp_max_timeout_s", limits.tftp_max_timeout_s),
+            ("http_connections", limits.http_connections),
+            ("http_header_timeout_s", limits.http_header_timeout_s),
+            ("http_idle_timeout_s", limits.http_idle_timeout_s),
+        ] {
+            if value == 0 {
+                self.error(
+                    &format!("netboot.limits.{field}"),
+                    "0 would refuse every client",
+                    None,
+                );
+            }
+        }
+        if limits.tftp_per_client > limits.tftp_total {
+            self.error(
+                "netboot.limits.tftp_per_client",
+                format!("more than tftp_total ({}) allows in all", limits.tftp_total),
+                None,
+            );
+        }
         if m.netboot.stale_after_missed_beats == 0 {
             self.error(
                 "netboot.stale_after_missed_beats",
@@ -720,6 +744,7 @@ impl<'l, 'a> Expander<'l, 'a> {
             operator_url: format!("http://{}", m.netboot.operator_address),
             operator_address: m.netboot.operator_address,
             stale_after_secs: u64::from(m.netboot.stale_after_missed_beats) * HEARTBEAT_SECS,
+            limits: m.netboot.limits.clone(),
             store: master_dir.join(&m.netboot.store),
         })
     }

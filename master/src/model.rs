@@ -175,6 +175,9 @@ pub struct Netboot {
     /// netbootd's `/api/hosts` (powered off, hung, or cut off the LAN).
     #[serde(default = "default_stale_after_missed_beats")]
     pub stale_after_missed_beats: u32,
+    /// What netbootd lets the LAN hold at once; each refusal or cut is counted in `/metrics`.
+    #[serde(default)]
+    pub limits: NetbootLimits,
     /// Image store directory, relative to the master file's directory.
     #[serde(default = "default_store")]
     pub store: String,
@@ -187,6 +190,7 @@ impl Default for Netboot {
             https_port: default_https_port(),
             operator_address: default_operator_address(),
             stale_after_missed_beats: default_stale_after_missed_beats(),
+            limits: NetbootLimits::default(),
             store: default_store(),
         }
     }
@@ -198,6 +202,71 @@ fn default_http_port() -> u16 {
 
 fn default_https_port() -> u16 {
     8443
+}
+
+/// `[netboot.limits]`: what one client, or the whole LAN, may make netbootd hold. Each bounds
+/// the descriptors and memory a flood can take; the defaults serve a 90-host storm.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetbootLimits {
+    /// TFTP transfers at once from one address (a firmware's size probe beside its download,
+    /// with room for retries); more get an ERROR "busy".
+    #[serde(default = "default_tftp_per_client")]
+    pub tftp_per_client: u32,
+    /// TFTP transfers at once in all.
+    #[serde(default = "default_tftp_total")]
+    pub tftp_total: u32,
+    /// Longest TFTP `timeout` option honoured, in seconds; a longer one is not acknowledged. A
+    /// silent client is dropped after six of them.
+    #[serde(default = "default_tftp_max_timeout_s")]
+    pub tftp_max_timeout_s: u32,
+    /// HTTP and HTTPS connections at once, each; more are closed as soon as they are accepted.
+    #[serde(default = "default_http_connections")]
+    pub http_connections: u32,
+    /// Seconds a client has to send a request's headers (and a TLS handshake).
+    #[serde(default = "default_http_header_timeout_s")]
+    pub http_header_timeout_s: u32,
+    /// Seconds without a byte moving either way before a connection is closed; a download that
+    /// keeps moving, however slowly, never is.
+    #[serde(default = "default_http_idle_timeout_s")]
+    pub http_idle_timeout_s: u32,
+}
+
+impl Default for NetbootLimits {
+    fn default() -> Self {
+        NetbootLimits {
+            tftp_per_client: default_tftp_per_client(),
+            tftp_total: default_tftp_total(),
+            tftp_max_timeout_s: default_tftp_max_timeout_s(),
+            http_connections: default_http_connections(),
+            http_header_timeout_s: default_http_header_timeout_s(),
+            http_idle_timeout_s: default_http_idle_timeout_s(),
+        }
+    }
+}
+
+fn default_tftp_per_client() -> u32 {
+    8
+}
+
+fn default_tftp_total() -> u32 {
+    256
+}
+
+fn default_tftp_max_timeout_s() -> u32 {
+    5
+}
+
+fn default_http_connections() -> u32 {
+    512
+}
+
+fn default_http_header_timeout_s() -> u32 {
+    10
+}
+
+fn default_http_idle_timeout_s() -> u32 {
+    30
 }
 
 fn default_stale_after_missed_beats() -> u32 {

@@ -128,6 +128,7 @@ pub struct NetbootPlan {
     pub operator_url: String,
     /// A host that has not reported for this long is stale (`stale_after_missed_beats` heartbeats).
     pub stale_after_secs: u64,
+    pub limits: crate::model::NetbootLimits,
     pub operator_address: std::net::SocketAddr,
     /// Absolute path of the image store.
     pub store: PathBuf,

@@ -109,6 +109,8 @@ mod tests {
             http_port: 8080,
             operator_address: "127.0.0.1:8081".parse().unwrap(),
             stale_after: Duration::from_secs(90),
+            tftp_limits: Default::default(),
+            http_limits: Default::default(),
             https: Some(crate::server::Https {
                 port: 8443,
                 key_pem: String::new(),

@@ -339,6 +339,8 @@ fn configure(
         stale_after: Duration::from_secs(
             u64::from(args.stale_after_missed_beats) * lectern_master::plan::HEARTBEAT_SECS,
         ),
+        tftp_limits: Default::default(),
+        http_limits: Default::default(),
         https,
     };
     Ok((config, policy))

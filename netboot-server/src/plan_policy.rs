@@ -13,6 +13,8 @@ use crate::dhcp::Mode;
 use crate::mac::MacAddr;
 use crate::policy::{Artifact, ArtifactKind, Boot, BootPolicy, Host, Network, Smbios};
 use crate::server::{Https, ServerConfig};
+use crate::{http, tftp};
+use lectern_master::model::NetbootLimits;
 
 /// The artifact names imgbuild gives a role's netboot files.
 const KERNEL: &str = "vmlinuz";
@@ -229,6 +231,23 @@ impl BootPolicy for PlanPolicy {
     }
 }
 
+/// The protocols' limits as `[netboot.limits]` sets them.
+pub fn protocol_limits(limits: &NetbootLimits) -> (tftp::Limits, http::Limits) {
+    let seconds = |s: u32| Duration::from_secs(u64::from(s));
+    let tftp = tftp::Limits {
+        max_timeout: seconds(limits.tftp_max_timeout_s),
+        per_client: limits.tftp_per_client as usize,
+        total: limits.tftp_total as usize,
+        ..tftp::Limits::default()
+    };
+    let http = http::Limits {
+        connections: limits.http_connections as usize,
+        header_read_timeout: seconds(limits.http_header_timeout_s),
+        idle_timeout: seconds(limits.http_idle_timeout_s),
+    };
+    (tftp, http)
+}
+
 /// Loads the master file and the store it names. Not the secrets file: what netbootd serves,
 /// imgbuild rendered, and the hosts' secrets are in the store's private blobs.
 pub fn load(config: &Path) -> anyhow::Result<(Plan, Store)> {
@@ -256,6 +275,7 @@ pub fn server_config(
         key_pem: key.pem,
     });
     let dhcp = &plan.network.dhcp;
+    let limits = protocol_limits(&plan.netboot.limits);
     Ok(ServerConfig {
         interface: dhcp.interface.clone(),
         server_ip: plan.netboot.server_ip,
@@ -269,6 +289,8 @@ pub fn server_config(
         http_port: plan.netboot.http_port,
         operator_address: plan.netboot.operator_address,
         stale_after: Duration::from_secs(plan.netboot.stale_after_secs),
+        tftp_limits: limits.0,
+        http_limits: limits.1,
         https,
     })
 }
@@ -415,6 +437,30 @@ mod tests {
         assert_eq!(
             policy.network().ntp,
             [Ipv4Addr::new(10, 42, 0, 5), Ipv4Addr::new(10, 42, 0, 6)]
+        );
+    }
+
+    #[test]
+    fn the_master_files_limits_are_what_the_server_runs_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = "store = \"store\"\n\n[netboot.limits]\ntftp_per_client = 2\nhttp_idle_timeout_s = 60\n";
+        let plan = plan_with(dir.path(), &[("store = \"store\"\n", limits)]);
+        let store = Store::create(dir.path().join("store")).unwrap();
+        let config = server_config(&plan, &store, "/state".into(), "/tftp".into()).unwrap();
+        assert_eq!(config.tftp_limits.per_client, 2);
+        assert_eq!(config.http_limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(
+            config.tftp_limits.total, 256,
+            "the others keep their defaults"
+        );
+    }
+
+    #[test]
+    fn the_master_files_default_limits_are_the_protocols() {
+        let (tftp, http) = protocol_limits(&NetbootLimits::default());
+        assert_eq!(
+            (tftp, http),
+            (tftp::Limits::default(), http::Limits::default())
         );
     }
 }

@@ -90,6 +90,8 @@ pub struct ServerConfig {
     pub operator_address: SocketAddr,
     /// A host silent for this long is shown stale.
     pub stale_after: Duration,
+    pub tftp_limits: tftp::Limits,
+    pub http_limits: http::Limits,
     /// The HTTPS side (secrets and reports); without it no host gets its secrets or may report.
     pub https: Option<Https>,
 }
@@ -136,6 +138,10 @@ pub fn needs_restart(running: &ServerConfig, wanted: &ServerConfig) -> Vec<&'sta
         (
             "netboot.stale_after_missed_beats",
             running.stale_after != wanted.stale_after,
+        ),
+        (
+            "netboot.limits",
+            (running.tftp_limits, running.http_limits) != (wanted.tftp_limits, wanted.http_limits),
         ),
     ]
     .into_iter()
@@ -211,7 +217,7 @@ pub async fn run(
     load: impl Fn() -> anyhow::Result<Arc<dyn BootPolicy>>,
     mut changed: impl FnMut() -> bool,
 ) -> anyhow::Result<()> {
-    let (tftp_limits, http_limits) = (tftp::Limits::default(), http::Limits::default());
+    let (tftp_limits, http_limits) = (config.tftp_limits, config.http_limits);
     ensure_descriptor_limit(descriptors_needed(&tftp_limits, &http_limits));
     let initial = load().context("loading the boot policy")?;
     let metrics = Arc::new(Metrics::default());
@@ -401,6 +407,8 @@ mod tests {
             http_port: 8080,
             operator_address: "127.0.0.1:8081".parse().unwrap(),
             stale_after: Duration::from_secs(90),
+            tftp_limits: tftp::Limits::default(),
+            http_limits: http::Limits::default(),
             https: None,
         };
         assert_eq!(
