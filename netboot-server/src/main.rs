@@ -386,16 +386,14 @@ async fn main() -> anyhow::Result<ExitCode> {
                         Some(loaded) => loaded,
                         None => plan_policy::load(&master)?,
                     };
-                    let (state_dir, tftp_root) = (running.state_dir.clone(), running.tftp_root.clone());
+                    let (state_dir, tftp_root) =
+                        (running.state_dir.clone(), running.tftp_root.clone());
                     let wanted = plan_policy::server_config(&plan, &store, state_dir, tftp_root)?;
-                    for setting in server::needs_restart(&running, &wanted) {
-                        tracing::warn!("{setting} changed in the master file: restart netbootd to apply it (it keeps the old one until then)");
-                    }
                     let policy = PlanPolicy::new(&plan, &store);
                     for gap in policy.gaps() {
                         tracing::warn!("{gap}");
                     }
-                    Ok(Arc::new(policy) as Arc<dyn BootPolicy>)
+                    Ok((Arc::new(policy) as Arc<dyn BootPolicy>, wanted))
                 },
                 move || {
                     let now = store.changed_at();
@@ -417,9 +415,15 @@ async fn main() -> anyhow::Result<ExitCode> {
         Some(Command::ServeStatic(args)) => {
             let (config, policy) = configure(args, state_dir, tftp_root)?;
             // Everything comes from the command line, so a reload re-applies the same policy.
+            let same = config.clone();
             server::run(
                 config,
-                move || Ok(Arc::new(policy.clone()) as Arc<dyn BootPolicy>),
+                move || {
+                    Ok((
+                        Arc::new(policy.clone()) as Arc<dyn BootPolicy>,
+                        same.clone(),
+                    ))
+                },
                 || false,
             )
             .await?;

@@ -127,7 +127,11 @@ pub fn needs_restart(running: &ServerConfig, wanted: &ServerConfig) -> Vec<&'sta
             running.server_ip != wanted.server_ip,
         ),
         ("network.dhcp.mode", running.mode != wanted.mode),
-        ("network.dhcp.range", running.pool != wanted.pool),
+        // A range moves with a reload; a pool comes or goes only with a restart.
+        (
+            "network.dhcp.range",
+            running.pool.is_some() != wanted.pool.is_some(),
+        ),
         ("netboot.http_port", running.http_port != wanted.http_port),
         ("netboot.https_port", port(running) != port(wanted)),
         ("netbootd's TLS key", key(running) != key(wanted)),
@@ -209,17 +213,19 @@ fn serve_tftp_on_own_thread(
 /// How often [`run`] asks whether the policy's inputs changed.
 const CHANGE_POLL: Duration = Duration::from_secs(2);
 
-/// Serves until a signal. `load` builds the policy, at start and again on every SIGHUP and whenever
-/// `changed` (polled every [`CHANGE_POLL`]) says its inputs changed (a build or a rollback in the
-/// store); a failed reload keeps the running policy.
+/// Serves until a signal. `load` builds the policy and the settings it comes with, at start and
+/// again on every SIGHUP and whenever `changed` (polled every [`CHANGE_POLL`]) says its inputs
+/// changed (a build or a rollback in the store). A reload applies what it can (the policy, the
+/// lease time, the pool's range) and names what needs a restart; a failed one keeps the running
+/// policy.
 pub async fn run(
     config: ServerConfig,
-    load: impl Fn() -> anyhow::Result<Arc<dyn BootPolicy>>,
+    load: impl Fn() -> anyhow::Result<(Arc<dyn BootPolicy>, ServerConfig)>,
     mut changed: impl FnMut() -> bool,
 ) -> anyhow::Result<()> {
     let (tftp_limits, http_limits) = (config.tftp_limits, config.http_limits);
     ensure_descriptor_limit(descriptors_needed(&tftp_limits, &http_limits));
-    let initial = load().context("loading the boot policy")?;
+    let (initial, _) = load().context("loading the boot policy")?;
     let metrics = Arc::new(Metrics::default());
     let timeline = Arc::new(Timeline::persistent(
         Arc::clone(&metrics),
@@ -326,7 +332,7 @@ pub async fn run(
         timeline: Arc::clone(&timeline),
         metrics,
         urls,
-        firmware_root: config.tftp_root,
+        firmware_root: config.tftp_root.clone(),
         stale_after: config.stale_after,
     });
     let tftp_stopped = serve_tftp_on_own_thread(tftp, tftp_socket)?;
@@ -349,10 +355,19 @@ pub async fn run(
     let mut hangup = signal(SignalKind::hangup())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let mut poll = tokio::time::interval(CHANGE_POLL);
+    let running = config.clone();
     let reload = |why: &str| match load() {
-        Ok(reloaded) => {
+        Ok((reloaded, wanted)) => {
             let hosts = reloaded.hosts().len();
+            if let (Some(pool), Some((first, last))) = (&responder.pool, wanted.pool) {
+                pool.lock().expect("pool lock").set_range(first, last);
+            }
             apply_policy(reloaded, &policy, responder.pool.as_ref(), &timeline);
+            for setting in needs_restart(&running, &wanted) {
+                tracing::warn!(
+                    "{setting} changed: restart netbootd to apply it (it keeps the old one until then)"
+                );
+            }
             tracing::info!(hosts, why, "reloaded the boot policy");
         }
         Err(error) => tracing::error!(
@@ -414,6 +429,15 @@ mod tests {
         assert_eq!(
             needs_restart(&running, &running.clone()),
             Vec::<&str>::new()
+        );
+        let moved = ServerConfig {
+            pool: Some((Ipv4Addr::new(10, 42, 0, 100), Ipv4Addr::new(10, 42, 0, 150))),
+            ..running.clone()
+        };
+        assert_eq!(
+            needs_restart(&running, &moved),
+            Vec::<&str>::new(),
+            "a reload moves the range"
         );
         let wanted = ServerConfig {
             mode: Mode::Proxy,

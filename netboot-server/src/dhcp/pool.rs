@@ -105,6 +105,14 @@ impl Pool {
         Ok(pool)
     }
 
+    /// Offers from now on come from `first..=last`. Leases outside it are kept until they expire;
+    /// their renewals are refused, so their clients move into the new range.
+    pub fn set_range(&mut self, first: Ipv4Addr, last: Ipv4Addr) {
+        (self.first, self.last) = (first, last);
+        let in_range = |ip: &Ipv4Addr| (first..=last).contains(ip);
+        self.offers.retain(|ip, _| in_range(ip));
+    }
+
     /// New leases from now on last this long; those given keep theirs.
     pub fn set_lease_time(&mut self, lease_time: Duration) {
         self.lease_time = lease_time;
@@ -405,6 +413,22 @@ mod tests {
             reloaded.leases().count(),
             0,
             "the pruned table was persisted"
+        );
+    }
+
+    #[test]
+    fn a_new_range_takes_offers_and_moves_old_leases_at_renewal() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let mut pool = pool(dir.path(), vec![], now);
+        pool.commit(mac(1), FIRST, now).unwrap();
+        let (first, last) = (Ipv4Addr::new(10, 0, 0, 150), Ipv4Addr::new(10, 0, 0, 160));
+        pool.set_range(first, last);
+        assert_eq!(pool.leases().count(), 1, "kept until it expires");
+        assert_eq!(pool.offer(mac(2), None, now), Some(first));
+        assert_eq!(
+            pool.commit(mac(1), FIRST, now),
+            Err(PoolError::OutOfRange(FIRST))
         );
     }
 
