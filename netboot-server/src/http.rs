@@ -761,10 +761,11 @@ mod tests {
         }
     }
 
-    /// A server whose one host, mixer1 at 10.0.0.10, must present `uuid`, in a boot (its layer
-    /// fetched).
-    fn guarded_state(uuid: &str) -> Arc<HttpState> {
-        let mac = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
+    const MIXER: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
+
+    /// A server whose one host is mixer1 at 10.0.0.10, bound to the SMBIOS `uuid` if one is given.
+    fn mixer_state(uuid: Option<&str>) -> Arc<HttpState> {
+        let mac = MIXER;
         let host = Host {
             mac,
             hostname: "mixer1".into(),
@@ -778,21 +779,22 @@ mod tests {
             domain: None,
             lease_time: Duration::from_secs(3600),
         };
-        let identity = Smbios {
-            uuid: Some(uuid.into()),
-            ..Smbios::default()
-        };
-        let policy = StaticPolicy::new(vec![host], network).with_identity(mac, identity);
-        let state = Arc::new(HttpState {
+        let mut policy = StaticPolicy::new(vec![host], network);
+        if let Some(uuid) = uuid {
+            let identity = Smbios {
+                uuid: Some(uuid.into()),
+                ..Smbios::default()
+            };
+            policy = policy.with_identity(mac, identity);
+        }
+        Arc::new(HttpState {
             policy: SharedPolicy::new(Arc::new(policy)),
             timeline: Arc::default(),
             metrics: Arc::default(),
             urls: Urls::new("http://10.0.0.1:8080"),
             firmware_root: PathBuf::new(),
             stale_after: Duration::from_secs(90),
-        });
-        state.timeline.record(mac, Event::HostLayer);
-        state
+        })
     }
 
     proptest::proptest! {
@@ -807,7 +809,8 @@ mod tests {
             token in "[ -~]{0,80}",
         ) {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            let state = guarded_state("4c4c4544-0042-3510-8052-b4c04f4e3732");
+            let state = mixer_state(Some("4c4c4544-0042-3510-8052-b4c04f4e3732"));
+            state.timeline.record(MIXER, Event::HostLayer);
             runtime.block_on(async {
                 let near = serde_json::json!({ "boot_id": boot_id, "uuid": uuid }).to_string();
                 for body in [String::from_utf8_lossy(&bytes).into_owned(), near] {
@@ -819,35 +822,15 @@ mod tests {
                 proptest::prop_assert!(status.is_client_error(), "{status}");
                 Ok(())
             })?;
-            let record = state.timeline.get(MacAddr([0x52, 0x54, 0, 0, 0, 1]));
+            let record = state.timeline.get(MIXER);
             proptest::prop_assert!(record.secrets.is_none() && record.state.is_none());
         }
     }
 
     #[tokio::test]
     async fn secrets_go_once_per_boot_and_reports_need_that_boots_token() {
-        let mac = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
-        let host = Host {
-            mac,
-            hostname: "mixer1".into(),
-            ip: Some(Ipv4Addr::new(10, 0, 0, 10)),
-        };
-        let network = Network {
-            netmask: Ipv4Addr::new(255, 255, 255, 0),
-            router: None,
-            dns: vec![],
-            ntp: vec![],
-            domain: None,
-            lease_time: Duration::from_secs(3600),
-        };
-        let state = Arc::new(HttpState {
-            policy: SharedPolicy::new(Arc::new(StaticPolicy::new(vec![host], network))),
-            timeline: Arc::default(),
-            metrics: Arc::default(),
-            urls: Urls::new("http://10.0.0.1:8080"),
-            firmware_root: PathBuf::new(),
-            stale_after: Duration::from_secs(90),
-        });
+        let mac = MIXER;
+        let state = mixer_state(None);
         let report = |media: &str| {
             format!(
                 r#"{{"host":"mixer1","role":"mixer","image":"sha","state":"degraded","failed":[],
