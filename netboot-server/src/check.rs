@@ -113,7 +113,10 @@ mod tests {
             http_limits: Default::default(),
             https: Some(crate::server::Https {
                 port: 8443,
-                key_pem: String::new(),
+                key: lectern_store::ServerKey {
+                    pem: String::new(),
+                    pin: String::new(),
+                },
             }),
         }
     }

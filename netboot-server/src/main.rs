@@ -287,8 +287,7 @@ fn configure(
     let https = match &args.tls_key {
         Some(path) => Some(Https {
             port: args.https_port,
-            key_pem: std::fs::read_to_string(path)
-                .with_context(|| format!("reading the TLS key {}", path.display()))?,
+            key: lectern_store::ServerKey::read(path).context("the TLS key")?,
         }),
         None => None,
     };

@@ -272,7 +272,7 @@ pub fn server_config(
 ) -> anyhow::Result<ServerConfig> {
     let https = store.existing_server_key()?.map(|key| Https {
         port: plan.netboot.https_port,
-        key_pem: key.pem,
+        key,
     });
     let dhcp = &plan.network.dhcp;
     let limits = protocol_limits(&plan.netboot.limits);

@@ -96,27 +96,18 @@ pub struct ServerConfig {
     pub https: Option<Https>,
 }
 
-/// Where HTTPS listens, and the key whose pin the hosts carry.
-#[derive(Clone)]
+/// Where HTTPS listens, and the key whose pin the hosts carry (its `Debug` shows the pin only).
+#[derive(Debug, Clone)]
 pub struct Https {
     pub port: u16,
-    /// PKCS#8 PEM.
-    pub key_pem: String,
-}
-
-impl std::fmt::Debug for Https {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Https")
-            .field("port", &self.port)
-            .finish_non_exhaustive()
-    }
+    pub key: lectern_store::ServerKey,
 }
 
 /// The settings of `wanted` that differ from `running` and that only a restart applies (they
 /// hold sockets or shape the server); the policy itself, leases and reservations reload.
 pub fn needs_restart(running: &ServerConfig, wanted: &ServerConfig) -> Vec<&'static str> {
     let port = |config: &ServerConfig| config.https.as_ref().map(|https| https.port);
-    let key = |config: &ServerConfig| config.https.as_ref().map(|https| https.key_pem.clone());
+    let key = |config: &ServerConfig| config.https.as_ref().map(|https| https.key.pin.clone());
     [
         (
             "network.dhcp.interface",
@@ -297,7 +288,7 @@ pub async fn run(
     tracing::info!(address = %config.operator_address, "operator's views listening");
     let https = match &config.https {
         Some(https) => {
-            let tls = crate::tls::server_config(&https.key_pem)?;
+            let tls = crate::tls::server_config(&https.key.pem)?;
             let address = SocketAddr::from((config.server_ip, https.port));
             let listener = TcpListener::bind(address)
                 .await

@@ -30,6 +30,12 @@ impl std::fmt::Debug for ServerKey {
 }
 
 impl ServerKey {
+    /// The key in the PEM file at `path` (the store's, or one given to `netbootd serve-static`).
+    pub fn read(path: &std::path::Path) -> Result<ServerKey> {
+        let pem = fs::read_to_string(path).map_err(io_err("reading", path))?;
+        ServerKey::from_pem(pem, path)
+    }
+
     fn from_pem(pem: String, path: &std::path::Path) -> Result<ServerKey> {
         let key = rcgen::KeyPair::from_pem(&pem).map_err(|e| {
             StoreError::Missing(format!("{} is not a usable key: {e}", path.display()))
@@ -52,11 +58,10 @@ impl Store {
     /// The key, if imgbuild has made it.
     pub fn existing_server_key(&self) -> Result<Option<ServerKey>> {
         let path = self.server_key_path();
-        match fs::read_to_string(&path) {
-            Ok(pem) => ServerKey::from_pem(pem, &path).map(Some),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err("reading", &path)(e)),
+        if !path.exists() {
+            return Ok(None);
         }
+        ServerKey::read(&path).map(Some)
     }
 
     /// The key, made (ECDSA P-256) the first time. Two writers racing keep the first one's.

@@ -2,10 +2,10 @@
 //! offered to two clients in flight (iPXE never retries after a NAK).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -260,7 +260,7 @@ impl Pool {
         ];
         for (file, contents) in files {
             let contents = contents.expect("the tables serialise");
-            if let Err(error) = write_atomically(file, &contents) {
+            if let Err(error) = lectern_store::write_atomic(file, |out| out.write_all(&contents)) {
                 tracing::error!(file = %file.display(), %error, "could not persist DHCP leases: not answering until they are");
                 return false;
             }
@@ -270,25 +270,10 @@ impl Pool {
     }
 }
 
-/// Write to a temporary file beside `path`, fsync it, rename it over `path`, fsync the
-/// directory: a crash leaves either the old or the new table, never half of one.
-fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|dir| !dir.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
-    let temporary = PathBuf::from(temporary);
-    let mut file = File::create(&temporary)?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    fs::rename(&temporary, path)?;
-    File::open(dir)?.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     const FIRST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 100);
