@@ -303,13 +303,13 @@ impl<'l, 'a> Expander<'l, 'a> {
         secs
     }
 
-    /// A host's SMBIOS identity: only where netbootd releases secrets, well-formed, and one
-    /// machine's UUID per host.
+    /// A host's hardware identity: only where netbootd releases secrets, well-formed, and one
+    /// machine's UUID and TPM per host.
     fn hardware_identity<'h>(
         &mut self,
         h: &'h HostEntry,
         hardware: &HardwareIdentity,
-        uuids: &mut HashMap<String, &'h HostEntry<'h>>,
+        seen: &mut HashMap<(&'static str, String), &'h HostEntry<'h>>,
     ) {
         let path = format!("{}.identity", h.path);
         if !h.on_lan {
@@ -327,13 +327,35 @@ impl<'l, 'a> Expander<'l, 'a> {
             uuid,
             serial,
             asset_tag,
+            tpm_ek,
         } = hardware;
-        if uuid.is_none() && serial.is_none() && asset_tag.is_none() {
+        if uuid.is_none() && serial.is_none() && asset_tag.is_none() && tpm_ek.is_none() {
             self.error(
                 &path,
-                "an identity needs at least one of uuid, serial and asset_tag",
+                "an identity needs at least one of uuid, serial, asset_tag and tpm_ek",
                 None,
             );
+        }
+        if let Some(name) = tpm_ek {
+            if h.fields.placement == Where::LocalVm {
+                self.error(
+                    &format!("{path}.tpm_ek"),
+                    format!(
+                        "{} is a local VM: its TPM would be a file on this server, not a key its own machine holds",
+                        h.fields.hostname
+                    ),
+                    Some("bind a local VM by its SMBIOS uuid, which `netbootd vms` gives it".into()),
+                );
+            } else {
+                match normalized_ek_name(name) {
+                    None => self.error(
+                        &format!("{path}.tpm_ek"),
+                        format!("{name:?} is not a TPM key Name: \"000b\" (SHA-256) and 64 hexadecimal digits"),
+                        Some("copy the `name:` that `tpm2_readpublic -c ek.ctx` prints".into()),
+                    ),
+                    Some(name) => self.one_machine_each(h, "tpm_ek", name, seen),
+                }
+            }
         }
         if let Some(uuid) = uuid {
             match normalized_uuid(uuid) {
@@ -342,19 +364,7 @@ impl<'l, 'a> Expander<'l, 'a> {
                     format!("{uuid:?} is not a UUID (8-4-4-4-12 hexadecimal digits)"),
                     None,
                 ),
-                Some(uuid) => {
-                    if let Some(first) = uuids.insert(uuid, h) {
-                        let first_line = self.locator.error(&first.path, "", None).line;
-                        self.error(
-                            &format!("{path}.uuid"),
-                            format!(
-                                "this UUID is already {}'s identity (line {first_line}): two machines cannot both be one",
-                                first.fields.hostname
-                            ),
-                            None,
-                        );
-                    }
-                }
+                Some(uuid) => self.one_machine_each(h, "uuid", uuid, seen),
             }
         }
         for (field, value) in [("serial", serial), ("asset_tag", asset_tag)] {
@@ -370,6 +380,27 @@ impl<'l, 'a> Expander<'l, 'a> {
                     None,
                 );
             }
+        }
+    }
+
+    /// `value` of the identity's `field` names one machine: the first host that claims it keeps it.
+    fn one_machine_each<'h>(
+        &mut self,
+        h: &'h HostEntry,
+        field: &'static str,
+        value: String,
+        seen: &mut HashMap<(&'static str, String), &'h HostEntry<'h>>,
+    ) {
+        if let Some(first) = seen.insert((field, value), h) {
+            let first_line = self.locator.error(&first.path, "", None).line;
+            self.error(
+                &format!("{}.identity.{field}", h.path),
+                format!(
+                    "this {field} is already {}'s identity (line {first_line}): two machines cannot both be one",
+                    first.fields.hostname
+                ),
+                None,
+            );
         }
     }
 
@@ -396,10 +427,10 @@ impl<'l, 'a> Expander<'l, 'a> {
         let mut hostnames: HashMap<&str, &str> = HashMap::new();
         let mut macs: HashMap<MacAddr, &str> = HashMap::new();
         let mut ips: HashMap<Ipv4Addr, &str> = HashMap::new();
-        let mut uuids: HashMap<String, &HostEntry> = HashMap::new();
+        let mut claimed = HashMap::new();
         for h in hosts {
             if let Some(hardware) = h.fields.hardware {
-                self.hardware_identity(h, hardware, &mut uuids);
+                self.hardware_identity(h, hardware, &mut claimed);
             }
             for (i, arg) in h.fields.kernel_args.iter().enumerate() {
                 let path = format!("{}.kernel_args[{i}]", h.path);
@@ -1678,6 +1709,7 @@ fn new_host(
         kernel_args: kernel_args.to_vec(),
         identity: hardware.map(|h| HardwareIdentity {
             uuid: h.uuid.as_deref().and_then(normalized_uuid),
+            tpm_ek: h.tpm_ek.as_deref().and_then(normalized_ek_name),
             ..h.clone()
         }),
         config,
@@ -1707,6 +1739,12 @@ fn normalized_uuid(text: &str) -> Option<String> {
         .iter()
         .all(|g| g.chars().all(|c| c.is_ascii_hexdigit()));
     (shape && hex).then(|| text.to_ascii_lowercase())
+}
+
+/// A TPM key's Name with a SHA-256 name algorithm (0x000b), lowercase.
+fn normalized_ek_name(text: &str) -> Option<String> {
+    let hex = text.len() == 68 && text.chars().all(|c| c.is_ascii_hexdigit());
+    (hex && text.starts_with("000b")).then(|| text.to_ascii_lowercase())
 }
 
 /// An address a host may have: inside the subnet, not its network or broadcast address.

@@ -619,6 +619,14 @@ pub struct HardwareIdentity {
     /// Chassis asset tag (`dmidecode -s chassis-asset-tag`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub asset_tag: Option<String>,
+    /// The Name of the machine's TPM 2.0 RSA endorsement key, "000b" and 64 hexadecimal digits
+    /// (`tpm2_createek -G rsa -c ek.ctx && tpm2_readpublic -c ek.ctx` on it, or what netbootd logs
+    /// when it refuses the machine's first boot). The boot must then also prove it holds that TPM:
+    /// netbootd encrypts a one-time credential to the key (TPM2_MakeCredential), and only that TPM can
+    /// recover it (TPM2_ActivateCredential). SMBIOS strings can be copied; the key cannot. For
+    /// `[[machines]]` and bare-metal deployments: a local VM's TPM would be a file on this server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm_ek: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

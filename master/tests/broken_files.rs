@@ -59,7 +59,7 @@ const CASES: &[Case] = &[
                 "serial = \"SN 1 \"",
             ),
         ],
-        expected: r#"error: master.toml:116:21: machines[cornil-mixer].identity.uuid: this UUID is already lameere-mixer's identity (line 86): two machines cannot both be one
+        expected: r#"error: master.toml:116:21: machines[cornil-mixer].identity.uuid: this uuid is already lameere-mixer's identity (line 86): two machines cannot both be one
     |
 116 | identity = { uuid = "2CF95BBC-8157-4255-8320-3C91938CDCB7" }
     |                     ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
@@ -68,6 +68,32 @@ error: master.toml:168:23: servers[stream-backend].identity.serial: "SN 1 " is n
     |
 168 | identity = { serial = "SN 1 " }
     |                       ^^^^^^^
+
+2 errors found"#,
+    },
+    Case {
+        name: "a TPM key Name cut short, and a TPM on a local VM",
+        edits: &[
+            (
+                "uuid = \"2cf95bbc-8157-4255-8320-3c91938cdcb7\"",
+                "uuid = \"2cf95bbc-8157-4255-8320-3c91938cdcb7\", tpm_ek = \"000b29aeca4f\"",
+            ),
+            (
+                "uuid = \"6b32cba2-3e57-44e6-8d83-8736ff589cf7\"",
+                "tpm_ek = \"000b29aeca4fd2d0de87d60b5f7f59fb57a9a35866142ef07387683be71c747dc4cd\"",
+            ),
+        ],
+        expected: r#"error: master.toml:89:70: machines[lameere-mixer].identity.tpm_ek: "000b29aeca4f" is not a TPM key Name: "000b" (SHA-256) and 64 hexadecimal digits
+   |
+89 | identity = { uuid = "2cf95bbc-8157-4255-8320-3c91938cdcb7", tpm_ek = "000b29aeca4f" }
+   |                                                                      ^^^^^^^^^^^^^^
+  help: copy the `name:` that `tpm2_readpublic -c ek.ctx` prints
+
+error: master.toml:147:23: encoders[cornil-enc].identity.tpm_ek: cornil-enc is a local VM: its TPM would be a file on this server, not a key its own machine holds
+    |
+147 | identity = { tpm_ek = "000b29aeca4fd2d0de87d60b5f7f59fb57a9a35866142ef07387683be71c747dc4cd" }
+    |                       ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+  help: bind a local VM by its SMBIOS uuid, which `netbootd vms` gives it
 
 2 errors found"#,
     },

@@ -111,6 +111,7 @@ fn master_file(rooms: &[RoomSpec], mode: DhcpMode, seed: u8) -> MasterFile {
                     uuid: None,
                     serial: Some(format!("SN-{}-{i}", room.slug)),
                     asset_tag: None,
+                    tpm_ek: Some(format!("000b{seed:02x}{:062x}", machines.len())),
                 }),
             });
         }
@@ -139,6 +140,7 @@ fn master_file(rooms: &[RoomSpec], mode: DhcpMode, seed: u8) -> MasterFile {
                         )),
                         serial: None,
                         asset_tag: None,
+                        tpm_ek: None,
                     }),
                 },
                 address: None,

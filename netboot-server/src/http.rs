@@ -19,6 +19,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
@@ -34,6 +36,7 @@ use crate::metrics::{HTTP_CONNECTIONS_CUT, HTTP_RESPONSES, Metrics, REPORTS_REFU
 use crate::policy::{BootPolicy, Host, SharedPolicy, Smbios};
 use crate::safe_path;
 use crate::timeline::{Event, HostRecord, Refusal, Report, Timeline};
+use crate::tpm;
 use crate::urls::{
     ROUTE_ARTIFACT, ROUTE_FIRMWARE, ROUTE_HEALTH, ROUTE_HOST_LAYER, ROUTE_HOSTS, ROUTE_METRICS,
     ROUTE_REPORT, ROUTE_SCRIPT, ROUTE_SECRETS, ROUTES, Urls,
@@ -52,7 +55,7 @@ const PRIVATE: &str = "no-store";
 /// A boot report is a few hundred bytes; axum's default (2 MiB) would let every host on the
 /// LAN make us parse and keep megabytes of `media` per report.
 const REPORT_MAX_BYTES: usize = 64 * 1024;
-/// A boot id and three SMBIOS strings.
+/// A boot id, three SMBIOS strings and a TPM's public keys.
 const SECRETS_REQUEST_MAX_BYTES: usize = 4 * 1024;
 
 pub struct HttpState {
@@ -64,6 +67,8 @@ pub struct HttpState {
     pub firmware_root: PathBuf,
     /// A host whose last report is older than this is shown `stale`.
     pub stale_after: Duration,
+    /// TPM credentials handed out for secrets and not yet redeemed.
+    pub tpm_challenges: tpm::Challenges,
 }
 
 type AppState = State<Arc<HttpState>>;
@@ -438,12 +443,46 @@ async fn host_layer(
     Ok(serve_file(request, &path, PRIVATE, None).await)
 }
 
-/// What a booted host sends for its secrets: its boot and what its firmware says it is.
+/// The endorsement key and the key Name a TPM proof presents, or why they are unusable.
+fn tpm_keys(proof: &TpmProof) -> Result<(tpm::EndorsementKey, [u8; tpm::NAME_LEN]), String> {
+    let public = BASE64
+        .decode(&proof.ek_public)
+        .map_err(|_| "its TPM endorsement key is not base64".to_owned())?;
+    let ek = tpm::EndorsementKey::parse(&public)
+        .map_err(|why| format!("its TPM endorsement key is unusable: {why}"))?;
+    let ak_name = tpm::parse_name(&proof.ak_name)
+        .ok_or_else(|| "its TPM key Name is not a SHA-256 Name".to_owned())?;
+    Ok((ek, ak_name))
+}
+
+/// What a booted host sends for its secrets: its boot, what its firmware says it is and, when
+/// asked, its TPM's part of the credential exchange.
 #[derive(Debug, serde::Deserialize)]
 struct SecretsRequest {
     boot_id: String,
     #[serde(flatten)]
     smbios: Smbios,
+    #[serde(default)]
+    tpm: Option<TpmProof>,
+}
+
+/// The TPM's keys (`tpm2_createek -G rsa -u`, base64, and `tpm2_createak -n`, hexadecimal) and,
+/// once challenged, the credential it recovered (`tpm2_activatecredential -o`, hexadecimal).
+#[derive(Debug, serde::Deserialize)]
+struct TpmProof {
+    ek_public: String,
+    ak_name: String,
+    #[serde(default)]
+    activated: Option<String>,
+}
+
+/// What a host whose policy names its TPM is told until it has proved it: 401 with
+/// `{"needs":"tpm"}`, then with `{"credential":"<base64 tpm2-tools credential file>"}`.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum TpmChallenge {
+    Needs(&'static str),
+    Credential(String),
 }
 
 /// The host's secrets (a cpio, empty if it has none) and its boot's report token: to the host's
@@ -477,8 +516,9 @@ async fn host_secrets(
         let holder = holder.map_or("no address yet".to_owned(), |ip| ip.to_string());
         return refuse("wrong_address", format!("the host's address is {holder}"));
     }
-    if let Some(expected) = policy.identity(host) {
-        let wrong = expected.mismatches(&request.smbios);
+    let expected = policy.identity(host);
+    if let Some(expected) = expected {
+        let wrong = expected.smbios.mismatches(&request.smbios);
         if !wrong.is_empty() {
             return refuse(
                 "wrong_identity",
@@ -491,6 +531,43 @@ async fn host_secrets(
         && boot_id.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
     if !plain_id {
         return refuse("bad_request", "no usable boot_id".to_owned());
+    }
+    if let Some(ek_name) = expected.and_then(|identity| identity.tpm_ek.as_deref()) {
+        let challenge = |challenge: TpmChallenge| {
+            state.metrics.inc(SECRETS, &[("outcome", "tpm_challenge")]);
+            (StatusCode::UNAUTHORIZED, Json(challenge)).into_response()
+        };
+        let Some(proof) = &request.tpm else {
+            return challenge(TpmChallenge::Needs("tpm"));
+        };
+        let ek = match tpm_keys(proof) {
+            Ok((ek, _)) if ek.name_hex() != ek_name => {
+                let presented = ek.name_hex();
+                tracing::warn!(host = %host.hostname, %peer, tpm_ek = %presented, "a TPM the master file does not name");
+                return refuse(
+                    "wrong_identity",
+                    "its TPM's endorsement key is not the one the master file names".to_owned(),
+                );
+            }
+            Ok(keys) => keys,
+            Err(why) => return refuse("bad_request", why),
+        };
+        match &proof.activated {
+            None => {
+                let (ek, ak_name) = ek;
+                let credential = state.tpm_challenges.issue(host.mac, boot_id);
+                let file = ek.make_credential(&ak_name, &credential);
+                return challenge(TpmChallenge::Credential(BASE64.encode(file)));
+            }
+            Some(activated) => {
+                if !state.tpm_challenges.redeem(host.mac, boot_id, activated) {
+                    return refuse(
+                        "wrong_identity",
+                        "its TPM did not recover the credential sealed to it".to_owned(),
+                    );
+                }
+            }
+        }
     }
     let secrets = match policy.host_secrets(host) {
         Some(path) => match tokio::fs::read(&path).await {
@@ -681,7 +758,7 @@ mod tests {
     use tokio::net::TcpStream;
 
     use super::*;
-    use crate::policy::{Network, StaticPolicy};
+    use crate::policy::{Identity, Network, StaticPolicy};
 
     #[test]
     fn urls_fill_the_route_parameter() {
@@ -763,8 +840,8 @@ mod tests {
 
     const MIXER: MacAddr = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
 
-    /// A server whose one host is mixer1 at 10.0.0.10, bound to the SMBIOS `uuid` if one is given.
-    fn mixer_state(uuid: Option<&str>) -> Arc<HttpState> {
+    /// A server whose one host is mixer1 at 10.0.0.10, bound to `identity` if one is given.
+    fn mixer_state(identity: Option<Identity>) -> Arc<HttpState> {
         let mac = MIXER;
         let host = Host {
             mac,
@@ -780,11 +857,7 @@ mod tests {
             lease_time: Duration::from_secs(3600),
         };
         let mut policy = StaticPolicy::new(vec![host], network);
-        if let Some(uuid) = uuid {
-            let identity = Smbios {
-                uuid: Some(uuid.into()),
-                ..Smbios::default()
-            };
+        if let Some(identity) = identity {
             policy = policy.with_identity(mac, identity);
         }
         Arc::new(HttpState {
@@ -794,6 +867,7 @@ mod tests {
             urls: Urls::new("http://10.0.0.1:8080"),
             firmware_root: PathBuf::new(),
             stale_after: Duration::from_secs(90),
+            tpm_challenges: Default::default(),
         })
     }
 
@@ -809,7 +883,13 @@ mod tests {
             token in "[ -~]{0,80}",
         ) {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            let state = mixer_state(Some("4c4c4544-0042-3510-8052-b4c04f4e3732"));
+            let state = mixer_state(Some(Identity {
+                smbios: Smbios {
+                    uuid: Some("4c4c4544-0042-3510-8052-b4c04f4e3732".into()),
+                    ..Smbios::default()
+                },
+                tpm_ek: None,
+            }));
             state.timeline.record(MIXER, Event::HostLayer);
             runtime.block_on(async {
                 let near = serde_json::json!({ "boot_id": boot_id, "uuid": uuid }).to_string();
@@ -824,6 +904,74 @@ mod tests {
             })?;
             let record = state.timeline.get(MIXER);
             proptest::prop_assert!(record.secrets.is_none() && record.state.is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_host_bound_to_its_tpm_gets_its_secrets_only_by_recovering_the_credential() {
+        let (tpm, ek_public) = tpm::tests::SoftwareTpm::new();
+        let other_ek = tpm::tests::SoftwareTpm::new().1;
+        let ak_name = format!("000b{}", "ab".repeat(32));
+        let state = mixer_state(Some(Identity {
+            smbios: Smbios::default(),
+            tpm_ek: Some(tpm::EndorsementKey::parse(&ek_public).unwrap().name_hex()),
+        }));
+        state.timeline.record(MIXER, Event::HostLayer);
+        let ask = |tpm: Option<serde_json::Value>| {
+            let state = Arc::clone(&state);
+            async move {
+                let body = serde_json::json!({"boot_id": "b1", "tpm": tpm}).to_string();
+                let response = post(&state, HOST_ADDRESS, "/host/mixer1/secrets", None, body).await;
+                let status = response.status();
+                let body = axum::body::to_bytes(response.into_body(), 4096)
+                    .await
+                    .unwrap();
+                (status, serde_json::from_slice(&body).unwrap_or_default())
+            }
+        };
+        let keys = |ek: &[u8], activated: Option<String>| {
+            Some(serde_json::json!({
+                "ek_public": BASE64.encode(ek), "ak_name": ak_name, "activated": activated,
+            }))
+        };
+        let (status, body): (_, serde_json::Value) = ask(None).await;
+        assert_eq!(
+            (status, body),
+            (
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"needs": "tpm"})
+            )
+        );
+        // Another TPM, or none that can recover the credential: refused.
+        assert_eq!(ask(keys(&other_ek, None)).await.0, StatusCode::FORBIDDEN);
+        let (status, _) = ask(keys(&ek_public, Some("00".repeat(32)))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "no credential was issued");
+        let (status, body) = ask(keys(&ek_public, None)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let file = BASE64.decode(body["credential"].as_str().unwrap()).unwrap();
+        let activated = hex::encode(tpm.activate(&ak_name, &file).unwrap());
+        assert_eq!(
+            ask(keys(&ek_public, Some(activated.clone()))).await.0,
+            StatusCode::OK
+        );
+        // A credential is spent once redeemed: a replay of the answer gets nothing.
+        assert_eq!(
+            ask(keys(&ek_public, Some(activated))).await.0,
+            StatusCode::FORBIDDEN
+        );
+        let alerts = state.timeline.get(MIXER).alerts;
+        assert_eq!(alerts.len(), 3, "{alerts:?}");
+        assert!(
+            alerts[0].contains("endorsement key is not the one"),
+            "{alerts:?}"
+        );
+        assert!(
+            alerts[1].contains("did not recover the credential"),
+            "{alerts:?}"
+        );
+        let metrics = state.metrics.render();
+        for outcome in ["tpm_challenge\"} 2", "wrong_identity\"} 3", "released\"} 1"] {
+            assert!(metrics.contains(outcome), "{outcome}: {metrics}");
         }
     }
 
@@ -944,6 +1092,7 @@ mod tests {
             urls: Urls::new("http://127.0.0.1"),
             firmware_root: firmware.path().into(),
             stale_after: Duration::from_secs(90),
+            tpm_challenges: Default::default(),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();

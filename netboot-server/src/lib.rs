@@ -26,5 +26,6 @@ pub mod server;
 pub mod tftp;
 pub mod timeline;
 pub mod tls;
+pub mod tpm;
 pub mod urls;
 pub mod vms;

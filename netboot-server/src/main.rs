@@ -19,9 +19,10 @@ use lectern_netboot::cloud::{CloudEncoders, Started};
 use lectern_netboot::dhcp::Mode;
 use lectern_netboot::mac::MacAddr;
 use lectern_netboot::plan_policy::{self, PlanPolicy};
-use lectern_netboot::policy::{BootPolicy, Host, Network, Smbios, StaticImage, StaticPolicy};
+use lectern_netboot::policy::{BootPolicy, Host, Identity, Network, StaticImage, StaticPolicy};
 use lectern_netboot::schedule;
 use lectern_netboot::server::{self, Https, ServerConfig};
+use lectern_netboot::tpm;
 use lectern_netboot::vms;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -31,9 +32,10 @@ enum ModeArg {
 }
 
 /// `MAC,IP,HOSTNAME` or `MAC,HOSTNAME` (no reservation), like dnsmasq's dhcp-host, then
-/// optionally the identity its secrets need: `,uuid=…`, `,serial=…`, `,asset_tag=…`.
+/// optionally the identity its secrets need: `,uuid=…`, `,serial=…`, `,asset_tag=…`, `,tpm_ek=…`
+/// (its TPM endorsement key's Name).
 #[derive(Debug, Clone)]
-struct HostArg(Host, Option<Smbios>);
+struct HostArg(Host, Option<Identity>);
 
 impl FromStr for HostArg {
     type Err = anyhow::Error;
@@ -41,17 +43,22 @@ impl FromStr for HostArg {
     fn from_str(text: &str) -> anyhow::Result<Self> {
         let (fields, identity): (Vec<&str>, Vec<&str>) =
             text.split(',').partition(|field| !field.contains('='));
-        let mut smbios = Smbios::default();
+        let mut wanted = Identity::default();
         for field in &identity {
             let (key, value) = field.split_once('=').expect("partitioned on '='");
             let slot = match key {
-                "uuid" => &mut smbios.uuid,
-                "serial" => &mut smbios.serial,
-                "asset_tag" => &mut smbios.asset_tag,
-                _ => bail!("unknown host field {key:?} (uuid, serial or asset_tag): {text:?}"),
+                "uuid" => &mut wanted.smbios.uuid,
+                "serial" => &mut wanted.smbios.serial,
+                "asset_tag" => &mut wanted.smbios.asset_tag,
+                "tpm_ek" if tpm::parse_name(value).is_some() => &mut wanted.tpm_ek,
+                "tpm_ek" => bail!("tpm_ek={value} is not a TPM key Name (000b and 64 hex digits)"),
+                _ => bail!(
+                    "unknown host field {key:?} (uuid, serial, asset_tag or tpm_ek): {text:?}"
+                ),
             };
             *slot = Some(value.to_owned());
         }
+        wanted.tpm_ek = wanted.tpm_ek.map(|name| name.to_ascii_lowercase());
         let (mac, ip, hostname) = match fields.as_slice() {
             [mac, ip, hostname] => (
                 mac,
@@ -66,7 +73,7 @@ impl FromStr for HostArg {
             hostname: hostname.to_string(),
             ip,
         };
-        Ok(HostArg(host, (!identity.is_empty()).then_some(smbios)))
+        Ok(HostArg(host, (!identity.is_empty()).then_some(wanted)))
     }
 }
 
@@ -90,7 +97,7 @@ struct Args {
     server_ip: Ipv4Addr,
     #[arg(long, value_enum, default_value = "authoritative")]
     mode: ModeArg,
-    /// Known machine, repeatable: MAC,IP,HOSTNAME or MAC,HOSTNAME, then ,uuid=… ,serial=… ,asset_tag=…
+    /// Known machine, repeatable: MAC,IP,HOSTNAME or MAC,HOSTNAME, then ,uuid=… ,serial=… ,asset_tag=… ,tpm_ek=…
     /// for the identity its secrets need.
     #[arg(long = "host")]
     hosts: Vec<HostArg>,

@@ -11,7 +11,7 @@ use lectern_store::{Manifest, Store};
 
 use crate::dhcp::Mode;
 use crate::mac::MacAddr;
-use crate::policy::{Artifact, ArtifactKind, Boot, BootPolicy, Host, Network, Smbios};
+use crate::policy::{Artifact, ArtifactKind, Boot, BootPolicy, Host, Identity, Network, Smbios};
 use crate::server::{Https, ServerConfig};
 use crate::{http, tftp};
 use lectern_master::model::NetbootLimits;
@@ -57,7 +57,7 @@ struct HostBoot {
     image: Option<RoleImage>,
     layer: Option<PathBuf>,
     secrets: Option<PathBuf>,
-    identity: Option<Smbios>,
+    identity: Option<Identity>,
 }
 
 /// Boot answers for every netbooted host of a plan.
@@ -148,10 +148,13 @@ impl PlanPolicy {
                 image,
                 layer,
                 secrets,
-                identity: host.identity.as_ref().map(|identity| Smbios {
-                    uuid: identity.uuid.clone(),
-                    serial: identity.serial.clone(),
-                    asset_tag: identity.asset_tag.clone(),
+                identity: host.identity.as_ref().map(|identity| Identity {
+                    smbios: Smbios {
+                        uuid: identity.uuid.clone(),
+                        serial: identity.serial.clone(),
+                        asset_tag: identity.asset_tag.clone(),
+                    },
+                    tpm_ek: identity.tpm_ek.clone(),
                 }),
             };
             boots.insert(mac, boot);
@@ -226,7 +229,7 @@ impl BootPolicy for PlanPolicy {
         self.boots.get(&host.mac)?.secrets.clone()
     }
 
-    fn identity(&self, host: &Host) -> Option<&Smbios> {
+    fn identity(&self, host: &Host) -> Option<&Identity> {
         self.boots.get(&host.mac)?.identity.as_ref()
     }
 }

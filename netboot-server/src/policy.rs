@@ -55,6 +55,15 @@ impl Smbios {
     }
 }
 
+/// What a host must prove for its secrets: every SMBIOS field given, and, with `tpm_ek`, that it
+/// holds the TPM whose endorsement key has that Name (see [`crate::tpm`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub smbios: Smbios,
+    /// The endorsement key's Name, lowercase hexadecimal.
+    pub tpm_ek: Option<String>,
+}
+
 /// Parameters every address is handed out with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Network {
@@ -178,7 +187,7 @@ pub trait BootPolicy: Send + Sync + 'static {
     fn host_secrets(&self, host: &Host) -> Option<PathBuf>;
 
     /// The hardware identity the host must present for its secrets; `None`: its address is enough.
-    fn identity(&self, _host: &Host) -> Option<&Smbios> {
+    fn identity(&self, _host: &Host) -> Option<&Identity> {
         None
     }
 
@@ -258,7 +267,7 @@ pub struct StaticPolicy {
     artifact_dir: PathBuf,
     layer_dir: Option<PathBuf>,
     artifact_kinds: HashMap<String, ArtifactKind>,
-    identities: HashMap<MacAddr, Smbios>,
+    identities: HashMap<MacAddr, Identity>,
 }
 
 impl StaticPolicy {
@@ -275,7 +284,7 @@ impl StaticPolicy {
     }
 
     /// `mac` gets its secrets only by presenting `identity`.
-    pub fn with_identity(mut self, mac: MacAddr, identity: Smbios) -> Self {
+    pub fn with_identity(mut self, mac: MacAddr, identity: Identity) -> Self {
         self.identities.insert(mac, identity);
         self
     }
@@ -350,7 +359,7 @@ impl BootPolicy for StaticPolicy {
         path.is_file().then_some(path)
     }
 
-    fn identity(&self, host: &Host) -> Option<&Smbios> {
+    fn identity(&self, host: &Host) -> Option<&Identity> {
         self.identities.get(&host.mac)
     }
 }

@@ -325,6 +325,7 @@ pub async fn run(
         urls,
         firmware_root: config.tftp_root.clone(),
         stale_after: config.stale_after,
+        tpm_challenges: Default::default(),
     });
     let tftp_stopped = serve_tftp_on_own_thread(tftp, tftp_socket)?;
     let serving = async {

@@ -353,6 +353,7 @@ mod tests {
                     uuid: Some("4c4c4544-0042-3510-8052-b4c04f4e3732".into()),
                     serial: None,
                     asset_tag: Some("AV,17".into()),
+                    tpm_ek: None,
                 })))
                 .collect(),
         };

@@ -35,6 +35,7 @@ fn run(room: &mut RoomLab) -> Result<()> {
         uuid: Some("00000000-0000-4000-8000-00000000dead".into()),
         serial: None,
         asset_tag: None,
+        tpm_ek: None,
     };
     room.power_on_as(ENCODER, Firmware::Bios, Some(&spoofed))?;
     let refused = |r: &RoomLab| {
