@@ -3,6 +3,10 @@
 //! Needs root; set LECTERN_REQUIRE_NETNS=1 to fail rather than skip when it cannot run.
 
 mod lab;
+// Shared with the VM lab, which also uses its qemu half.
+#[allow(dead_code)]
+#[path = "lab/soft_tpm.rs"]
+mod soft_tpm;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -13,6 +17,7 @@ use dhcproto::v4::{
 };
 use lab::{CLIENT_LINK, HTTP, Lab, SERVER_IP, must};
 use socket2::{Domain, Protocol, Socket, Type};
+use soft_tpm::SoftTpm;
 
 const MIXER: &str = "52:54:00:00:00:01";
 const ENCODER: &str = "52:54:00:00:00:02";
@@ -1139,5 +1144,155 @@ fn runs_as_nobody_with_only_the_bind_and_raw_capabilities() {
             .contains("no IPv6 router advertisements"),
         "{}",
         lab.logs()
+    );
+}
+
+/// The image's host-secrets script, as a booted mixer1 runs it, in the client namespace: its host
+/// name, its SMBIOS UUID, its role image's netbootd URL and pin, a TPM reached through `tcti`; the
+/// secrets go under `root`. Its exit status and what it printed.
+fn host_secrets(lab: &Lab, pin: &str, tcti: &str, root: &std::path::Path) -> (bool, String) {
+    let machine = root.join("machine");
+    let (etc, dmi, run) = (
+        machine.join("etc"),
+        machine.join("dmi"),
+        machine.join("run"),
+    );
+    for dir in [&etc, &dmi, &run] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(
+        etc.join("netbootd-url"),
+        format!("https://{SERVER_IP}:8443/"),
+    )
+    .unwrap();
+    std::fs::write(etc.join("netbootd.pin"), pin).unwrap();
+    std::fs::write(dmi.join("product_uuid"), UUID).unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../overlays/base/config/usr/lib/lectern/host-secrets");
+    let output = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.client_ns,
+            "unshare",
+            "--uts",
+            "sh",
+            "-c",
+        ])
+        .arg(r#"hostname mixer1 && exec bash "$0""#)
+        .arg(&script)
+        .env("LECTERN_ETC", &etc)
+        .env("LECTERN_DMI", &dmi)
+        .env("LECTERN_RUN", &run)
+        .env("LECTERN_ROOT", root)
+        .env("TPM2TOOLS_TCTI", tcti)
+        .output()
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), printed)
+}
+
+#[test]
+fn a_host_bound_to_its_tpm_proves_it_and_a_spoofer_with_its_smbios_but_another_tpm_cannot() {
+    let Some(mut lab) = Lab::new(&["curl", "jq", "busybox", "unshare", "swtpm", "tpm2_createek"])
+    else {
+        return;
+    };
+    let dir = lab.dir.path().to_owned();
+    let real = SoftTpm::manufacture(&dir.join("tpm-real")).unwrap();
+    let other = SoftTpm::manufacture(&dir.join("tpm-other")).unwrap();
+    assert_ne!(real.ek_name, other.ek_name);
+    // Each on the client namespace's own loopback, where the machine's tools reach it.
+    for (name, tpm, port) in [("swtpm-real", &real, 2321), ("swtpm-other", &other, 2331)] {
+        let args = tpm.tcp_server(port);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        lab.spawn_in_client(name, "swtpm", &args);
+    }
+
+    let store = lectern_store::Store::create(dir.join("store")).unwrap();
+    let key = store.server_key().unwrap();
+    let layers = dir.join("layers");
+    let secret_file = "lectern-host/etc/lectern/encoder.args";
+    let staging = dir.join("staging");
+    std::fs::create_dir_all(staging.join("lectern-host/etc/lectern")).unwrap();
+    std::fs::write(staging.join(secret_file), SECRET_MARK).unwrap();
+    std::fs::create_dir_all(&layers).unwrap();
+    let cpio = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("find lectern-host | busybox cpio -o -H newc")
+        .current_dir(&staging)
+        .output()
+        .unwrap();
+    assert!(cpio.status.success());
+    std::fs::write(layers.join("mixer1.secrets.cpio"), cpio.stdout).unwrap();
+    std::fs::write(layers.join("mixer1.cpio"), b"public layer of mixer1").unwrap();
+    lab.start_netbootd(
+        SERVER_IP,
+        &[
+            "--host",
+            &format!(
+                "{MIXER},10.99.0.10,mixer1,uuid={UUID},tpm_ek={}",
+                real.ek_name
+            ),
+            "--layer-dir",
+            layers.to_str().unwrap(),
+            "--tls-key",
+            store.server_key_path().to_str().unwrap(),
+        ],
+    );
+    lab.set_client_mac(MIXER);
+    lab.set_client_address("10.99.0.10/24");
+    // The host's boot fetches its layer, which opens the window for its secrets.
+    assert_eq!(
+        http(&lab, &[&format!("{HTTP}/host/{MIXER}/layer")]),
+        "public layer of mixer1"
+    );
+
+    // A spoofer with the host's MAC, address and SMBIOS UUID, and a TPM of its own: nothing.
+    let spoofer_root = dir.join("spoofer");
+    let (ok, printed) = host_secrets(&lab, &key.pin, "swtpm:port=2331", &spoofer_root);
+    assert!(!ok, "{printed}");
+    assert!(printed.contains("HTTP 403"), "{printed}");
+    assert!(!spoofer_root.join("etc/lectern/encoder.args").exists());
+    // One without any TPM: nothing either.
+    let (ok, printed) = host_secrets(&lab, &key.pin, "swtpm:port=2399", &spoofer_root);
+    assert!(!ok, "{printed}");
+    assert!(!spoofer_root.join("etc/lectern/encoder.args").exists());
+
+    // The host, with its TPM: its secrets, and its reports' token.
+    let host_root = dir.join("host");
+    let (ok, printed) = host_secrets(&lab, &key.pin, "swtpm:port=2321", &host_root);
+    assert!(ok, "{printed}");
+    assert!(printed.contains("applied 1 files"), "{printed}");
+    assert_eq!(
+        std::fs::read_to_string(host_root.join("etc/lectern/encoder.args")).unwrap(),
+        SECRET_MARK
+    );
+    let auth = std::fs::read_to_string(host_root.join("machine/run/report-auth")).unwrap();
+    assert!(auth.starts_with("Authorization: Bearer "), "{auth}");
+
+    let hosts: serde_json::Value = serde_json::from_str(&lab.operator("/api/hosts")).unwrap();
+    let alerts = hosts[0]["alerts"].to_string();
+    assert!(
+        alerts.contains("endorsement key is not the one the master file names"),
+        "{alerts}"
+    );
+    let metrics = lab.operator("/metrics");
+    for outcome in [
+        "outcome=\"wrong_identity\"} 1",
+        "outcome=\"released\"} 1",
+        // Each boot is asked for its TPM, the host's then challenged.
+        "outcome=\"tpm_challenge\"} 4",
+    ] {
+        assert!(metrics.contains(outcome), "{outcome}: {metrics}");
+    }
+    let log = lab.logs();
+    assert!(
+        log.contains(&other.ek_name),
+        "netbootd logs the spoofer's key Name: {log}"
     );
 }

@@ -236,10 +236,21 @@ impl Lab {
 
     /// Starts a long-running program in the server namespace, its output kept in a log.
     pub fn spawn_in_server(&mut self, name: &str, program: &str, args: &[&str]) {
+        let namespace = self.server_ns.clone();
+        self.spawn_in(&namespace, name, program, args);
+    }
+
+    /// Starts a long-running program in the client namespace, its output kept in a log.
+    pub fn spawn_in_client(&mut self, name: &str, program: &str, args: &[&str]) {
+        let namespace = self.client_ns.clone();
+        self.spawn_in(&namespace, name, program, args);
+    }
+
+    fn spawn_in(&mut self, namespace: &str, name: &str, program: &str, args: &[&str]) {
         let log = self.dir.path().join(format!("{name}.log"));
         let file = File::create(&log).expect("log file");
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.server_ns, program])
+            .args(["netns", "exec", namespace, program])
             .args(args)
             .env("RUST_LOG", "lectern_netboot=debug,info")
             .stdin(Stdio::null())
