@@ -16,8 +16,12 @@ use lectern_builder::context::Plan;
 use lectern_builder::recipe::Recipes;
 use lectern_store::{HostLayer, Manifest, Store};
 use serde_json::Value;
+use soft_tpm::SoftTpm;
 
 pub mod room;
+// The one soft TPM of the test labs, shared with the namespace tests.
+#[path = "../../netboot-server/tests/lab/soft_tpm.rs"]
+pub mod soft_tpm;
 
 pub const SERVER_IP: &str = "10.99.0.1";
 const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
@@ -141,6 +145,20 @@ impl Lab {
             .spawn()?;
         self.children.push(child);
         Ok(self.children.len() - 1)
+    }
+
+    /// swtpm for the guest on `tap`, serving `tpm`; the socket qemu connects to.
+    fn start_tpm(&mut self, tpm: &SoftTpm, tap: &str) -> Result<PathBuf> {
+        let socket = self.dir.path().join(format!("{tap}.tpm.sock"));
+        let mut swtpm = Command::new("swtpm");
+        swtpm.args(tpm.qemu_server(&socket));
+        self.spawn(swtpm, &format!("{tap}.swtpm.log"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !socket.exists() {
+            ensure!(Instant::now() < deadline, "swtpm made no socket for {tap}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(socket)
     }
 
     /// CPU seconds (user + system) the process [`Lab::spawn`] started as `index` has used so far.
@@ -293,7 +311,13 @@ impl Lab {
     /// Starts a guest that boots from its NIC, as a machine at the venue does: BIOS with qemu's own
     /// iPXE ROM, or UEFI (OVMF) with the firmware's own PXE; `smbios` are qemu `-smbios` values (its
     /// identity). Returns its index for [`Lab::stop`].
-    pub fn pxe_boot(&mut self, mac: &str, firmware: Firmware, smbios: &[String]) -> Result<usize> {
+    pub fn pxe_boot(
+        &mut self,
+        mac: &str,
+        firmware: Firmware,
+        smbios: &[String],
+        tpm: Option<&SoftTpm>,
+    ) -> Result<usize> {
         let (machine, nic) = match firmware {
             Firmware::Bios => ("pc", format!("mac={mac},bootindex=1")),
             Firmware::Uefi => ("q35", format!("mac={mac},bootindex=1,romfile=")),
@@ -301,6 +325,10 @@ impl Lab {
         let (tap, _, mut command) = self.guest(machine, &nic)?;
         for value in smbios {
             command.arg("-smbios").arg(value);
+        }
+        if let Some(tpm) = tpm {
+            let socket = self.start_tpm(tpm, &tap)?;
+            command.args(SoftTpm::qemu_args(&socket));
         }
         match firmware {
             Firmware::Bios => command.args(["-boot", "n"]),

@@ -4,6 +4,7 @@
 //! page in Chromium, the hosts themselves over ssh. The room test and the demo both drive it.
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::net::Ipv4Addr;
@@ -19,6 +20,7 @@ use lectern_master::{Plan, Role};
 use lectern_netboot::vms::{identity_smbios, name_smbios};
 use serde_json::Value;
 
+use crate::soft_tpm::SoftTpm;
 use crate::{Firmware, Lab};
 
 /// The boot phases netbootd stamps, in boot order.
@@ -55,6 +57,8 @@ pub struct RoomLab {
     pub guests: Vec<Guest>,
     started: Instant,
     fixture: Fixture,
+    /// The soft TPMs of the hosts the served master file binds to one, by host name.
+    tpms: HashMap<String, SoftTpm>,
 }
 
 /// Which copy of the master file the lab serves.
@@ -62,7 +66,8 @@ pub struct RoomLab {
 pub enum Fixture {
     /// As it is: netbootd hands out the addresses, in the mode the master file says.
     AsMasterFile,
-    /// A venue's DHCP server (dnsmasq) hands them out, with netbootd in proxy mode beside it.
+    /// A venue's DHCP server (dnsmasq) hands them out, with netbootd in proxy mode beside it; the
+    /// room's encoder is a machine at the venue, bound to its (soft) TPM.
     ProxyBesideVenue,
     /// The room's encoder runs in the cloud (`where = "ec2"`), fed by the mixer's SRT contribution with
     /// the room's passphrase (added to a copy of the secrets file).
@@ -75,6 +80,43 @@ pub const CLOUD_PASSPHRASE: &str = "lectern-test-contribution-91be";
 /// `Fixture::CloudEncoder`'s edit of the fixture: its room's encoder moved from a local VM to EC2, the
 /// room given a contribution passphrase.
 fn move_encoder_to_the_cloud(text: &str) -> Result<String> {
+    let cloud = "where = \"ec2\"\nregion = \"eu-west-1\"\ninstance_type = \"c6i.large\"\ninstance_profile = \"lectern-encoder\"";
+    let (room, encoder, rest) = move_encoder(text, &["mac = ", "ip = ", "identity = "], |line| {
+        (line == "where = \"local-vm\"").then(|| cloud.to_owned())
+    })?;
+    let key = "stream_key = \"secret:stream_keys.lameere\"\n";
+    ensure!(room.contains(key), "the fixture's room has no stream key");
+    Ok(room.replacen(
+        key,
+        &format!("{key}contribution_passphrase = \"secret:contribution.lameere\"\n"),
+        1,
+    ) + &encoder
+        + rest)
+}
+
+/// `Fixture::ProxyBesideVenue`'s edit of the fixture: its room's encoder a machine at the venue
+/// (`bare-metal`), bound to its TPM as well as its SMBIOS UUID.
+fn move_encoder_to_bare_metal(text: &str, tpm_ek: &str) -> Result<String> {
+    let (before, encoder, rest) = move_encoder(text, &[], |line| {
+        if line == "where = \"local-vm\"" {
+            Some("where = \"bare-metal\"".to_owned())
+        } else if line.starts_with("identity = { ") {
+            Some(line.replacen("{ ", &format!("{{ tpm_ek = {tpm_ek:?}, "), 1))
+        } else {
+            None
+        }
+    })?;
+    ensure!(encoder.contains("tpm_ek"), "lameere-enc has no identity");
+    Ok(before.to_owned() + &encoder + rest)
+}
+
+/// The fixture around lameere-enc's table, and that table without what only a local VM has (and
+/// the lines starting with `dropped`), each line `rewrite` answers for replaced by its answer.
+fn move_encoder<'t>(
+    text: &'t str,
+    dropped: &[&str],
+    rewrite: impl Fn(&str) -> Option<String>,
+) -> Result<(&'t str, String, &'t str)> {
     let block = text
         .find("hostname = \"lameere-enc\"\n")
         .context("the fixture has no lameere-enc")?;
@@ -82,32 +124,14 @@ fn move_encoder_to_the_cloud(text: &str) -> Result<String> {
         + text[block..]
             .find("\n[[")
             .context("lameere-enc is the last table")?;
-    let local_vm_only = [
-        "host = ",
-        "vcpus = ",
-        "memory_mb = ",
-        "mac = ",
-        "ip = ",
-        "identity = ",
-        "# ",
-    ];
+    let local_vm_only = ["host = ", "vcpus = ", "memory_mb = ", "# "];
     let mut encoder: String = text[block..end]
         .lines()
-        .filter(|line| !local_vm_only.iter().any(|field| line.starts_with(field)))
-        .map(|line| match line {
-            "where = \"local-vm\"" => "where = \"ec2\"\nregion = \"eu-west-1\"\ninstance_type = \"c6i.large\"\ninstance_profile = \"lectern-encoder\"\n".to_owned(),
-            _ => format!("{line}\n"),
-        })
+        .filter(|line| !(local_vm_only.iter().chain(dropped)).any(|field| line.starts_with(field)))
+        .map(|line| rewrite(line).unwrap_or_else(|| line.to_owned()) + "\n")
         .collect();
     encoder.push('\n');
-    let key = "stream_key = \"secret:stream_keys.lameere\"\n";
-    ensure!(text.contains(key), "the fixture's room has no stream key");
-    Ok(text[..block].replacen(
-        key,
-        &format!("{key}contribution_passphrase = \"secret:contribution.lameere\"\n"),
-        1,
-    ) + &encoder
-        + &text[end..])
+    Ok((&text[..block], encoder, &text[end..]))
 }
 
 /// Runs `test` in the lab every room-sized VM test starts from: the fixture master file served by the
@@ -172,6 +196,12 @@ impl RoomLab {
             .context("running ssh-keygen (apt-get install openssh-client)")?;
         ensure!(status.success(), "ssh-keygen failed");
         let public = fs::read_to_string(ssh_key.with_extension("pub"))?;
+        let mut tpms = HashMap::new();
+        if fixture == Fixture::ProxyBesideVenue {
+            let tpm = SoftTpm::manufacture(&lab.dir().join("tpm-lameere-enc"))
+                .map_err(|e| anyhow::anyhow!(e))?;
+            tpms.insert("lameere-enc".to_owned(), tpm);
+        }
         let served = copy_master(
             master,
             &original.secrets_file,
@@ -179,6 +209,7 @@ impl RoomLab {
             store,
             public.trim(),
             fixture,
+            tpms.get("lameere-enc").map(|tpm| tpm.ek_name.as_str()),
         )?;
         let plan = lectern_master::load(&served).map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(RoomLab {
@@ -189,6 +220,7 @@ impl RoomLab {
             guests: Vec::new(),
             started: Instant::now(),
             fixture,
+            tpms,
         })
     }
 
@@ -317,16 +349,23 @@ impl RoomLab {
     }
 
     /// Switches `hostname` (a netbooted host of the plan) on, with `firmware`, its SMBIOS the identity
-    /// the master file gives it.
+    /// the master file gives it, and its TPM if the master file binds it to one.
     pub fn power_on(&mut self, hostname: &str, firmware: Firmware) -> Result<()> {
         let identity = self
             .plan
             .host(hostname)
             .and_then(|host| host.identity.clone());
-        self.power_on_as(hostname, firmware, identity.as_ref())
+        let smbios = identity_smbios(identity.as_ref());
+        let tpm = self.tpms.remove(hostname);
+        let started = self.start_guest(hostname, firmware, |lab, mac| {
+            lab.pxe_boot(mac, firmware, &smbios, tpm.as_ref())
+        });
+        self.tpms.extend(tpm.map(|tpm| (hostname.to_owned(), tpm)));
+        started
     }
 
-    /// Like [`RoomLab::power_on`], the firmware presenting `identity` instead (a spoofer's, or none).
+    /// Like [`RoomLab::power_on`], the firmware presenting `identity` instead (a spoofer's, or none),
+    /// and no TPM.
     pub fn power_on_as(
         &mut self,
         hostname: &str,
@@ -335,7 +374,7 @@ impl RoomLab {
     ) -> Result<()> {
         let smbios = identity_smbios(identity);
         self.start_guest(hostname, firmware, |lab, mac| {
-            lab.pxe_boot(mac, firmware, &smbios)
+            lab.pxe_boot(mac, firmware, &smbios, None)
         })
     }
 
@@ -818,7 +857,7 @@ fn unix_seconds(stamp: &str) -> Option<u64> {
 
 /// The master file at `master` copied into `dir` with `[netboot] store` pointing at `store`, `[secrets]
 /// file` at the original's `secrets` file and `ssh_key` authorized on every host; in proxy mode, with no
-/// dynamic range, for [`Fixture::ProxyBesideVenue`].
+/// dynamic range and the encoder bound to the TPM `tpm_ek` names, for [`Fixture::ProxyBesideVenue`].
 fn copy_master(
     master: &Path,
     secrets: &Path,
@@ -826,8 +865,12 @@ fn copy_master(
     store: &Path,
     ssh_key: &str,
     fixture: Fixture,
+    tpm_ek: Option<&str>,
 ) -> Result<PathBuf> {
     let mut text = fs::read_to_string(master)?;
+    if let Some(tpm_ek) = tpm_ek {
+        text = move_encoder_to_bare_metal(&text, tpm_ek)?;
+    }
     let store = fs::canonicalize(store)?;
     let proxy = fixture == Fixture::ProxyBesideVenue;
     let secrets = if fixture == Fixture::CloudEncoder {
@@ -1072,7 +1115,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let key =
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHRoZS10ZXN0cy1rZXktbm90LWEtcmVhbC1vbmU room-test";
+        let ek = "000b29aeca4fd2d0de87d60b5f7f59fb57a9a35866142ef07387683be71c747dc4cd";
         let serve = |variant| {
+            let tpm_ek = (variant == Fixture::ProxyBesideVenue).then_some(ek);
             let served = copy_master(
                 &fixture,
                 &original.secrets_file,
@@ -1080,6 +1125,7 @@ mod tests {
                 dir.path(),
                 key,
                 variant,
+                tpm_ek,
             );
             lectern_master::load(&served.unwrap()).unwrap()
         };
@@ -1103,6 +1149,12 @@ mod tests {
             lectern_master::model::DhcpMode::Proxy
         );
         assert_eq!(proxy.network.dhcp.range, None);
+        // Its encoder a machine at the venue, bound to its TPM.
+        let encoder = proxy.host("lameere-enc").unwrap();
+        assert_eq!(encoder.placement, lectern_master::model::Where::BareMetal);
+        let identity = encoder.identity.as_ref().unwrap();
+        assert_eq!(identity.tpm_ek.as_deref(), Some(ek));
+        assert!(identity.uuid.is_some());
 
         // The encoder in the cloud, fed by the mixer's encrypted contribution.
         let cloud = serve(Fixture::CloudEncoder);

@@ -3,7 +3,8 @@
 //! `netbootd --config master.toml` in `mode = "proxy"` only adds the boot options. The host must get its
 //! address from the venue, its boot from netbootd, and report its role. Before that, the same VM boots
 //! with another SMBIOS UUID than the master file binds it to (a spoofer on the venue's LAN with its MAC and
-//! address): it must get no secrets, and netbootd must say why. The booted host keeps the master
+//! address): it must get no secrets, and netbootd must say why. The real one, a machine at the venue
+//! bound to its TPM (swtpm) as well, proves it holds that TPM and gets them. The booted host keeps the master
 //! file's time: the venue's time zone, and chrony asking `network.ntp` (the gateway by default), not an
 //! internet pool.
 //!
@@ -87,6 +88,15 @@ fn run(room: &mut RoomLab) -> Result<()> {
         "netbootd did not boot it: {record:#}"
     );
     ensure!(record["role"] == "encoder", "{record:#}");
+    // Its secrets came to its TPM's proof: challenged, released, and nothing refused since.
+    let metrics = room.operator("/metrics").unwrap_or_default();
+    ensure!(
+        metrics.contains("netbootd_secrets_total{outcome=\"tpm_challenge\"} 2")
+            && metrics.contains("netbootd_secrets_total{outcome=\"released\"} 1"),
+        "{metrics}"
+    );
+    let holds = room.ssh(ENCODER, "test -s /etc/lectern/encoder.args && echo holds")?;
+    ensure!(holds.trim() == "holds", "the host has no stream key");
     let seen = room.ssh(ENCODER, "hostname; systemctl is-active lectern-role.target")?;
     ensure!(
         seen.lines().collect::<Vec<_>>() == [ENCODER, "active"],
