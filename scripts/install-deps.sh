@@ -12,8 +12,9 @@ packages=(
   # network tests: namespaces, stock clients we did not write, reference servers
   # (busybox-static provides the udhcpc applet the tests use; the udhcpc package conflicts with it)
   iproute2 busybox-static isc-dhcp-client tftp-hpa tftpd-hpa curl dnsmasq-base tcpdump jq
-  # VMs: qemu with its iPXE ROMs, iPXE first stages, UEFI firmware
-  qemu-system-x86 ipxe-qemu ipxe ovmf
+  # VMs: qemu with its iPXE ROMs, iPXE first stages, UEFI firmware; a soft TPM and the stock tools
+  # that read it, for the machines bound to their TPM
+  qemu-system-x86 ipxe-qemu ipxe ovmf swtpm tpm2-tools
   # benchmark peers and load generators
   kea-dhcp4-server kea-admin nginx-light hyperfine
   # streaming tests: the backend role's RTMP module under this nginx; ffmpeg/ffprobe to publish and decode

@@ -66,7 +66,7 @@ fn missing_prerequisite(needs: &[&str]) -> Option<String> {
         .collect();
     (!missing.is_empty()).then(|| {
         format!(
-            "missing {} (Debian: iproute2 busybox-static tftp-hpa curl dnsmasq-base ipxe qemu-system-x86 ovmf)",
+            "missing {} (Debian: iproute2 busybox-static tftp-hpa curl dnsmasq-base ipxe qemu-system-x86 ovmf swtpm tpm2-tools)",
             missing.join(", ")
         )
     })
