@@ -81,10 +81,21 @@ pub struct Client {
     pub mac: MacAddr,
     /// Option 93, the first architecture listed.
     pub arch: Option<ClientArch>,
-    /// Sent option 175 or user class `iPXE`: already running iPXE.
-    pub ipxe: bool,
+    pub stage: DhcpStage,
     /// The address the client holds or asks for, if any.
     pub ip: Option<Ipv4Addr>,
+}
+
+/// Which program on the machine is asking: each stage of a netboot asks in turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DhcpStage {
+    /// The PXE ROM or UEFI's network boot: it names its architecture (option 93) or says
+    /// `PXEClient` or `HTTPClient` (option 60).
+    Firmware,
+    /// iPXE (option 175 or user class `iPXE`), chainloaded or the NIC's own ROM, as qemu's is.
+    Ipxe,
+    /// Anything else: the booted kernel, its initrd's `ip=dhcp` then the system renewing its lease.
+    Os,
 }
 
 /// Client system architecture (DHCP option 93, RFC 4578 and the IANA registry).
@@ -136,16 +147,17 @@ pub const BIOS_IPXE: &str = "undionly.kpxe";
 pub const EFI_X64_IPXE: &str = "snponly.efi";
 
 /// The usual chain: firmware loads iPXE, iPXE loads its script. Architectures without an
-/// iPXE build get nothing.
+/// iPXE build get nothing, and so does the booted system: it loads nothing more.
 pub fn standard_boot_step(client: &Client) -> Option<BootStep> {
-    if client.ipxe {
-        return Some(BootStep::IpxeScript);
-    }
-    match client.arch {
-        None | Some(ClientArch::BiosPxe) => Some(BootStep::Tftp(BIOS_IPXE.into())),
-        Some(ClientArch::EfiX64) => Some(BootStep::Tftp(EFI_X64_IPXE.into())),
-        Some(ClientArch::EfiX64Http) => Some(BootStep::HttpBoot(EFI_X64_IPXE.into())),
-        Some(_) => None,
+    match client.stage {
+        DhcpStage::Ipxe => Some(BootStep::IpxeScript),
+        DhcpStage::Os => None,
+        DhcpStage::Firmware => match client.arch {
+            None | Some(ClientArch::BiosPxe) => Some(BootStep::Tftp(BIOS_IPXE.into())),
+            Some(ClientArch::EfiX64) => Some(BootStep::Tftp(EFI_X64_IPXE.into())),
+            Some(ClientArch::EfiX64Http) => Some(BootStep::HttpBoot(EFI_X64_IPXE.into())),
+            Some(_) => None,
+        },
     }
 }
 
@@ -368,45 +380,41 @@ impl BootPolicy for StaticPolicy {
 mod tests {
     use super::*;
 
-    fn client(arch: Option<u16>, ipxe: bool) -> Client {
+    fn client(arch: Option<u16>, stage: DhcpStage) -> Client {
         Client {
             mac: MacAddr([2, 0, 0, 0, 0, 1]),
             arch: arch.map(ClientArch::from),
-            ipxe,
+            stage,
             ip: None,
         }
     }
 
     #[test]
     fn firmware_gets_the_ipxe_build_for_its_architecture() {
-        assert_eq!(
-            standard_boot_step(&client(None, false)),
-            Some(BootStep::Tftp(BIOS_IPXE.into()))
-        );
-        assert_eq!(
-            standard_boot_step(&client(Some(0), false)),
-            Some(BootStep::Tftp(BIOS_IPXE.into()))
-        );
+        let firmware = |arch| standard_boot_step(&client(arch, DhcpStage::Firmware));
+        assert_eq!(firmware(None), Some(BootStep::Tftp(BIOS_IPXE.into())));
+        assert_eq!(firmware(Some(0)), Some(BootStep::Tftp(BIOS_IPXE.into())));
         for efi in [7, 9] {
             assert_eq!(
-                standard_boot_step(&client(Some(efi), false)),
+                firmware(Some(efi)),
                 Some(BootStep::Tftp(EFI_X64_IPXE.into()))
             );
         }
         assert_eq!(
-            standard_boot_step(&client(Some(16), false)),
+            firmware(Some(16)),
             Some(BootStep::HttpBoot(EFI_X64_IPXE.into()))
         );
-        assert_eq!(standard_boot_step(&client(Some(11), false)), None);
+        assert_eq!(firmware(Some(11)), None);
     }
 
     #[test]
-    fn ipxe_gets_its_script_whatever_the_architecture() {
+    fn ipxe_gets_its_script_and_the_booted_system_nothing_whatever_the_architecture() {
         for arch in [None, Some(0), Some(7), Some(16)] {
             assert_eq!(
-                standard_boot_step(&client(arch, true)),
+                standard_boot_step(&client(arch, DhcpStage::Ipxe)),
                 Some(BootStep::IpxeScript)
             );
+            assert_eq!(standard_boot_step(&client(arch, DhcpStage::Os)), None);
         }
     }
 

@@ -1,7 +1,7 @@
-//! The boot timeline: what each host did last, as DHCP, TFTP, HTTP and the boot reporter saw
-//! it. Keyed by MAC; TFTP and HTTP only see addresses, which DHCP ties to MACs. Only the
-//! policy's hosts get a record: anyone on the LAN can send DHCP from fresh MACs, so strangers
-//! are counted, never stored.
+//! The boot timeline: when each phase of each host's latest boot first happened and what the
+//! host last reported, as DHCP, TFTP, HTTP and the boot reporter saw it. Keyed by MAC; TFTP and
+//! HTTP only see addresses, which DHCP ties to MACs. Only the policy's hosts get a record: anyone
+//! on the LAN can send DHCP from fresh MACs, so strangers are counted, never stored.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -13,12 +13,12 @@ use serde_json::Value;
 
 use crate::mac::MacAddr;
 use crate::metrics::{Metrics, TIMELINE_STRANGERS};
-use crate::policy::ArtifactKind;
+use crate::policy::{ArtifactKind, DhcpStage};
 
 /// Something a host did. A report is boxed: it is far bigger than the other events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Dhcp,
+    Dhcp(DhcpStage),
     Tftp { file: String },
     IpxeScript,
     Artifact(ArtifactKind),
@@ -29,7 +29,7 @@ pub enum Event {
 impl Event {
     fn label(&self) -> &'static str {
         match self {
-            Event::Dhcp => "dhcp",
+            Event::Dhcp(_) => "dhcp",
             Event::Tftp { .. } => "tftp",
             Event::IpxeScript => "ipxe_script",
             Event::Artifact(_) => "artifact",
@@ -80,21 +80,68 @@ fn object_only<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Valu
     Ok(Some(Value::deserialize(deserializer)?).filter(Value::is_object))
 }
 
-/// When each step last happened, as RFC 3339 UTC timestamps.
+/// When each phase of a host's latest boot first happened, as RFC 3339 UTC timestamps, in boot
+/// order. Renewals and retries later in the boot move nothing; the machine starting over (see
+/// [`BootStamps::went_past`]) clears them all.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BootStamps {
+    pub dhcp_firmware: Option<String>,
+    pub tftp: Option<String>,
+    pub tftp_file: Option<String>,
+    pub dhcp_ipxe: Option<String>,
+    pub ipxe_script: Option<String>,
+    pub kernel: Option<String>,
+    pub host_layer: Option<String>,
+    pub initrd: Option<String>,
+    /// The initrd's `ip=dhcp`, before it fetches the root; the system only renews.
+    pub dhcp_os: Option<String>,
+    pub root: Option<String>,
+    /// When this boot first reported its role up.
+    pub reported_up: Option<String>,
+}
+
+impl BootStamps {
+    /// Whether this boot is past `stage`'s DHCP, so that the stage asking again is the machine
+    /// starting over. iPXE asks before its script, and is the first stage when it is the NIC's
+    /// own ROM (qemu's): after a kernel download it is a new boot.
+    fn went_past(&self, stage: DhcpStage) -> bool {
+        let booted_kernel = [
+            &self.kernel,
+            &self.host_layer,
+            &self.initrd,
+            &self.dhcp_os,
+            &self.root,
+            &self.reported_up,
+        ];
+        let any = |stamps: &[&Option<String>]| stamps.iter().any(|stamp| stamp.is_some());
+        match stage {
+            DhcpStage::Firmware => {
+                any(&[&self.tftp, &self.dhcp_ipxe, &self.ipxe_script]) || any(&booted_kernel)
+            }
+            DhcpStage::Ipxe => any(&booted_kernel),
+            // The booted system renews its lease all along: it starts nothing.
+            DhcpStage::Os => false,
+        }
+    }
+
+    /// Where `stage`'s DHCP is stamped.
+    fn dhcp(&mut self, stage: DhcpStage) -> &mut Option<String> {
+        match stage {
+            DhcpStage::Firmware => &mut self.dhcp_firmware,
+            DhcpStage::Ipxe => &mut self.dhcp_ipxe,
+            DhcpStage::Os => &mut self.dhcp_os,
+        }
+    }
+}
+
+/// A host's latest boot, its address, and what it reported and was refused.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct HostRecord {
     pub ip: Option<Ipv4Addr>,
-    pub dhcp: Option<String>,
-    pub tftp: Option<String>,
-    pub tftp_file: Option<String>,
-    pub ipxe_script: Option<String>,
-    pub kernel: Option<String>,
-    pub initrd: Option<String>,
-    pub root: Option<String>,
-    pub host_layer: Option<String>,
-    /// When this boot first reported its role up.
-    pub reported_up: Option<String>,
+    #[serde(flatten)]
+    pub boot: BootStamps,
     /// When the host last reported anything.
     pub last_heartbeat: Option<String>,
     pub role: Option<String>,
@@ -143,7 +190,7 @@ impl HostRecord {
     }
 
     fn forget_reports(&mut self) {
-        self.reported_up = None;
+        self.boot.reported_up = None;
         self.state = None;
         self.failed.clear();
         self.restarts.clear();
@@ -357,7 +404,7 @@ impl Timeline {
     }
 
     fn record_at(&self, mac: MacAddr, event: Event, when: SystemTime) {
-        let stamp = Some(rfc3339(when));
+        let stamp = rfc3339(when);
         let mut state = self.state.lock().expect("timeline lock");
         if !state.knows(mac) {
             drop(state);
@@ -370,28 +417,35 @@ impl Timeline {
             state.releases.entry(mac).or_default().open = true;
         }
         let record = state.records.entry(mac).or_default();
+        let boot = &mut record.boot;
         match event {
-            Event::Dhcp => record.dhcp = stamp,
-            Event::Tftp { file } => {
-                record.tftp = stamp;
-                record.tftp_file = Some(file);
+            Event::Dhcp(stage) => {
+                if boot.went_past(stage) {
+                    *boot = BootStamps::default();
+                }
+                first(boot.dhcp(stage), stamp);
             }
-            // Anyone may fetch any host's script, so it says nothing about the host's boot:
-            // only the host's own report (a new boot id) ends the old boot's state.
-            Event::IpxeScript => record.ipxe_script = stamp,
-            Event::Artifact(ArtifactKind::Kernel) => record.kernel = stamp,
-            Event::Artifact(ArtifactKind::Initrd) => record.initrd = stamp,
-            Event::Artifact(ArtifactKind::Root) => record.root = stamp,
+            Event::Tftp { file } => {
+                if boot.tftp.is_none() {
+                    boot.tftp = Some(stamp);
+                    boot.tftp_file = Some(file);
+                }
+            }
+            // Anyone may fetch any host's script, so it starts no boot and ends no report.
+            Event::IpxeScript => first(&mut boot.ipxe_script, stamp),
+            Event::Artifact(ArtifactKind::Kernel) => first(&mut boot.kernel, stamp),
+            Event::Artifact(ArtifactKind::Initrd) => first(&mut boot.initrd, stamp),
+            Event::Artifact(ArtifactKind::Root) => first(&mut boot.root, stamp),
             Event::Artifact(ArtifactKind::Other) => {}
-            Event::HostLayer => record.host_layer = stamp,
+            Event::HostLayer => first(&mut boot.host_layer, stamp),
             Event::Report(report) => {
                 let report = *report;
                 if report.boot_id.is_some() && report.boot_id != record.boot_id {
                     record.forget_reports();
                     record.boot_id = report.boot_id;
                 }
-                if report.state == ReportState::Up && record.reported_up.is_none() {
-                    record.reported_up = stamp.clone();
+                if report.state == ReportState::Up {
+                    first(&mut record.boot.reported_up, stamp.clone());
                 }
                 if report.state != ReportState::Heartbeat {
                     record.state = Some(report.state);
@@ -400,7 +454,7 @@ impl Timeline {
                     record.problems = report.problems;
                     record.media = report.media;
                 }
-                record.last_heartbeat = stamp;
+                record.last_heartbeat = Some(stamp);
                 record.role = Some(report.role);
                 record.image = Some(report.image);
             }
@@ -467,6 +521,11 @@ impl Timeline {
             .cloned()
             .unwrap_or_default()
     }
+}
+
+/// A phase keeps the first stamp of its boot: what comes later is a renewal or a retry.
+fn first(phase: &mut Option<String>, stamp: String) {
+    phase.get_or_insert(stamp);
 }
 
 /// Seconds since 1970 of an [`rfc3339`] stamp (`2026-11-21T21:30:07Z`), the inverse of it.
@@ -619,7 +678,7 @@ mod tests {
         );
         timeline.record_at(mac, report(ReportState::Heartbeat, "boot-a", &[]), at(160));
         let record = timeline.get(mac);
-        assert_eq!(record.reported_up, Some(rfc3339(at(100))));
+        assert_eq!(record.boot.reported_up, Some(rfc3339(at(100))));
         assert_eq!(record.last_heartbeat, Some(rfc3339(at(160))));
         assert_eq!(
             (record.state, record.failed),
@@ -628,20 +687,157 @@ mod tests {
 
         timeline.record_at(mac, report(ReportState::Up, "boot-b", &[]), at(400));
         assert_eq!(
-            timeline.get(mac).reported_up,
+            timeline.get(mac).boot.reported_up,
             Some(rfc3339(at(400))),
             "a new boot id is a new boot"
         );
         timeline.record_at(mac, Event::IpxeScript, at(500));
         let fetched = timeline.get(mac);
         assert_eq!(
-            (fetched.reported_up, fetched.state, fetched.ipxe_script),
+            (
+                fetched.boot.reported_up,
+                fetched.state,
+                fetched.boot.ipxe_script
+            ),
             (
                 Some(rfc3339(at(400))),
                 Some(ReportState::Up),
                 Some(rfc3339(at(500)))
             ),
             "anyone may fetch a script: that changes no host's state"
+        );
+    }
+
+    const MAC: MacAddr = MacAddr([2, 0, 0, 0, 0, 1]);
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn stamp(secs: u64) -> Option<String> {
+        Some(rfc3339(at(secs)))
+    }
+
+    /// A UEFI netboot as the timeline sees it, at `start` + the seconds below.
+    fn uefi_boot(timeline: &Timeline, start: u64) {
+        let tftp = || Event::Tftp {
+            file: "snponly.efi".into(),
+        };
+        for (secs, event) in [
+            // ProxyDHCP: the firmware's offer on 67, then its request on 4011.
+            (0, Event::Dhcp(DhcpStage::Firmware)),
+            (1, Event::Dhcp(DhcpStage::Firmware)),
+            // OVMF asks for the size first, then the file.
+            (2, tftp()),
+            (3, tftp()),
+            (10, Event::Dhcp(DhcpStage::Ipxe)),
+            (11, Event::IpxeScript),
+            (12, Event::Artifact(ArtifactKind::Kernel)),
+            (13, Event::HostLayer),
+            (14, Event::Artifact(ArtifactKind::Initrd)),
+            (20, Event::Dhcp(DhcpStage::Os)),
+            (21, Event::Artifact(ArtifactKind::Root)),
+            (40, report(ReportState::Up, "boot-a", &[])),
+            // The system's renewals, its reports and a refetched root move nothing.
+            (41, Event::Dhcp(DhcpStage::Os)),
+            (70, report(ReportState::Up, "boot-a", &[])),
+            (80, Event::Artifact(ArtifactKind::Root)),
+            (1800, Event::Dhcp(DhcpStage::Os)),
+        ] {
+            timeline.record_at(MAC, event, at(start + secs));
+        }
+    }
+
+    /// The stamps of a boot, in boot order.
+    fn phases(boot: &BootStamps) -> [Option<String>; 10] {
+        [
+            &boot.dhcp_firmware,
+            &boot.tftp,
+            &boot.dhcp_ipxe,
+            &boot.ipxe_script,
+            &boot.kernel,
+            &boot.host_layer,
+            &boot.initrd,
+            &boot.dhcp_os,
+            &boot.root,
+            &boot.reported_up,
+        ]
+        .map(Clone::clone)
+    }
+
+    #[test]
+    fn a_boot_keeps_the_first_stamp_of_each_phase_in_boot_order() {
+        let timeline = Timeline::default();
+        uefi_boot(&timeline, 1000);
+        let boot = timeline.get(MAC).boot;
+        assert_eq!(
+            phases(&boot),
+            [1000, 1002, 1010, 1011, 1012, 1013, 1014, 1020, 1021, 1040].map(stamp)
+        );
+        assert_eq!(boot.tftp_file.as_deref(), Some("snponly.efi"));
+    }
+
+    #[test]
+    fn the_firmware_asking_again_starts_a_new_boot_and_the_host_keeps_the_rest() {
+        let timeline = Timeline::default();
+        let address = Ipv4Addr::new(10, 0, 0, 5);
+        timeline.bind_address(MAC, address);
+        uefi_boot(&timeline, 1000);
+        let token = timeline.release_secrets(MAC, "boot-a").unwrap();
+        timeline.alert(MAC, "secrets refused to 10.0.0.66: a spoofer");
+        let booted = timeline.get(MAC);
+
+        timeline.record_at(MAC, Event::Dhcp(DhcpStage::Firmware), at(5000));
+        let record = timeline.get(MAC);
+        assert_eq!(
+            record.boot,
+            BootStamps {
+                dhcp_firmware: stamp(5000),
+                ..BootStamps::default()
+            }
+        );
+        assert_eq!(
+            HostRecord {
+                boot: booted.boot.clone(),
+                ..record
+            },
+            booted,
+            "the address, the reports, the secrets and the alerts are the host's"
+        );
+        assert_eq!(timeline.mac_of(address), Some(MAC));
+        assert!(timeline.report_token_is(MAC, &token));
+
+        uefi_boot(&timeline, 5000);
+        assert_eq!(
+            phases(&timeline.get(MAC).boot),
+            [5000, 5002, 5010, 5011, 5012, 5013, 5014, 5020, 5021, 5040].map(stamp),
+            "the new boot keeps its own first stamps"
+        );
+    }
+
+    #[test]
+    fn ipxe_as_the_nic_s_rom_starts_a_boot_once_the_last_one_loaded_a_kernel() {
+        let timeline = Timeline::default();
+        for (secs, event) in [
+            (0, Event::Dhcp(DhcpStage::Ipxe)),
+            (1, Event::Dhcp(DhcpStage::Ipxe)),
+            (2, Event::IpxeScript),
+            (3, Event::Dhcp(DhcpStage::Ipxe)),
+            (4, Event::Artifact(ArtifactKind::Kernel)),
+        ] {
+            timeline.record_at(MAC, event, at(secs));
+        }
+        let boot = timeline.get(MAC).boot;
+        assert_eq!(
+            (boot.dhcp_ipxe, boot.ipxe_script, boot.kernel),
+            (stamp(0), stamp(2), stamp(4)),
+            "asking again before a kernel is the same boot"
+        );
+        timeline.record_at(MAC, Event::Dhcp(DhcpStage::Ipxe), at(100));
+        let boot = timeline.get(MAC).boot;
+        assert_eq!(
+            (boot.dhcp_ipxe, boot.ipxe_script, boot.kernel),
+            (stamp(100), None, None)
         );
     }
 
@@ -722,10 +918,10 @@ mod tests {
             }
         ));
         assert_eq!(
-            timeline.get(mac).tftp_file.as_deref(),
+            timeline.get(mac).boot.tftp_file.as_deref(),
             Some("undionly.kpxe")
         );
-        assert!(!timeline.record_from(Ipv4Addr::new(10, 0, 0, 7), Event::Dhcp));
+        assert!(!timeline.record_from(Ipv4Addr::new(10, 0, 0, 7), Event::Dhcp(DhcpStage::Ipxe)));
     }
 
     #[test]
@@ -739,7 +935,7 @@ mod tests {
         for last in 0..=255u8 {
             let stranger = MacAddr([2, 0, 0, 0, 1, last]);
             timeline.bind_address(stranger, Ipv4Addr::new(10, 0, 1, last));
-            timeline.record(stranger, Event::Dhcp);
+            timeline.record(stranger, Event::Dhcp(DhcpStage::Ipxe));
         }
         let state = timeline.state.lock().unwrap();
         assert_eq!(
@@ -791,7 +987,16 @@ mod tests {
         let mac = MacAddr([0x52, 0x54, 0, 0, 0, 1]);
         let first = Timeline::persistent(Arc::default(), file.clone());
         first.bind_address(mac, Ipv4Addr::new(10, 0, 0, 10));
+        first.record(mac, Event::Dhcp(DhcpStage::Firmware));
+        first.record(
+            mac,
+            Event::Tftp {
+                file: "undionly.kpxe".into(),
+            },
+        );
+        first.record(mac, Event::Dhcp(DhcpStage::Ipxe));
         first.record(mac, Event::HostLayer);
+        first.record(mac, Event::Dhcp(DhcpStage::Os));
         let token = first.release_secrets(mac, "b1").unwrap();
         first.record(mac, report(ReportState::Up, "b1", &[]));
         first.save();
@@ -806,8 +1011,26 @@ mod tests {
             "running hosts keep reporting"
         );
         assert_eq!(second.mac_of(Ipv4Addr::new(10, 0, 0, 10)), Some(mac));
-        assert_eq!(second.get(mac).state, Some(ReportState::Up));
+        assert_eq!(second.get(mac), first.get(mac));
         assert_eq!(second.release_secrets(mac, "b2"), Err(Refusal::Again));
+
+        // Written before the stamps told the stages apart: its one `dhcp` is dropped.
+        let before_stages = r#"{"records":{"52:54:00:00:00:01":{"ip":"10.0.0.10",
+            "dhcp":"2026-11-21T21:40:00Z","ipxe_script":"2026-11-21T21:30:07Z","state":"up"}},
+            "releases":{"52:54:00:00:00:01":{"open":false,"boot_id":"b1","token":"0f0f"}}}"#;
+        std::fs::write(&file, before_stages).unwrap();
+        let upgraded = Timeline::persistent(Arc::default(), file.clone()).get(mac);
+        assert_eq!(
+            (upgraded.ip, upgraded.state),
+            (Some(Ipv4Addr::new(10, 0, 0, 10)), Some(ReportState::Up))
+        );
+        assert_eq!(
+            upgraded.boot,
+            BootStamps {
+                ipxe_script: Some("2026-11-21T21:30:07Z".into()),
+                ..BootStamps::default()
+            }
+        );
 
         std::fs::write(&file, b"{ not json").unwrap();
         let third = Timeline::persistent(Arc::default(), file.clone());

@@ -167,6 +167,22 @@ fn authoritative_dhcp_gives_udhcpc_its_reservation_name_and_boot_file() {
     );
     assert_eq!(var(&ipxe, "opt175"), Some("b00101"));
 
+    // The booted system says neither: its address, and no boot file.
+    let booted = udhcpc(&lab, MIXER, &[]);
+    assert_eq!(
+        (var(&booted, "ip"), var(&booted, "boot_file")),
+        (Some("10.99.0.10"), None)
+    );
+    let mixer = || -> serde_json::Value {
+        let hosts: serde_json::Value = serde_json::from_str(&lab.operator("/api/hosts")).unwrap();
+        assert_eq!(hosts[0]["hostname"], "mixer1", "{hosts:#}");
+        hosts[0].clone()
+    };
+    let booting = mixer();
+    for stage in ["dhcp_firmware", "dhcp_ipxe", "dhcp_os"] {
+        assert!(booting[stage].is_string(), "{stage}: {booting:#}");
+    }
+
     let floating = udhcpc(&lab, ENCODER, &["-V", BIOS_PXE_CLASS]);
     assert_eq!(var(&floating, "ip"), Some("10.99.0.200"));
     assert_eq!(var(&floating, "hostname"), Some("encoder1"));
@@ -200,10 +216,12 @@ fn authoritative_dhcp_gives_udhcpc_its_reservation_name_and_boot_file() {
     );
 
     lab.set_client_address("10.99.0.10/24");
-    let hosts = lab.operator("/api/hosts");
+    let rebooting = mixer();
     assert!(
-        hosts.contains("\"hostname\":\"mixer1\"") && hosts.contains("\"dhcp\":\"20"),
-        "{hosts}"
+        rebooting["dhcp_firmware"].is_string()
+            && rebooting["dhcp_ipxe"].is_null()
+            && rebooting["dhcp_os"].is_null(),
+        "the firmware asking again is a new boot: {rebooting:#}"
     );
 }
 
@@ -1008,12 +1026,14 @@ fn boot_firmware_to_kernel(lab: &mut Lab) -> serde_json::Value {
         (&bios["hostname"], &uefi["hostname"]),
         (&"bios1".into(), &"uefi1".into())
     );
-    for step in ["dhcp", "ipxe_script", "kernel"] {
+    for step in ["dhcp_ipxe", "ipxe_script", "kernel"] {
         assert!(
             bios[step].is_string() && uefi[step].is_string(),
             "{step} missing: {hosts:#}"
         );
     }
+    // OVMF's own PXE client chainloads iPXE; qemu's BIOS ROM is iPXE.
+    assert!(uefi["dhcp_firmware"].is_string(), "{hosts:#}");
     assert_eq!(uefi["tftp_file"], "snponly.efi", "{hosts:#}");
     // netbootd's router advertisements end iPXE's 13–17 s wait for one after DHCP.
     let unix = |stamp: &serde_json::Value| -> i64 {
@@ -1023,7 +1043,7 @@ fn boot_firmware_to_kernel(lab: &mut Lab) -> serde_json::Value {
             .unwrap()
     };
     for host in [bios, uefi] {
-        let wait = unix(&host["ipxe_script"]) - unix(&host["dhcp"]);
+        let wait = unix(&host["ipxe_script"]) - unix(&host["dhcp_ipxe"]);
         assert!(
             wait < 10,
             "{wait} s from DHCP to the script request: {hosts:#}\n{}",

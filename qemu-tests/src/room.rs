@@ -23,13 +23,16 @@ use serde_json::Value;
 use crate::soft_tpm::SoftTpm;
 use crate::{Firmware, Lab};
 
-/// The boot phases netbootd stamps, in boot order.
-pub const PHASES: [&str; 7] = [
-    "dhcp",
+/// The boot phases netbootd stamps for every guest it leases to, in boot order. The firmware's own
+/// DHCP and TFTP come first where the firmware is not iPXE already (OVMF's PXE client, not qemu's
+/// BIOS ROM); beside a venue's DHCP there is no `dhcp_os`.
+pub const PHASES: [&str; 8] = [
+    "dhcp_ipxe",
     "ipxe_script",
     "kernel",
-    "initrd",
     "host_layer",
+    "initrd",
+    "dhcp_os",
     "root",
     "reported_up",
 ];

@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 use dhcproto::v4::{Decodable, Decoder, DhcpOption, Message, MessageType, OptionCode};
 
 use crate::mac::MacAddr;
-use crate::policy::ClientArch;
+use crate::policy::{ClientArch, DhcpStage};
 
 /// Fixed BOOTP header up to and including the magic cookie.
 const HEADER_LEN: usize = 240;
@@ -51,7 +51,7 @@ pub struct Request {
     pub kind: MessageType,
     pub mac: MacAddr,
     pub arch: Option<ClientArch>,
-    pub ipxe: bool,
+    pub stage: DhcpStage,
     /// Option 60 starts with `PXEClient`: PXE firmware (or iPXE, which says so too).
     pub pxe_client: bool,
     /// Option 60 starts with `HTTPClient`: UEFI HTTP boot.
@@ -170,6 +170,13 @@ pub fn decode(packet: &[u8]) -> Result<Request, Malformed> {
     };
     let pxe_client = vendor_class.starts_with(b"PXEClient");
     let http_client = vendor_class.starts_with(b"HTTPClient");
+    let stage = if ipxe {
+        DhcpStage::Ipxe
+    } else if arch.is_some() || pxe_client || http_client {
+        DhcpStage::Firmware
+    } else {
+        DhcpStage::Os
+    };
     let requested_ip = match opts.get(OptionCode::RequestedIpAddress) {
         Some(DhcpOption::RequestedIpAddress(ip)) => Some(*ip),
         _ => None,
@@ -186,7 +193,7 @@ pub fn decode(packet: &[u8]) -> Result<Request, Malformed> {
         kind,
         mac,
         arch,
-        ipxe,
+        stage,
         pxe_client,
         http_client,
         requested_ip,
@@ -222,8 +229,13 @@ pub(crate) mod tests {
         assert_eq!(request.kind, MessageType::Discover);
         assert_eq!(request.mac, MacAddr(MAC));
         assert_eq!(request.arch, Some(ClientArch::BiosPxe));
-        assert!(request.pxe_client && !request.ipxe);
+        assert!(request.pxe_client);
+        assert_eq!(request.stage, DhcpStage::Firmware);
         assert_eq!(request.machine_id.as_deref(), Some(&[0, 1, 2][..]));
+    }
+
+    fn stage(options: &[u8]) -> DhcpStage {
+        decode(&packet(MAC, options)).unwrap().stage
     }
 
     #[test]
@@ -233,14 +245,39 @@ pub(crate) mod tests {
         let rfc3004_class = [
             53, 1, 1, 77, 8, 2, b'x', b'y', 4, b'i', b'P', b'X', b'E', 255,
         ];
-        for options in [&by_175[..], &bare_class, &rfc3004_class] {
-            assert!(decode(&packet(MAC, options)).unwrap().ipxe, "{options:?}");
+        // iPXE names its architecture and says PXEClient too.
+        let as_qemu_rom = [
+            53, 1, 1, 93, 2, 0, 0, 60, 9, b'P', b'X', b'E', b'C', b'l', b'i', b'e', b'n', b't', 77,
+            4, b'i', b'P', b'X', b'E', 255,
+        ];
+        for options in [&by_175[..], &bare_class, &rfc3004_class, &as_qemu_rom] {
+            assert_eq!(stage(options), DhcpStage::Ipxe, "{options:?}");
         }
-        assert!(
-            !decode(&packet(MAC, &[53, 1, 1, 77, 3, b'f', b'o', b'o', 255]))
-                .unwrap()
-                .ipxe
+        assert_eq!(
+            stage(&[53, 1, 1, 77, 3, b'f', b'o', b'o', 255]),
+            DhcpStage::Os
         );
+    }
+
+    #[test]
+    fn firmware_names_its_architecture_or_boot_class_and_the_booted_system_neither() {
+        let by_arch = [53, 1, 1, 93, 2, 0, 7, 255];
+        let by_class = [
+            53, 1, 1, 60, 9, b'P', b'X', b'E', b'C', b'l', b'i', b'e', b'n', b't', 255,
+        ];
+        let http_boot = [
+            53, 1, 1, 60, 10, b'H', b'T', b'T', b'P', b'C', b'l', b'i', b'e', b'n', b't', 255,
+        ];
+        for options in [&by_arch[..], &by_class, &http_boot] {
+            assert_eq!(stage(options), DhcpStage::Firmware, "{options:?}");
+        }
+        let ipconfig = [
+            53, 1, 3, 60, 14, b'L', b'i', b'n', b'u', b'x', b' ', b'i', b'p', b'c', b'o', b'n',
+            b'f', b'i', b'g', 255,
+        ];
+        for options in [&[53, 1, 3, 255][..], &ipconfig] {
+            assert_eq!(stage(options), DhcpStage::Os, "{options:?}");
+        }
     }
 
     #[test]

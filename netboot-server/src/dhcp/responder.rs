@@ -12,7 +12,7 @@ use dhcproto::v4::{
 use super::decode::{OPTION_IPXE_ENCAP, Request, decode};
 use super::pool::{Pool, PoolError};
 use crate::metrics::{DHCP_DROPPED, DHCP_NOTED, DHCP_REPLIED, Metrics};
-use crate::policy::{BootPolicy, BootStep, Client, Host, SharedPolicy};
+use crate::policy::{BootPolicy, BootStep, Client, DhcpStage, Host, SharedPolicy};
 use crate::timeline::{Event, Timeline};
 use crate::urls::Urls;
 
@@ -110,7 +110,7 @@ impl Responder {
             Some(DhcpOption::BootfileName(file)) => String::from_utf8_lossy(file).into_owned(),
             _ => String::new(),
         };
-        tracing::info!(mac = %request.mac, ip = %message.yiaddr(), %boot, reply = reply_label(kind), "DHCP reply");
+        tracing::info!(mac = %request.mac, stage = ?request.stage, ip = %message.yiaddr(), %boot, reply = reply_label(kind), "DHCP reply");
         self.metrics
             .inc(DHCP_REPLIED, &[("type", reply_label(kind))]);
         let to = match port {
@@ -159,7 +159,8 @@ impl Responder {
                 match confirmed {
                     Some(true) => {
                         self.timeline.bind_address(request.mac, wanted);
-                        self.timeline.record(request.mac, Event::Dhcp);
+                        self.timeline
+                            .record(request.mac, Event::Dhcp(request.stage));
                         Ok(self.lease_reply(policy, request, MessageType::Ack, wanted, host))
                     }
                     Some(false) => Ok(self.nak(request)),
@@ -270,7 +271,7 @@ impl Responder {
         if let Some(machine_id) = &request.machine_id {
             opts.insert(DhcpOption::ClientMachineIdentifier(machine_id.clone()));
         }
-        self.timeline.record(host.mac, Event::Dhcp);
+        self.timeline.record(host.mac, Event::Dhcp(request.stage));
         Ok(message)
     }
 
@@ -326,7 +327,7 @@ impl Responder {
         let client = Client {
             mac: request.mac,
             arch: request.arch,
-            ipxe: request.ipxe,
+            stage: request.stage,
             ip: nonzero(message.yiaddr()).or(nonzero(request.message.ciaddr())),
         };
         let Some(step) = policy.next_boot(&client) else {
@@ -354,7 +355,7 @@ impl Responder {
         }
         let opts = message.opts_mut();
         opts.insert(DhcpOption::BootfileName(file.into_bytes()));
-        if request.ipxe {
+        if request.stage == DhcpStage::Ipxe {
             let code = OptionCode::Unknown(OPTION_IPXE_ENCAP);
             opts.insert(DhcpOption::Unknown(UnknownOption::new(
                 code,
@@ -631,6 +632,44 @@ mod tests {
             (nak.opts().msg_type(), to.ip()),
             (Some(MessageType::Nak), &Ipv4Addr::BROADCAST)
         );
+    }
+
+    #[test]
+    fn each_stage_s_exchange_is_stamped_as_its_own_and_the_booted_system_gets_no_boot_file() {
+        let responder = responder(Mode::Authoritative, None);
+        let ack = |stage: &[u8]| {
+            let mut options = vec![53, 1, 3, 54, 4, 10, 99, 0, 1, 50, 4];
+            options.extend_from_slice(&RESERVED.octets());
+            options.extend_from_slice(stage);
+            options.push(255);
+            let (ack, _) = reply(&responder, Port::Dhcp, &packet(KNOWN, &options)).unwrap();
+            assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+            let boot = responder.timeline.get(MacAddr(KNOWN)).boot;
+            let stamped = [boot.dhcp_firmware, boot.dhcp_ipxe, boot.dhcp_os].map(|s| s.is_some());
+            (ack, stamped)
+        };
+        let firmware = &BIOS_PXE_DISCOVER[3..BIOS_PXE_DISCOVER.len() - 1];
+        let (from_firmware, stamped) = ack(firmware);
+        assert_eq!(
+            (file(&from_firmware), stamped),
+            (Some("undionly.kpxe"), [true, false, false])
+        );
+        let (from_ipxe, stamped) = ack(&[firmware, &[77, 4, b'i', b'P', b'X', b'E']].concat());
+        assert_eq!(
+            (file(&from_ipxe), stamped),
+            (
+                Some("http://10.99.0.1:8080/ipxe/52:54:00:00:00:01"),
+                [true, true, false]
+            )
+        );
+        let (from_os, stamped) = ack(&[]);
+        assert_eq!(
+            (file(&from_os), option(&from_os, OptionCode::BootfileName)),
+            (None, None),
+            "booted, it loads nothing more"
+        );
+        assert_eq!(stamped, [true, true, true]);
+        assert_eq!(from_os.siaddr(), Ipv4Addr::UNSPECIFIED);
     }
 
     #[test]
