@@ -1130,6 +1130,18 @@ impl<'l, 'a> Expander<'l, 'a> {
         if count == 0 {
             return;
         }
+        if mode == DhcpMode::Proxy && host.ip.is_none() {
+            // The venue hands out its address and anyone can claim to hold it: nothing proves it.
+            self.error(
+                path,
+                format!(
+                    "{} has secrets ({count}) but neither a reserved `ip` nor an `identity`: beside the venue's DHCP nothing proves which machine is {}, so netbootd never releases them",
+                    host.hostname, host.hostname
+                ),
+                Some("add identity = { uuid = \"…\" } (its SMBIOS system UUID), or the address the venue reserved for it".into()),
+            );
+            return;
+        }
         let lan = match mode {
             DhcpMode::Proxy => "any machine on the venue's LAN",
             DhcpMode::Authoritative => "any machine on the video LAN",

@@ -98,6 +98,24 @@ error: master.toml:147:23: encoders[cornil-enc].identity.tpm_ek: cornil-enc is a
 2 errors found"#,
     },
     Case {
+        name: "beside a venue's DHCP, a host with secrets and nothing that proves it",
+        edits: &[
+            ("mode = \"authoritative\"", "mode = \"proxy\""),
+            ("range = [\"10.42.0.200\", \"10.42.0.250\"]\n", ""),
+            (
+                "identity = { uuid = \"6b32cba2-3e57-44e6-8d83-8736ff589cf7\" }\nip = \"10.42.0.23\"\n",
+                "",
+            ),
+        ],
+        expected: r#"error: master.toml:138:1: encoders[cornil-enc]: cornil-enc has secrets (1) but neither a reserved `ip` nor an `identity`: beside the venue's DHCP nothing proves which machine is cornil-enc, so netbootd never releases them
+    |
+138 | [[encoders]]
+    | ^^^^^^^^^^^^
+  help: add identity = { uuid = "…" } (its SMBIOS system UUID), or the address the venue reserved for it
+
+1 error found"#,
+    },
+    Case {
         name: "a time zone without its area",
         edits: &[("timezone = \"Europe/Brussels\"", "timezone = \"Brussels\"")],
         expected: r#"error: master.toml:11:12: conference.timezone: "Brussels" is not a known time zone

@@ -88,7 +88,16 @@ fn master_file(rooms: &[RoomSpec], mode: DhcpMode, seed: u8) -> MasterFile {
             capture: None,
             record_disk: None,
             kernel_args: Vec::new(),
-            identity: None,
+            // Beside a venue's DHCP, what proves a mixer without a reserved address is its machine.
+            identity: (mode == DhcpMode::Proxy).then(|| HardwareIdentity {
+                uuid: Some(format!(
+                    "00000000-0000-4000-9000-{seed:06x}{:06x}",
+                    machines.len()
+                )),
+                serial: None,
+                asset_tag: None,
+                tpm_ek: None,
+            }),
         });
         for (i, source) in sources.iter().enumerate() {
             machines.push(Machine {

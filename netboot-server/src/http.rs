@@ -69,6 +69,9 @@ pub struct HttpState {
     pub stale_after: Duration,
     /// TPM credentials handed out for secrets and not yet redeemed.
     pub tpm_challenges: tpm::Challenges,
+    /// Whether the address a host was last seen leasing proves it is that host: so when netbootd
+    /// leased it (authoritative), not when anyone can claim it to the venue's DHCP (proxy).
+    pub leases_are_ours: bool,
 }
 
 type AppState = State<Arc<HttpState>>;
@@ -511,12 +514,19 @@ async fn host_secrets(
             .alert(host.mac, &format!("secrets refused to {peer}: {why}"));
         StatusCode::FORBIDDEN.into_response()
     };
-    let holder = address_of(&state, host);
-    if holder.is_none() || holder != peer_ipv4(peer) {
-        let holder = holder.map_or("no address yet".to_owned(), |ip| ip.to_string());
-        return refuse("wrong_address", format!("the host's address is {holder}"));
-    }
     let expected = policy.identity(host);
+    if host.ip.is_some() || state.leases_are_ours {
+        let holder = address_of(&state, host);
+        if holder.is_none() || holder != peer_ipv4(peer) {
+            let holder = holder.map_or("no address yet".to_owned(), |ip| ip.to_string());
+            return refuse("wrong_address", format!("the host's address is {holder}"));
+        }
+    } else if expected.is_none() {
+        return refuse(
+            "no_credential",
+            "beside the venue's DHCP, a host without a reserved address proves itself only by an identity, and it has none".to_owned(),
+        );
+    }
     if let Some(expected) = expected {
         let wrong = expected.smbios.mismatches(&request.smbios);
         if !wrong.is_empty() {
@@ -842,11 +852,20 @@ mod tests {
 
     /// A server whose one host is mixer1 at 10.0.0.10, bound to `identity` if one is given.
     fn mixer_state(identity: Option<Identity>) -> Arc<HttpState> {
+        serving_mixer(Some(Ipv4Addr::new(10, 0, 0, 10)), identity, true)
+    }
+
+    /// A server whose one host is mixer1, at `reserved` if it has a reservation.
+    fn serving_mixer(
+        reserved: Option<Ipv4Addr>,
+        identity: Option<Identity>,
+        leases_are_ours: bool,
+    ) -> Arc<HttpState> {
         let mac = MIXER;
         let host = Host {
             mac,
             hostname: "mixer1".into(),
-            ip: Some(Ipv4Addr::new(10, 0, 0, 10)),
+            ip: reserved,
         };
         let network = Network {
             netmask: Ipv4Addr::new(255, 255, 255, 0),
@@ -868,6 +887,7 @@ mod tests {
             firmware_root: PathBuf::new(),
             stale_after: Duration::from_secs(90),
             tpm_challenges: Default::default(),
+            leases_are_ours,
         })
     }
 
@@ -973,6 +993,47 @@ mod tests {
         for outcome in ["tpm_challenge\"} 2", "wrong_identity\"} 3", "released\"} 1"] {
             assert!(metrics.contains(outcome), "{outcome}: {metrics}");
         }
+    }
+
+    #[tokio::test]
+    async fn beside_a_venues_dhcp_a_claimed_address_proves_nothing_and_an_identity_does() {
+        let uuid = "4c4c4544-0042-3510-8052-b4c04f4e3732";
+        let ask = |state: Arc<HttpState>, body: &'static str| async move {
+            post(
+                &state,
+                HOST_ADDRESS,
+                "/host/mixer1/secrets",
+                None,
+                body.into(),
+            )
+            .await
+            .status()
+        };
+        // Without an identity: the address it claimed to the venue's DHCP is all there is.
+        let unbound = serving_mixer(None, None, false);
+        unbound
+            .timeline
+            .bind_address(MIXER, Ipv4Addr::from(HOST_ADDRESS));
+        unbound.timeline.record(MIXER, Event::HostLayer);
+        assert_eq!(
+            ask(Arc::clone(&unbound), r#"{"boot_id":"b1"}"#).await,
+            StatusCode::FORBIDDEN
+        );
+        assert!(unbound.metrics.render().contains("no_credential\"} 1"));
+        // With one, from whichever address the venue gave it (none learned here).
+        let identity = Identity {
+            smbios: Smbios {
+                uuid: Some(uuid.into()),
+                ..Smbios::default()
+            },
+            tpm_ek: None,
+        };
+        let bound = serving_mixer(None, Some(identity), false);
+        bound.timeline.record(MIXER, Event::HostLayer);
+        let wrong = r#"{"boot_id":"b1","uuid":"00000000-0000-0000-0000-000000000000"}"#;
+        assert_eq!(ask(Arc::clone(&bound), wrong).await, StatusCode::FORBIDDEN);
+        let right = r#"{"boot_id":"b1","uuid":"4C4C4544-0042-3510-8052-B4C04F4E3732"}"#;
+        assert_eq!(ask(Arc::clone(&bound), right).await, StatusCode::OK);
     }
 
     #[tokio::test]
@@ -1093,6 +1154,7 @@ mod tests {
             firmware_root: firmware.path().into(),
             stale_after: Duration::from_secs(90),
             tpm_challenges: Default::default(),
+            leases_are_ours: true,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();

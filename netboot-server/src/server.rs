@@ -326,6 +326,7 @@ pub async fn run(
         firmware_root: config.tftp_root.clone(),
         stale_after: config.stale_after,
         tpm_challenges: Default::default(),
+        leases_are_ours: config.mode == Mode::Authoritative,
     });
     let tftp_stopped = serve_tftp_on_own_thread(tftp, tftp_socket)?;
     let serving = async {
