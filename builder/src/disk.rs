@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use lectern_store::command_line::{HostLayer, Image, KernelCommandLine};
 use lectern_store::{Digest, Manifest, Store};
 
 use crate::build::{INITRD, ROOT_SQUASHFS, VMLINUZ};
@@ -126,15 +127,19 @@ fn uuid_from(image: &Digest, what: &str) -> String {
 /// or else by its MAC, when the initrd fetches its per-host layer from `server_url`.
 pub fn cmdline(manifest: &Manifest, server_url: &str) -> Result<String> {
     let root = artifact(manifest, ROOT_SQUASHFS)?;
-    Ok(format!(
-        "boot=lectern ip=dhcp lectern.root=partlabel:{ROOT_LABEL} lectern.root_sha256={} \
-         lectern.server={} lectern.layer=fetch lectern.image={} lectern.role={} \
-         console=tty0 console=ttyS0,115200n8",
-        root.sha256,
-        server_url.trim_end_matches('/'),
-        manifest.image,
-        manifest.role,
-    ))
+    let partition = format!("partlabel:{ROOT_LABEL}");
+    Ok(KernelCommandLine {
+        root: Some((&partition, root.sha256.as_str())),
+        server: server_url,
+        image: Some(Image {
+            id: manifest.image.as_str(),
+            role: &manifest.role,
+            hostname: None,
+            layer: HostLayer::Fetch,
+        }),
+        extra: &[],
+    }
+    .render())
 }
 
 fn artifact<'a>(manifest: &'a Manifest, name: &str) -> Result<&'a lectern_store::BlobRef> {

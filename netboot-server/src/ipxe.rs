@@ -1,22 +1,10 @@
-//! What a [`Boot`] looks like to iPXE: URLs, the kernel command line and the script. The one
-//! place that writes a lectern kernel command line.
+//! What a [`Boot`] looks like to iPXE: URLs, the kernel command line and the script.
+
+use lectern_store::command_line::{HostLayer, Image, KernelCommandLine};
 
 use crate::mac::MacAddr;
 use crate::policy::Boot;
 use crate::urls::Urls;
-
-/// The command line of a lectern boot: the root image the initrd fetches and the hash it must
-/// have, the server the host reports to, then `args`.
-pub fn kernel_command_line(root: Option<(&str, &str)>, server: &str, args: &[String]) -> String {
-    let mut line = Vec::new();
-    if let Some((url, sha256)) = root {
-        line.push(format!("lectern.root={url}"));
-        line.push(format!("lectern.root_sha256={sha256}"));
-    }
-    line.push(format!("lectern.server={server}"));
-    line.extend(args.iter().cloned());
-    line.join(" ")
-}
 
 /// The iPXE script of `boot` for the host `mac`.
 pub fn script(boot: &Boot, mac: MacAddr, urls: &Urls) -> String {
@@ -28,15 +16,21 @@ pub fn script(boot: &Boot, mac: MacAddr, urls: &Urls) -> String {
     let names: Vec<String> = (0..initrds.len()).map(|i| format!("initrd{i}")).collect();
     // UEFI iPXE hands initrds over only to a kernel whose command line names them.
     let initrd_args: String = names.iter().map(|name| format!(" initrd={name}")).collect();
-    let root = boot
-        .root
-        .as_ref()
-        .map(|hash| (urls.artifact(hash), hash.as_str()));
-    let cmdline = kernel_command_line(
-        root.as_ref().map(|(url, hash)| (url.as_str(), *hash)),
-        urls.base(),
-        &boot.args,
-    );
+    let root = boot.root.as_ref().map(|hash| (urls.artifact(hash), hash));
+    let cmdline = KernelCommandLine {
+        root: root
+            .as_ref()
+            .map(|(url, hash)| (url.as_str(), hash.as_str())),
+        server: urls.base(),
+        image: boot.image.as_ref().map(|image| Image {
+            id: &image.id,
+            role: &image.role,
+            hostname: Some(&image.hostname),
+            layer: HostLayer::Loaded,
+        }),
+        extra: &boot.args,
+    }
+    .render();
     let mut script = format!(
         "#!ipxe\nkernel {}{initrd_args} {cmdline}\n",
         urls.artifact(&boot.kernel)
@@ -59,6 +53,7 @@ mod tests {
             initrds: vec!["i".into()],
             host_layer: true,
             root: Some("r".into()),
+            image: None,
             args: vec!["console=ttyS0".into()],
         };
         let mac = MacAddr([0x52, 0x54, 0, 0, 0, 1]);

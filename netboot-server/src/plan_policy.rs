@@ -11,7 +11,9 @@ use lectern_store::{Manifest, Store};
 
 use crate::dhcp::Mode;
 use crate::mac::MacAddr;
-use crate::policy::{Artifact, ArtifactKind, Boot, BootPolicy, Host, Identity, Network, Smbios};
+use crate::policy::{
+    Artifact, ArtifactKind, Boot, BootImage, BootPolicy, Host, Identity, Network, Smbios,
+};
 use crate::server::{Https, ServerConfig};
 use crate::{http, tftp};
 use lectern_master::model::NetbootLimits;
@@ -195,25 +197,17 @@ impl BootPolicy for PlanPolicy {
     fn boot(&self, host: &Host) -> Option<Boot> {
         let boot = self.boots.get(&host.mac)?;
         let image = boot.image.as_ref()?;
-        // The initrd fetches and verifies the root; the reporter tells us when the role is up.
-        let args = [
-            "boot=lectern".to_owned(),
-            "ip=dhcp".to_owned(),
-            format!("lectern.image={}", image.id),
-            format!("lectern.role={}", boot.role),
-            format!("systemd.hostname={}", boot.hostname),
-            "console=tty0".to_owned(),
-            "console=ttyS0,115200n8".to_owned(),
-        ];
         Some(Boot {
             kernel: image.kernel.clone(),
             initrds: vec![image.initrd.clone()],
             host_layer: boot.layer.is_some(),
             root: Some(image.root.clone()),
-            args: args
-                .into_iter()
-                .chain(boot.kernel_args.iter().cloned())
-                .collect(),
+            image: Some(BootImage {
+                id: image.id.clone(),
+                role: boot.role.clone(),
+                hostname: boot.hostname.clone(),
+            }),
+            args: boot.kernel_args.clone(),
         })
     }
 

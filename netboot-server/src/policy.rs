@@ -247,8 +247,18 @@ pub struct Boot {
     pub host_layer: bool,
     /// The root image the initrd fetches and checks against this hash.
     pub root: Option<String>,
-    /// Kernel arguments beyond those naming the root and the server.
+    /// The lectern image it runs; `None` for another kernel.
+    pub image: Option<BootImage>,
+    /// Kernel arguments of this host, after what the boot itself needs.
     pub args: Vec<String>,
+}
+
+/// The lectern image a host boots into, as its kernel command line names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootImage {
+    pub id: String,
+    pub role: String,
+    pub hostname: String,
 }
 
 impl Boot {
@@ -346,6 +356,7 @@ impl BootPolicy for StaticPolicy {
             initrds: image.initrds.clone(),
             host_layer: self.host_layer(host).is_some(),
             root: image.root.clone(),
+            image: None,
             args,
         })
     }

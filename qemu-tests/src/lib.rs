@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail, ensure};
 use lectern_builder::build::{BuildOptions, Builder};
 use lectern_builder::context::Plan;
 use lectern_builder::recipe::Recipes;
+use lectern_store::command_line::{self, Image, KernelCommandLine};
 use lectern_store::{HostLayer, Manifest, Store};
 use serde_json::Value;
 use soft_tpm::SoftTpm;
@@ -457,19 +458,23 @@ impl Lab {
             std::os::unix::fs::symlink(&root, &served)?;
         }
         let server = format!("http://{SERVER_IP}:{HTTP_PORT}");
-        let args = ["console=ttyS0", "boot=lectern", "ip=dhcp"].map(String::from);
-        let args = [&args[..], &[format!("lectern.image={}", manifest.image)]].concat();
         let root_url = format!("{server}/{root_name}");
-        let cmdline = lectern_netboot::ipxe::kernel_command_line(
-            Some((&root_url, root_sha256)),
-            &server,
-            &args,
-        );
         // e.g. LECTERN_LAB_CMDLINE=systemd.journald.forward_to_console=1 puts the journal in the serial log.
-        let cmdline = match std::env::var("LECTERN_LAB_CMDLINE") {
-            Ok(extra) => format!("{cmdline} {extra}"),
-            Err(_) => cmdline,
-        };
+        let extra: Vec<String> = std::env::var("LECTERN_LAB_CMDLINE")
+            .map(|extra| extra.split_whitespace().map(String::from).collect())
+            .unwrap_or_default();
+        let cmdline = KernelCommandLine {
+            root: Some((&root_url, root_sha256)),
+            server: &server,
+            image: Some(Image {
+                id: manifest.image.as_str(),
+                role: &manifest.role,
+                hostname: None,
+                layer: command_line::HostLayer::Loaded,
+            }),
+            extra: &extra,
+        }
+        .render();
         let initrd = artifact("initrd")?;
         let host_cpio = host_layer.map(|layer| store.blob_path(&layer.blob.sha256));
         let initrds: Vec<&Path> = std::iter::once(initrd.as_path())

@@ -17,6 +17,7 @@
 //! [`Store::host_layer`] and [`Store::blob_path`].
 
 mod atomic;
+pub mod command_line;
 mod digest;
 mod gc;
 mod records;
