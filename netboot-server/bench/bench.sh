@@ -195,3 +195,61 @@ echo "| secrets, 4 KiB over TLS (pinned, identity checked) | netbootd | $(per_fe
     -H 'Content-Type: application/json' -d "$body" https://10.99.0.1:8443/host/h1/secrets) |"
 stop
 
+# --- What binding a host to its TPM adds: the image's host-secrets script, as the booted host runs it ---
+# Against a software TPM (swtpm) in the client namespace, first for h1 bound by its SMBIOS UUID alone, then
+# for h1 bound to its TPM as well (create the EK and a key beside it, netbootd seals a credential, the TPM
+# recovers it). Skipped without swtpm and tpm2-tools.
+TPM_BOOTS=${TPM_BOOTS:-20}
+if command -v swtpm >/dev/null && command -v tpm2_createek >/dev/null; then
+    script=$(dirname "$0")/../../overlays/base/config/usr/lib/lectern/host-secrets
+    machine=$work/machine
+    mkdir -p "$work/tpm" "$machine/etc" "$machine/dmi" "$machine/run" "$machine/root" "$work/tpm-layers"
+    # What the image's secrets layer is: a cpio of lectern-host/…, here with a 4 KiB file.
+    mkdir -p "$work/staging/lectern-host/etc/lectern"
+    head -c 4K /dev/urandom >"$work/staging/lectern-host/etc/lectern/secret"
+    (cd "$work/staging" && find lectern-host | cpio --quiet -o -H newc) >"$work/tpm-layers/h1.secrets.cpio"
+    cp "$work/layers/h1.cpio" "$work/tpm-layers/"
+    echo "https://10.99.0.1:8443/" >"$machine/etc/netbootd-url"
+    echo "$pin" >"$machine/etc/netbootd.pin"
+    echo 0c0ffee0-0000-4000-8000-000000000001 >"$machine/dmi/product_uuid"
+    ip netns exec "$client_ns" swtpm socket --tpm2 --tpmstate dir="$work/tpm" \
+        --server type=tcp,port=2321,bindaddr=127.0.0.1 --ctrl type=tcp,port=2322,bindaddr=127.0.0.1 \
+        --flags not-need-init,startup-clear >"$work/swtpm.log" 2>&1 &
+    swtpm_pid=$!
+    export TPM2TOOLS_TCTI=swtpm:port=2321
+    sleep 0.5
+    in_client tpm2_createek -Q -G rsa -c "$work/ek.ctx"
+    ek_name=$(in_client tpm2_readpublic -c "$work/ek.ctx" | sed -n 's/^name: //p')
+    in_client tpm2_flushcontext -t
+    # tpm_boots IDENTITY: the median time of the script and netbootd's CPU per run, every run checked.
+    tpm_boots() {
+        start netbootd 8443 "$NETBOOTD" serve-static --interface br0 --server-ip 10.99.0.1 --netmask 255.255.0.0 \
+            --state-dir "$work/state" --tftp-root "$work/tftp" --host "52:54:00:00:00:01,10.99.0.2,h1,$1" \
+            --layer-dir "$work/tpm-layers" --tls-key "$work/tls.key"
+        in_client curl -sS --fail -o /dev/null http://10.99.0.1:8080/host/h1/layer
+        local before after
+        before=$(cpu_ms "$pid")
+        for _ in $(seq "$TPM_BOOTS"); do
+            local t0=$(date +%s%N)
+            LECTERN_ETC=$machine/etc LECTERN_DMI=$machine/dmi LECTERN_RUN=$machine/run LECTERN_ROOT=$machine/root \
+                in_client unshare --uts sh -c 'hostname h1 && exec bash "$0"' "$script" >/dev/null
+            # Counted only if the secrets arrived.
+            cmp -s "$machine/root/etc/lectern/secret" "$work/staging/lectern-host/etc/lectern/secret" || echo failed
+            rm -rf "${machine:?}/root/etc"
+            echo $(( ($(date +%s%N) - t0) / 1000 ))
+        done >"$work/times"
+        after=$(cpu_ms "$pid")
+        stop
+        if grep -q failed "$work/times"; then
+            echo "host-secrets did not get h1's secrets" >&2
+            return 1
+        fi
+        sort -n "$work/times" | awk -v cpu=$((after - before)) -v n="$TPM_BOOTS" \
+            '{ t[NR] = $1 } END { printf "%.1f ms median, %.2f ms server CPU per boot", t[int((NR + 1) / 2)] / 1000, cpu / n }'
+    }
+    echo "| host-secrets, SMBIOS identity | netbootd | $(tpm_boots uuid=0c0ffee0-0000-4000-8000-000000000001) |"
+    echo "| host-secrets, SMBIOS + TPM (swtpm) | netbootd | $(tpm_boots "uuid=0c0ffee0-0000-4000-8000-000000000001,tpm_ek=$ek_name") |"
+    kill "$swtpm_pid" 2>/dev/null || true
+    wait "$swtpm_pid" 2>/dev/null || true
+fi
+

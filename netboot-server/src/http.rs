@@ -925,6 +925,39 @@ mod tests {
             let record = state.timeline.get(MIXER);
             proptest::prop_assert!(record.secrets.is_none() && record.state.is_none());
         }
+
+        /// Whatever TPM proof a client makes up for a host bound to a TPM (any key, a real key
+        /// changed anywhere, any Name, any answer), it gets a challenge at most, never the secrets.
+        #[test]
+        fn no_made_up_tpm_proof_gets_secrets(
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            at in 0usize..316,
+            value: u8,
+            ak_name in "[0-9a-f]{0,80}",
+            activated in proptest::option::of("[0-9a-f]{0,80}"),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let real = tpm::tests::SWTPM_EK;
+            let state = mixer_state(Some(Identity {
+                smbios: Smbios::default(),
+                tpm_ek: Some(tpm::EndorsementKey::parse(real).unwrap().name_hex()),
+            }));
+            state.timeline.record(MIXER, Event::HostLayer);
+            let mut changed = real.to_vec();
+            changed[at % real.len()] ^= value | 1;
+            runtime.block_on(async {
+                for ek in [garbage, changed, real.to_vec()] {
+                    let tpm = serde_json::json!({
+                        "ek_public": BASE64.encode(&ek), "ak_name": ak_name, "activated": activated,
+                    });
+                    let body = serde_json::json!({ "boot_id": "b1", "tpm": tpm }).to_string();
+                    let response = post(&state, HOST_ADDRESS, "/host/mixer1/secrets", None, body).await;
+                    proptest::prop_assert!(response.status().is_client_error(), "{}", response.status());
+                }
+                Ok(())
+            })?;
+            proptest::prop_assert!(state.timeline.get(MIXER).secrets.is_none());
+        }
     }
 
     #[tokio::test]

@@ -261,7 +261,7 @@ pub(crate) mod tests {
 
     /// The EK a software TPM (swtpm) made with `tpm2_createek -G rsa -u ek.pub`, and the Name
     /// `tpm2_readpublic` printed for it.
-    const SWTPM_EK: &[u8] = include_bytes!("../tests/fixtures/swtpm-ek.pub");
+    pub(crate) const SWTPM_EK: &[u8] = include_bytes!("../tests/fixtures/swtpm-ek.pub");
     const SWTPM_EK_NAME: &str = include_str!("../tests/fixtures/swtpm-ek.name");
 
     /// The EK template's public area around `modulus` (TPM 2.0 EK profile, template L-1).
