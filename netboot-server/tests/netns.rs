@@ -730,6 +730,29 @@ const UUID: &str = "4c4c4544-0042-3510-8052-b4c04f4e3732";
 /// What the secrets layer holds: it must never show on the wire.
 const SECRET_MARK: &str = "stream-key-7d1f0c29e8";
 
+/// netbootd serving mixer1 at 10.99.0.10, bound to `identity` (`--host` fields), its layers from
+/// `layers`, its TLS key from `store`; the client namespace is mixer1, at its address.
+fn serve_mixer1_at_its_address(
+    lab: &mut Lab,
+    identity: &str,
+    layers: &std::path::Path,
+    store: &lectern_store::Store,
+) {
+    lab.start_netbootd(
+        SERVER_IP,
+        &[
+            "--host",
+            &format!("{MIXER},10.99.0.10,mixer1,{identity}"),
+            "--layer-dir",
+            layers.to_str().unwrap(),
+            "--tls-key",
+            store.server_key_path().to_str().unwrap(),
+        ],
+    );
+    lab.set_client_mac(MIXER);
+    lab.set_client_address("10.99.0.10/24");
+}
+
 /// curl on the client, as the booted host's scripts run it: pinned to `pin`, a JSON body.
 fn https(lab: &Lab, pin: &str, args: &[&str]) -> std::process::Output {
     let pinned = ["-sS", "-m", "10", "--insecure", "--pinnedpubkey", pin];
@@ -803,19 +826,7 @@ fn secrets_go_over_tls_once_per_boot_to_the_host_that_proves_it() {
         ],
     );
     std::thread::sleep(Duration::from_secs(1));
-    lab.start_netbootd(
-        SERVER_IP,
-        &[
-            "--host",
-            &format!("{MIXER},10.99.0.10,mixer1,uuid={UUID}"),
-            "--layer-dir",
-            layers.to_str().unwrap(),
-            "--tls-key",
-            store.server_key_path().to_str().unwrap(),
-        ],
-    );
-    lab.set_client_mac(MIXER);
-    lab.set_client_address("10.99.0.10/24");
+    serve_mixer1_at_its_address(&mut lab, &format!("uuid={UUID}"), &layers, &store);
     let pin = key.pin.as_str();
     let identity = format!(r#","uuid":"{}""#, UUID.to_ascii_uppercase());
 
@@ -1250,22 +1261,8 @@ fn a_host_bound_to_its_tpm_proves_it_and_a_spoofer_with_its_smbios_but_another_t
     assert!(cpio.status.success());
     std::fs::write(layers.join("mixer1.secrets.cpio"), cpio.stdout).unwrap();
     std::fs::write(layers.join("mixer1.cpio"), b"public layer of mixer1").unwrap();
-    lab.start_netbootd(
-        SERVER_IP,
-        &[
-            "--host",
-            &format!(
-                "{MIXER},10.99.0.10,mixer1,uuid={UUID},tpm_ek={}",
-                real.ek_name
-            ),
-            "--layer-dir",
-            layers.to_str().unwrap(),
-            "--tls-key",
-            store.server_key_path().to_str().unwrap(),
-        ],
-    );
-    lab.set_client_mac(MIXER);
-    lab.set_client_address("10.99.0.10/24");
+    let identity = format!("uuid={UUID},tpm_ek={}", real.ek_name);
+    serve_mixer1_at_its_address(&mut lab, &identity, &layers, &store);
     // The host's boot fetches its layer, which opens the window for its secrets.
     assert_eq!(
         http(&lab, &[&format!("{HTTP}/host/{MIXER}/layer")]),

@@ -287,11 +287,15 @@ impl Lab {
         self.start_netbootd_via(&launcher, server_ip, args);
     }
 
-    fn start_netbootd_via(&mut self, launcher: &[&str], server_ip: &str, args: &[&str]) {
+    /// Like [`Lab::start_netbootd`], started through `launcher` (a command that runs the rest).
+    pub fn start_netbootd_via(&mut self, launcher: &[&str], server_ip: &str, args: &[&str]) {
         let state = self.dir.path().join("state");
         std::fs::create_dir_all(&state).expect("state directory");
         must("chown", &["65534:65534", state.to_str().unwrap()]);
-        let binary = env!("CARGO_BIN_EXE_netbootd");
+        // LECTERN_NETBOOTD runs the tests against another build (an older one, to see a test fail).
+        let binary = std::env::var("LECTERN_NETBOOTD")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_netbootd").to_owned());
+        let binary = binary.as_str();
         let mut full = launcher.to_vec();
         full.extend_from_slice(&[
             binary,
