@@ -14,7 +14,7 @@ use dhcproto::v4::{
     Decodable, Decoder, DhcpOption, Encodable, Flags, Message, MessageType, Opcode, OptionCode,
 };
 use lab::{CLIENT_LINK, HTTP, Lab, SERVER_IP, must};
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Socket, Type};
 
 const POOL: &str = "10.99.0.100-10.99.0.199";
 const SERVER: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
@@ -24,16 +24,7 @@ struct Forger(UdpSocket);
 
 impl Forger {
     fn new(lab: &Lab) -> Forger {
-        Forger(lab.in_client_ns(|| {
-            let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
-            socket.set_reuse_address(true).unwrap();
-            socket.set_broadcast(true).unwrap();
-            socket.bind_device(Some(CLIENT_LINK.as_bytes())).unwrap();
-            socket
-                .bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68)).into())
-                .unwrap();
-            UdpSocket::from(socket)
-        }))
+        Forger(lab.dhcp_client_socket())
     }
 
     fn send(&self, message: &Message) {

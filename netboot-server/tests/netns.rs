@@ -16,7 +16,6 @@ use dhcproto::v4::{
     Decodable, Decoder, DhcpOption, Encodable, Flags, Message, MessageType, Opcode, OptionCode,
 };
 use lab::{CLIENT_LINK, HTTP, Lab, SERVER_IP, must};
-use socket2::{Domain, Protocol, Socket, Type};
 use soft_tpm::SoftTpm;
 
 const MIXER: &str = "52:54:00:00:00:01";
@@ -264,35 +263,26 @@ fn pxe_exchange_from(
     opts.insert(DhcpOption::ClientMachineIdentifier(vec![0; 17]));
     let bytes = request.to_vec().unwrap();
     let xid = request.xid();
-    lab.in_client_ns(move || {
-        let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
-        socket.set_reuse_address(true).unwrap();
-        socket.set_broadcast(true).unwrap();
-        socket.bind_device(Some(CLIENT_LINK.as_bytes())).unwrap();
-        socket
-            .bind(&SocketAddr::from((Ipv4Addr::UNSPECIFIED, 68)).into())
-            .unwrap();
-        let socket = std::net::UdpSocket::from(socket);
-        socket.send_to(&bytes, to).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(2);
-        let mut replies = Vec::new();
-        let mut buffer = [0u8; 1500];
-        while let Some(left) = deadline
-            .checked_duration_since(Instant::now())
-            .filter(|left| !left.is_zero())
-        {
-            socket.set_read_timeout(Some(left)).unwrap();
-            let Ok((len, from)) = socket.recv_from(&mut buffer) else {
-                break;
-            };
-            if let Ok(reply) = Message::decode(&mut Decoder::new(&buffer[..len])) {
-                if reply.xid() == xid && reply.opcode() == Opcode::BootReply {
-                    replies.push((reply, from));
-                }
+    let socket = lab.dhcp_client_socket();
+    socket.send_to(&bytes, to).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut replies = Vec::new();
+    let mut buffer = [0u8; 1500];
+    while let Some(left) = deadline
+        .checked_duration_since(Instant::now())
+        .filter(|left| !left.is_zero())
+    {
+        socket.set_read_timeout(Some(left)).unwrap();
+        let Ok((len, from)) = socket.recv_from(&mut buffer) else {
+            break;
+        };
+        if let Ok(reply) = Message::decode(&mut Decoder::new(&buffer[..len])) {
+            if reply.xid() == xid && reply.opcode() == Opcode::BootReply {
+                replies.push((reply, from));
             }
         }
-        replies
-    })
+    }
+    replies
 }
 
 fn file(message: &Message) -> Option<String> {

@@ -363,6 +363,20 @@ impl Lab {
             .collect()
     }
 
+    /// A UDP socket on the client link at port 68, as a DHCP client has, broadcasts allowed.
+    pub fn dhcp_client_socket(&self) -> std::net::UdpSocket {
+        use socket2::{Domain, Protocol, Socket, Type};
+        self.in_client_ns(|| {
+            let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+            socket.set_reuse_address(true).unwrap();
+            socket.set_broadcast(true).unwrap();
+            socket.bind_device(Some(CLIENT_LINK.as_bytes())).unwrap();
+            let any = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 68));
+            socket.bind(&any.into()).unwrap();
+            std::net::UdpSocket::from(socket)
+        })
+    }
+
     /// Runs `action` on a thread that has entered the client namespace: sockets it opens
     /// live there.
     pub fn in_client_ns<T: Send>(&self, action: impl FnOnce() -> T + Send) -> T {
