@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
+use subtle::ConstantTimeEq;
 
 use crate::mac::MacAddr;
 use crate::metrics::{Metrics, TIMELINE_STRANGERS};
@@ -494,7 +495,7 @@ impl Timeline {
     pub fn report_token_is(&self, mac: MacAddr, token: &str) -> bool {
         let state = self.state.lock().expect("timeline lock");
         let current = state.releases.get(&mac).and_then(|r| r.token.as_deref());
-        current.is_some_and(|current| constant_time_eq(current.as_bytes(), token.as_bytes()))
+        current.is_some_and(|current| bool::from(current.as_bytes().ct_eq(token.as_bytes())))
     }
 
     /// Notes on `mac`'s record something refused in its name.
@@ -556,11 +557,6 @@ fn random_token() -> String {
         .and_then(|mut random| random.read_exact(&mut bytes))
         .expect("the kernel's random source");
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Compares without stopping at the first difference, so timing says nothing of the token.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
 /// `2026-11-21T21:30:07Z`; hand-written to avoid a date crate for one format.

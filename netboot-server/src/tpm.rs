@@ -13,6 +13,7 @@ use hmac::{Hmac, Mac};
 use rsa::rand_core::{OsRng, RngCore};
 use rsa::{BigUint, Oaep, RsaPublicKey};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::mac::MacAddr;
 
@@ -189,14 +190,9 @@ impl Challenges {
         let Some((issued_to, credential)) = issued else {
             return false;
         };
+        // Compared in constant time, so timing says nothing of the credential.
         let answer = hex::decode(activated).unwrap_or_default();
-        let same = answer.len() == credential.len()
-            && answer
-                .iter()
-                .zip(credential)
-                .fold(0, |diff, (a, b)| diff | (a ^ b))
-                == 0;
-        issued_to == boot_id && same
+        issued_to == boot_id && bool::from(answer.ct_eq(&credential[..]))
     }
 }
 

@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use dhcproto::v4::{
-    Decodable, Decoder, DhcpOption, Encodable, Flags, Message, MessageType, Opcode, OptionCode,
+    Decodable, Decoder, DhcpOption, Encodable, Message, MessageType, Opcode, OptionCode,
 };
 use lab::{CLIENT_LINK, HTTP, Lab, SERVER_IP, must};
 use socket2::{Domain, Socket, Type};
@@ -79,16 +79,8 @@ fn dhcp(
     requested: Option<Ipv4Addr>,
     ciaddr: Option<Ipv4Addr>,
 ) -> Message {
-    let mut message = Message::new(
-        ciaddr.unwrap_or(Ipv4Addr::UNSPECIFIED),
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::UNSPECIFIED,
-        &mac,
-    );
-    message.set_flags(Flags::default().set_broadcast());
+    let mut message = lab::client_message(mac, kind, ciaddr.unwrap_or(Ipv4Addr::UNSPECIFIED));
     let opts = message.opts_mut();
-    opts.insert(DhcpOption::MessageType(kind));
     if let Some(ip) = requested {
         opts.insert(DhcpOption::RequestedIpAddress(ip));
         opts.insert(DhcpOption::ServerIdentifier(SERVER));

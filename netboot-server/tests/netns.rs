@@ -13,7 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use dhcproto::v4::{
-    Decodable, Decoder, DhcpOption, Encodable, Flags, Message, MessageType, Opcode, OptionCode,
+    Decodable, Decoder, DhcpOption, Encodable, Message, MessageType, Opcode, OptionCode,
 };
 use lab::{CLIENT_LINK, HTTP, Lab, SERVER_IP, must};
 use soft_tpm::SoftTpm;
@@ -245,17 +245,9 @@ fn pxe_exchange_from(
     to: SocketAddr,
     ciaddr: Ipv4Addr,
 ) -> Vec<(Message, SocketAddr)> {
-    let mut request = Message::new(
-        ciaddr,
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::UNSPECIFIED,
-        &mac,
-    );
-    // The client link has no address: without the flag dnsmasq unicasts to the offered one.
-    request.set_flags(Flags::default().set_broadcast());
+    // Broadcast replies: without the flag dnsmasq unicasts to the offered address.
+    let mut request = lab::client_message(mac, kind, ciaddr);
     let opts = request.opts_mut();
-    opts.insert(DhcpOption::MessageType(kind));
     opts.insert(DhcpOption::ClassIdentifier(
         BIOS_PXE_CLASS.as_bytes().to_vec(),
     ));

@@ -14,6 +14,27 @@ pub const HTTP: &str = "http://10.99.0.1:8080";
 pub const BRIDGE: &str = "br0";
 pub const CLIENT_LINK: &str = "vc0";
 
+/// A DHCP client's message of `kind` from `mac` holding `ciaddr`, asking for broadcast replies: the
+/// client link has no address they could go to.
+pub fn client_message(
+    mac: [u8; 6],
+    kind: dhcproto::v4::MessageType,
+    ciaddr: std::net::Ipv4Addr,
+) -> dhcproto::v4::Message {
+    use dhcproto::v4::{DhcpOption, Flags, Message};
+    use std::net::Ipv4Addr;
+    let mut message = Message::new(
+        ciaddr,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        Ipv4Addr::UNSPECIFIED,
+        &mac,
+    );
+    message.set_flags(Flags::default().set_broadcast());
+    message.opts_mut().insert(DhcpOption::MessageType(kind));
+    message
+}
+
 /// Runs `program args…`, returning its output; panics if it cannot start.
 pub fn run(program: &str, args: &[&str]) -> Output {
     Command::new(program)

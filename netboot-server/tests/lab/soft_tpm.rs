@@ -112,7 +112,7 @@ fn tpm2(tcti: &str, command: &[&str], file: &Path) -> Result<String, String> {
 }
 
 /// A port whose successor is free too (swtpm's command and control channels).
-pub fn free_port_pair() -> Result<u16, String> {
+fn free_port_pair() -> Result<u16, String> {
     for _ in 0..20 {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| e.to_string())?;
         let port = listener.local_addr().map_err(|e| e.to_string())?.port();
