@@ -34,6 +34,11 @@ impl Forger {
 
     /// Sends `message`; the reply to it within `wait`, if any.
     fn ask(&self, message: &Message, wait: Duration) -> Option<Message> {
+        self.ask_from(message, wait).map(|(reply, _)| reply)
+    }
+
+    /// Like [`Forger::ask`], with the address the reply came from.
+    fn ask_from(&self, message: &Message, wait: Duration) -> Option<(Message, SocketAddr)> {
         self.send(message);
         let deadline = Instant::now() + wait;
         let mut buffer = [0u8; 1500];
@@ -42,12 +47,12 @@ impl Forger {
             self.0
                 .set_read_timeout(Some(left.max(Duration::from_millis(1))))
                 .unwrap();
-            let (len, _) = self.0.recv_from(&mut buffer).ok()?;
+            let (len, from) = self.0.recv_from(&mut buffer).ok()?;
             let Ok(reply) = Message::decode(&mut Decoder::new(&buffer[..len])) else {
                 continue;
             };
             if reply.xid() == message.xid() && reply.opcode() == Opcode::BootReply {
-                return Some(reply);
+                return Some((reply, from));
             }
         }
     }
@@ -481,4 +486,136 @@ fn kill_9_in_a_storm_loses_no_acknowledged_lease_and_every_client_completes() {
         assert_eq!(on_disk.get(&text), Some(ip), "{text}: {on_disk:?}");
         assert_eq!(forger.renew(*client, *ip), Some(MessageType::Ack), "{text}");
     }
+}
+
+/// netbootd's resident memory, in KiB.
+fn resident_kib(lab: &Lab) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", lab.pid("netbootd"))).unwrap();
+    (status.lines())
+        .find_map(|line| {
+            line.strip_prefix("VmRSS:")?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .expect("VmRSS")
+}
+
+#[test]
+fn leases_from_thousands_of_fresh_macs_leave_memory_flat() {
+    let Some(mut lab) = Lab::new(&[]) else {
+        return;
+    };
+    lab.start_netbootd(SERVER_IP, &["--pool", POOL]);
+    let forger = Forger::new(&lab);
+    // Each fresh MAC leases an address and releases it, as a forger cycling MACs does.
+    let churn = |macs: std::ops::Range<u32>| {
+        for n in macs {
+            let ip = forger.lease(mac(n)).expect("a lease");
+            forger.send(&dhcp(mac(n), MessageType::Release, None, Some(ip)));
+        }
+    };
+    // A first round brings the allocator and the pool to their working size.
+    churn(10_000..10_300);
+    let before = resident_kib(&lab);
+    let started = Instant::now();
+    churn(20_000..23_000);
+    let grown = resident_kib(&lab).saturating_sub(before);
+    eprintln!(
+        "3,000 fresh MACs in {:.1} s: resident memory {before} KiB, then +{grown} KiB",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(grown < 1024, "+{grown} KiB for 3,000 strangers");
+    let counted = metric(&lab, "netbootd_timeline_strangers_total{event=\"dhcp\"}");
+    assert!(counted >= 3_000, "{}", lab.operator("/metrics"));
+}
+
+#[test]
+fn replies_leave_from_the_served_address_not_the_interfaces_first() {
+    let Some(mut lab) = Lab::new(&[]) else {
+        return;
+    };
+    // The bridge's first address is 10.99.0.1; netbootd serves 10.99.0.5 beside it.
+    lab.add_server_address("10.99.0.5/24");
+    lab.start_netbootd("10.99.0.5", &["--pool", POOL]);
+    let forger = Forger::new(&lab);
+    let discover = dhcp(mac(1), MessageType::Discover, None, None);
+    let (offer, from) = forger.ask_from(&discover, WAIT).expect("an offer");
+    assert_eq!(from, SocketAddr::from(([10, 99, 0, 5], 67)));
+    assert_eq!(
+        offer.opts().get(OptionCode::ServerIdentifier),
+        Some(&DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 99, 0, 5)))
+    );
+}
+
+#[test]
+fn inform_gets_the_network_settings_at_the_clients_own_address_and_no_lease() {
+    let Some(mut lab) = Lab::new(&[]) else {
+        return;
+    };
+    lab.start_netbootd(SERVER_IP, &["--pool", POOL]);
+    // A client configured by hand asks only for the network's settings (RFC 2131 §3.4); the answer
+    // goes to its address.
+    lab.set_client_address("10.99.0.60/24");
+    let forger = Forger::new(&lab);
+    let mut inform = lab::client_message(mac(1), MessageType::Inform, Ipv4Addr::new(10, 99, 0, 60));
+    inform.set_flags(Default::default());
+    let (ack, from) = forger
+        .ask_from(&inform, WAIT)
+        .expect("an answer to DHCPINFORM");
+    assert_eq!(kind(&ack), Some(MessageType::Ack));
+    assert_eq!(from.ip(), SERVER);
+    assert_eq!(
+        ack.yiaddr(),
+        Ipv4Addr::UNSPECIFIED,
+        "an INFORM leases nothing"
+    );
+    assert!(ack.opts().get(OptionCode::AddressLeaseTime).is_none());
+    assert!(ack.opts().get(OptionCode::SubnetMask).is_some());
+    assert!(lease_file(&lab).is_empty(), "{:?}", lease_file(&lab));
+}
+
+#[test]
+fn a_damaged_lease_file_stops_netbootd_with_what_to_do_and_nothing_lost() {
+    let Some(mut lab) = Lab::new(&[]) else {
+        return;
+    };
+    let state = lab.dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let leases = state.join("dhcp-leases.json");
+    std::fs::write(&leases, "[{\"mac\": \"02:00:00:00:00:01\", \"ip\": ").unwrap();
+    let binary = std::env::var("LECTERN_NETBOOTD")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_netbootd").to_owned());
+    let state_dir = state.to_str().unwrap();
+    let args = [
+        "10",
+        &binary,
+        "serve-static",
+        "--interface",
+        "br0",
+        "--server-ip",
+        SERVER_IP,
+        "--state-dir",
+        state_dir,
+        "--pool",
+        POOL,
+    ];
+    let refused = lab.server("timeout", &args);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    // Refused at once (not stopped by the timeout), naming the file and the command that recovers.
+    assert_eq!(refused.status.code(), Some(1), "{said}");
+    let advice = format!("mv {} {}.corrupt", leases.display(), leases.display());
+    assert!(said.contains(&advice), "{said}");
+    assert!(leases.exists(), "the damaged file is kept for the operator");
+    must(
+        "mv",
+        &[
+            leases.to_str().unwrap(),
+            &format!("{}.corrupt", leases.display()),
+        ],
+    );
+    lab.start_netbootd(SERVER_IP, &["--pool", POOL]);
+    assert!(Forger::new(&lab).lease(mac(2)).is_some(), "{}", lab.logs());
 }
