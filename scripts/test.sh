@@ -17,3 +17,6 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast
+echo "== benchmarks, on a tiny input (that they still run and check what they measure)"
+DHCP_CLIENTS=20 DHCP_SECONDS=2 TFTP_MB=1 HTTP_MB=8 HTTP_CLIENTS=4 SECRET_FETCHES=5 TPM_BOOTS=2 \
+    bash netboot-server/bench/bench.sh "${CARGO_TARGET_DIR:-target}/debug/netbootd"

@@ -4,9 +4,14 @@
 # namespaces; clients in a second namespace over a veth pair. Needs root and
 #   apt-get install kea-dhcp4-server kea-admin dnsmasq-base tftpd-hpa nginx-light curl iproute2 openssl
 # Usage: bash netboot-server/bench/bench.sh [path/to/release/netbootd]
+# UNLIMITED_NETBOOTD=path/to/netbootd adds TFTP and HTTP rows for that build in the same run: one
+# built from before the limits (commit 5f2e43f) shows what the caps and timeouts cost.
 set -euo pipefail
+# A failure inside $(…) stops the run: no row is printed from a measurement that failed.
+shopt -s inherit_errexit
 
 NETBOOTD=$(realpath "${1:-${CARGO_TARGET_DIR:-target}/release/netbootd}")
+UNLIMITED_NETBOOTD=${UNLIMITED_NETBOOTD:+$(realpath "$UNLIMITED_NETBOOTD")}
 # Per-request logging off everywhere, as for Kea (ERROR) and dnsmasq (no log-dhcp).
 export RUST_LOG=warn
 DHCP_CLIENTS=${DHCP_CLIENTS:-1000}   # simulated clients per DHCP run
@@ -108,45 +113,83 @@ start dnsmasq 67 dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 --n
 echo "| DHCP exchanges/s | dnsmasq $(dnsmasq --version | head -1 | grep -oP 'version \K\S+') | $(dhcp_rate) |"
 stop
 
+# verify URL FILE: fails unless URL, fetched once more, has FILE's bytes (a rate counts only what
+# arrived whole).
+verify() {
+    local got want
+    got=$(in_client curl -sS --fail --tftp-blksize 1468 "$1" | sha256sum)
+    want=$(sha256sum <"$2")
+    if [ "$got" != "$want" ]; then
+        echo "$1: the bytes served differ from $2" >&2
+        exit 1
+    fi
+}
+
 # --- TFTP: one client, curl with 1468-byte blocks (the usual firmware choice) ----------------
 tftp_speed() {
-    local best=0 speed
+    local best=0 speed size
+    verify tftp://10.99.0.1/big.bin "$work/tftp/big.bin"
     for _ in 1 2 3; do
-        speed=$(in_client curl -s --tftp-blksize 1468 -o /dev/null -w '%{speed_download}' tftp://10.99.0.1/big.bin)
+        read -r speed size < <(in_client curl -s --tftp-blksize 1468 -o /dev/null \
+            -w '%{speed_download} %{size_download}\n' tftp://10.99.0.1/big.bin)
+        if [ "$size" != "$((TFTP_MB << 20))" ]; then
+            echo "TFTP: $size bytes of $((TFTP_MB << 20)) arrived" >&2
+            exit 1
+        fi
         best=$(awk -v a="$best" -v b="$speed" 'BEGIN { print (b > a) ? b : a }')
     done
     awk -v bytes="$best" 'BEGIN { printf "%.1f MB/s", bytes / 1e6 }'
 }
 
-start netbootd 69 "$NETBOOTD" serve-static --interface br0 --server-ip 10.99.0.1 --netmask 255.255.0.0 \
-    --state-dir "$work/state" --tftp-root "$work/tftp"
-echo "| TFTP ${TFTP_MB} MB | netbootd | $(tftp_speed) |"
-stop
+for build in "$NETBOOTD" $UNLIMITED_NETBOOTD; do
+    label=netbootd
+    [ "$build" = "$NETBOOTD" ] || label="netbootd without limits"
+    start netbootd 69 "$build" serve-static --interface br0 --server-ip 10.99.0.1 --netmask 255.255.0.0 \
+        --state-dir "$work/state" --tftp-root "$work/tftp"
+    rate=$(tftp_speed)
+    echo "| TFTP ${TFTP_MB} MB | $label | $rate |"
+    stop
+done
 start tftpd-hpa 69 in.tftpd --foreground --listen --address 10.99.0.1:69 --secure "$work/tftp"
-echo "| TFTP ${TFTP_MB} MB | tftpd-hpa | $(tftp_speed) |"
+rate=$(tftp_speed)
+echo "| TFTP ${TFTP_MB} MB | tftpd-hpa | $rate |"
 stop
 start dnsmasq-tftp 69 dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 --interface=br0 \
     --bind-interfaces --user=root --enable-tftp --tftp-root="$work/tftp" --pid-file="$work/dnsmasq.pid"
-echo "| TFTP ${TFTP_MB} MB | dnsmasq | $(tftp_speed) |"
+rate=$(tftp_speed)
+echo "| TFTP ${TFTP_MB} MB | dnsmasq | $rate |"
 stop
 
 # --- HTTP: $HTTP_CLIENTS clients each fetching the whole artifact at once ------------------
+# Every transfer's status and byte count is checked, and one more fetch's hash.
 http_throughput() {
-    local url=$1 start_ns end_ns
+    local url=$1 start_ns end_ns whole
     local urls=()
     for _ in $(seq "$HTTP_CLIENTS"); do urls+=("$url"); done
+    verify "$url" "$work/store/artifact"
     start_ns=$(date +%s%N)
-    in_client curl -sS --fail --no-progress-meter --parallel --parallel-max "$HTTP_CLIENTS" \
-        $(printf -- '-o /dev/null %s ' "${urls[@]}")
+    in_client curl -sS --no-progress-meter --parallel --parallel-max "$HTTP_CLIENTS" \
+        -w '%{http_code} %{size_download}\n' $(printf -- '-o /dev/null %s ' "${urls[@]}") >"$work/transfers" || true
     end_ns=$(date +%s%N)
+    whole=$(grep -cx "200 $((HTTP_MB << 20))" "$work/transfers" || true)
+    if [ "$whole" != "$HTTP_CLIENTS" ]; then
+        echo "HTTP: $whole of $HTTP_CLIENTS transfers arrived whole:" >&2
+        sort "$work/transfers" | uniq -c >&2
+        exit 1
+    fi
     awk -v mb="$HTTP_MB" -v n="$HTTP_CLIENTS" -v ns=$((end_ns - start_ns)) \
         'BEGIN { printf "%.0f MB/s aggregate (%.1f s)", mb * 1.048576 * n / (ns / 1e9), ns / 1e9 }'
 }
 
-start netbootd 8080 "$NETBOOTD" serve-static --interface br0 --server-ip 10.99.0.1 --netmask 255.255.0.0 \
-    --state-dir "$work/state" --tftp-root "$work/tftp" --artifact-dir "$work/store" --kernel artifact
-echo "| HTTP ${HTTP_MB} MiB x ${HTTP_CLIENTS} | netbootd | $(http_throughput http://10.99.0.1:8080/a/artifact) |"
-stop
+for build in "$NETBOOTD" $UNLIMITED_NETBOOTD; do
+    label=netbootd
+    [ "$build" = "$NETBOOTD" ] || label="netbootd without limits"
+    start netbootd 8080 "$build" serve-static --interface br0 --server-ip 10.99.0.1 --netmask 255.255.0.0 \
+        --state-dir "$work/state" --tftp-root "$work/tftp" --artifact-dir "$work/store" --kernel artifact
+    rate=$(http_throughput http://10.99.0.1:8080/a/artifact)
+    echo "| HTTP ${HTTP_MB} MiB x ${HTTP_CLIENTS} | $label | $rate |"
+    stop
+done
 
 cat >"$work/nginx/nginx.conf" <<NGINX
 daemon off;
@@ -162,7 +205,8 @@ http {
 }
 NGINX
 start nginx 8080 nginx -c "$work/nginx/nginx.conf"
-echo "| HTTP ${HTTP_MB} MiB x ${HTTP_CLIENTS} | nginx $(nginx -v 2>&1 | grep -oP '/\K\S+') | $(http_throughput http://10.99.0.1:8080/a/artifact) |"
+rate=$(http_throughput http://10.99.0.1:8080/a/artifact)
+echo "| HTTP ${HTTP_MB} MiB x ${HTTP_CLIENTS} | nginx $(nginx -v 2>&1 | grep -oP '/\K\S+') | $rate |"
 stop
 
 # --- A boot's secrets: its host layer over HTTP, then its secrets over TLS -------------------
@@ -188,11 +232,13 @@ per_fetch() {
 start netbootd 8443 "$NETBOOTD" serve-static --interface br0 --server-ip 10.99.0.1 --netmask 255.255.0.0 \
     --state-dir "$work/state" --tftp-root "$work/tftp" --host 52:54:00:00:00:01,10.99.0.2,h1,uuid=0c0ffee0-0000-4000-8000-000000000001 \
     --layer-dir "$work/layers" --tls-key "$work/tls.key"
-echo "| host layer, 16 KiB over HTTP | netbootd | $(per_fetch http://10.99.0.1:8080/host/h1/layer) |"
+rate=$(per_fetch http://10.99.0.1:8080/host/h1/layer)
+echo "| host layer, 16 KiB over HTTP | netbootd | $rate |"
 # The same boot asking again is served (a retry); a boot asks once.
 body='{"boot_id":"b1","uuid":"0c0ffee0-0000-4000-8000-000000000001"}'
-echo "| secrets, 4 KiB over TLS (pinned, identity checked) | netbootd | $(per_fetch --insecure --pinnedpubkey "$pin" \
-    -H 'Content-Type: application/json' -d "$body" https://10.99.0.1:8443/host/h1/secrets) |"
+rate=$(per_fetch --insecure --pinnedpubkey "$pin" -H 'Content-Type: application/json' -d "$body" \
+    https://10.99.0.1:8443/host/h1/secrets)
+echo "| secrets, 4 KiB over TLS (pinned, identity checked) | netbootd | $rate |"
 stop
 
 # --- What binding a host to its TPM adds: the image's host-secrets script, as the booted host runs it ---
@@ -247,8 +293,10 @@ if command -v swtpm >/dev/null && command -v tpm2_createek >/dev/null; then
         sort -n "$work/times" | awk -v cpu=$((after - before)) -v n="$TPM_BOOTS" \
             '{ t[NR] = $1 } END { printf "%.1f ms median, %.2f ms server CPU per boot", t[int((NR + 1) / 2)] / 1000, cpu / n }'
     }
-    echo "| host-secrets, SMBIOS identity | netbootd | $(tpm_boots uuid=0c0ffee0-0000-4000-8000-000000000001) |"
-    echo "| host-secrets, SMBIOS + TPM (swtpm) | netbootd | $(tpm_boots "uuid=0c0ffee0-0000-4000-8000-000000000001,tpm_ek=$ek_name") |"
+    rate=$(tpm_boots uuid=0c0ffee0-0000-4000-8000-000000000001)
+    echo "| host-secrets, SMBIOS identity | netbootd | $rate |"
+    rate=$(tpm_boots "uuid=0c0ffee0-0000-4000-8000-000000000001,tpm_ek=$ek_name")
+    echo "| host-secrets, SMBIOS + TPM (swtpm) | netbootd | $rate |"
     kill "$swtpm_pid" 2>/dev/null || true
     wait "$swtpm_pid" 2>/dev/null || true
 fi
