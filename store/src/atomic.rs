@@ -67,7 +67,7 @@ fn write_temp(
 }
 
 /// Makes a rename or link durable: the directory entry lives in the parent directory.
-pub(crate) fn sync_parent(path: &Path) -> io::Result<()> {
+pub fn sync_parent(path: &Path) -> io::Result<()> {
     match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => File::open(parent)?.sync_all(),
         _ => Ok(()),

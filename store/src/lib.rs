@@ -31,7 +31,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub use atomic::{write_atomic, write_new_atomic};
+pub use atomic::{sync_parent, write_atomic, write_new_atomic};
 pub use digest::{Digest, InvalidDigest};
 pub use gc::GcReport;
 pub use records::{BlobRef, FORMAT, HostLayer, LayerKind, LayerRecord, Manifest};

@@ -1,8 +1,13 @@
 //! The dynamic address pool: leases persisted across restarts, and never one free address
 //! offered to two clients in flight (iPXE never retries after a NAK).
+//!
+//! On disk: a snapshot of the table (`dhcp-leases.json`, the declined addresses beside it) and a
+//! journal of the changes since (`dhcp-leases.journal`, one JSON line each), as Kea's memfile keeps
+//! a lease file and compacts it. A batch of changes costs one append and one fdatasync; the
+//! snapshot is rewritten, and the journal emptied, only when the journal outgrows the table.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs;
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -23,6 +28,20 @@ struct Lease {
     expires: u64,
 }
 
+/// One change to the table, as the journal records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Change {
+    Lease(Lease),
+    Free(Ipv4Addr),
+    /// Declined until (seconds since 1970).
+    Declined(Ipv4Addr, u64),
+}
+
+/// Journal lines that may pile up before the snapshot is rewritten: at least this many, or
+/// twice the table.
+const JOURNAL_LINES: usize = 4096;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PoolError {
     #[error("{0} is not in the pool")]
@@ -40,13 +59,24 @@ pub struct Pool {
     reserved_ips: HashSet<Ipv4Addr>,
     reserved_macs: HashSet<MacAddr>,
     leases: BTreeMap<Ipv4Addr, Lease>,
+    /// The address each leasing MAC holds: one per MAC.
+    lease_of: HashMap<MacAddr, Ipv4Addr>,
     offers: HashMap<Ipv4Addr, (MacAddr, SystemTime)>,
+    offer_of: HashMap<MacAddr, Ipv4Addr>,
     /// Addresses their holder found in use, kept out until then (seconds since 1970); saved beside
     /// the leases, so a restart does not hand one out again.
     declined: BTreeMap<Ipv4Addr, u64>,
     lease_file: PathBuf,
-    /// Leases changed since the table was last written.
-    unsaved: bool,
+    /// Changes not yet on disk.
+    unsaved: Vec<Change>,
+    /// The journal, open for appending once first written, and its lines and bytes.
+    journal: Option<File>,
+    journal_lines: usize,
+    journal_bytes: u64,
+    /// A failed append could not be cut off: the next save writes a snapshot instead.
+    snapshot_due: bool,
+    /// Journal lines that may pile up before the snapshot is rewritten, unless the table is larger.
+    journal_limit: usize,
 }
 
 fn unix_secs(when: SystemTime) -> u64 {
@@ -75,34 +105,97 @@ impl Pool {
             reserved_ips,
             reserved_macs,
             leases: BTreeMap::new(),
+            lease_of: HashMap::new(),
             offers: HashMap::new(),
+            offer_of: HashMap::new(),
             declined: BTreeMap::new(),
             lease_file,
-            unsaved: false,
+            unsaved: Vec::new(),
+            journal: None,
+            journal_lines: 0,
+            journal_bytes: 0,
+            snapshot_due: false,
+            journal_limit: JOURNAL_LINES,
         };
-        let declined: BTreeMap<Ipv4Addr, u64> = match fs::read(pool.declined_file()) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other)?,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(error) => return Err(error),
+        let read = |path: &PathBuf| match fs::read(path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error),
         };
-        pool.declined = (declined.into_iter())
-            .filter(|(ip, until)| pool.in_range(*ip) && *until > unix_secs(now))
-            .collect();
-        let stored: Vec<Lease> = match fs::read(&pool.lease_file) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other)?,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(error) => return Err(error),
+        let declined: BTreeMap<Ipv4Addr, u64> = match read(&pool.declined_file())? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other)?,
+            None => BTreeMap::new(),
         };
+        let stored: Vec<Lease> = match read(&pool.lease_file)? {
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other)?,
+            None => Vec::new(),
+        };
+        pool.declined = declined;
         for lease in stored {
-            let fits = pool.in_range(lease.ip)
-                && !pool.reserved_ips.contains(&lease.ip)
-                && !pool.reserved_macs.contains(&lease.mac)
-                && lease.expires > unix_secs(now);
-            if fits {
-                pool.leases.insert(lease.ip, lease);
+            pool.bind(lease);
+        }
+        let journal = pool.journal_file();
+        for change in read_journal(&journal, read(&journal)?.unwrap_or_default())? {
+            pool.apply(change);
+            pool.journal_lines += 1;
+        }
+        // What no longer fits goes: expired entries, addresses out of range or now reserved, and
+        // MACs that now have a reservation (a stale file must not move a reserved host into the pool).
+        let stale: Vec<Ipv4Addr> = (pool.leases.values())
+            .filter(|lease| {
+                !pool.in_range(lease.ip)
+                    || pool.reserved_ips.contains(&lease.ip)
+                    || pool.reserved_macs.contains(&lease.mac)
+                    || lease.expires <= unix_secs(now)
+            })
+            .map(|lease| lease.ip)
+            .collect();
+        for ip in stale {
+            pool.unbind(ip);
+        }
+        let in_range = |ip: &Ipv4Addr| (pool.first..=pool.last).contains(ip);
+        pool.declined
+            .retain(|ip, until| in_range(ip) && *until > unix_secs(now));
+        Ok(pool)
+    }
+
+    /// Applies one change read from the journal.
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Lease(lease) => self.bind(lease),
+            Change::Free(ip) => self.unbind(ip),
+            Change::Declined(ip, until) => {
+                self.unbind(ip);
+                self.declined.insert(ip, until);
             }
         }
-        Ok(pool)
+    }
+
+    /// Gives `lease.ip` to `lease.mac`, taking it from whoever held it and the MAC's old address
+    /// from it: one holder per address, one address per MAC.
+    fn bind(&mut self, lease: Lease) {
+        if let Some(old) = self.lease_of.get(&lease.mac).copied() {
+            self.leases.remove(&old);
+        }
+        self.unbind(lease.ip);
+        self.lease_of.insert(lease.mac, lease.ip);
+        self.leases.insert(lease.ip, lease);
+    }
+
+    /// Frees `ip`, if leased.
+    fn unbind(&mut self, ip: Ipv4Addr) {
+        if let Some(lease) = self.leases.remove(&ip) {
+            self.lease_of.remove(&lease.mac);
+        }
+    }
+
+    /// Holds `ip` for `mac`, dropping any other offer to it.
+    fn hold(&mut self, mac: MacAddr, ip: Ipv4Addr, now: SystemTime) {
+        self.forget_offer(mac);
+        if let Some((holder, _)) = self.offers.insert(ip, (mac, now)) {
+            self.offer_of.remove(&holder);
+        }
+        self.offer_of.insert(mac, ip);
     }
 
     /// Offers from now on come from `first..=last`. Leases outside it are kept until they expire;
@@ -111,6 +204,8 @@ impl Pool {
         (self.first, self.last) = (first, last);
         let in_range = |ip: &Ipv4Addr| (first..=last).contains(ip);
         self.offers.retain(|ip, _| in_range(ip));
+        let offers = &self.offers;
+        self.offer_of.retain(|_, ip| offers.contains_key(ip));
     }
 
     /// New leases from now on last this long; those given keep theirs.
@@ -121,6 +216,11 @@ impl Pool {
     /// Beside the lease file: `dhcp-leases.json` → `dhcp-leases.declined.json`.
     fn declined_file(&self) -> PathBuf {
         self.lease_file.with_extension("declined.json")
+    }
+
+    /// Beside the lease file: `dhcp-leases.json` → `dhcp-leases.journal`.
+    fn journal_file(&self) -> PathBuf {
+        self.lease_file.with_extension("journal")
     }
 
     fn in_range(&self, ip: Ipv4Addr) -> bool {
@@ -157,11 +257,15 @@ impl Pool {
         reservations: impl IntoIterator<Item = (MacAddr, Ipv4Addr)>,
     ) {
         (self.reserved_macs, self.reserved_ips) = reservations.into_iter().unzip();
-        let before = self.leases.len();
         let (macs, ips) = (&self.reserved_macs, &self.reserved_ips);
-        self.leases
-            .retain(|ip, lease| !ips.contains(ip) && !macs.contains(&lease.mac));
-        self.unsaved |= self.leases.len() != before;
+        let taken: Vec<Ipv4Addr> = (self.leases.values())
+            .filter(|lease| ips.contains(&lease.ip) || macs.contains(&lease.mac))
+            .map(|lease| lease.ip)
+            .collect();
+        for ip in taken {
+            self.unbind(ip);
+            self.unsaved.push(Change::Free(ip));
+        }
     }
 
     /// Picks an address for `mac` and holds it: its current lease or offer, else the address
@@ -172,17 +276,9 @@ impl Pool {
         requested: Option<Ipv4Addr>,
         now: SystemTime,
     ) -> Option<Ipv4Addr> {
-        let held = self
-            .leases
-            .values()
-            .find(|lease| lease.mac == mac)
-            .map(|lease| lease.ip)
-            .or_else(|| {
-                self.offers
-                    .iter()
-                    .find(|(_, (holder, _))| *holder == mac)
-                    .map(|(ip, _)| *ip)
-            });
+        let held = (self.lease_of.get(&mac))
+            .or_else(|| self.offer_of.get(&mac))
+            .copied();
         let free = |ip: Ipv4Addr| self.available_to(ip, mac, now).is_ok();
         let ip = held
             .filter(|ip| free(*ip))
@@ -192,8 +288,7 @@ impl Pool {
                     .map(Ipv4Addr::from)
                     .find(|ip| free(*ip))
             })?;
-        self.offers.retain(|_, (holder, _)| *holder != mac);
-        self.offers.insert(ip, (mac, now));
+        self.hold(mac, ip, now);
         Some(ip)
     }
 
@@ -201,23 +296,29 @@ impl Pool {
     /// ACK leaves.
     pub fn commit(&mut self, mac: MacAddr, ip: Ipv4Addr, now: SystemTime) -> Result<(), PoolError> {
         self.available_to(ip, mac, now)?;
-        self.offers.retain(|_, (holder, _)| *holder != mac);
-        self.leases.retain(|_, lease| lease.mac != mac);
-        let expires = unix_secs(now + self.lease_time);
-        self.leases.insert(ip, Lease { mac, ip, expires });
-        self.unsaved = true;
+        self.forget_offer(mac);
+        let lease = Lease {
+            mac,
+            ip,
+            expires: unix_secs(now + self.lease_time),
+        };
+        self.bind(lease);
+        self.unsaved.push(Change::Lease(lease));
         Ok(())
     }
 
     /// The client chose another server: free what we offered it.
     pub fn forget_offer(&mut self, mac: MacAddr) {
-        self.offers.retain(|_, (holder, _)| *holder != mac);
+        if let Some(ip) = self.offer_of.remove(&mac) {
+            self.offers.remove(&ip);
+        }
     }
 
     pub fn release(&mut self, mac: MacAddr) {
-        let before = self.leases.len();
-        self.leases.retain(|_, lease| lease.mac != mac);
-        self.unsaved |= self.leases.len() != before;
+        if let Some(ip) = self.lease_of.get(&mac).copied() {
+            self.unbind(ip);
+            self.unsaved.push(Change::Free(ip));
+        }
     }
 
     /// The client found `ip` in use (RFC 2131 DHCPDECLINE): keep it out for a lease time. Only
@@ -232,10 +333,11 @@ impl Pool {
         if !leased && !offered {
             return false;
         }
-        self.leases.remove(&ip);
-        self.offers.remove(&ip);
-        self.declined.insert(ip, unix_secs(now + self.lease_time));
-        self.unsaved = true;
+        self.unbind(ip);
+        self.forget_offer(mac);
+        let until = unix_secs(now + self.lease_time);
+        self.declined.insert(ip, until);
+        self.unsaved.push(Change::Declined(ip, until));
         true
     }
 
@@ -244,14 +346,67 @@ impl Pool {
         self.leases.values().map(|lease| (lease.mac, lease.ip))
     }
 
-    /// Writes the table if it changed since the last save. The DHCP loop calls this once per
-    /// batch of requests, before any reply leaves: one atomic write covers every lease in the
-    /// batch (group commit), and no client holds an ACK for a lease not on disk.
+    /// Writes the changes since the last save. The DHCP loop calls this once per batch of
+    /// requests, before any reply leaves: one durable write covers every lease in the batch
+    /// (group commit), and no client holds an ACK for a lease not on disk.
     /// A failed write is logged and tried again at the next call; false until it succeeds.
     pub fn save(&mut self) -> bool {
-        if !self.unsaved {
+        if self.unsaved.is_empty() {
             return true;
         }
+        // The journal holds every change since the snapshot, so replaying it over the old
+        // snapshot or over a new one gives the same table, whenever a crash comes.
+        let written = if self.snapshot_due {
+            self.write_snapshot()
+        } else {
+            self.append_to_journal()
+        };
+        if let Err(error) = written {
+            tracing::error!(file = %self.lease_file.display(), %error, "could not persist DHCP leases: not answering until they are");
+            return false;
+        }
+        self.unsaved.clear();
+        if self.journal_lines > self.journal_limit.max(2 * self.leases.len()) {
+            if let Err(error) = self.write_snapshot() {
+                // The changes are in the journal: they are safe, and it is folded in later.
+                tracing::warn!(file = %self.lease_file.display(), %error, "could not rewrite the lease snapshot: the journal grows until it can");
+            }
+        }
+        true
+    }
+
+    /// Appends the unsaved changes to the journal and waits until they are on disk. A partial
+    /// append is cut off again, so that the journal never holds half a line before a whole one.
+    fn append_to_journal(&mut self) -> io::Result<()> {
+        let mut lines = Vec::new();
+        for change in &self.unsaved {
+            serde_json::to_writer(&mut lines, change).map_err(io::Error::other)?;
+            lines.push(b'\n');
+        }
+        if self.journal.is_none() {
+            let file = File::options()
+                .create(true)
+                .append(true)
+                .open(self.journal_file())?;
+            self.journal_bytes = file.metadata()?.len();
+            // The new file's name must be on disk too.
+            lectern_store::sync_parent(&self.journal_file())?;
+            self.journal = Some(file);
+        }
+        let journal = self.journal.as_mut().expect("opened above");
+        let appended = journal.write_all(&lines).and_then(|()| journal.sync_data());
+        if let Err(error) = appended {
+            self.snapshot_due = journal.set_len(self.journal_bytes).is_err();
+            return Err(error);
+        }
+        self.journal_bytes += lines.len() as u64;
+        self.journal_lines += self.unsaved.len();
+        Ok(())
+    }
+
+    /// Writes the whole table (atomically, each file synced), then empties the journal: until
+    /// it is emptied, replaying it over the new snapshot gives the same table.
+    fn write_snapshot(&mut self) -> io::Result<()> {
         let leases: Vec<&Lease> = self.leases.values().collect();
         let declined_file = self.declined_file();
         let files = [
@@ -259,15 +414,34 @@ impl Pool {
             (&declined_file, serde_json::to_vec_pretty(&self.declined)),
         ];
         for (file, contents) in files {
-            let contents = contents.expect("the tables serialise");
-            if let Err(error) = lectern_store::write_atomic(file, |out| out.write_all(&contents)) {
-                tracing::error!(file = %file.display(), %error, "could not persist DHCP leases: not answering until they are");
-                return false;
-            }
+            let contents = contents.map_err(io::Error::other)?;
+            lectern_store::write_atomic(file, |out| out.write_all(&contents))?;
         }
-        self.unsaved = false;
-        true
+        let journal = File::create(self.journal_file())?;
+        journal.sync_all()?;
+        self.journal = Some(journal);
+        (self.journal_lines, self.journal_bytes) = (0, 0);
+        self.snapshot_due = false;
+        Ok(())
     }
+}
+
+/// The changes in a journal's `bytes`, in order. Only the last line may be cut short (a crash
+/// during an append, whose batch was never answered): it is left out. Any other damage is an error.
+fn read_journal(path: &std::path::Path, bytes: Vec<u8>) -> io::Result<Vec<Change>> {
+    let complete = bytes.ends_with(b"\n");
+    let lines: Vec<&[u8]> = bytes.split(|byte| *byte == b'\n').collect();
+    let whole = lines.len() - 1;
+    if !complete && !lines[whole].is_empty() {
+        tracing::warn!(journal = %path.display(), "the lease journal ends in a line cut short: left out, it was never acknowledged");
+    }
+    (lines[..whole].iter().enumerate())
+        .map(|(index, line)| {
+            serde_json::from_slice(line).map_err(|error| {
+                io::Error::other(format!("{}: line {}: {error}", path.display(), index + 1))
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -344,18 +518,109 @@ mod tests {
     #[test]
     fn leases_reach_the_disk_on_save_only_once_changed() {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("leases.json");
+        let journal = dir.path().join("leases.journal");
         let now = SystemTime::now();
         let mut pool = pool(dir.path(), vec![], now);
         pool.offer(mac(1), None, now);
         pool.save();
-        assert!(!file.exists(), "an offer is not a lease");
+        assert!(!journal.exists(), "an offer is not a lease");
         pool.commit(mac(1), FIRST, now).unwrap();
-        assert!(!file.exists(), "written on save, once per batch");
+        pool.commit(mac(2), LAST, now).unwrap();
+        assert!(!journal.exists(), "written on save, once per batch");
         pool.save();
-        let written = fs::metadata(&file).unwrap().modified().unwrap();
+        let lines = || fs::read_to_string(&journal).unwrap().lines().count();
+        assert_eq!(lines(), 2);
         pool.save();
-        assert_eq!(fs::metadata(&file).unwrap().modified().unwrap(), written);
+        assert_eq!(lines(), 2, "nothing new, nothing written");
+    }
+
+    #[test]
+    fn the_journal_is_folded_into_the_snapshot_and_replays_over_it_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("leases.journal");
+        let now = SystemTime::now();
+        let mut pool = pool(dir.path(), vec![], now);
+        pool.journal_limit = 4;
+        for n in 0..3 {
+            pool.commit(mac(n), Ipv4Addr::new(10, 0, 0, 100 + n), now)
+                .unwrap();
+            pool.save();
+        }
+        pool.release(mac(0));
+        assert!(pool.decline(mac(2), LAST, now));
+        pool.save();
+        // Five lines, over the limit: the snapshot was rewritten and the journal emptied. A crash
+        // between the two leaves the whole journal beside the new snapshot.
+        assert_eq!(fs::read(&journal).unwrap(), b"", "folded into the snapshot");
+        let mut before_compaction = Vec::new();
+        for change in [
+            Change::Lease(Lease {
+                mac: mac(0),
+                ip: FIRST,
+                expires: unix_secs(now + HOUR),
+            }),
+            Change::Lease(Lease {
+                mac: mac(1),
+                ip: Ipv4Addr::new(10, 0, 0, 101),
+                expires: unix_secs(now + HOUR),
+            }),
+            Change::Lease(Lease {
+                mac: mac(2),
+                ip: LAST,
+                expires: unix_secs(now + HOUR),
+            }),
+            Change::Free(FIRST),
+            Change::Declined(LAST, unix_secs(now + HOUR)),
+        ] {
+            serde_json::to_writer(&mut before_compaction, &change).unwrap();
+            before_compaction.push(b'\n');
+        }
+        let want = vec![(mac(1), Ipv4Addr::new(10, 0, 0, 101))];
+        assert_eq!(
+            self::pool(dir.path(), vec![], now)
+                .leases()
+                .collect::<Vec<_>>(),
+            want
+        );
+        fs::write(&journal, before_compaction).unwrap();
+        let replayed = self::pool(dir.path(), vec![], now);
+        assert_eq!(
+            replayed.leases().collect::<Vec<_>>(),
+            want,
+            "the same table"
+        );
+        assert!(replayed.declined.contains_key(&LAST));
+    }
+
+    #[test]
+    fn a_journal_line_cut_short_at_the_end_is_left_out_and_damage_elsewhere_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = dir.path().join("leases.journal");
+        let now = SystemTime::now();
+        let mut pool = pool(dir.path(), vec![], now);
+        pool.commit(mac(1), FIRST, now).unwrap();
+        pool.save();
+        let whole = fs::read(&journal).unwrap();
+        // A crash in the middle of the next batch's append: that batch was never answered.
+        let mut torn = whole.clone();
+        torn.extend_from_slice(br#"{"lease":{"mac":"02:00:00:00:00:02","ip":"10.0."#);
+        fs::write(&journal, &torn).unwrap();
+        let reloaded = self::pool(dir.path(), vec![], now);
+        assert_eq!(reloaded.leases().collect::<Vec<_>>(), [(mac(1), FIRST)]);
+        let mut damaged = b"{not json}\n".to_vec();
+        damaged.extend_from_slice(&whole);
+        fs::write(&journal, &damaged).unwrap();
+        let error = Pool::load(
+            FIRST,
+            LAST,
+            HOUR,
+            vec![],
+            dir.path().join("leases.json"),
+            now,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("leases.journal: line 1"), "{error}");
     }
 
     #[test]
@@ -423,12 +688,12 @@ mod tests {
         let now = SystemTime::now();
         let mut pool = pool(dir.path(), vec![], now);
         pool.commit(mac(1), FIRST, now).unwrap();
-        // The lease file's place taken by a directory: the write fails as on a full disk.
-        let lease_file = dir.path().join("leases.json");
-        fs::create_dir(&lease_file).unwrap();
+        // The journal's place taken by a directory: the write fails as on a full disk.
+        let journal = dir.path().join("leases.journal");
+        fs::create_dir(&journal).unwrap();
         assert!(!pool.save(), "not on disk");
         assert!(!pool.save(), "still not: it is tried again");
-        fs::remove_dir(&lease_file).unwrap();
+        fs::remove_dir(&journal).unwrap();
         assert!(pool.save());
         let reloaded = self::pool(dir.path(), vec![], now);
         assert_eq!(reloaded.leases().collect::<Vec<_>>(), [(mac(1), FIRST)]);
