@@ -404,6 +404,10 @@ fn on_a_full_disk_no_lease_is_acknowledged_until_it_is_written() {
         .map_while(|n| forger.lease(mac(n)).map(|_| n))
         .collect();
     let refused = acked.len() as u32 + 2;
+    eprintln!(
+        "on a full disk: {} more leases fitted in the journal's last page, then none was acknowledged",
+        acked.len()
+    );
     assert!(
         refused < 200,
         "every lease was written: the disk is not full"

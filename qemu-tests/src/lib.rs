@@ -8,9 +8,11 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use impairment::{ImpairedLink, Impairment, LinkCounts};
 use lectern_builder::build::{BuildOptions, Builder};
 use lectern_builder::context::Plan;
 use lectern_builder::recipe::Recipes;
@@ -19,6 +21,7 @@ use lectern_store::{HostLayer, Manifest, Store};
 use serde_json::Value;
 use soft_tpm::SoftTpm;
 
+pub mod impairment;
 pub mod room;
 // The one soft TPM of the test labs, shared with the namespace tests.
 #[path = "../../netboot-server/tests/lab/soft_tpm.rs"]
@@ -50,6 +53,9 @@ pub struct Lab {
     dir: tempfile::TempDir,
     children: Vec<Child>,
     taps: usize,
+    /// What the links of guests started from now on do to their frames (see [`Lab::impair_links`]).
+    impairment: Option<Impairment>,
+    links: Vec<ImpairedLink>,
 }
 
 /// Why a lab cannot run here (not root, a tool missing), or `None` if it can.
@@ -102,7 +108,13 @@ impl Lab {
     /// Creates the namespace and a bridge named `bridge` holding the server's `address` (CIDR), with
     /// nothing serving on it: the video LAN of a master file.
     pub fn with_lan(bridge: &str, address: &str) -> Result<Self> {
-        let netns = format!("lectern-lab-{}", std::process::id());
+        // Unique per lab: the tests of one binary run side by side, each in a lab of its own.
+        static LABS: AtomicUsize = AtomicUsize::new(0);
+        let netns = format!(
+            "lectern-lab-{}-{}",
+            std::process::id(),
+            LABS.fetch_add(1, Ordering::Relaxed)
+        );
         ip(&["netns", "add", &netns])?;
         let lab = Self {
             netns,
@@ -110,6 +122,8 @@ impl Lab {
             dir: tempfile::Builder::new().prefix("lectern-lab-").tempdir()?,
             children: Vec::new(),
             taps: 0,
+            impairment: None,
+            links: Vec::new(),
         };
         let ns = lab.netns.as_str();
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
@@ -396,13 +410,37 @@ impl Lab {
         ])
     }
 
+    /// Guests started from now on reach the bridge through a link that drops and delays their frames
+    /// as `impairment` says; `None` gives the next ones a plain tap again.
+    pub fn impair_links(&mut self, impairment: Option<Impairment>) {
+        self.impairment = impairment;
+    }
+
+    /// What each impaired link has done so far, in the order the guests were started.
+    pub fn link_counts(&self) -> Vec<&LinkCounts> {
+        self.links.iter().map(|link| &*link.counts).collect()
+    }
+
     /// A new tap on the bridge and a TCG qemu on it (`nic` completes its virtio-net device); returns
     /// the tap's name, the serial log and the command, for the caller to add the boot source.
     fn guest(&mut self, machine: &str, nic: &str) -> Result<(String, PathBuf, Command)> {
         let tap = format!("tap{}", self.taps);
         self.taps += 1;
         let ns = self.netns.clone();
-        ip(&["-n", &ns, "tuntap", "add", "dev", &tap, "mode", "tap"])?;
+        let netdev = match self.impairment {
+            None => {
+                ip(&["-n", &ns, "tuntap", "add", "dev", &tap, "mode", "tap"])?;
+                format!("tap,id=n0,ifname={tap},script=no,downscript=no")
+            }
+            Some(impairment) => {
+                let name = tap.clone();
+                let link =
+                    self.in_netns_thread(move || ImpairedLink::start(&name, impairment))??;
+                let netdev = link.netdev("n0");
+                self.links.push(link);
+                netdev
+            }
+        };
         ip(&["-n", &ns, "link", "set", &tap, "master", &self.bridge, "up"])?;
         let serial = self.dir.path().join(format!("{tap}.serial.log"));
         let mut command = self.in_netns("qemu-system-x86_64");
@@ -413,10 +451,7 @@ impl Lab {
             .args(["-nographic", "-monitor", "none", "-no-reboot"])
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
-            .args([
-                "-netdev",
-                &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
-            ])
+            .args(["-netdev", &netdev])
             .args(["-device", &format!("virtio-net-pci,netdev=n0,{nic}")]);
         if let Ok(extra) = std::env::var("LECTERN_LAB_QEMU_ARGS") {
             command.args(extra.split_whitespace());

@@ -157,9 +157,16 @@ pub fn with_fixture_lab(
         crate::fixture_plan()?; // makes the fixture's secrets file 0600
         let master_file = crate::repo().join("builder/tests/fixtures/master.toml");
         let mut room = RoomLab::new(&master_file, &store_dir, fixture)?;
-        match roles {
-            Some(roles) => room.build_roles(&builder, roles)?,
-            None => room.build(&builder)?,
+        {
+            // One build at a time in the shared test store: the tests of a binary run side by side.
+            static BUILDS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+            let _building = BUILDS
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            match roles {
+                Some(roles) => room.build_roles(&builder, roles)?,
+                None => room.build(&builder)?,
+            }
         }
         room.serve(&netbootd)?;
         Ok(room)
