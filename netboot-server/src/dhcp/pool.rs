@@ -135,10 +135,13 @@ impl Pool {
             pool.bind(lease);
         }
         let journal = pool.journal_file();
-        for change in read_journal(&journal, read(&journal)?.unwrap_or_default())? {
+        let (changes, whole_bytes) = read_journal(&journal, read(&journal)?.unwrap_or_default())?;
+        for change in changes {
             pool.apply(change);
             pool.journal_lines += 1;
         }
+        // Appends go after the last whole line: a line cut short is cut off before the next one.
+        pool.journal_bytes = whole_bytes;
         // What no longer fits goes: expired entries, addresses out of range or now reserved, and
         // MACs that now have a reservation (a stale file must not move a reserved host into the pool).
         let stale: Vec<Ipv4Addr> = (pool.leases.values())
@@ -388,7 +391,7 @@ impl Pool {
                 .create(true)
                 .append(true)
                 .open(self.journal_file())?;
-            self.journal_bytes = file.metadata()?.len();
+            file.set_len(self.journal_bytes)?;
             // The new file's name must be on disk too.
             lectern_store::sync_parent(&self.journal_file())?;
             self.journal = Some(file);
@@ -426,22 +429,30 @@ impl Pool {
     }
 }
 
-/// The changes in a journal's `bytes`, in order. Only the last line may be cut short (a crash
-/// during an append, whose batch was never answered): it is left out. Any other damage is an error.
-fn read_journal(path: &std::path::Path, bytes: Vec<u8>) -> io::Result<Vec<Change>> {
-    let complete = bytes.ends_with(b"\n");
-    let lines: Vec<&[u8]> = bytes.split(|byte| *byte == b'\n').collect();
-    let whole = lines.len() - 1;
-    if !complete && !lines[whole].is_empty() {
+/// The changes in a journal's `bytes`, in order, and the length of its whole lines. Only the last
+/// line may be cut short (a crash during an append, whose batch was never answered): it is left
+/// out. Any other damage is an error.
+fn read_journal(path: &std::path::Path, bytes: Vec<u8>) -> io::Result<(Vec<Change>, u64)> {
+    let whole_bytes = bytes
+        .iter()
+        .rposition(|byte| *byte == b'\n')
+        .map_or(0, |end| end + 1);
+    if whole_bytes < bytes.len() {
         tracing::warn!(journal = %path.display(), "the lease journal ends in a line cut short: left out, it was never acknowledged");
     }
-    (lines[..whole].iter().enumerate())
+    let lines = match whole_bytes {
+        0 => None,
+        end => Some(bytes[..end - 1].split(|byte| *byte == b'\n')),
+    };
+    let changes = (lines.into_iter().flatten())
+        .enumerate()
         .map(|(index, line)| {
             serde_json::from_slice(line).map_err(|error| {
                 io::Error::other(format!("{}: line {}: {error}", path.display(), index + 1))
             })
         })
-        .collect()
+        .collect::<io::Result<_>>()?;
+    Ok((changes, whole_bytes as u64))
 }
 
 #[cfg(test)]
@@ -458,16 +469,17 @@ mod tests {
         MacAddr([2, 0, 0, 0, 0, last])
     }
 
+    fn load(
+        dir: &Path,
+        reservations: Vec<(MacAddr, Ipv4Addr)>,
+        now: SystemTime,
+    ) -> io::Result<Pool> {
+        let lease_file = dir.join("leases.json");
+        Pool::load(FIRST, LAST, HOUR, reservations, lease_file, now)
+    }
+
     fn pool(dir: &Path, reservations: Vec<(MacAddr, Ipv4Addr)>, now: SystemTime) -> Pool {
-        Pool::load(
-            FIRST,
-            LAST,
-            HOUR,
-            reservations,
-            dir.join("leases.json"),
-            now,
-        )
-        .unwrap()
+        load(dir, reservations, now).unwrap()
     }
 
     #[test]
@@ -605,21 +617,17 @@ mod tests {
         let mut torn = whole.clone();
         torn.extend_from_slice(br#"{"lease":{"mac":"02:00:00:00:00:02","ip":"10.0."#);
         fs::write(&journal, &torn).unwrap();
-        let reloaded = self::pool(dir.path(), vec![], now);
+        let mut reloaded = self::pool(dir.path(), vec![], now);
         assert_eq!(reloaded.leases().collect::<Vec<_>>(), [(mac(1), FIRST)]);
+        // The next batch goes after the last whole line, not after the torn one.
+        reloaded.commit(mac(3), LAST, now).unwrap();
+        assert!(reloaded.save());
+        let again = self::pool(dir.path(), vec![], now);
+        assert_eq!(again.leases().count(), 2);
         let mut damaged = b"{not json}\n".to_vec();
         damaged.extend_from_slice(&whole);
         fs::write(&journal, &damaged).unwrap();
-        let error = Pool::load(
-            FIRST,
-            LAST,
-            HOUR,
-            vec![],
-            dir.path().join("leases.json"),
-            now,
-        )
-        .unwrap_err()
-        .to_string();
+        let error = load(dir.path(), vec![], now).unwrap_err().to_string();
         assert!(error.contains("leases.journal: line 1"), "{error}");
     }
 
@@ -650,15 +658,7 @@ mod tests {
         pool.save();
         assert_eq!(pool.leases().count(), 0);
         assert_eq!(pool.offer(mac(2), None, now), Some(FIRST));
-        let reloaded = Pool::load(
-            FIRST,
-            LAST,
-            HOUR,
-            vec![],
-            dir.path().join("leases.json"),
-            now,
-        )
-        .unwrap();
+        let reloaded = self::pool(dir.path(), vec![], now);
         assert_eq!(
             reloaded.leases().count(),
             0,
