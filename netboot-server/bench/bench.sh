@@ -77,9 +77,14 @@ head -c "${HTTP_MB}M" /dev/urandom >"$work/store/artifact"
 pool_first=10.99.1.1
 pool_last=10.99.255.250
 
+# SECTIONS picks what runs, e.g. SECTIONS=dhcp for the DHCP rows alone.
+SECTIONS=${SECTIONS:-dhcp tftp http secrets tpm}
+wanted() { [[ " $SECTIONS " == *" $1 "* ]]; }
+
 echo "| measure | server | result |"
 echo "|---|---|---|"
 
+if wanted dhcp; then
 # --- DHCP: 4-way exchanges per second, perfdhcp simulating $DHCP_CLIENTS clients ------------
 dhcp_rate() {
     local output
@@ -125,6 +130,37 @@ verify() {
     fi
 }
 
+# dora, the Rust DHCP server, when DORA= names its binary (built from its repository for the benchmark
+# only: SQLX_OFFLINE=true cargo build --release --bin dora). Leases in its sqlite database on disk.
+if [ -n "${DORA:-}" ]; then
+    cat >"$work/dora.yaml" <<DORA_CONFIG
+interfaces:
+    - br0
+networks:
+    10.99.0.0/16:
+        server_id: 10.99.0.1
+        ranges:
+            -
+                start: $pool_first
+                end: $pool_last
+                config:
+                    lease_time:
+                        default: 3600
+                options:
+                    values:
+                        1:
+                            type: ip
+                            value: 255.255.0.0
+DORA_CONFIG
+    DORA_LOG=error start dora 67 "$DORA" -c "$work/dora.yaml" -d "$work/dora-leases.db" \
+        --external-api 127.0.0.1:3333
+    rate=$(dhcp_rate)
+    echo "| DHCP exchanges/s | dora $("$DORA" --version | awk '{ print $2 }') | $rate |"
+    stop
+fi
+fi
+
+if wanted tftp; then
 # --- TFTP: one client, curl with 1468-byte blocks (the usual firmware choice) ----------------
 tftp_speed() {
     local best=0 speed size
@@ -159,7 +195,9 @@ start dnsmasq-tftp 69 dnsmasq --keep-in-foreground --conf-file=/dev/null --port=
 rate=$(tftp_speed)
 echo "| TFTP ${TFTP_MB} MB | dnsmasq | $rate |"
 stop
+fi
 
+if wanted http; then
 # --- HTTP: $HTTP_CLIENTS clients each fetching the whole artifact at once ------------------
 # Every transfer's status and byte count is checked, and one more fetch's hash.
 http_throughput() {
@@ -208,7 +246,9 @@ start nginx 8080 nginx -c "$work/nginx/nginx.conf"
 rate=$(http_throughput http://10.99.0.1:8080/a/artifact)
 echo "| HTTP ${HTTP_MB} MiB x ${HTTP_CLIENTS} | nginx $(nginx -v 2>&1 | grep -oP '/\K\S+') | $rate |"
 stop
+fi
 
+if wanted secrets; then
 # --- A boot's secrets: its host layer over HTTP, then its secrets over TLS -------------------
 # Each fetch is a new connection, as a boot makes; netbootd's CPU is read from /proc around the runs.
 SECRET_FETCHES=${SECRET_FETCHES:-200}
@@ -240,7 +280,9 @@ rate=$(per_fetch --insecure --pinnedpubkey "$pin" -H 'Content-Type: application/
     https://10.99.0.1:8443/host/h1/secrets)
 echo "| secrets, 4 KiB over TLS (pinned, identity checked) | netbootd | $rate |"
 stop
+fi
 
+if wanted tpm; then
 # --- What binding a host to its TPM adds: the image's host-secrets script, as the booted host runs it ---
 # Against a software TPM (swtpm) in the client namespace, first for h1 bound by its SMBIOS UUID alone, then
 # for h1 bound to its TPM as well (create the EK and a key beside it, netbootd seals a credential, the TPM
@@ -300,4 +342,4 @@ if command -v swtpm >/dev/null && command -v tpm2_createek >/dev/null; then
     kill "$swtpm_pid" 2>/dev/null || true
     wait "$swtpm_pid" 2>/dev/null || true
 fi
-
+fi
