@@ -16,7 +16,7 @@ packages=(
   # that read it, for the machines bound to their TPM
   qemu-system-x86 ipxe-qemu ipxe ovmf swtpm tpm2-tools
   # benchmark peers and load generators
-  kea-dhcp4-server kea-admin nginx-light hyperfine
+  kea-dhcp4-server kea-admin nginx-light hyperfine atftp
   # streaming tests: the backend role's RTMP module under this nginx; ffmpeg/ffprobe to publish and decode
   # streams; Chromium plays the watch page; ssh logs in to the room test's hosts
   libnginx-mod-rtmp ffmpeg chromium openssh-client
