@@ -20,3 +20,5 @@ cargo test --workspace --locked --no-fail-fast
 echo "== benchmarks, on a tiny input (that they still run and check what they measure)"
 DHCP_CLIENTS=20 DHCP_SECONDS=2 TFTP_MB=1 HTTP_MB=8 HTTP_CLIENTS=4 SECRET_FETCHES=5 TPM_BOOTS=2 \
     bash netboot-server/bench/bench.sh "${CARGO_TARGET_DIR:-target}/debug/netbootd"
+HOSTS=3 ROOT_MB=4 KERNEL_MB=1 INITRD_MB=1 RATE=1gbit \
+    bash netboot-server/bench/storm.sh "${CARGO_TARGET_DIR:-target}/debug/netbootd"
