@@ -807,20 +807,14 @@ impl RoomLab {
 
     /// The address netbootd leased to `mac` (a machine the master file does not list), if any.
     pub fn leased_address(&self, mac: &str) -> Option<Ipv4Addr> {
-        let file = self
-            .lab
-            .dir()
-            .join("state")
-            .join(lectern_netboot::server::LEASE_FILE);
-        let leases: Value = serde_json::from_slice(&fs::read(file).ok()?).ok()?;
-        leases.as_array()?.iter().find(|lease| {
-            lease["mac"]
-                .as_str()
-                .is_some_and(|m| m.eq_ignore_ascii_case(mac))
-        })?["ip"]
-            .as_str()?
-            .parse()
-            .ok()
+        let state = self.lab.dir().join("state");
+        let leases = lectern_netboot::dhcp::pool::leases_on_disk(
+            state.join(lectern_netboot::server::LEASE_FILE),
+        )
+        .ok()?;
+        (leases.into_iter())
+            .find(|(leased, _)| leased.to_string().eq_ignore_ascii_case(mac))
+            .map(|(_, ip)| ip)
     }
 
     /// netbootd's log, every host's record and the end of every guest's logs.

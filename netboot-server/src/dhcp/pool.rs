@@ -429,6 +429,21 @@ impl Pool {
     }
 }
 
+/// The unexpired leases of a server's `lease_file` and its journal, as a restart would read them:
+/// for what looks at a server's state from outside (its tests, an operator's tool).
+pub fn leases_on_disk(lease_file: PathBuf) -> io::Result<Vec<(MacAddr, Ipv4Addr)>> {
+    let any = (Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST);
+    let pool = Pool::load(
+        any.0,
+        any.1,
+        Duration::ZERO,
+        [],
+        lease_file,
+        SystemTime::now(),
+    )?;
+    Ok(pool.leases().collect())
+}
+
 /// The changes in a journal's `bytes`, in order, and the length of its whole lines. Only the last
 /// line may be cut short (a crash during an append, whose batch was never answered): it is left
 /// out. Any other damage is an error.

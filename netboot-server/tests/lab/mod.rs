@@ -384,36 +384,17 @@ impl Lab {
             .collect()
     }
 
-    /// The leases on netbootd's disk, MAC to address, as a restart reads them: the snapshot
-    /// (`dhcp-leases.json`), then the journal of changes since (`dhcp-leases.journal`).
+    /// The leases on netbootd's disk, MAC to address, as a restart reads them.
     pub fn leases_on_disk(&self) -> std::collections::HashMap<String, std::net::Ipv4Addr> {
-        let state = self.dir.path().join("state");
-        let read = |name: &str| std::fs::read_to_string(state.join(name)).unwrap_or_default();
-        let snapshot: Vec<serde_json::Value> =
-            serde_json::from_str(&read("dhcp-leases.json")).unwrap_or_default();
-        let journal = read("dhcp-leases.journal");
-        let changes = journal
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap());
-        let mut by_ip: std::collections::HashMap<std::net::Ipv4Addr, String> = Default::default();
-        for change in snapshot
-            .into_iter()
-            .map(|lease| serde_json::json!({ "lease": lease }))
-            .chain(changes)
-        {
-            let change: serde_json::Value = change;
-            if let Some(lease) = change.get("lease") {
-                let mac = lease["mac"].as_str().unwrap().to_owned();
-                by_ip.retain(|_, holder| *holder != mac);
-                by_ip.insert(lease["ip"].as_str().unwrap().parse().unwrap(), mac);
-            } else if let Some(ip) = change
-                .get("free")
-                .or_else(|| change.get("declined").map(|d| &d[0]))
-            {
-                by_ip.remove(&ip.as_str().unwrap().parse().unwrap());
-            }
-        }
-        by_ip.into_iter().map(|(ip, mac)| (mac, ip)).collect()
+        let file = self
+            .dir
+            .path()
+            .join("state")
+            .join(lectern_netboot::server::LEASE_FILE);
+        let leases = lectern_netboot::dhcp::pool::leases_on_disk(file).expect("the lease table");
+        (leases.into_iter())
+            .map(|(mac, ip)| (mac.to_string(), ip))
+            .collect()
     }
 
     /// A UDP socket on the client link at port 68, as a DHCP client has, broadcasts allowed.
