@@ -9,6 +9,7 @@
 set -euo pipefail
 # A failure inside $(…) stops the run: no row is printed from a measurement that failed.
 shopt -s inherit_errexit
+. "$(dirname "$0")/nginx.sh"
 
 NETBOOTD=$(realpath "${1:-${CARGO_TARGET_DIR:-target}/release/netbootd}")
 UNLIMITED_NETBOOTD=${UNLIMITED_NETBOOTD:+$(realpath "$UNLIMITED_NETBOOTD")}
@@ -35,6 +36,8 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+# A signal (a timeout, Ctrl-C) ends the run through the EXIT trap as well: nothing is left running.
+trap "exit 1" INT TERM HUP
 
 in_server() { ip netns exec "$server_ns" "$@"; }
 in_client() { ip netns exec "$client_ns" "$@"; }
@@ -74,6 +77,8 @@ chmod 755 "$work" # nginx workers run as nobody
 mkdir -p "$work/tftp" "$work/store" "$work/state" "$work/nginx"
 head -c "${TFTP_MB}M" /dev/urandom >"$work/tftp/big.bin"
 head -c "${HTTP_MB}M" /dev/urandom >"$work/store/artifact"
+mkdir -p "$work/www"
+ln -s "$work/store" "$work/www/a" # nginx serves the artifacts at netbootd's paths
 pool_first=10.99.1.1
 pool_last=10.99.255.250
 
@@ -258,19 +263,7 @@ for build in "$NETBOOTD" $UNLIMITED_NETBOOTD; do
     stop
 done
 
-cat >"$work/nginx/nginx.conf" <<NGINX
-daemon off;
-worker_processes auto;
-pid $work/nginx/nginx.pid;
-error_log stderr;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    sendfile on;
-    client_body_temp_path $work/nginx;
-    server { listen 10.99.0.1:8080; root $work/store; location /a/ { alias $work/store/; } }
-}
-NGINX
+nginx_conf "$work/nginx" "$work/www"
 start nginx 8080 nginx -c "$work/nginx/nginx.conf"
 rate=$(http_throughput http://10.99.0.1:8080/a/artifact)
 echo "| HTTP ${HTTP_MB} MiB x ${HTTP_CLIENTS} | nginx $(nginx -v 2>&1 | grep -oP '/\K\S+') | $rate |"

@@ -15,6 +15,7 @@
 #   HOSTS="10 30 90" ROOT_MB=300 RATE=1gbit (empty: unshaped)
 set -euo pipefail
 shopt -s inherit_errexit
+. "$(dirname "$0")/nginx.sh"
 
 NETBOOTD=$(realpath "${1:-${CARGO_TARGET_DIR:-target}/release/netbootd}")
 export RUST_LOG=warn
@@ -35,6 +36,8 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+# A signal (a timeout, Ctrl-C) ends the run through the EXIT trap as well: nothing is left running.
+trap "exit 1" INT TERM HUP
 in_srv() { ip netns exec "$srv" "$@"; }
 in_cli() { ip netns exec "$cli" "$@"; }
 
@@ -196,20 +199,7 @@ start_reference() {
         printf '#!ipxe\nkernel http://10.99.0.1:8080/a/%s initrd=initrd0 initrd=initrd1 lectern.root=http://10.99.0.1:8080/a/%s\ninitrd --name initrd0 http://10.99.0.1:8080/host/%s/layer\ninitrd --name initrd1 http://10.99.0.1:8080/a/%s\nboot\n' \
             "$kernel" "$root" "$(mac_of "$i")" "$initrd" >"$work/www/ipxe/$(mac_of "$i")"
     done
-    cat >"$work/nginx/nginx.conf" <<NGINX
-daemon off;
-worker_processes auto;
-pid $work/nginx/nginx.pid;
-error_log stderr;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    sendfile on;
-    default_type application/octet-stream;
-    client_body_temp_path $work/nginx;
-    server { listen 10.99.0.1:8080; root $work/www; }
-}
-NGINX
+    nginx_conf "$work/nginx" "$work/www"
     in_srv nginx -c "$work/nginx/nginx.conf" >"$work/nginx.log" 2>&1 &
     in_srv dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 --no-resolv --no-hosts --no-ping \
         --interface=vs --bind-interfaces --dhcp-authoritative --user=root \
