@@ -66,10 +66,17 @@ pub struct Pool {
     /// Addresses their holder found in use, kept out until then (seconds since 1970); saved beside
     /// the leases, so a restart does not hand one out again.
     declined: BTreeMap<Ipv4Addr, u64>,
-    lease_file: PathBuf,
+    files: LeaseFiles,
     /// Changes not yet on disk.
     unsaved: Vec<Change>,
-    /// The journal, open for appending once first written, and its lines and bytes.
+}
+
+/// The table on disk: the snapshot (the lease file, the declined addresses beside it) and the
+/// journal of changes since.
+#[derive(Debug)]
+struct LeaseFiles {
+    snapshot: PathBuf,
+    /// The journal, open for appending once first written, and its whole lines and bytes.
     journal: Option<File>,
     journal_lines: usize,
     journal_bytes: u64,
@@ -109,24 +116,26 @@ impl Pool {
             offers: HashMap::new(),
             offer_of: HashMap::new(),
             declined: BTreeMap::new(),
-            lease_file,
+            files: LeaseFiles {
+                snapshot: lease_file,
+                journal: None,
+                journal_lines: 0,
+                journal_bytes: 0,
+                snapshot_due: false,
+                journal_limit: JOURNAL_LINES,
+            },
             unsaved: Vec::new(),
-            journal: None,
-            journal_lines: 0,
-            journal_bytes: 0,
-            snapshot_due: false,
-            journal_limit: JOURNAL_LINES,
         };
         let read = |path: &PathBuf| match fs::read(path) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(error) => Err(error),
         };
-        let declined: BTreeMap<Ipv4Addr, u64> = match read(&pool.declined_file())? {
+        let declined: BTreeMap<Ipv4Addr, u64> = match read(&pool.files.declined_file())? {
             Some(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other)?,
             None => BTreeMap::new(),
         };
-        let stored: Vec<Lease> = match read(&pool.lease_file)? {
+        let stored: Vec<Lease> = match read(&pool.files.snapshot)? {
             Some(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other)?,
             None => Vec::new(),
         };
@@ -134,14 +143,14 @@ impl Pool {
         for lease in stored {
             pool.bind(lease);
         }
-        let journal = pool.journal_file();
+        let journal = pool.files.journal_file();
         let (changes, whole_bytes) = read_journal(&journal, read(&journal)?.unwrap_or_default())?;
         for change in changes {
             pool.apply(change);
-            pool.journal_lines += 1;
+            pool.files.journal_lines += 1;
         }
         // Appends go after the last whole line: a line cut short is cut off before the next one.
-        pool.journal_bytes = whole_bytes;
+        pool.files.journal_bytes = whole_bytes;
         // What no longer fits goes: expired entries, addresses out of range or now reserved, and
         // MACs that now have a reservation (a stale file must not move a reserved host into the pool).
         let stale: Vec<Ipv4Addr> = (pool.leases.values())
@@ -214,16 +223,6 @@ impl Pool {
     /// New leases from now on last this long; those given keep theirs.
     pub fn set_lease_time(&mut self, lease_time: Duration) {
         self.lease_time = lease_time;
-    }
-
-    /// Beside the lease file: `dhcp-leases.json` → `dhcp-leases.declined.json`.
-    fn declined_file(&self) -> PathBuf {
-        self.lease_file.with_extension("declined.json")
-    }
-
-    /// Beside the lease file: `dhcp-leases.json` → `dhcp-leases.journal`.
-    fn journal_file(&self) -> PathBuf {
-        self.lease_file.with_extension("journal")
     }
 
     fn in_range(&self, ip: Ipv4Addr) -> bool {
@@ -359,30 +358,43 @@ impl Pool {
         }
         // The journal holds every change since the snapshot, so replaying it over the old
         // snapshot or over a new one gives the same table, whenever a crash comes.
-        let written = if self.snapshot_due {
-            self.write_snapshot()
+        let files = &mut self.files;
+        let written = if files.snapshot_due {
+            files.write_snapshot(&self.leases, &self.declined)
         } else {
-            self.append_to_journal()
+            files.append(&self.unsaved)
         };
         if let Err(error) = written {
-            tracing::error!(file = %self.lease_file.display(), %error, "could not persist DHCP leases: not answering until they are");
+            tracing::error!(file = %files.snapshot.display(), %error, "could not persist DHCP leases: not answering until they are");
             return false;
         }
         self.unsaved.clear();
-        if self.journal_lines > self.journal_limit.max(2 * self.leases.len()) {
-            if let Err(error) = self.write_snapshot() {
+        if files.journal_lines > files.journal_limit.max(2 * self.leases.len()) {
+            if let Err(error) = files.write_snapshot(&self.leases, &self.declined) {
                 // The changes are in the journal: they are safe, and it is folded in later.
-                tracing::warn!(file = %self.lease_file.display(), %error, "could not rewrite the lease snapshot: the journal grows until it can");
+                tracing::warn!(file = %files.snapshot.display(), %error, "could not rewrite the lease snapshot: the journal grows until it can");
             }
         }
         true
     }
+}
 
-    /// Appends the unsaved changes to the journal and waits until they are on disk. A partial
-    /// append is cut off again, so that the journal never holds half a line before a whole one.
-    fn append_to_journal(&mut self) -> io::Result<()> {
+impl LeaseFiles {
+    /// Beside the lease file: `dhcp-leases.json` → `dhcp-leases.declined.json`.
+    fn declined_file(&self) -> PathBuf {
+        self.snapshot.with_extension("declined.json")
+    }
+
+    /// Beside the lease file: `dhcp-leases.json` → `dhcp-leases.journal`.
+    fn journal_file(&self) -> PathBuf {
+        self.snapshot.with_extension("journal")
+    }
+
+    /// Appends `changes` to the journal and waits until they are on disk. A partial append is cut
+    /// off again, so that the journal never holds half a line before a whole one.
+    fn append(&mut self, changes: &[Change]) -> io::Result<()> {
         let mut lines = Vec::new();
-        for change in &self.unsaved {
+        for change in changes {
             serde_json::to_writer(&mut lines, change).map_err(io::Error::other)?;
             lines.push(b'\n');
         }
@@ -403,18 +415,22 @@ impl Pool {
             return Err(error);
         }
         self.journal_bytes += lines.len() as u64;
-        self.journal_lines += self.unsaved.len();
+        self.journal_lines += changes.len();
         Ok(())
     }
 
     /// Writes the whole table (atomically, each file synced), then empties the journal: until
     /// it is emptied, replaying it over the new snapshot gives the same table.
-    fn write_snapshot(&mut self) -> io::Result<()> {
-        let leases: Vec<&Lease> = self.leases.values().collect();
+    fn write_snapshot(
+        &mut self,
+        leases: &BTreeMap<Ipv4Addr, Lease>,
+        declined: &BTreeMap<Ipv4Addr, u64>,
+    ) -> io::Result<()> {
+        let leases: Vec<&Lease> = leases.values().collect();
         let declined_file = self.declined_file();
         let files = [
-            (&self.lease_file, serde_json::to_vec_pretty(&leases)),
-            (&declined_file, serde_json::to_vec_pretty(&self.declined)),
+            (&self.snapshot, serde_json::to_vec_pretty(&leases)),
+            (&declined_file, serde_json::to_vec_pretty(declined)),
         ];
         for (file, contents) in files {
             let contents = contents.map_err(io::Error::other)?;
@@ -567,7 +583,7 @@ mod tests {
         let journal = dir.path().join("leases.journal");
         let now = SystemTime::now();
         let mut pool = pool(dir.path(), vec![], now);
-        pool.journal_limit = 4;
+        pool.files.journal_limit = 4;
         for n in 0..3 {
             pool.commit(mac(n), Ipv4Addr::new(10, 0, 0, 100 + n), now)
                 .unwrap();
