@@ -4,15 +4,16 @@
 # namespaces; clients in a second namespace over a veth pair. Needs root and
 #   apt-get install kea-dhcp4-server kea-admin dnsmasq-base tftpd-hpa nginx-light curl atftp iproute2 openssl
 # Usage: bash netboot-server/bench/bench.sh [path/to/release/netbootd]
-# UNLIMITED_NETBOOTD=path/to/netbootd adds TFTP and HTTP rows for that build in the same run: one
-# built from before the limits (commit 5f2e43f) shows what the caps and timeouts cost.
+# OTHER_NETBOOTD=path/to/netbootd adds TFTP and HTTP rows for that build in the same run, labelled
+# OTHER_LABEL: a build from before a change shows what the change did.
 set -euo pipefail
 # A failure inside $(…) stops the run: no row is printed from a measurement that failed.
 shopt -s inherit_errexit
-. "$(dirname "$0")/nginx.sh"
+. "$(dirname "$0")/lib.sh"
 
 NETBOOTD=$(realpath "${1:-${CARGO_TARGET_DIR:-target}/release/netbootd}")
-UNLIMITED_NETBOOTD=${UNLIMITED_NETBOOTD:+$(realpath "$UNLIMITED_NETBOOTD")}
+OTHER_NETBOOTD=${OTHER_NETBOOTD:+$(realpath "$OTHER_NETBOOTD")}
+OTHER_LABEL=${OTHER_LABEL:-netbootd, other build}
 # Per-request logging off everywhere, as for Kea (ERROR) and dnsmasq (no log-dhcp).
 export RUST_LOG=warn
 DHCP_CLIENTS=${DHCP_CLIENTS:-1000}   # simulated clients per DHCP run
@@ -214,9 +215,9 @@ tftp_rows() {
     echo "| TFTP ${TFTP_MB} MB, windowsize 8 asked (atftp) | $1 | $rate |"
 }
 
-for build in "$NETBOOTD" $UNLIMITED_NETBOOTD; do
+for build in "$NETBOOTD" $OTHER_NETBOOTD; do
     label=netbootd
-    [ "$build" = "$NETBOOTD" ] || label="netbootd without limits"
+    [ "$build" = "$NETBOOTD" ] || label=$OTHER_LABEL
     start netbootd 69 "$build" serve-static --interface br0 --server-ip 10.99.0.1 --netmask 255.255.0.0 \
         --state-dir "$work/state" --tftp-root "$work/tftp"
     tftp_rows "$label"
@@ -233,41 +234,80 @@ fi
 
 if wanted http; then
 # --- HTTP: $HTTP_CLIENTS clients each fetching the whole artifact at once ------------------
-# Every transfer's status and byte count is checked, and one more fetch's hash.
+# Every transfer's status and byte count is checked, and one more fetch's hash. Each row has a
+# server of its own, started for it: its CPU and peak memory are the row's alone.
+# throughput_of START_NS: the aggregate rate since START_NS, and the server's CPU and peak memory.
+throughput_of() {
+    awk -v mb="$HTTP_MB" -v n="$HTTP_CLIENTS" -v ns=$(($(date +%s%N) - $1)) -v cpu="$(ns_cpu_ticks "$server_ns")" \
+        -v hz="$(getconf CLK_TCK)" -v peak="$(ns_peak_kib "$server_ns")" \
+        'BEGIN { printf "%.0f MB/s aggregate (%.1f s), %.1f s server CPU, %.0f MiB peak", mb * 1.048576 * n / (ns / 1e9), ns / 1e9, cpu / hz, peak / 1024 }'
+}
 http_throughput() {
-    local url=$1 start_ns end_ns whole
+    local url=$1 start_ns whole
     local urls=()
     for _ in $(seq "$HTTP_CLIENTS"); do urls+=("$url"); done
-    verify "$url" "$work/store/artifact"
     start_ns=$(date +%s%N)
     in_client curl -sS --no-progress-meter --parallel --parallel-max "$HTTP_CLIENTS" \
         -w '%{http_code} %{size_download}\n' $(printf -- '-o /dev/null %s ' "${urls[@]}") >"$work/transfers" || true
-    end_ns=$(date +%s%N)
+    throughput_of "$start_ns"
     whole=$(grep -cx "200 $((HTTP_MB << 20))" "$work/transfers" || true)
     if [ "$whole" != "$HTTP_CLIENTS" ]; then
         echo "HTTP: $whole of $HTTP_CLIENTS transfers arrived whole:" >&2
         sort "$work/transfers" | uniq -c >&2
         exit 1
     fi
-    awk -v mb="$HTTP_MB" -v n="$HTTP_CLIENTS" -v ns=$((end_ns - start_ns)) \
-        'BEGIN { printf "%.0f MB/s aggregate (%.1f s)", mb * 1.048576 * n / (ns / 1e9), ns / 1e9 }'
+    verify "$url" "$work/store/artifact"
 }
 
-for build in "$NETBOOTD" $UNLIMITED_NETBOOTD; do
-    label=netbootd
-    [ "$build" = "$NETBOOTD" ] || label="netbootd without limits"
-    start netbootd 8080 "$build" serve-static --interface br0 --server-ip 10.99.0.1 --netmask 255.255.0.0 \
-        --state-dir "$work/state" --tftp-root "$work/tftp" --artifact-dir "$work/store" --kernel artifact
-    rate=$(http_throughput http://10.99.0.1:8080/a/artifact)
-    echo "| HTTP ${HTTP_MB} MiB x ${HTTP_CLIENTS} | $label | $rate |"
-    stop
-done
+# The same bytes as Range requests: each client (a curl of its own) fetches the whole artifact in
+# $HTTP_RANGES consecutive ranges over one connection. Every answer must be a 206 of the range's size.
+HTTP_RANGES=${HTTP_RANGES:-16}
+http_ranges_throughput() {
+    local url=$1 start_ns whole slice=$(((HTTP_MB << 20) / HTTP_RANGES)) client range
+    local args=()
+    for range in $(seq 0 $((HTTP_RANGES - 1))); do
+        [ "$range" = 0 ] || args+=(--next)
+        args+=(-r "$((range * slice))-$(((range + 1) * slice - 1))" -o /dev/null
+            -w '%{http_code} %{size_download}\n' "$url")
+    done
+    start_ns=$(date +%s%N)
+    for client in $(seq "$HTTP_CLIENTS"); do
+        in_client curl -sS --no-progress-meter "${args[@]}" >"$work/ranges.$client" &
+    done
+    wait
+    throughput_of "$start_ns"
+    whole=$(cat "$work"/ranges.* | grep -cx "206 $slice" || true)
+    if [ "$whole" != $((HTTP_CLIENTS * HTTP_RANGES)) ]; then
+        echo "HTTP ranges: $whole of $((HTTP_CLIENTS * HTTP_RANGES)) arrived whole:" >&2
+        cat "$work"/ranges.* | sort | uniq -c >&2
+        exit 1
+    fi
+}
 
+# http_rows LABEL COMMAND...: both rows for the server COMMAND starts.
+http_rows() {
+    local label=$1 measure rate
+    shift
+    for measure in http_throughput http_ranges_throughput; do
+        start "$label" 8080 "$@"
+        rate=$("$measure" http://10.99.0.1:8080/a/artifact)
+        stop
+        if [ "$measure" = http_throughput ]; then
+            echo "| HTTP ${HTTP_MB} MiB x ${HTTP_CLIENTS} | $label | $rate |"
+        else
+            echo "| HTTP ${HTTP_MB} MiB x ${HTTP_CLIENTS}, ${HTTP_RANGES} ranges each | $label | $rate |"
+        fi
+    done
+}
+
+for build in "$NETBOOTD" $OTHER_NETBOOTD; do
+    label=netbootd
+    [ "$build" = "$NETBOOTD" ] || label=$OTHER_LABEL
+    http_rows "$label" "$build" serve-static --interface br0 --server-ip 10.99.0.1 --netmask 255.255.0.0 \
+        --state-dir "$work/state" --tftp-root "$work/tftp" --artifact-dir "$work/store" --kernel artifact
+done
 nginx_conf "$work/nginx" "$work/www"
-start nginx 8080 nginx -c "$work/nginx/nginx.conf"
-rate=$(http_throughput http://10.99.0.1:8080/a/artifact)
-echo "| HTTP ${HTTP_MB} MiB x ${HTTP_CLIENTS} | nginx $(nginx -v 2>&1 | grep -oP '/\K\S+') | $rate |"
-stop
+http_rows "nginx $(nginx -v 2>&1 | grep -oP '/\K\S+')" nginx -c "$work/nginx/nginx.conf"
 fi
 
 if wanted secrets; then

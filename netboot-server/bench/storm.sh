@@ -15,7 +15,7 @@
 #   HOSTS="10 30 90" ROOT_MB=300 RATE=1gbit (empty: unshaped)
 set -euo pipefail
 shopt -s inherit_errexit
-. "$(dirname "$0")/nginx.sh"
+. "$(dirname "$0")/lib.sh"
 
 NETBOOTD=$(realpath "${1:-${CARGO_TARGET_DIR:-target}/release/netbootd}")
 export RUST_LOG=warn
@@ -140,19 +140,12 @@ echo "$(( (end - start) / 1000000 )) $retries $(sort -u "$LEASES" | wc -l)"
 HOST
 chmod +x "$work/host.sh"
 
-cpu_ticks() { # every process of the server's namespace
-    ip netns pids "$srv" | xargs -r -I{} awk '{ print $14 + $15 }' /proc/{}/stat | awk '{ s += $1 } END { print s + 0 }'
-}
-peak_kib() {
-    ip netns pids "$srv" | xargs -r -I{} awk '/VmHWM/ { print $2 }' /proc/{}/status | awk '{ s += $1 } END { print s + 0 }'
-}
-
 # storm NAME N: boots N hosts at once against the server just started; prints its row.
 storm() {
     local name=$1 n=$2 before after t0 t1 i
     rm -f "$work"/result.* "$work"/leases.*
     for i in $(seq "$n"); do ip -n "$cli" addr flush dev "h$i"; done
-    before=$(cpu_ticks)
+    before=$(ns_cpu_ticks "$srv")
     t0=$(date +%s%N)
     local booting=()
     for i in $(seq "$n"); do
@@ -167,14 +160,14 @@ storm() {
         fi
     done
     t1=$(date +%s%N)
-    after=$(cpu_ticks)
+    after=$(ns_cpu_ticks "$srv")
     local bytes=$(( (KERNEL_MB + INITRD_MB + ROOT_MB) * 1048576 * n ))
     local floor="-"
     if [ -n "$RATE" ]; then
         floor=$(awk -v b="$bytes" -v r="$RATE" 'BEGIN { sub(/gbit/, "e9", r); sub(/mbit/, "e6", r); printf "%.1f s", b * 8 / r }')
     fi
     cat "$work"/result.* | awk -v name="$name" -v n="$n" -v ms=$(( (t1 - t0) / 1000000 )) -v floor="$floor" \
-        -v cpu=$((after - before)) -v hz="$(getconf CLK_TCK)" -v peak="$(peak_kib)" '
+        -v cpu=$((after - before)) -v hz="$(getconf CLK_TCK)" -v peak="$(ns_peak_kib "$srv")" '
         { slowest = ($1 > slowest) ? $1 : slowest; retries += $2; addresses[$3]++ }
         END {
             list = ""; for (a in addresses) list = list sprintf("%s%d hosts: %d", list == "" ? "" : ", ", addresses[a], a)

@@ -333,8 +333,8 @@ pub async fn run(
         tokio::select! {
             result = dhcp::serve(Arc::clone(&responder), &config.interface) => result.context("DHCP"),
             result = tftp_stopped => result.unwrap_or_else(|_| Err(anyhow!("TFTP thread died"))).context("TFTP"),
-            result = http::serve(http_listener, http::router(Arc::clone(&http_state)), Arc::clone(&http_state.metrics), http_limits) => result.context("HTTP"),
-            result = http::serve(operator_listener, http::operator_router(Arc::clone(&http_state)), Arc::clone(&http_state.metrics), http_limits) => result.context("operator's views"),
+            result = http::serve(http_listener, Arc::clone(&http_state), http_limits) => result.context("HTTP"),
+            result = http::serve_operator(operator_listener, Arc::clone(&http_state), http_limits) => result.context("operator's views"),
             result = async {
                 match https {
                     Some((listener, tls)) => http::serve_tls(listener, http_state, http_limits, tls).await,

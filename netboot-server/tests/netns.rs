@@ -628,6 +628,36 @@ fn http_serves_ranges_etags_host_layers_to_their_owner_and_the_boot_timeline() {
         ],
     );
     assert_eq!(revalidate, "304");
+    let head = http(&lab, &["-I", &artifact]).to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 200") && head.contains("content-length: 200000\r\n"),
+        "{head}"
+    );
+    let tail = lab.client("curl", &["-sS", "-r", "-500", &artifact]);
+    assert_eq!(tail.stdout, &kernel[kernel.len() - 500..]);
+    let beyond = http_status(&lab, &["-r", "200000-", &artifact]);
+    assert_eq!(beyond, "416");
+    // One connection for a script and the kernel twice, as iPXE keeps it open.
+    let reused = http(
+        &lab,
+        &[
+            "-w",
+            "%{num_connects}:%{size_download} ",
+            "-o",
+            "/dev/null",
+            &format!("{HTTP}/ipxe/{MIXER}"),
+            "-o",
+            "/dev/null",
+            &artifact,
+            "-o",
+            "/dev/null",
+            &artifact,
+        ],
+    );
+    let transfers: Vec<&str> = reused.split_whitespace().collect();
+    assert_eq!(transfers.len(), 3, "{reused}");
+    assert_eq!(&transfers[0][..2], "1:", "{reused}");
+    assert_eq!(&transfers[1..], ["0:200000", "0:200000"], "{reused}");
     let unknown = http(
         &lab,
         &[

@@ -3,9 +3,12 @@
 //! metrics and health. HTTPS (the same server over TLS): each host's secrets, once per boot, to
 //! the host that proves it is the host, and the boot reports, with the token that release gave.
 
+mod file;
+mod plain;
+
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +16,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Path as UrlPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -29,7 +31,6 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower::ServiceExt;
-use tower_http::services::ServeFile;
 
 use crate::mac::MacAddr;
 use crate::metrics::{HTTP_CONNECTIONS_CUT, HTTP_RESPONSES, Metrics, REPORTS_REFUSED, SECRETS};
@@ -47,9 +48,6 @@ pub const REPORT_TOKEN_HEADER: &str = "lectern-report-token";
 
 /// Artifacts never change under their hash: cache them for a year.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
-/// Bytes read per file read while streaming: each read is a trip to tokio's blocking pool,
-/// so bigger reads than tower-http's 64 KiB default cost less per byte.
-const FILE_CHUNK: usize = 1024 * 1024;
 /// Host layers carry secrets: no cache may keep them.
 const PRIVATE: &str = "no-store";
 /// A boot report is a few hundred bytes; axum's default (2 MiB) would let every host on the
@@ -78,7 +76,7 @@ type AppState = State<Arc<HttpState>>;
 type Peer = ConnectInfo<SocketAddr>;
 
 /// What plain HTTP serves the LAN: what clients boot, nothing secret.
-pub fn router(state: Arc<HttpState>) -> axum::Router {
+fn router(state: Arc<HttpState>) -> axum::Router {
     let routes = axum::Router::new()
         .route(ROUTE_SCRIPT, get(ipxe_script))
         .route(ROUTE_ARTIFACT, get(artifact))
@@ -88,7 +86,7 @@ pub fn router(state: Arc<HttpState>) -> axum::Router {
 }
 
 /// The operator's views, on an address of their own: every host's MAC, address and state.
-pub fn operator_router(state: Arc<HttpState>) -> axum::Router {
+fn operator_router(state: Arc<HttpState>) -> axum::Router {
     let routes = axum::Router::new()
         .route(ROUTE_HOSTS, get(hosts))
         .route(ROUTE_METRICS, get(metrics));
@@ -96,7 +94,7 @@ pub fn operator_router(state: Arc<HttpState>) -> axum::Router {
 }
 
 /// What only TLS serves: secrets, and the reports whose token came with them.
-pub fn secure_router(state: Arc<HttpState>) -> axum::Router {
+fn secure_router(state: Arc<HttpState>) -> axum::Router {
     let routes = axum::Router::new()
         .route(
             ROUTE_SECRETS,
@@ -142,14 +140,27 @@ impl Default for Limits {
     }
 }
 
-/// Serves `app` ([`router`] or [`operator_router`]) until accepting fails for good.
-pub async fn serve(
+/// Serves the LAN ([`router`], files by sendfile) until accepting fails for good.
+pub async fn serve(listener: TcpListener, state: Arc<HttpState>, limits: Limits) -> io::Result<()> {
+    let metrics = Arc::clone(&state.metrics);
+    accept(listener, router(state), metrics, limits, Protocol::Lan).await
+}
+
+/// Serves the operator's views ([`operator_router`]) until accepting fails for good.
+pub async fn serve_operator(
     listener: TcpListener,
-    app: axum::Router,
-    metrics: Arc<Metrics>,
+    state: Arc<HttpState>,
     limits: Limits,
 ) -> io::Result<()> {
-    accept(listener, app, metrics, limits, None).await
+    let metrics = Arc::clone(&state.metrics);
+    accept(
+        listener,
+        operator_router(state),
+        metrics,
+        limits,
+        Protocol::Hyper,
+    )
+    .await
 }
 
 /// Serves [`secure_router`] over TLS until accepting fails for good. A handshake must be done
@@ -167,19 +178,30 @@ pub async fn serve_tls(
         secure_router(state),
         metrics,
         limits,
-        Some(acceptor),
+        Protocol::Tls(acceptor),
     )
     .await
 }
 
-/// hyper directly rather than `axum::serve`, which sets no timer (so no header timeout) and
+/// How an accepted connection is served.
+#[derive(Clone)]
+enum Protocol {
+    /// [`plain`]: what the LAN boots, files sent by sendfile(2).
+    Lan,
+    /// hyper, in the clear.
+    Hyper,
+    /// hyper over TLS.
+    Tls(tokio_rustls::TlsAcceptor),
+}
+
+/// Our own loop rather than `axum::serve`, which sets no timer (so no header timeout) and
 /// takes every connection offered.
 async fn accept(
     listener: TcpListener,
     app: axum::Router,
     metrics: Arc<Metrics>,
     limits: Limits,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    protocol: Protocol,
 ) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.connections));
     let mut http1 = hyper::server::conn::http1::Builder::new();
@@ -201,12 +223,15 @@ async fn accept(
             continue;
         };
         let (app, http1, metrics) = (app.clone(), http1.clone(), Arc::clone(&metrics));
-        let tls = tls.clone();
+        let protocol = protocol.clone();
         tokio::spawn(async move {
             let idle = limits.idle_timeout;
-            match tls {
-                None => serve_connection(stream, peer, app, &http1, &metrics, idle).await,
-                Some(tls) => {
+            match protocol {
+                Protocol::Lan => plain::serve_connection(stream, peer, app, &metrics, limits).await,
+                Protocol::Hyper => {
+                    serve_connection(stream, peer, app, &http1, &metrics, idle).await
+                }
+                Protocol::Tls(tls) => {
                     let handshake = tls.accept(stream);
                     match tokio::time::timeout(limits.header_read_timeout, handshake).await {
                         Ok(Ok(stream)) => {
@@ -408,7 +433,7 @@ async fn artifact(
     State(state): AppState,
     ConnectInfo(peer): Peer,
     UrlPath(hash): UrlPath<String>,
-    request: Request,
+    headers: HeaderMap,
 ) -> Result<Response, StatusCode> {
     let artifact = state
         .policy
@@ -421,7 +446,12 @@ async fn artifact(
             .record_from(ip, Event::Artifact(artifact.kind));
     }
     let etag = HeaderValue::from_str(&format!("\"{hash}\"")).map_err(|_| StatusCode::NOT_FOUND)?;
-    Ok(serve_file(request, &artifact.path, IMMUTABLE, Some(etag)).await)
+    Ok(file::respond(
+        &headers,
+        &artifact.path,
+        IMMUTABLE,
+        Some(etag),
+    ))
 }
 
 /// Only to the host's own address (see [`address_of`]).
@@ -429,7 +459,7 @@ async fn host_layer(
     State(state): AppState,
     ConnectInfo(peer): Peer,
     UrlPath(host): UrlPath<String>,
-    request: Request,
+    headers: HeaderMap,
 ) -> Result<Response, StatusCode> {
     let policy = state.policy.current();
     // By MAC (netboot, and disks that know only their MAC) or by the name a disk-booted machine's
@@ -443,7 +473,7 @@ async fn host_layer(
     }
     let path = policy.host_layer(host).ok_or(StatusCode::NOT_FOUND)?;
     state.timeline.record(host.mac, Event::HostLayer);
-    Ok(serve_file(request, &path, PRIVATE, None).await)
+    Ok(file::respond(&headers, &path, PRIVATE, None))
 }
 
 /// The endorsement key and the key Name a TPM proof presents, or why they are unusable.
@@ -618,69 +648,13 @@ async fn host_secrets(
 async fn firmware(
     State(state): AppState,
     UrlPath(file): UrlPath<String>,
-    request: Request,
+    headers: HeaderMap,
 ) -> Result<Response, StatusCode> {
     let path = safe_path::resolve(&state.firmware_root, &file).map_err(|error| match error {
         safe_path::PathError::Escapes => StatusCode::FORBIDDEN,
         _ => StatusCode::NOT_FOUND,
     })?;
-    Ok(serve_file(request, &path, "public, max-age=300", None).await)
-}
-
-/// Range, HEAD and Last-Modified from tower-http; ETag and If-None-Match here.
-async fn serve_file(
-    request: Request,
-    path: &Path,
-    cache_control: &'static str,
-    etag: Option<HeaderValue>,
-) -> Response {
-    if let Some(etag) = &etag
-        && none_match(request.headers(), etag)
-    {
-        return (
-            StatusCode::NOT_MODIFIED,
-            [
-                (header::ETAG, etag.clone()),
-                (
-                    header::CACHE_CONTROL,
-                    HeaderValue::from_static(cache_control),
-                ),
-            ],
-        )
-            .into_response();
-    }
-    let file = ServeFile::new(path).with_buf_chunk_size(FILE_CHUNK);
-    let response = match file.oneshot(request).await {
-        Ok(response) => response.map(Body::new),
-        Err(never) => match never {},
-    };
-    let mut response = response.into_response();
-    let status = response.status();
-    let headers = response.headers_mut();
-    if status.is_success() || status == StatusCode::NOT_MODIFIED {
-        headers.insert(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static(cache_control),
-        );
-        if let Some(etag) = etag {
-            headers.insert(header::ETAG, etag);
-        }
-    }
-    response
-}
-
-/// RFC 9110 §13.1.2: weak comparison, `*` matches anything.
-fn none_match(headers: &HeaderMap, etag: &HeaderValue) -> bool {
-    let ours = etag.to_str().unwrap_or_default();
-    headers
-        .get_all(header::IF_NONE_MATCH)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|candidate| {
-            let candidate = candidate.trim();
-            candidate == "*" || candidate.trim_start_matches("W/") == ours
-        })
+    Ok(file::respond(&headers, &path, "public, max-age=300", None))
 }
 
 /// Accepted with the token the host's current boot got with its secrets, from the host's own
@@ -764,6 +738,7 @@ async fn metrics(State(state): AppState) -> impl IntoResponse {
 mod tests {
     use std::time::Duration;
 
+    use axum::body::Body;
     use axum::extract::connect_info::MockConnectInfo;
     use tokio::net::TcpStream;
 
@@ -787,21 +762,6 @@ mod tests {
             urls.firmware("snponly.efi"),
             "http://10.0.0.1:8080/firmware/snponly.efi"
         );
-    }
-
-    #[test]
-    fn if_none_match_compares_weakly_and_accepts_lists() {
-        let etag = HeaderValue::from_static("\"abc\"");
-        let with = |value: &'static str| {
-            let mut headers = HeaderMap::new();
-            headers.insert(header::IF_NONE_MATCH, HeaderValue::from_static(value));
-            none_match(&headers, &etag)
-        };
-        assert!(with("\"abc\""));
-        assert!(with("\"x\", W/\"abc\""));
-        assert!(with("*"));
-        assert!(!with("\"abd\""));
-        assert!(!none_match(&HeaderMap::new(), &etag));
     }
 
     /// A POST to the TLS side of a server that knows one host, `mixer1` at 10.0.0.10, from `from`.
@@ -1196,12 +1156,7 @@ mod tests {
             header_read_timeout: Duration::from_millis(500),
             idle_timeout: Duration::from_secs(1),
         };
-        tokio::spawn(serve(
-            listener,
-            router(Arc::clone(&state)),
-            Arc::clone(&state.metrics),
-            limits,
-        ));
+        tokio::spawn(serve(listener, Arc::clone(&state), limits));
         let cut = |reason| {
             state
                 .metrics
