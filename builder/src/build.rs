@@ -37,6 +37,18 @@ echo lectern > "$root"/etc/hostname
 ln -sfn ../run/systemd/resolve/stub-resolv.conf "$root"/etc/resolv.conf
 "#;
 
+/// What no role reads, left out as dpkg unpacks (documentation, manuals, translations): about a tenth
+/// of a root image. Licences stay, as Debian asks of anyone who redistributes its packages.
+const DPKG_PATH_FILTERS: &[&str] = &[
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/info/*",
+    "path-exclude=/usr/share/locale/*",
+    "path-include=/usr/share/locale/locale.alias",
+    "path-exclude=/usr/share/lintian/*",
+];
+
 /// Copies the kernel and initrd out of the base (`$1` = root, `$2` = output directory), drops them from the
 /// rootfs (they boot it, they are not part of it) and stops later layers from regenerating the initrd.
 const TAKE_KERNEL: &str = r#"set -eu
@@ -201,6 +213,7 @@ impl Builder {
                         "variant": self.recipes.debian.variant },
             "image_overlay": image_overlay.digest(),
             "scripts": [SCRUB, TAKE_KERNEL],
+            "dpkg_path_filters": DPKG_PATH_FILTERS,
             "mmdebstrap": self.tool_versions.get("mmdebstrap"),
             "source_date_epoch": self.options.source_date_epoch,
         }));
@@ -325,6 +338,11 @@ impl Builder {
             .arg("--format=tar")
             .arg("--aptopt=Apt::Install-Recommends \"false\"")
             .arg("--skip=download/empty")
+            .args(
+                DPKG_PATH_FILTERS
+                    .iter()
+                    .map(|filter| format!("--dpkgopt={filter}")),
+            )
             .arg("--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives")
             .arg(format!(
                 "--setup-hook=sync-in {cache} /var/cache/apt/archives/"
@@ -368,7 +386,10 @@ pub fn host_archive(tree: &Tree, source_date_epoch: u64) -> Vec<u8> {
 /// The role layer's key: the base below it and the packages installed on top. Nothing else of the recipe
 /// goes in: its units and overlays only reach the config layer, so editing them rebuilds only that.
 fn role_key(base: &Digest, packages: &[String]) -> Digest {
-    layer_key(json!({ "layer": "role", "base": base, "packages": packages, "scripts": [SCRUB] }))
+    layer_key(
+        json!({ "layer": "role", "base": base, "packages": packages, "scripts": [SCRUB],
+                      "dpkg_path_filters": DPKG_PATH_FILTERS }),
+    )
 }
 
 /// A layer key: the sha256 of its inputs as JSON with object keys sorted (serde_json keeps insertion order
