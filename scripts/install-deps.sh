@@ -26,20 +26,49 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Services some of these packages enable at boot. netbootd is the box's DHCP, TFTP and HTTP server: a
+# tftpd-hpa enabled at boot would take port 69 from it, a Kea or an nginx the others. Disabled only when
+# this run installed them, never on a box that already ran them.
+declare -A services=(
+  [tftpd-hpa]=tftpd-hpa.service [nginx-light]=nginx.service [kea-dhcp4-server]=kea-dhcp4-server.service
+)
+
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "install-deps: missing Debian packages: ${missing[*]}" >&2
     echo "install-deps: run as root, or: apt-get install ${missing[*]}" >&2
     exit 1
   fi
-  echo "install-deps: installing ${missing[*]}"
+  log="${LECTERN_CACHE:-/var/cache/lectern}/install-deps.log"
+  mkdir -p "$(dirname "$log")"
+  echo "install-deps: installing ${#missing[@]} Debian packages (apt's output: $log): ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
   # Don't let package installs start services (tftpd-hpa, nginx, kea) on the host's interfaces.
   policy=/usr/sbin/policy-rc.d
   [ -e "$policy" ] || { printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; trap 'rm -f "$policy"' EXIT; }
-  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # --no-remove: a package the box already has (a backported qemu, say) is never removed to make room;
+  # apt stops and says which instead.
+  if ! { apt-get update -qq && apt-get install -y -q --no-install-recommends --no-remove "${missing[@]}"; } >"$log" 2>&1; then
+    echo "install-deps: apt-get failed; the end of $log:" >&2
+    tail -n 20 "$log" >&2
+    exit 1
+  fi
+  disabled=()
+  for p in "${missing[@]}"; do
+    unit=${services[$p]:-}
+    if [ -n "$unit" ] && systemctl is-enabled --quiet "$unit" 2>/dev/null; then
+      systemctl disable --quiet "$unit" 2>/dev/null && disabled+=("$unit")
+    fi
+  done
+  echo "install-deps: installed ${#missing[@]} packages (log: $log)"
+  [ ${#disabled[@]} -eq 0 ] || echo "install-deps: disabled at boot, so that they leave netbootd its ports: ${disabled[*]}"
 fi
+# Those the box had before: said, not changed.
+for unit in "${services[@]}"; do
+  if [[ " ${disabled[*]:-} " != *" $unit "* ]] && systemctl is-enabled --quiet "$unit" 2>/dev/null; then
+    echo "install-deps: note: $unit starts at boot and would contend with netbootd for its ports (systemctl disable $unit)"
+  fi
+done
 
 # --test: the AWS stand-in the cloud tests run against (moto's server), in a virtualenv beside the caches.
 if [ "${1:-}" = --test ] && ! "$LECTERN_MOTO_SERVER" --help >/dev/null 2>&1; then
