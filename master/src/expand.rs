@@ -247,11 +247,21 @@ impl<'l, 'a> Expander<'l, 'a> {
                 );
             }
         }
-        if n.dhcp.interface.is_empty() {
+        if let Err(why) = interface_name(&n.dhcp.interface) {
             self.error(
                 "network.dhcp.interface",
-                "the interface name is empty",
-                None,
+                format!(
+                    "\"{}\" is not a Linux interface name: {why}",
+                    n.dhcp.interface
+                ),
+                Some("copy it from `ip link`, e.g. \"enp1s0\"".into()),
+            );
+        }
+        if let Err(why) = dns_name(&n.domain) {
+            self.error(
+                "network.domain",
+                format!("\"{}\" is not a DNS domain: {why}", n.domain),
+                Some("write labels of letters, digits and '-' joined by dots, like \"video.example.org\"".into()),
             );
         }
         let plan = NetworkPlan {
@@ -459,6 +469,17 @@ impl<'l, 'a> Expander<'l, 'a> {
             }
             let hostname_path = format!("{}.hostname", h.path);
             if self.name(&hostname_path, h.fields.hostname) {
+                let fqdn = h.fields.hostname.len() + 1 + n.domain.len();
+                if fqdn > MAX_DNS_NAME {
+                    self.error(
+                        &hostname_path,
+                        format!(
+                            "{}.{} is {fqdn} characters long, more than a DNS name may be ({MAX_DNS_NAME})",
+                            h.fields.hostname, n.domain
+                        ),
+                        Some("shorten the host name or network.domain".into()),
+                    );
+                }
                 if let Some(first) = hostnames.insert(h.fields.hostname, &h.path) {
                     let first_line = self.locator.error(first, "", None).line;
                     self.error(
@@ -473,9 +494,16 @@ impl<'l, 'a> Expander<'l, 'a> {
             }
             match (h.fields.mac, h.on_lan) {
                 (Some(text), true) => match text.parse::<MacAddr>() {
-                    Ok(mac) if mac.0[0] & 1 == 1 => self.error(
+                    Ok(mac) if mac.0[0] & 1 == 1 || mac.0 == [0; 6] => self.error(
                         &format!("{}.mac", h.path),
-                        format!("\"{text}\" is a multicast address, not a machine's"),
+                        format!(
+                            "\"{text}\" is {}, not a machine's",
+                            if mac.0[0] & 1 == 1 {
+                                "a multicast address"
+                            } else {
+                                "all zeros"
+                            }
+                        ),
                         Some("copy the MAC from the machine's label or `ip link`".into()),
                     ),
                     Ok(mac) => {
@@ -723,34 +751,11 @@ impl<'l, 'a> Expander<'l, 'a> {
             );
         }
         let limits = &m.netboot.limits;
-        for (field, value) in [
-            ("tftp_per_client", limits.tftp_per_client),
-            ("tftp_total", limits.tftp_total),
-            ("tftp_max_timeout_s", limits.tftp_max_timeout_s),
-            ("http_connections", limits.http_connections),
-            ("http_header_timeout_s", limits.http_header_timeout_s),
-            ("http_idle_timeout_s", limits.http_idle_timeout_s),
-        ] {
-            if value == 0 {
-                self.error(
-                    &format!("netboot.limits.{field}"),
-                    "0 would refuse every client",
-                    None,
-                );
-            }
-        }
         if limits.tftp_per_client > limits.tftp_total {
             self.error(
                 "netboot.limits.tftp_per_client",
                 format!("more than tftp_total ({}) allows in all", limits.tftp_total),
                 None,
-            );
-        }
-        if m.netboot.stale_after_missed_beats == 0 {
-            self.error(
-                "netboot.stale_after_missed_beats",
-                "0 would call every host stale between two heartbeats",
-                Some("use 2 or more: one late beat is no outage".into()),
             );
         }
         if m.netboot.https_port == port {
@@ -1762,4 +1767,105 @@ fn normalized_ek_name(text: &str) -> Option<String> {
 /// An address a host may have: inside the subnet, not its network or broadcast address.
 fn usable(net: &Ipv4Net, ip: Ipv4Addr) -> bool {
     net.contains(&ip) && (net.prefix_len() >= 31 || (ip != net.network() && ip != net.broadcast()))
+}
+
+/// RFC 1035 §2.3.4, in characters of the written name.
+const MAX_DNS_NAME: usize = 253;
+
+/// Why `name` cannot be a network interface's name, as the kernel's `dev_valid_name` sees it.
+fn interface_name(name: &str) -> Result<(), &'static str> {
+    // IFNAMSIZ, with the terminating NUL.
+    const MAX_LEN: usize = 15;
+    if name.is_empty() {
+        Err("it is empty")
+    } else if name.len() > MAX_LEN {
+        Err("longer than the kernel's 15 characters")
+    } else if name == "." || name == ".." {
+        Err("that names a directory")
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        Err("it holds '/', ':' or a space")
+    } else {
+        Ok(())
+    }
+}
+
+/// Why `domain` cannot be a DNS domain (RFC 1123 host name syntax).
+fn dns_name(domain: &str) -> Result<(), &'static str> {
+    if domain.is_empty() {
+        return Err("it is empty");
+    }
+    if domain.len() > MAX_DNS_NAME {
+        return Err("longer than the 253 characters DNS allows");
+    }
+    for label in domain.split('.') {
+        if label.is_empty() {
+            return Err("it has an empty label (two dots, or a dot at an end)");
+        }
+        if label.len() > 63 {
+            return Err("a label is longer than 63 characters");
+        }
+        if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err("a label holds something other than letters, digits and '-'");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("a label starts or ends with '-'");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_are_what_the_kernel_takes() {
+        for good in ["enp1s0", "lectern0", "br-video.100", "a", "abcdefghijklmno"] {
+            assert_eq!(interface_name(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "abcdefghijklmnop",
+            "eth0:1",
+            "a/b",
+            "en p1",
+            "a\tb",
+        ] {
+            assert!(interface_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn domains_are_dns_names() {
+        let longest_label = "a".repeat(63);
+        for good in [
+            "video.example.org",
+            "lan",
+            "Video-1.Example.ORG",
+            longest_label.as_str(),
+        ] {
+            assert_eq!(dns_name(good), Ok(()), "{good}");
+        }
+        let long_label = "a".repeat(64);
+        let long_name = ["a".repeat(63).as_str(); 4].join(".");
+        for bad in [
+            "",
+            ".example.org",
+            "example.org.",
+            "a..b",
+            "-a.org",
+            "a-.org",
+            "a_b.org",
+            "é.org",
+            long_label.as_str(),
+            long_name.as_str(),
+        ] {
+            assert!(dns_name(bad).is_err(), "{bad:?}");
+        }
+    }
 }

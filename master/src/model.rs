@@ -161,10 +161,12 @@ pub enum DhcpMode {
 pub struct Netboot {
     /// TCP port of netbootd's HTTP server (iPXE scripts, images, public host layers).
     #[serde(default = "default_http_port")]
+    #[schemars(range(min = 1))]
     pub http_port: u16,
     /// TCP port of netbootd's HTTPS server: hosts fetch their secrets and send their boot reports
     /// there, pinning the server's key (kept in the store, baked into the role images).
     #[serde(default = "default_https_port")]
+    #[schemars(range(min = 1))]
     pub https_port: u16,
     /// Where netbootd serves the operator's views (`/api/hosts`, `/metrics`): every host's MAC,
     /// address and state, which the LAN does not get. The box's loopback by default (reach it with
@@ -174,6 +176,7 @@ pub struct Netboot {
     /// Hosts report every 30 s; one whose reports stop for this many beats is marked `stale` in
     /// netbootd's `/api/hosts` (powered off, hung, or cut off the LAN).
     #[serde(default = "default_stale_after_missed_beats")]
+    #[schemars(range(min = 1))]
     pub stale_after_missed_beats: u32,
     /// What netbootd lets the LAN hold at once; each refusal or cut is counted in `/metrics`.
     #[serde(default)]
@@ -212,23 +215,29 @@ pub struct NetbootLimits {
     /// TFTP transfers at once from one address (a firmware's size probe beside its download,
     /// with room for retries); more get an ERROR "busy".
     #[serde(default = "default_tftp_per_client")]
+    #[schemars(range(min = 1))]
     pub tftp_per_client: u32,
     /// TFTP transfers at once in all.
     #[serde(default = "default_tftp_total")]
+    #[schemars(range(min = 1))]
     pub tftp_total: u32,
     /// Longest TFTP `timeout` option honoured, in seconds; a longer one is not acknowledged. A
     /// silent client is dropped after six of them.
     #[serde(default = "default_tftp_max_timeout_s")]
+    #[schemars(range(min = 1, max = 255))]
     pub tftp_max_timeout_s: u32,
     /// HTTP and HTTPS connections at once, each; more are closed as soon as they are accepted.
     #[serde(default = "default_http_connections")]
+    #[schemars(range(min = 1))]
     pub http_connections: u32,
     /// Seconds a client has to send a request's headers (and a TLS handshake).
     #[serde(default = "default_http_header_timeout_s")]
+    #[schemars(range(min = 1))]
     pub http_header_timeout_s: u32,
     /// Seconds without a byte moving either way before a connection is closed; a download that
     /// keeps moving, however slowly, never is.
     #[serde(default = "default_http_idle_timeout_s")]
+    #[schemars(range(min = 1))]
     pub http_idle_timeout_s: u32,
 }
 
@@ -308,12 +317,15 @@ pub struct Video {
     pub mode: VideoMode,
     /// Frames per second.
     #[serde(default = "default_framerate")]
+    #[schemars(range(min = 1))]
     pub framerate: u32,
     /// Audio channels mixed and streamed.
     #[serde(default = "default_audio_channels")]
+    #[schemars(range(min = 1))]
     pub audio_channels: u32,
     /// Audio sample rate in Hz.
     #[serde(default = "default_audio_rate")]
+    #[schemars(range(min = 1))]
     pub audio_rate: u32,
 }
 
@@ -369,10 +381,13 @@ pub struct VideoOverride {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<VideoMode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub framerate: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub audio_channels: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub audio_rate: Option<u32>,
 }
 
@@ -388,15 +403,19 @@ pub struct Encode {
     pub preset: Option<X264Preset>,
     /// Target video bitrate of the main rendition, kbit/s.
     #[serde(default = "default_video_kbps")]
+    #[schemars(range(min = 1))]
     pub video_kbps: u32,
     /// Peak video bitrate, kbit/s.
     #[serde(default = "default_maxrate_kbps")]
+    #[schemars(range(min = 1))]
     pub maxrate_kbps: u32,
     /// Seconds between keyframes.
     #[serde(default = "default_keyframe_s")]
+    #[schemars(range(min = 1))]
     pub keyframe_s: u32,
     /// Audio bitrate, kbit/s.
     #[serde(default = "default_audio_kbps")]
+    #[schemars(range(min = 1))]
     pub audio_kbps: u32,
     /// Extra lower-resolution renditions pushed beside the main one.
     #[serde(default)]
@@ -442,12 +461,16 @@ pub struct EncodeOverride {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preset: Option<X264Preset>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub video_kbps: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub maxrate_kbps: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub keyframe_s: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub audio_kbps: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variants: Option<Vec<Variant>>,
@@ -493,8 +516,10 @@ pub struct Variant {
     /// ingest URL's `{room}`), and the backend lists it in the room's HLS playlist.
     pub name: String,
     /// Output height in pixels; width follows the aspect ratio.
+    #[schemars(range(min = 1))]
     pub height: u32,
     /// Video bitrate of this rendition, kbit/s.
+    #[schemars(range(min = 1))]
     pub video_kbps: u32,
 }
 
@@ -701,9 +726,12 @@ pub struct Deployment {
     pub host: Option<String>,
     /// For `local-vm`: virtual CPUs `netbootd vms` gives the VM (default 2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub vcpus: Option<u32>,
-    /// For `local-vm`: memory in MiB `netbootd vms` gives the VM (default 2048).
+    /// For `local-vm`: memory in MiB `netbootd vms` gives the VM (default 2048, at least 1024: the
+    /// root image lives in its RAM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024))]
     pub memory_mb: Option<u32>,
     /// For `ec2`: the region, e.g. "eu-west-1": `imgbuild publish ec2` registers the role's AMI
     /// there.

@@ -483,12 +483,91 @@ error: master.toml:119:8: machines[cornil-mixer].room: there is no room "cornill
     Case {
         name: "port out of range",
         edits: &[("http_port = 8080", "http_port = 80800")],
-        expected: r#"error: master.toml:34:13: netboot.http_port: 80800 is out of range (allowed: 0 to 65535)
+        expected: r#"error: master.toml:34:13: netboot.http_port: 80800 is out of range (allowed: 1 to 65535)
    |
 34 | http_port = 80800
    |             ^^^^^
 
 1 error found"#,
+    },
+    Case {
+        name: "a frame rate of zero",
+        edits: &[("framerate = 30", "framerate = 0")],
+        expected: r#"error: master.toml:44:13: defaults.video.framerate: 0 is out of range (allowed: 1 to 4294967295)
+   |
+44 | framerate = 0
+   |             ^
+
+1 error found"#,
+    },
+    Case {
+        name: "port zero",
+        edits: &[("http_port = 8080", "http_port = 0")],
+        expected: r#"error: master.toml:34:13: netboot.http_port: 0 is out of range (allowed: 1 to 65535)
+   |
+34 | http_port = 0
+   |             ^
+
+1 error found"#,
+    },
+    Case {
+        name: "an all-zero MAC",
+        edits: &[("mac = \"52:54:00:42:01:10\"", "mac = \"00:00:00:00:00:00\"")],
+        expected: r#"error: master.toml:88:7: machines[lameere-mixer].mac: "00:00:00:00:00:00" is all zeros, not a machine's
+   |
+88 | mac = "00:00:00:00:00:00"
+   |       ^^^^^^^^^^^^^^^^^^^
+  help: copy the MAC from the machine's label or `ip link`
+
+1 error found"#,
+    },
+    Case {
+        name: "an interface name the kernel cannot hold",
+        edits: &[(
+            "interface = \"lectern0\"",
+            "interface = \"lectern-video-lan0\"",
+        )],
+        expected: r#"error: master.toml:29:13: network.dhcp.interface: "lectern-video-lan0" is not a Linux interface name: longer than the kernel's 15 characters
+   |
+29 | interface = "lectern-video-lan0"
+   |             ^^^^^^^^^^^^^^^^^^^^
+  help: copy it from `ip link`, e.g. "enp1s0"
+
+1 error found"#,
+    },
+    Case {
+        name: "a domain that is not a DNS name",
+        edits: &[(
+            "domain = \"video.example.org\"",
+            "domain = \"video_lan..example.org\"",
+        )],
+        expected: r#"error: master.toml:22:10: network.domain: "video_lan..example.org" is not a DNS domain: a label holds something other than letters, digits and '-'
+   |
+22 | domain = "video_lan..example.org"
+   |          ^^^^^^^^^^^^^^^^^^^^^^^^
+  help: write labels of letters, digits and '-' joined by dots, like "video.example.org"
+
+1 error found"#,
+    },
+    Case {
+        name: "a host name too long for DNS with the domain",
+        edits: &[(
+            "domain = \"video.example.org\"",
+            "domain = \"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb.cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc.dddddddddddddddddddddddddddddddddddddddddddddddddddddd\"",
+        )],
+        expected: r#"error: master.toml:96:12: machines[lameere-source-1].hostname: lameere-source-1.aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb.cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc.dddddddddddddddddddddddddddddddddddddddddddddddddddddd is 254 characters long, more than a DNS name may be (253)
+   |
+96 | hostname = "lameere-source-1"
+   |            ^^^^^^^^^^^^^^^^^^
+  help: shorten the host name or network.domain
+
+error: master.toml:105:12: machines[lameere-source-2].hostname: lameere-source-2.aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb.cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc.dddddddddddddddddddddddddddddddddddddddddddddddddddddd is 254 characters long, more than a DNS name may be (253)
+    |
+105 | hostname = "lameere-source-2"
+    |            ^^^^^^^^^^^^^^^^^^
+  help: shorten the host name or network.domain
+
+2 errors found"#,
     },
     Case {
         name: "many at once",
