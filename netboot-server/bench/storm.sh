@@ -87,7 +87,8 @@ for i in $(seq "$max"); do
 done
 ln -s "$work/a" "$work/www/a"
 
-# What each host does, in the client namespace: prints "seconds retries address-count" or fails.
+# What each host does, in the client namespace: prints "milliseconds DHCP-retries HTTP-retries
+# address-count" or fails.
 cat >"$work/udhcpc.sh" <<'UDHCPC'
 #!/bin/sh
 [ "$1" = bound ] || exit 0
@@ -103,7 +104,7 @@ set -euo pipefail
 i=$1 mac=$2 work=$3 link=h$1
 export LEASES=$work/leases.$i
 : >"$LEASES"
-retries=0
+dhcp_retries=0 fetch_retries=0
 start=$(date +%s%N)
 # dhcp ARGS...: one lease, as iPXE or the booted system asks; every extra try counted.
 dhcp() {
@@ -111,7 +112,7 @@ dhcp() {
     log=$(busybox udhcpc -i "$link" -n -q -f -t 5 -T 1 -s "$work/udhcpc.sh" "$@" 2>&1) || { echo "$log" >&2; return 1; }
     local discovers
     discovers=$(grep -ci 'discover' <<<"$log" || true)
-    retries=$((retries + discovers - 1))
+    dhcp_retries=$((dhcp_retries + discovers - 1))
 }
 # fetch URL SIZE: downloads URL, three tries at most, and checks its size.
 fetch() {
@@ -119,7 +120,7 @@ fetch() {
     for try in 1 2 3; do
         got=$(curl -s --interface "$link" -o /dev/null -w '%{http_code} %{size_download}' "$1" || true)
         [ "$got" = "200 $2" ] && return
-        retries=$((retries + 1))
+        fetch_retries=$((fetch_retries + 1))
     done
     echo "host $i: $1 gave $got, not 200 $2" >&2
     return 1
@@ -136,9 +137,12 @@ for url in $urls; do
 done
 dhcp -x hostname:"h$i"
 end=$(date +%s%N)
-echo "$(( (end - start) / 1000000 )) $retries $(sort -u "$LEASES" | wc -l)"
+echo "$(( (end - start) / 1000000 )) $dhcp_retries $fetch_retries $(sort -u "$LEASES" | wc -l)"
 HOST
 chmod +x "$work/host.sh"
+
+# Datagrams the server's namespace dropped for a full socket receive buffer (whoever's socket).
+udp_receive_drops() { in_srv awk '/^Udp:/ { if (seen) print $6; seen = 1 }' /proc/net/snmp; }
 
 # storm NAME N: boots N hosts at once against the server just started; prints its row.
 storm() {
@@ -146,6 +150,8 @@ storm() {
     rm -f "$work"/result.* "$work"/leases.*
     for i in $(seq "$n"); do ip -n "$cli" addr flush dev "h$i"; done
     before=$(ns_cpu_ticks "$srv")
+    local drops_before
+    drops_before=$(udp_receive_drops)
     t0=$(date +%s%N)
     local booting=()
     for i in $(seq "$n"); do
@@ -167,12 +173,13 @@ storm() {
         floor=$(awk -v b="$bytes" -v r="$RATE" 'BEGIN { sub(/gbit/, "e9", r); sub(/mbit/, "e6", r); printf "%.1f s", b * 8 / r }')
     fi
     cat "$work"/result.* | awk -v name="$name" -v n="$n" -v ms=$(( (t1 - t0) / 1000000 )) -v floor="$floor" \
-        -v cpu=$((after - before)) -v hz="$(getconf CLK_TCK)" -v peak="$(ns_peak_kib "$srv")" '
-        { slowest = ($1 > slowest) ? $1 : slowest; retries += $2; addresses[$3]++ }
+        -v cpu=$((after - before)) -v hz="$(getconf CLK_TCK)" -v peak="$(ns_peak_kib "$srv")" \
+        -v drops=$(($(udp_receive_drops) - drops_before)) '
+        { dhcp += $2; http += $3; addresses[$4]++ }
         END {
             list = ""; for (a in addresses) list = list sprintf("%s%d hosts: %d", list == "" ? "" : ", ", addresses[a], a)
-            printf "| %s | %d | %.1f s | %s | %.3f | %.0f MiB | %d | %s |\n", name, n, ms / 1000, floor,
-                cpu / hz / n, peak / 1024, retries, list
+            printf "| %s | %d | %.1f s | %s | %.3f | %.0f MiB | %d + %d | %d | %s |\n", name, n, ms / 1000, floor,
+                cpu / hz / n, peak / 1024, dhcp, http, drops, list
         }'
 }
 
@@ -214,7 +221,7 @@ stop_servers() {
     while [ -n "$(ip netns pids "$srv")" ]; do sleep 0.1; done
 }
 
-echo "| server | hosts | last root image | link-rate floor | server CPU-s per boot | peak memory | retries | addresses per host |"
+echo "| server | hosts | last root image | link-rate floor | server CPU-s per boot | peak memory | retries (DHCP + HTTP) | UDP receive drops at the server | addresses per host |"
 echo "|---|---|---|---|---|---|---|---|"
 for n in $HOSTS; do
     start_netbootd
