@@ -222,7 +222,7 @@ stop_servers() {
 }
 
 echo "| server | hosts | last root image | link-rate floor | server CPU-s per boot | peak memory | retries (DHCP + HTTP) | UDP receive drops at the server | addresses per host |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "|---|---|---|---|---|---|---|---|---|"
 for n in $HOSTS; do
     start_netbootd
     storm netbootd "$n"
