@@ -19,6 +19,9 @@ mod structure;
 use std::path::Path;
 
 pub use diagnostics::{Diagnostic, Diagnostics};
+
+/// What `--version` prints for both binaries: the release and the commit it was built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("LECTERN_COMMIT"), ")");
 pub use plan::{Host, MacAddr, Plan, Role, RoleConfig};
 pub use secrets::{Secret, with_secrets_revealed};
 

@@ -33,9 +33,9 @@ enum ModeArg {
 
 /// `MAC,IP,HOSTNAME` or `MAC,HOSTNAME` (no reservation), like dnsmasq's dhcp-host, then
 /// optionally the identity its secrets need: `,uuid=…`, `,serial=…`, `,asset_tag=…`, `,tpm_ek=…`
-/// (its TPM endorsement key's Name).
+/// (its TPM endorsement key's Name), and `,group=…` to show it under in the operator's views.
 #[derive(Debug, Clone)]
-struct HostArg(Host, Option<Identity>);
+struct HostArg(Host, Option<Identity>, Option<String>);
 
 impl FromStr for HostArg {
     type Err = anyhow::Error;
@@ -44,8 +44,15 @@ impl FromStr for HostArg {
         let (fields, identity): (Vec<&str>, Vec<&str>) =
             text.split(',').partition(|field| !field.contains('='));
         let mut wanted = Identity::default();
+        let mut group = None;
+        let mut identified = false;
         for field in &identity {
             let (key, value) = field.split_once('=').expect("partitioned on '='");
+            if key == "group" {
+                group = Some(value.to_owned());
+                continue;
+            }
+            identified = true;
             let slot = match key {
                 "uuid" => &mut wanted.smbios.uuid,
                 "serial" => &mut wanted.smbios.serial,
@@ -53,7 +60,7 @@ impl FromStr for HostArg {
                 "tpm_ek" if tpm::parse_name(value).is_some() => &mut wanted.tpm_ek,
                 "tpm_ek" => bail!("tpm_ek={value} is not a TPM key Name (000b and 64 hex digits)"),
                 _ => bail!(
-                    "unknown host field {key:?} (uuid, serial, asset_tag or tpm_ek): {text:?}"
+                    "unknown host field {key:?} (uuid, serial, asset_tag, tpm_ek or group): {text:?}"
                 ),
             };
             *slot = Some(value.to_owned());
@@ -73,7 +80,7 @@ impl FromStr for HostArg {
             hostname: hostname.to_string(),
             ip,
         };
-        Ok(HostArg(host, (!identity.is_empty()).then_some(wanted)))
+        Ok(HostArg(host, identified.then_some(wanted), group))
     }
 }
 
@@ -98,7 +105,7 @@ struct Args {
     #[arg(long, value_enum, default_value = "authoritative")]
     mode: ModeArg,
     /// Known machine, repeatable: MAC,IP,HOSTNAME or MAC,HOSTNAME, then ,uuid=… ,serial=… ,asset_tag=… ,tpm_ek=…
-    /// for the identity its secrets need.
+    /// for the identity its secrets need, and ,group=… for the operator's views.
     #[arg(long = "host")]
     hosts: Vec<HostArg>,
     /// Dynamic pool FIRST-LAST (authoritative mode).
@@ -150,13 +157,23 @@ struct Args {
     stale_after_missed_beats: u32,
 }
 
-fn init_logging() {
+/// `RUST_LOG` when set, else info, less with `-q`, more with each `-v`. Colour only on a
+/// terminal and without `NO_COLOR` (no-color.org).
+fn init_logging(verbosity: &Verbosity) {
+    let level = match i16::from(verbosity.verbose) - i16::from(verbosity.quiet) {
+        ..=-1 => "warn",
+        0 => "info",
+        1 => "debug",
+        2.. => "trace",
+    };
     let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into());
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(colour);
     // journald stamps every line itself.
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         builder.without_time().init();
@@ -166,13 +183,26 @@ fn init_logging() {
 }
 
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = lectern_master::VERSION, about)]
 struct Cli {
     #[command(flatten)]
     master: MasterArgs,
+    #[command(flatten)]
+    verbosity: Verbosity,
     /// Without a subcommand: serve the master file's hosts until SIGTERM; SIGHUP reloads.
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// How much netbootd logs (`RUST_LOG`, when set, decides instead).
+#[derive(Debug, clap::Args)]
+struct Verbosity {
+    /// Log warnings and errors only.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    quiet: u8,
+    /// Log more: once for debug, twice for trace.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
 }
 
 /// Serving what the master file describes.
@@ -309,12 +339,15 @@ fn configure(
     let hosts = args
         .hosts
         .iter()
-        .map(|HostArg(host, _)| host.clone())
+        .map(|HostArg(host, ..)| host.clone())
         .collect();
     let mut policy = StaticPolicy::new(hosts, network);
-    for HostArg(host, identity) in args.hosts {
+    for HostArg(host, identity, group) in args.hosts {
         if let Some(identity) = identity {
             policy = policy.with_identity(host.mac, identity);
+        }
+        if let Some(group) = group {
+            policy = policy.with_group(host.mac, group);
         }
     }
     if let (Some(artifact_dir), Some(kernel)) = (args.artifact_dir, args.kernel) {
@@ -367,8 +400,8 @@ fn report(problems: &[String], summary: &str) -> ExitCode {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
-    init_logging();
     let cli = Cli::parse();
+    init_logging(&cli.verbosity);
     let MasterArgs {
         config: master,
         state_dir,

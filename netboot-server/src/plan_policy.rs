@@ -60,6 +60,8 @@ struct HostBoot {
     layer: Option<PathBuf>,
     secrets: Option<PathBuf>,
     identity: Option<Identity>,
+    /// Its room, for the operator's views.
+    group: Option<String>,
 }
 
 /// Boot answers for every netbooted host of a plan.
@@ -144,6 +146,7 @@ impl PlanPolicy {
                 ip: host.ip,
             });
             let boot = HostBoot {
+                group: host.room.clone(),
                 hostname: host.hostname.clone(),
                 role: role.to_owned(),
                 kernel_args: host.kernel_args.clone(),
@@ -225,6 +228,10 @@ impl BootPolicy for PlanPolicy {
 
     fn identity(&self, host: &Host) -> Option<&Identity> {
         self.boots.get(&host.mac)?.identity.as_ref()
+    }
+
+    fn group(&self, host: &Host) -> Option<&str> {
+        self.boots.get(&host.mac)?.group.as_deref()
     }
 }
 

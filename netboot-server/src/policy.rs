@@ -203,6 +203,11 @@ pub trait BootPolicy: Send + Sync + 'static {
         None
     }
 
+    /// What the operator's views gather `host` under (a deployment's room, say); `None`: nothing.
+    fn group(&self, _host: &Host) -> Option<&str> {
+        None
+    }
+
     fn host(&self, mac: MacAddr) -> Option<&Host> {
         self.hosts().iter().find(|host| host.mac == mac)
     }
@@ -290,6 +295,7 @@ pub struct StaticPolicy {
     layer_dir: Option<PathBuf>,
     artifact_kinds: HashMap<String, ArtifactKind>,
     identities: HashMap<MacAddr, Identity>,
+    groups: HashMap<MacAddr, String>,
 }
 
 impl StaticPolicy {
@@ -302,12 +308,19 @@ impl StaticPolicy {
             layer_dir: None,
             artifact_kinds: HashMap::new(),
             identities: HashMap::new(),
+            groups: HashMap::new(),
         }
     }
 
     /// `mac` gets its secrets only by presenting `identity`.
     pub fn with_identity(mut self, mac: MacAddr, identity: Identity) -> Self {
         self.identities.insert(mac, identity);
+        self
+    }
+
+    /// The operator's views show `mac` under `group`.
+    pub fn with_group(mut self, mac: MacAddr, group: String) -> Self {
+        self.groups.insert(mac, group);
         self
     }
 
@@ -384,6 +397,10 @@ impl BootPolicy for StaticPolicy {
 
     fn identity(&self, host: &Host) -> Option<&Identity> {
         self.identities.get(&host.mac)
+    }
+
+    fn group(&self, host: &Host) -> Option<&str> {
+        self.groups.get(&host.mac).map(String::as_str)
     }
 }
 

@@ -560,7 +560,7 @@ fn random_token() -> String {
 }
 
 /// `2026-11-21T21:30:07Z`; hand-written to avoid a date crate for one format.
-fn rfc3339(when: SystemTime) -> String {
+pub fn rfc3339(when: SystemTime) -> String {
     let secs = when
         .duration_since(UNIX_EPOCH)
         .map(|since| since.as_secs())

@@ -12,9 +12,11 @@ pub(crate) const ROUTE_SECRETS: &str = "/host/{host}/secrets";
 pub(crate) const ROUTE_FIRMWARE: &str = "/firmware/{file}";
 pub(crate) const ROUTE_REPORT: &str = "/api/report";
 pub(crate) const ROUTE_HOSTS: &str = "/api/hosts";
+pub(crate) const ROUTE_HOST_EVENTS: &str = "/api/hosts/events";
+pub(crate) const ROUTE_DASHBOARD: &str = "/";
 pub(crate) const ROUTE_METRICS: &str = "/metrics";
 pub(crate) const ROUTE_HEALTH: &str = "/healthz";
-pub(crate) const ROUTES: [&str; 9] = [
+pub(crate) const ROUTES: [&str; 11] = [
     ROUTE_SCRIPT,
     ROUTE_ARTIFACT,
     ROUTE_HOST_LAYER,
@@ -22,6 +24,8 @@ pub(crate) const ROUTES: [&str; 9] = [
     ROUTE_FIRMWARE,
     ROUTE_REPORT,
     ROUTE_HOSTS,
+    ROUTE_HOST_EVENTS,
+    ROUTE_DASHBOARD,
     ROUTE_METRICS,
     ROUTE_HEALTH,
 ];

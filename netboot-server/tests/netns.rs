@@ -750,18 +750,18 @@ fn serve_mixer1_at_its_address(
     identity: &str,
     layers: &std::path::Path,
     store: &lectern_store::Store,
+    more: &[&str],
 ) {
-    lab.start_netbootd(
-        SERVER_IP,
-        &[
-            "--host",
-            &format!("{MIXER},10.99.0.10,mixer1,{identity}"),
-            "--layer-dir",
-            layers.to_str().unwrap(),
-            "--tls-key",
-            store.server_key_path().to_str().unwrap(),
-        ],
-    );
+    let mixer1 = format!("{MIXER},10.99.0.10,mixer1,{identity}");
+    let layers = layers.to_str().unwrap();
+    let key = store.server_key_path();
+    let args = [
+        &["--host", &mixer1, "--layer-dir", layers][..],
+        &["--tls-key", key.to_str().unwrap()],
+        more,
+    ]
+    .concat();
+    lab.start_netbootd(SERVER_IP, &args);
     lab.set_client_mac(MIXER);
     lab.set_client_address("10.99.0.10/24");
 }
@@ -811,6 +811,31 @@ fn ask_secrets(lab: &Lab, pin: &str, boot_id: &str, smbios: &str) -> (String, Ve
     (status, std::fs::read(&body_file).unwrap_or_default(), token)
 }
 
+/// mixer1's boot `b1` reporting its role up with `token`; the HTTP status.
+fn report_up(lab: &Lab, pin: &str, token: &str) -> String {
+    let auth = format!("Authorization: Bearer {token}");
+    let body =
+        r#"{"host":"mixer1","role":"mixer","image":"sha256:abc","state":"up","boot_id":"b1"}"#;
+    let output = https(
+        lab,
+        pin,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            &auth,
+            "-d",
+            body,
+            &format!("https://{SERVER_IP}:8443/api/report"),
+        ],
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 #[test]
 fn secrets_go_over_tls_once_per_boot_to_the_host_that_proves_it() {
     let Some(mut lab) = Lab::new(&["curl", "tcpdump"]) else {
@@ -839,7 +864,7 @@ fn secrets_go_over_tls_once_per_boot_to_the_host_that_proves_it() {
         ],
     );
     std::thread::sleep(Duration::from_secs(1));
-    serve_mixer1_at_its_address(&mut lab, &format!("uuid={UUID}"), &layers, &store);
+    serve_mixer1_at_its_address(&mut lab, &format!("uuid={UUID}"), &layers, &store, &[]);
     let pin = key.pin.as_str();
     let identity = format!(r#","uuid":"{}""#, UUID.to_ascii_uppercase());
 
@@ -882,31 +907,12 @@ fn secrets_go_over_tls_once_per_boot_to_the_host_that_proves_it() {
     // Once: a second fetch in the same boot, with the host's UUID but another boot id, is refused.
     assert_eq!(ask_secrets(&lab, pin, "f00d", &identity).0, "403");
 
-    let report = |token: &str| {
-        let auth = format!("Authorization: Bearer {token}");
-        let body =
-            r#"{"host":"mixer1","role":"mixer","image":"sha256:abc","state":"up","boot_id":"b1"}"#;
-        let output = https(
-            &lab,
-            pin,
-            &[
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-H",
-                "Content-Type: application/json",
-                "-H",
-                &auth,
-                "-d",
-                body,
-                &format!("https://{SERVER_IP}:8443/api/report"),
-            ],
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    };
-    assert_eq!(report("0123"), "403", "a report without the boot's token");
-    assert_eq!(report(&token), "204");
+    assert_eq!(
+        report_up(&lab, pin, "0123"),
+        "403",
+        "a report without the boot's token"
+    );
+    assert_eq!(report_up(&lab, pin, &token), "204");
 
     let hosts = lab.operator("/api/hosts");
     let hosts: serde_json::Value = serde_json::from_str(&hosts).unwrap();
@@ -1275,7 +1281,7 @@ fn a_host_bound_to_its_tpm_proves_it_and_a_spoofer_with_its_smbios_but_another_t
     std::fs::write(layers.join("mixer1.secrets.cpio"), cpio.stdout).unwrap();
     std::fs::write(layers.join("mixer1.cpio"), b"public layer of mixer1").unwrap();
     let identity = format!("uuid={UUID},tpm_ek={}", real.ek_name);
-    serve_mixer1_at_its_address(&mut lab, &identity, &layers, &store);
+    serve_mixer1_at_its_address(&mut lab, &identity, &layers, &store, &[]);
     // The host's boot fetches its layer, which opens the window for its secrets.
     assert_eq!(
         http(&lab, &[&format!("{HTTP}/host/{MIXER}/layer")]),
@@ -1324,5 +1330,92 @@ fn a_host_bound_to_its_tpm_proves_it_and_a_spoofer_with_its_smbios_but_another_t
     assert!(
         log.contains(&other.ek_name),
         "netbootd logs the spoofer's key Name: {log}"
+    );
+}
+
+#[test]
+fn the_dashboard_follows_a_boot_live_and_shows_a_silent_host_stale() {
+    let Some(mut lab) = Lab::new(&["curl", "chromium", "python3"]) else {
+        return;
+    };
+    let store = lectern_store::Store::create(lab.dir.path().join("store")).unwrap();
+    let key = store.server_key().unwrap();
+    let layers = lab.dir.path().join("layers");
+    std::fs::create_dir_all(&layers).unwrap();
+    std::fs::write(layers.join("mixer1.cpio"), b"public layer of mixer1").unwrap();
+    std::fs::write(layers.join("mixer1.secrets.cpio"), b"secrets of mixer1").unwrap();
+    // Stale after one missed heartbeat (30 s), so that the test sees it happen.
+    serve_mixer1_at_its_address(
+        &mut lab,
+        &format!("uuid={UUID},group=room-a"),
+        &layers,
+        &store,
+        &[
+            "--host",
+            "52:54:00:00:00:09,10.99.0.19,slides1,group=room-b",
+            "--stale-after-missed-beats",
+            "1",
+        ],
+    );
+    let probe = lab.dir.path().join("browser_probe.py");
+    std::fs::write(&probe, include_str!("lab/browser_probe.py")).unwrap();
+    // Kept after the test, for a person to look at.
+    let screenshot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let pin = key.pin.as_str();
+    let identity = format!(r#","uuid":"{UUID}""#);
+
+    let page = std::thread::scope(|scope| {
+        let browser = scope.spawn(|| {
+            lab.server(
+                "python3",
+                &[
+                    probe.to_str().unwrap(),
+                    "http://127.0.0.1:8081/",
+                    "50",
+                    screenshot.to_str().unwrap(),
+                ],
+            )
+        });
+        std::thread::sleep(Duration::from_secs(6));
+        http(&lab, &[&format!("{HTTP}/host/{MIXER}/layer")]);
+        std::thread::sleep(Duration::from_secs(5));
+        let (status, _, token) = ask_secrets(&lab, pin, "b1", &identity);
+        assert_eq!(status, "200");
+        assert_eq!(report_up(&lab, pin, &token), "204");
+        browser.join().unwrap()
+    });
+    assert!(
+        page.status.success(),
+        "browser probe: {}",
+        String::from_utf8_lossy(&page.stderr)
+    );
+    let page: serde_json::Value = serde_json::from_slice(&page.stdout).unwrap();
+    let texts: Vec<&str> = (page["texts"].as_array().unwrap().iter())
+        .map(|text| text.as_str().unwrap_or_default())
+        .collect();
+    let first = |wanted: &str| texts.iter().position(|text| text.contains(wanted));
+    let booting = first("mixer1\nno role\nbooting: host layer");
+    let up = first("mixer1\nmixer\nup\n");
+    let stale = first("mixer1\nmixer\nstale\n");
+    assert!(
+        booting.is_some() && booting < up && up < stale,
+        "booting at {booting:?}, up at {up:?}, stale at {stale:?}: {texts:#?}"
+    );
+    let last = texts.last().unwrap();
+    for shown in [
+        "room-a",
+        "room-b",
+        "slides1\nno role\nnot seen yet",
+        "image sha256:abc",
+        "2 hosts: 1 stale, 1 not seen",
+    ] {
+        assert!(last.contains(shown), "{shown:?} not in {last}");
+    }
+    let png = std::fs::read(&screenshot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
     );
 }

@@ -1042,7 +1042,10 @@ impl Lab {
     /// `<video>`'s currentTime sampled every second, and a screenshot at `screenshot`.
     pub fn browse(&self, url: &str, seconds: u32, screenshot: &Path) -> Result<Value> {
         let script = self.dir().join("browser_probe.py");
-        fs::write(&script, include_str!("browser_probe.py"))?;
+        fs::write(
+            &script,
+            include_str!("../../netboot-server/tests/lab/browser_probe.py"),
+        )?;
         let output = self
             .in_netns("python3")
             .arg(&script)

@@ -39,8 +39,9 @@ use crate::safe_path;
 use crate::timeline::{Event, HostRecord, Refusal, Report, Timeline};
 use crate::tpm;
 use crate::urls::{
-    ROUTE_ARTIFACT, ROUTE_FIRMWARE, ROUTE_HEALTH, ROUTE_HOST_LAYER, ROUTE_HOSTS, ROUTE_METRICS,
-    ROUTE_REPORT, ROUTE_SCRIPT, ROUTE_SECRETS, ROUTES, Urls,
+    ROUTE_ARTIFACT, ROUTE_DASHBOARD, ROUTE_FIRMWARE, ROUTE_HEALTH, ROUTE_HOST_EVENTS,
+    ROUTE_HOST_LAYER, ROUTE_HOSTS, ROUTE_METRICS, ROUTE_REPORT, ROUTE_SCRIPT, ROUTE_SECRETS,
+    ROUTES, Urls,
 };
 
 /// The response header that carries a boot's report token with its secrets.
@@ -85,10 +86,13 @@ fn router(state: Arc<HttpState>) -> axum::Router {
     with_common(routes, state)
 }
 
-/// The operator's views, on an address of their own: every host's MAC, address and state.
+/// The operator's views, on an address of their own: every host's MAC, address and state, as
+/// JSON, as a live stream of it, and as the fleet dashboard that follows that stream.
 fn operator_router(state: Arc<HttpState>) -> axum::Router {
     let routes = axum::Router::new()
+        .route(ROUTE_DASHBOARD, get(dashboard))
         .route(ROUTE_HOSTS, get(hosts))
+        .route(ROUTE_HOST_EVENTS, get(host_events))
         .route(ROUTE_METRICS, get(metrics));
     with_common(routes, state)
 }
@@ -695,18 +699,30 @@ async fn report(
     StatusCode::NO_CONTENT
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Serialize)]
 struct HostView<'a> {
     mac: MacAddr,
     hostname: &'a str,
     reserved_ip: Option<Ipv4Addr>,
+    /// The room (or other group) the policy shows it under.
+    group: Option<&'a str>,
+    /// What netbootd would boot it into now: a host that reported another image runs something
+    /// else until its next boot.
+    serves: Option<ServedImage>,
     /// It reported once, and not for the last `stale_after`.
     stale: bool,
     #[serde(flatten)]
     timeline: HostRecord,
 }
 
-async fn hosts(State(state): AppState) -> Response {
+#[derive(Serialize)]
+struct ServedImage {
+    id: String,
+    role: String,
+}
+
+/// Every host as the operator's views show it, as JSON.
+fn hosts_json(state: &HttpState) -> String {
     let policy = state.policy.current();
     let views: Vec<HostView> = policy
         .hosts()
@@ -717,6 +733,14 @@ async fn hosts(State(state): AppState) -> Response {
                 mac: host.mac,
                 hostname: &host.hostname,
                 reserved_ip: host.ip,
+                group: policy.group(host),
+                serves: policy
+                    .boot(host)
+                    .and_then(|boot| boot.image)
+                    .map(|image| ServedImage {
+                        id: image.id,
+                        role: image.role,
+                    }),
                 stale: timeline
                     .silent_for()
                     .is_some_and(|silent| silent > state.stale_after),
@@ -724,7 +748,65 @@ async fn hosts(State(state): AppState) -> Response {
             }
         })
         .collect();
-    Json(views).into_response()
+    serde_json::to_string(&views).expect("host views serialize")
+}
+
+async fn hosts(State(state): AppState) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        hosts_json(&state),
+    )
+        .into_response()
+}
+
+/// How often a stream of the hosts looks for a change, and the longest it stays silent: the
+/// dashboard shows ages from the server's clock it last heard.
+const HOST_EVENTS_POLL: Duration = Duration::from_secs(1);
+const HOST_EVENTS_REFRESH: Duration = Duration::from_secs(10);
+
+/// Server-sent events, one `hosts` event (`{"now": …, "hosts": [as /api/hosts]}`) at once and at
+/// each change. The stream holds the connection: it counts against the connection cap.
+async fn host_events(State(state): AppState) -> Response {
+    let events = futures_util::stream::unfold(
+        (state, None::<(String, Instant)>),
+        |(state, last)| async move {
+            loop {
+                if last.is_some() {
+                    tokio::time::sleep(HOST_EVENTS_POLL).await;
+                }
+                let hosts = hosts_json(&state);
+                let unchanged = last
+                    .as_ref()
+                    .is_some_and(|(sent, at)| *sent == hosts && at.elapsed() < HOST_EVENTS_REFRESH);
+                if unchanged {
+                    continue;
+                }
+                let now = crate::timeline::rfc3339(std::time::SystemTime::now());
+                let event = axum::response::sse::Event::default()
+                    .event("hosts")
+                    .data(format!(r#"{{"now":"{now}","hosts":{hosts}}}"#));
+                return Some((
+                    Ok::<_, std::convert::Infallible>(event),
+                    (state, Some((hosts, Instant::now()))),
+                ));
+            }
+        },
+    );
+    axum::response::sse::Sse::new(events)
+        .keep_alive(axum::response::sse::KeepAlive::default())
+        .into_response()
+}
+
+/// The fleet dashboard: one page, no build step; it follows [`host_events`].
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("dashboard.html"),
+    )
+        .into_response()
 }
 
 async fn metrics(State(state): AppState) -> impl IntoResponse {

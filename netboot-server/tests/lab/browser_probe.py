@@ -1,7 +1,8 @@
-"""Loads a page in headless Chromium and reports what its <video> does, through the DevTools protocol
+"""Loads a page in headless Chromium and reports what it shows, through the DevTools protocol
 (stdlib only: a minimal WebSocket client). Usage: browser_probe.py URL SECONDS SCREENSHOT.png
-Prints one JSON object: the page title, the text of the page, and the video's currentTime sampled
-every second, its readyState and error."""
+Prints one JSON object: the page title, the text of the page, its <video>'s readyState and error,
+and, sampled every second, the video's currentTime ("times") and the page's text ("texts").
+Shared by the netns tests (the fleet dashboard) and the VM tests (the watch page)."""
 import base64, json, os, socket, struct, subprocess, sys, tempfile, time, urllib.request
 
 url, seconds, screenshot = sys.argv[1], float(sys.argv[2]), sys.argv[3]
@@ -88,6 +89,7 @@ try:
     ws.call("Page.enable")
     ws.call("Page.navigate", url=url)
     samples = []
+    texts = []
     state = {}
     for _ in range(int(seconds)):
         time.sleep(1)
@@ -100,10 +102,12 @@ try:
         })()""")
         state = result["result"]["value"]
         samples.append(state["time"])
+        texts.append(state["text"])
     shot = ws.call("Page.captureScreenshot", format="png")
     with open(screenshot, "wb") as f:
         f.write(base64.b64decode(shot["data"]))
     state["times"] = samples
+    state["texts"] = texts
     print(json.dumps(state))
 finally:
     chrome.kill()
