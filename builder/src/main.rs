@@ -5,7 +5,7 @@ use lectern_builder::commands::{self, Global};
 
 /// Build lectern's immutable netboot images and per-host layers.
 #[derive(Debug, Parser)]
-#[command(name = "imgbuild", version)]
+#[command(name = "imgbuild", version = lectern_master::VERSION)]
 struct Cli {
     #[command(flatten)]
     global: Global,
