@@ -743,6 +743,20 @@ const UUID: &str = "4c4c4544-0042-3510-8052-b4c04f4e3732";
 /// What the secrets layer holds: it must never show on the wire.
 const SECRET_MARK: &str = "stream-key-7d1f0c29e8";
 
+/// A store (for netbootd's TLS key) and mixer1's layers in `dir`: its public layer, and
+/// `secrets` as its secrets layer.
+fn mixer1_store_and_layers(
+    dir: &std::path::Path,
+    secrets: &[u8],
+) -> (lectern_store::Store, std::path::PathBuf) {
+    let store = lectern_store::Store::create(dir.join("store")).unwrap();
+    let layers = dir.join("layers");
+    std::fs::create_dir_all(&layers).unwrap();
+    std::fs::write(layers.join("mixer1.cpio"), b"public layer of mixer1").unwrap();
+    std::fs::write(layers.join("mixer1.secrets.cpio"), secrets).unwrap();
+    (store, layers)
+}
+
 /// netbootd serving mixer1 at 10.99.0.10, bound to `identity` (`--host` fields), its layers from
 /// `layers`, its TLS key from `store`; the client namespace is mixer1, at its address.
 fn serve_mixer1_at_its_address(
@@ -841,13 +855,9 @@ fn secrets_go_over_tls_once_per_boot_to_the_host_that_proves_it() {
     let Some(mut lab) = Lab::new(&["curl", "tcpdump"]) else {
         return;
     };
-    let store = lectern_store::Store::create(lab.dir.path().join("store")).unwrap();
-    let key = store.server_key().unwrap();
-    let layers = lab.dir.path().join("layers");
-    std::fs::create_dir_all(&layers).unwrap();
-    std::fs::write(layers.join("mixer1.cpio"), b"public layer of mixer1").unwrap();
     let secrets = format!("070701 lectern-host/etc/lectern/encoder.args {SECRET_MARK}");
-    std::fs::write(layers.join("mixer1.secrets.cpio"), &secrets).unwrap();
+    let (store, layers) = mixer1_store_and_layers(lab.dir.path(), secrets.as_bytes());
+    let key = store.server_key().unwrap();
     // Everything on the wire, from the first request on.
     let capture = lab.dir.path().join("boot.pcap");
     lab.spawn_in_server(
@@ -1263,14 +1273,10 @@ fn a_host_bound_to_its_tpm_proves_it_and_a_spoofer_with_its_smbios_but_another_t
         lab.spawn_in_client(name, "swtpm", &args);
     }
 
-    let store = lectern_store::Store::create(dir.join("store")).unwrap();
-    let key = store.server_key().unwrap();
-    let layers = dir.join("layers");
     let secret_file = "lectern-host/etc/lectern/encoder.args";
     let staging = dir.join("staging");
     std::fs::create_dir_all(staging.join("lectern-host/etc/lectern")).unwrap();
     std::fs::write(staging.join(secret_file), SECRET_MARK).unwrap();
-    std::fs::create_dir_all(&layers).unwrap();
     let cpio = std::process::Command::new("sh")
         .arg("-c")
         .arg("find lectern-host | busybox cpio -o -H newc")
@@ -1278,8 +1284,8 @@ fn a_host_bound_to_its_tpm_proves_it_and_a_spoofer_with_its_smbios_but_another_t
         .output()
         .unwrap();
     assert!(cpio.status.success());
-    std::fs::write(layers.join("mixer1.secrets.cpio"), cpio.stdout).unwrap();
-    std::fs::write(layers.join("mixer1.cpio"), b"public layer of mixer1").unwrap();
+    let (store, layers) = mixer1_store_and_layers(&dir, &cpio.stdout);
+    let key = store.server_key().unwrap();
     let identity = format!("uuid={UUID},tpm_ek={}", real.ek_name);
     serve_mixer1_at_its_address(&mut lab, &identity, &layers, &store, &[]);
     // The host's boot fetches its layer, which opens the window for its secrets.
@@ -1338,12 +1344,8 @@ fn the_dashboard_follows_a_boot_live_and_shows_a_silent_host_stale() {
     let Some(mut lab) = Lab::new(&["curl", "chromium", "python3"]) else {
         return;
     };
-    let store = lectern_store::Store::create(lab.dir.path().join("store")).unwrap();
+    let (store, layers) = mixer1_store_and_layers(lab.dir.path(), b"secrets of mixer1");
     let key = store.server_key().unwrap();
-    let layers = lab.dir.path().join("layers");
-    std::fs::create_dir_all(&layers).unwrap();
-    std::fs::write(layers.join("mixer1.cpio"), b"public layer of mixer1").unwrap();
-    std::fs::write(layers.join("mixer1.secrets.cpio"), b"secrets of mixer1").unwrap();
     // Stale after one missed heartbeat (30 s), so that the test sees it happen.
     serve_mixer1_at_its_address(
         &mut lab,

@@ -105,11 +105,16 @@ fn not_modified_since(headers: &HeaderMap, modified: Option<SystemTime>) -> bool
 }
 
 /// An If-Range that no longer describes the file turns a range request into a whole one.
-fn range_still_applies(headers: &HeaderMap, etag: Option<&HeaderValue>, modified: &str) -> bool {
+fn range_still_applies(
+    headers: &HeaderMap,
+    etag: Option<&HeaderValue>,
+    modified: Option<&str>,
+) -> bool {
     match headers.get(header::IF_RANGE) {
         None => true,
         Some(condition) => {
-            Some(condition) == etag || condition.to_str().is_ok_and(|date| date == modified)
+            Some(condition) == etag
+                || modified.is_some_and(|date| condition.to_str().is_ok_and(|text| text == date))
         }
     }
 }
@@ -141,7 +146,7 @@ pub(super) fn respond(
     };
     let len = metadata.len();
     let modified = metadata.modified().ok();
-    let last_modified = modified.map(httpdate::fmt_http_date).unwrap_or_default();
+    let last_modified = modified.map(httpdate::fmt_http_date);
     let mut response = Response::default();
     let response_headers = response.headers_mut();
     response_headers.insert(
@@ -151,7 +156,10 @@ pub(super) fn respond(
     if let Some(etag) = &etag {
         response_headers.insert(header::ETAG, etag.clone());
     }
-    if let Ok(value) = HeaderValue::from_str(&last_modified) {
+    if let Some(value) = last_modified
+        .as_deref()
+        .and_then(|date| HeaderValue::from_str(date).ok())
+    {
         response_headers.insert(header::LAST_MODIFIED, value);
     }
     let revalidated = match &etag {
@@ -168,7 +176,7 @@ pub(super) fn respond(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    let wanted = if range_still_applies(headers, etag.as_ref(), &last_modified) {
+    let wanted = if range_still_applies(headers, etag.as_ref(), last_modified.as_deref()) {
         wanted(headers.get(header::RANGE), len)
     } else {
         Wanted::Whole
