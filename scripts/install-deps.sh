@@ -46,9 +46,29 @@ if [ ${#missing[@]} -gt 0 ]; then
   # Don't let package installs start services (tftpd-hpa, nginx, kea) on the host's interfaces.
   policy=/usr/sbin/policy-rc.d
   [ -e "$policy" ] || { printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; trap 'rm -f "$policy"' EXIT; }
-  # --no-remove: a package the box already has (a backported qemu, say) is never removed to make room;
-  # apt stops and says which instead.
-  if ! { apt-get update -qq && apt-get install -y -q --no-install-recommends --no-remove "${missing[@]}"; } >"$log" 2>&1; then
+  # A qemu-utils from backports (what this machine's image ships) needs qemu-system from backports too:
+  # from the stable suite, apt would remove it to install qemu-system. The backports suite is added to
+  # apt's sources (said, not silent) when the box does not have it.
+  backported=() stable=()
+  if dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null | grep -q '~bpo'; then
+    codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
+    for p in "${missing[@]}"; do
+      case $p in qemu-system-x86) backported+=("$p") ;; *) stable+=("$p") ;; esac
+    done
+    if ! grep -rqs "${codename}-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+      echo "install-deps: qemu-utils is from ${codename}-backports; adding that suite to apt (/etc/apt/sources.list.d/debian-backports.sources) for qemu-system"
+      printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+        "$codename" > /etc/apt/sources.list.d/debian-backports.sources
+    fi
+  else
+    stable=("${missing[@]}")
+  fi
+  # --no-remove: a package the box already has is never removed to make room; apt stops and says
+  # which instead.
+  install() { apt-get install -y -q --no-install-recommends --no-remove "$@"; }
+  if ! { apt-get update -qq &&
+         { [ ${#backported[@]} -eq 0 ] || install -t "${codename}-backports" "${backported[@]}"; } &&
+         { [ ${#stable[@]} -eq 0 ] || install "${stable[@]}"; }; } >"$log" 2>&1; then
     echo "install-deps: apt-get failed; the end of $log:" >&2
     tail -n 20 "$log" >&2
     exit 1
