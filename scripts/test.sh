@@ -15,6 +15,9 @@ echo "== cargo fmt"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== the Debian package (cargo's dev profile: the build the tests below use)"
+LECTERN_DEB=$(DEB_BUILD_OPTIONS="noopt nostrip noddebs" scripts/package.sh)
+export LECTERN_DEB
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast
 echo "== benchmarks, on a tiny input (that they still run and check what they measure)"

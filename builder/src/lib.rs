@@ -4,6 +4,7 @@
 pub mod build;
 pub mod commands;
 pub mod context;
+pub mod data_dir;
 pub mod disk;
 pub mod recipe;
 pub mod render;

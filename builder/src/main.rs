@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use lectern_builder::commands::{self, Global};
 
 /// Build lectern's immutable netboot images and per-host layers.
@@ -15,7 +15,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Validate the master file and its secrets (exit code 0 or 1).
+    /// Validate the master file and its secrets, and find the recipes its roles need (exit code 0 or 1).
     Check,
     /// Show every host with its role, room, addresses and wiring.
     Plan {
@@ -39,9 +39,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    lectern_cli_docs::write_if_asked(Cli::command);
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Check => return commands::inspect::check(&cli.global.config),
+        Command::Check => return commands::inspect::check(&cli.global),
         Command::Plan { json } => return commands::inspect::plan(&cli.global.config, *json),
         Command::Schema { markdown } => return commands::inspect::schema(*markdown),
         Command::Role(args) => commands::role::run(args, &cli.global),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use lectern_netboot::check;
 use lectern_netboot::cloud::{CloudEncoders, Started};
 use lectern_netboot::dhcp::Mode;
@@ -183,7 +183,7 @@ fn init_logging(verbosity: &Verbosity) {
 }
 
 #[derive(Debug, Parser)]
-#[command(version = lectern_master::VERSION, about)]
+#[command(name = "netbootd", version = lectern_master::VERSION, about)]
 struct Cli {
     #[command(flatten)]
     master: MasterArgs,
@@ -400,6 +400,7 @@ fn report(problems: &[String], summary: &str) -> ExitCode {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<ExitCode> {
+    lectern_cli_docs::write_if_asked(Cli::command);
     let cli = Cli::parse();
     init_logging(&cli.verbosity);
     let MasterArgs {

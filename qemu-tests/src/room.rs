@@ -138,12 +138,12 @@ fn move_encoder<'t>(
 }
 
 /// Runs `test` in the lab every room-sized VM test starts from: the fixture master file served by the
-/// real netbootd of this build (beside the test executable), with the images of `roles` (every role the
-/// plan needs when `None`) built into, or taken from, the test store under `target_tmpdir`. Skips unless
+/// real netbootd of this build (beside the test executable), with the images of every role the plan
+/// needs built into, or taken from, the test store under `target_tmpdir` (all of them: `netbootd check`
+/// must pass before it serves, and the tests share the store, so each image is built once per run). Skips unless
 /// VM tests are enabled; a failure fails the test with the hosts' table and the logs.
 pub fn with_fixture_lab(
     target_tmpdir: &str,
-    roles: Option<&[Role]>,
     fixture: Fixture,
     test: impl FnOnce(&mut RoomLab) -> Result<()>,
 ) {
@@ -163,10 +163,7 @@ pub fn with_fixture_lab(
             let _building = BUILDS
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
-            match roles {
-                Some(roles) => room.build_roles(&builder, roles)?,
-                None => room.build(&builder)?,
-            }
+            room.build(&builder)?;
         }
         room.serve(&netbootd)?;
         Ok(room)

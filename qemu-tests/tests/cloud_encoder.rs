@@ -27,7 +27,7 @@ use anyhow::{Context, Result, bail, ensure};
 use base64::Engine;
 use lectern_cloud::ebs::{self, BLOCK_SIZE};
 use lectern_cloud::ec2;
-use lectern_master::{Role, RoleConfig};
+use lectern_master::RoleConfig;
 use lectern_qemu_tests::room::{CLOUD_PASSPHRASE, Fixture, RoomLab, with_fixture_lab};
 use lectern_qemu_tests::{Firmware, workspace_binary};
 use stand_in::{FakeImds, Moto, aws_at, create_instance_profile};
@@ -44,13 +44,7 @@ const STREAM_KEY: &str = "lectern-test-secret-7f3a9c";
 
 #[test]
 fn a_cloud_encoder_boots_its_ami_learns_who_it_is_and_streams_the_contribution() {
-    let roles = Some(&[Role::Encoder, Role::StreamingBackend][..]);
-    with_fixture_lab(
-        env!("CARGO_TARGET_TMPDIR"),
-        roles,
-        Fixture::CloudEncoder,
-        run,
-    );
+    with_fixture_lab(env!("CARGO_TARGET_TMPDIR"), Fixture::CloudEncoder, run);
 }
 
 fn run(room: &mut RoomLab) -> Result<()> {

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use lectern_builder::disk::{self, DiskFormat, DiskSpec, ROOT_LABEL};
-use lectern_master::Role;
 use lectern_qemu_tests::room::{Fixture, RoomLab, with_fixture_lab};
 use lectern_store::Store;
 
@@ -18,13 +17,7 @@ const ENCODER: &str = "lameere-enc";
 
 #[test]
 fn the_encoder_disk_boots_under_uefi_raw_and_qcow2() {
-    let roles = Some(&[Role::Encoder][..]);
-    with_fixture_lab(
-        env!("CARGO_TARGET_TMPDIR"),
-        roles,
-        Fixture::AsMasterFile,
-        run,
-    );
+    with_fixture_lab(env!("CARGO_TARGET_TMPDIR"), Fixture::AsMasterFile, run);
 }
 
 fn run(room: &mut RoomLab) -> Result<()> {

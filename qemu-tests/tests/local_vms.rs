@@ -32,21 +32,13 @@ const BACKEND: &str = "stream-backend";
 
 #[test]
 fn netbootd_runs_the_local_vms_of_the_master_file() {
-    let roles = Some(&[Role::Encoder][..]);
-    with_fixture_lab(
-        env!("CARGO_TARGET_TMPDIR"),
-        roles,
-        Fixture::AsMasterFile,
-        run,
-    );
+    with_fixture_lab(env!("CARGO_TARGET_TMPDIR"), Fixture::AsMasterFile, run);
 }
 
 #[test]
 fn a_host_boots_to_its_role_through_ten_percent_loss_and_50_ms_of_jitter() {
-    let roles = Some(&[Role::StreamingBackend][..]);
     with_fixture_lab(
         env!("CARGO_TARGET_TMPDIR"),
-        roles,
         Fixture::AsMasterFile,
         boot_through_a_lossy_link,
     );

@@ -13,7 +13,6 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use lectern_master::Role;
 use lectern_master::model::HardwareIdentity;
 use lectern_qemu_tests::Firmware;
 use lectern_qemu_tests::room::{Fixture, RoomLab, with_fixture_lab};
@@ -22,13 +21,7 @@ const ENCODER: &str = "lameere-enc";
 
 #[test]
 fn a_host_boots_to_its_role_in_proxy_mode_beside_the_venue_dhcp() {
-    let roles = Some(&[Role::Encoder][..]);
-    with_fixture_lab(
-        env!("CARGO_TARGET_TMPDIR"),
-        roles,
-        Fixture::ProxyBesideVenue,
-        run,
-    );
+    with_fixture_lab(env!("CARGO_TARGET_TMPDIR"), Fixture::ProxyBesideVenue, run);
 }
 
 fn run(room: &mut RoomLab) -> Result<()> {

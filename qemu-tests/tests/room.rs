@@ -50,12 +50,7 @@ fn a_room_streams_from_power_on_to_the_browser() {
         eprintln!("skipping: the room test runs with LECTERN_ROOM_TEST=1");
         return;
     }
-    with_fixture_lab(
-        env!("CARGO_TARGET_TMPDIR"),
-        None,
-        Fixture::AsMasterFile,
-        run,
-    );
+    with_fixture_lab(env!("CARGO_TARGET_TMPDIR"), Fixture::AsMasterFile, run);
 }
 
 fn run(room: &mut RoomLab) -> Result<()> {

@@ -6,19 +6,44 @@ use std::process::ExitCode;
 
 use lectern_master::plan::{Plan, RoleConfig};
 
-/// Validates the master file; prints every problem, or its warnings and a one-line summary.
-pub fn check(config: &Path) -> ExitCode {
+use super::Global;
+
+/// Validates the master file and finds the recipes its roles need; prints every problem, or the
+/// warnings and a one-line summary.
+pub fn check(global: &Global) -> ExitCode {
+    let config = &global.config;
     match lectern_master::load(config) {
         Ok(plan) => {
             for warning in &plan.warnings {
                 eprintln!("{warning}\n");
             }
+            let recipes = match global.recipes() {
+                Ok(recipes) => recipes,
+                Err(err) => {
+                    eprintln!("{err:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            for role in plan.image_roles() {
+                if recipes.role(role.as_str()).is_err() {
+                    let hosts: Vec<&str> = (plan.hosts.iter())
+                        .filter(|host| host.role == role)
+                        .map(|host| host.hostname.as_str())
+                        .collect();
+                    eprintln!(
+                        "warning: role {role} has no recipe in {}: its hosts ({}) get no image and would boot nothing; imgbuild all skips them\n",
+                        global.recipes_dir().display(),
+                        hosts.join(", ")
+                    );
+                }
+            }
             println!(
-                "{}: ok ({} rooms, {} hosts, {} netbooted)",
+                "{}: ok ({} rooms, {} hosts, {} netbooted; recipes from {})",
                 config.display(),
                 plan.rooms.len(),
                 plan.hosts.len(),
-                plan.netbooted().count()
+                plan.netbooted().count(),
+                global.recipes_dir().display()
             );
             ExitCode::SUCCESS
         }

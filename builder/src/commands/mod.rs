@@ -35,12 +35,15 @@ pub struct Global {
     /// The image store. Default: the master file's `[netboot] store`, where netbootd serves from.
     #[arg(long, global = true, env = "LECTERN_STORE")]
     pub store: Option<PathBuf>,
-    /// Directory of recipe files (base.toml and one per role).
-    #[arg(long, global = true, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../recipes"))]
-    pub recipes: PathBuf,
-    /// Directory of overlay trees (overlays/<recipe>/{image,config,host}).
-    #[arg(long, global = true, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../overlays"))]
-    pub overlays: PathBuf,
+    /// Directory of recipe files (base.toml and one per role). Default: `recipes` in the data
+    /// directory (`$LECTERN_DATA_DIR`, else /usr/share/lectern for an installed imgbuild, else the
+    /// source checkout it was built in).
+    #[arg(long, global = true)]
+    pub recipes: Option<PathBuf>,
+    /// Directory of overlay trees (overlays/<recipe>/{image,config,host}). Default: `overlays` in
+    /// the data directory.
+    #[arg(long, global = true)]
+    pub overlays: Option<PathBuf>,
     /// Persistent apt package cache shared by all builds.
     #[arg(long, global = true, default_value = "/var/cache/lectern/apt")]
     pub apt_cache: PathBuf,
@@ -81,8 +84,20 @@ impl Global {
         Ok(Store::open(self.store_dir(&self.plan_if_any()?))?)
     }
 
+    /// The recipe directory: --recipes, else the data directory's.
+    pub fn recipes_dir(&self) -> PathBuf {
+        (self.recipes.clone()).unwrap_or_else(|| crate::data_dir::find().join("recipes"))
+    }
+
+    /// The recipes and their overlays (--overlays, else the data directory's).
+    pub fn recipes(&self) -> Result<Recipes> {
+        let overlays =
+            (self.overlays.clone()).unwrap_or_else(|| crate::data_dir::find().join("overlays"));
+        Recipes::load(&self.recipes_dir(), &overlays)
+    }
+
     pub fn builder(&self, plan: &Plan) -> Result<Builder> {
-        let recipes = Recipes::load(&self.recipes, &self.overlays)?;
+        let recipes = self.recipes()?;
         let options = BuildOptions {
             source_date_epoch: self.source_date_epoch,
             apt_cache: self.apt_cache.clone(),
