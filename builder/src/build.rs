@@ -32,6 +32,9 @@ rm -f "$root"/etc/ssh/ssh_host_*_key "$root"/etc/ssh/ssh_host_*_key.pub
 rm -f "$root"/var/cache/ldconfig/aux-cache "$root"/var/lib/systemd/random-seed
 rm -f "$root"/etc/.resolv.conf.systemd-resolved.bak "$root"/var/lib/dpkg/*-old "$root"/var/cache/debconf/*-old
 find "$root"/var/log -type f -delete
+# apt writes in its download directory only when it fetches a package, and the apt package ships it
+# with its own date: its mtime would say whether the package cache was warm. Now: clamped to the epoch.
+if [ -d "$root"/var/cache/apt/archives/partial ]; then touch "$root"/var/cache/apt/archives/partial; fi
 if [ -e "$root"/etc/machine-id ]; then : > "$root"/etc/machine-id; fi
 echo lectern > "$root"/etc/hostname
 ln -sfn ../run/systemd/resolve/stub-resolv.conf "$root"/etc/resolv.conf
