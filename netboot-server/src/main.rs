@@ -189,7 +189,7 @@ struct Cli {
     master: MasterArgs,
     #[command(flatten)]
     verbosity: Verbosity,
-    /// Without a subcommand: serve the master file's hosts until SIGTERM; SIGHUP reloads.
+    /// What to do; `serve` answers DHCP on the master file's interface, so it is never the default.
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -221,6 +221,9 @@ struct MasterArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Serve the master file's hosts until SIGTERM: DHCP (authoritative or proxy, as the master file
+    /// says) on its interface, TFTP and HTTP; SIGHUP rereads the master file and the store.
+    Serve,
     /// Check the master file, the store and the TFTP root without touching the network.
     Check,
     /// Serve hosts and one image given on the command line until SIGTERM; SIGHUP reloads.
@@ -410,6 +413,13 @@ async fn main() -> anyhow::Result<ExitCode> {
     } = cli.master;
     match cli.command {
         None => {
+            // A DHCP server on the wrong LAN takes machines over: serving is asked for, by name.
+            eprintln!(
+                "netbootd: no command given; `netbootd serve --config FILE` answers DHCP on the interface FILE names, `netbootd check` checks it first, `netbootd --help` lists the rest"
+            );
+            Ok(ExitCode::from(2))
+        }
+        Some(Command::Serve) => {
             let loaded = plan_policy::load(&master)?;
             let config = plan_policy::server_config(&loaded.0, &loaded.1, state_dir, tftp_root)?;
             // New builds and rollbacks in the store are served without a restart or a SIGHUP.

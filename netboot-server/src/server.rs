@@ -215,6 +215,17 @@ pub async fn run(
     mut changed: impl FnMut() -> bool,
 ) -> anyhow::Result<()> {
     let (tftp_limits, http_limits) = (config.tftp_limits, config.http_limits);
+    let dhcp = match config.mode {
+        Mode::Authoritative => "authoritative DHCP",
+        Mode::Proxy => "proxyDHCP",
+    };
+    tracing::info!(
+        "netbootd {}: {dhcp} on {} as {}, TFTP, HTTP on port {}",
+        lectern_master::VERSION,
+        config.interface,
+        config.server_ip,
+        config.http_port
+    );
     ensure_descriptor_limit(descriptors_needed(&tftp_limits, &http_limits));
     let (initial, _) = load().context("loading the boot policy")?;
     let metrics = Arc::new(Metrics::default());

@@ -1,4 +1,4 @@
-//! `netbootd check`: exit status and messages, no network touched.
+//! `netbootd check` and bare `netbootd`: exit status and messages, no network touched.
 
 use std::process::Command;
 
@@ -71,4 +71,15 @@ fn check_passes_a_sound_setup_and_names_every_problem_otherwise() {
         "{out}"
     );
     assert!(out.contains("missing-kernel, which is missing"), "{out}");
+}
+
+#[test]
+fn bare_netbootd_serves_nothing_and_says_how_to_ask() {
+    let output = Command::new(env!("CARGO_BIN_EXE_netbootd"))
+        .args(["--config", "/nonexistent/master.toml"])
+        .output()
+        .expect("netbootd runs");
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{said}");
+    assert!(said.contains("netbootd serve --config FILE"), "{said}");
 }

@@ -311,7 +311,7 @@ impl RoomLab {
         Ok(())
     }
 
-    /// `netbootd check`, then `netbootd --config` in the lab's namespace (after the venue's DHCP server,
+    /// `netbootd check`, then `netbootd serve` in the lab's namespace (after the venue's DHCP server,
     /// in proxy mode).
     pub fn serve(&mut self, netbootd: &Path) -> Result<()> {
         if self.fixture == Fixture::ProxyBesideVenue {
@@ -340,6 +340,7 @@ impl RoomLab {
         let mut serve = self
             .lab
             .in_netns(netbootd.to_str().context("netbootd path")?);
+        serve.arg("serve");
         args(&mut serve);
         serve.env("RUST_LOG", "lectern_netboot=debug,info");
         self.lab.spawn(serve, "netbootd.log")?;
