@@ -88,10 +88,22 @@ impl PlanPolicy {
             let image = images
                 .entry(role.to_owned())
                 .or_insert_with(|| {
-                    let image = match store.latest_manifest(role) {
-                        Ok(Some(manifest)) => RoleImage::from_manifest(&manifest),
-                        Ok(None) => Err(format!(
+                    let image = match store.newest_whole_release(role) {
+                        Ok((Some(manifest), passed_over)) => {
+                            for damaged in passed_over {
+                                gaps.push(format!(
+                                    "{damaged}: serving the release before it, {} (rebuild: imgbuild role {role})",
+                                    manifest.image
+                                ));
+                            }
+                            RoleImage::from_manifest(&manifest)
+                        }
+                        Ok((None, passed_over)) if passed_over.is_empty() => Err(format!(
                             "no {role} image in the store yet (run: imgbuild role {role})"
+                        )),
+                        Ok((None, passed_over)) => Err(format!(
+                            "no whole {role} image in the store: {} (run: imgbuild role {role})",
+                            passed_over.join("; ")
                         )),
                         Err(e) => Err(format!("cannot read the {role} image: {e}")),
                     };
@@ -341,6 +353,57 @@ mod tests {
 
     fn put(store: &Store, content: &str) -> BlobRef {
         store.put_blob(content.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_truncated_newest_image_falls_back_to_the_release_before_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = plan(dir.path());
+        let store = Store::create(dir.path().join("store")).unwrap();
+        let release = |tag: &str| {
+            let artifacts: BTreeMap<String, BlobRef> = [KERNEL, INITRD, ROOT]
+                .into_iter()
+                .map(|name| {
+                    (
+                        name.to_owned(),
+                        put(&store, &format!("{tag} source {name}")),
+                    )
+                })
+                .collect();
+            let manifest = Manifest::new(
+                "source",
+                vec![],
+                artifacts,
+                BTreeMap::new(),
+                BTreeMap::new(),
+            );
+            store.add_manifest(&manifest).unwrap();
+            manifest
+        };
+        let first = release("first");
+        let second = release("second");
+        let layer = put(&store, "layer of lameere-source-1");
+        let host_layer = HostLayer::new("lameere-source-1", "source", layer.sha256.clone(), layer);
+        store.add_host_layer(&host_layer).unwrap();
+        let root = &second.artifacts[ROOT];
+        std::fs::write(store.blob_path(&root.sha256), "cut short").unwrap();
+
+        let policy = PlanPolicy::new(&plan, &store);
+        let host = policy
+            .host("52:54:00:42:01:11".parse().unwrap())
+            .unwrap()
+            .clone();
+        let boot = policy.boot(&host).unwrap();
+        assert_eq!(
+            boot.root.as_deref(),
+            Some(first.artifacts[ROOT].sha256.as_str())
+        );
+        let said = policy.gaps().join("\n");
+        assert!(
+            said.contains(&format!("source image {}", second.image))
+                && said.contains(&format!("serving the release before it, {}", first.image)),
+            "{said}"
+        );
     }
 
     #[test]

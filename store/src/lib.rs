@@ -263,6 +263,34 @@ impl Store {
             .map(|(_, manifest)| manifest))
     }
 
+    /// The newest release of `role` that is whole (its record readable, every blob there at its size),
+    /// and a sentence for each newer one passed over: a damaged newest release falls back to the one
+    /// before it instead of leaving the role's hosts with nothing to boot. `None`: no whole release.
+    pub fn newest_whole_release(&self, role: &str) -> Result<(Option<Manifest>, Vec<String>)> {
+        let dir = self.records_dir(Records::Manifests, role)?;
+        let mut passed_over = Vec::new();
+        for seq in self.sequence_numbers(&dir)?.into_iter().rev() {
+            let manifest: Manifest = match read_json(&dir.join(format!("{seq:08}.json"))) {
+                Ok(Some(manifest)) => manifest,
+                Ok(None) => continue,
+                Err(err) => {
+                    passed_over.push(format!("{role} release record {seq} is unreadable ({err})"));
+                    continue;
+                }
+            };
+            let damaged = (manifest.blobs().find(|blob| !self.has_blob(blob)))
+                .map(|blob| blob.sha256.clone());
+            match damaged {
+                Some(blob) => passed_over.push(format!(
+                    "{role} image {} (record {seq}) lost blob {blob} or has it truncated",
+                    manifest.image
+                )),
+                None => return Ok((Some(manifest), passed_over)),
+            }
+        }
+        Ok((None, passed_over))
+    }
+
     /// All releases of `role`, oldest first.
     pub fn manifests(&self, role: &str) -> Result<Vec<Manifest>> {
         Ok(self
@@ -470,6 +498,8 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::records::tests::sample_manifest;
 
@@ -507,6 +537,44 @@ mod tests {
         assert_eq!(store.layer(&record.key).unwrap(), Some(record.clone()));
         fs::remove_file(store.blob_path(&blob.sha256)).unwrap();
         assert_eq!(store.layer(&record.key).unwrap(), None);
+    }
+
+    #[test]
+    fn a_damaged_newest_release_falls_back_to_the_one_before_with_a_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path().join("store")).unwrap();
+        let release = |content: &[u8]| {
+            let blob = store.put_blob(content).unwrap();
+            let artifacts = [("root.squashfs".to_owned(), blob.clone())].into();
+            let manifest =
+                Manifest::new("mixer", vec![], artifacts, BTreeMap::new(), BTreeMap::new());
+            store.add_manifest(&manifest).unwrap();
+            (manifest, blob)
+        };
+        let (first, _) = release(b"first root");
+        let (second, blob) = release(b"second root");
+        assert_eq!(
+            store.newest_whole_release("mixer").unwrap(),
+            (Some(second), vec![])
+        );
+
+        // Truncated, then unreadable on top: both passed over, each said.
+        fs::write(store.blob_path(&blob.sha256), b"second").unwrap();
+        let (served, passed_over) = store.newest_whole_release("mixer").unwrap();
+        assert_eq!(served, Some(first.clone()));
+        assert!(passed_over[0].contains("truncated"), "{passed_over:?}");
+        let third = store
+            .records_dir(Records::Manifests, "mixer")
+            .unwrap()
+            .join("00000003.json");
+        fs::write(&third, b"{ not json").unwrap();
+        let (served, passed_over) = store.newest_whole_release("mixer").unwrap();
+        assert_eq!(served, Some(first));
+        assert!(
+            passed_over[0].contains("record 3 is unreadable"),
+            "{passed_over:?}"
+        );
+        assert_eq!(passed_over.len(), 2);
     }
 
     #[test]
