@@ -174,6 +174,36 @@ pub fn with_fixture_lab(
     }
 }
 
+/// The ssh key the labs of the test store `store` authorize on every host, made once beside it. One key
+/// for all: the public key is in every host layer, and the labs share the store's host layers, so labs
+/// with keys of their own, running side by side, would replace each other's layers and lock each other
+/// out.
+pub fn store_ssh_key(store: &Path) -> Result<PathBuf> {
+    let dir = store.with_extension("ssh");
+    let key = dir.join("id_ed25519");
+    if key.with_extension("pub").is_file() {
+        return Ok(key);
+    }
+    // Made aside and renamed into place whole: a lab that loses the race uses the winner's key.
+    let scratch = tempfile::tempdir_in(dir.parent().context("the store has a parent")?)?;
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "room-test", "-f"])
+        .arg(scratch.path().join("id_ed25519"))
+        .status()
+        .context("running ssh-keygen (apt-get install openssh-client)")?;
+    ensure!(status.success(), "ssh-keygen failed");
+    let made = scratch.keep();
+    if fs::rename(&made, &dir).is_err() {
+        fs::remove_dir_all(&made)?;
+    }
+    ensure!(
+        key.with_extension("pub").is_file(),
+        "no ssh key in {}",
+        dir.display()
+    );
+    Ok(key)
+}
+
 impl RoomLab {
     /// Fails the test with `error`, when it happened, the hosts' table and the logs.
     pub fn fail(&self, error: anyhow::Error) -> ! {
@@ -187,7 +217,7 @@ impl RoomLab {
 
     /// A lab for the video LAN of `master` (its interface as the bridge, the netboot machine's address on
     /// it) serving a copy of the master file (and the secrets file beside it) with the store at `store`, and
-    /// a fresh ssh key that can log in to every host.
+    /// the store's ssh key (see [`store_ssh_key`]) that can log in to every host.
     pub fn new(master: &Path, store: &Path, fixture: Fixture) -> Result<Self> {
         let original = lectern_master::load(master).map_err(|e| anyhow::anyhow!("{e}"))?;
         let lan = format!(
@@ -195,13 +225,7 @@ impl RoomLab {
             original.netboot.server_ip, original.network.prefix_len
         );
         let lab = Lab::with_lan(&original.network.dhcp.interface, &lan)?;
-        let ssh_key = lab.dir().join("id_ed25519");
-        let status = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", "room-test", "-f"])
-            .arg(&ssh_key)
-            .status()
-            .context("running ssh-keygen (apt-get install openssh-client)")?;
-        ensure!(status.success(), "ssh-keygen failed");
+        let ssh_key = store_ssh_key(store)?;
         let public = fs::read_to_string(ssh_key.with_extension("pub"))?;
         let mut tpms = HashMap::new();
         if fixture == Fixture::ProxyBesideVenue {
