@@ -19,10 +19,6 @@ pub const SERVER_PORT: u16 = 67;
 pub const PROXY_PXE_PORT: u16 = 4011;
 /// Most requests handled before their replies go out (and the leases are written).
 const MAX_BATCH: usize = 64;
-/// The DHCP sockets' receive buffer. Linux's default (208 KiB) holds about 90 DISCOVERs (each takes
-/// ~2.3 KiB of buffer): a room's worth of machines switched on at once overflows it, and the lost
-/// requests come back only after the client's retry timer (seconds, in iPXE and firmware).
-const RECEIVE_BUFFER: usize = 2 << 20;
 
 /// A UDP socket on `0.0.0.0:port` that only sees `interface` and may broadcast. `shared`
 /// lets a ProxyDHCP server sit beside a DHCP server on the same machine and interface; an
@@ -36,17 +32,6 @@ pub fn bind(interface: &str, port: u16, shared: bool) -> anyhow::Result<UdpSocke
         .bind_device(Some(interface.as_bytes()))
         .with_context(|| format!("binding to device {interface}"))?;
     socket.set_nonblocking(true)?;
-    socket.set_recv_buffer_size(RECEIVE_BUFFER)?;
-    // The kernel caps the request at net.core.rmem_max (and reports twice what it grants).
-    let granted = socket.recv_buffer_size()? / 2;
-    if granted < RECEIVE_BUFFER {
-        tracing::warn!(
-            "the DHCP socket's receive buffer is {} KiB, not {} KiB: a boot storm may overflow it \
-             (raise net.core.rmem_max to at least {RECEIVE_BUFFER})",
-            granted / 1024,
-            RECEIVE_BUFFER / 1024
-        );
-    }
     let address = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
     socket
         .bind(&address.into())
