@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 /// The environment variable that names the data directory outright.
-pub const ENV: &str = "LECTERN_DATA_DIR";
+const ENV: &str = "LECTERN_DATA_DIR";
 
 /// `$LECTERN_DATA_DIR`; else `<prefix>/share/lectern` when this binary is `<prefix>/bin/imgbuild`
 /// and that directory holds recipes; else the checkout this binary was built in.

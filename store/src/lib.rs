@@ -263,6 +263,11 @@ impl Store {
             .map(|(_, manifest)| manifest))
     }
 
+    /// A blob of `manifest` the store lacks or holds at the wrong size.
+    fn missing_blob<'m>(&self, manifest: &'m Manifest) -> Option<&'m BlobRef> {
+        manifest.blobs().find(|blob| !self.has_blob(blob))
+    }
+
     /// The newest release of `role` that is whole (its record readable, every blob there at its size),
     /// and a sentence for each newer one passed over: a damaged newest release falls back to the one
     /// before it instead of leaving the role's hosts with nothing to boot. `None`: no whole release.
@@ -278,8 +283,7 @@ impl Store {
                     continue;
                 }
             };
-            let damaged = (manifest.blobs().find(|blob| !self.has_blob(blob)))
-                .map(|blob| blob.sha256.clone());
+            let damaged = self.missing_blob(&manifest).map(|blob| blob.sha256.clone());
             match damaged {
                 Some(blob) => passed_over.push(format!(
                     "{role} image {} (record {seq}) lost blob {blob} or has it truncated",
@@ -324,13 +328,11 @@ impl Store {
         {
             return Ok(Some(chosen.clone()));
         }
-        for blob in chosen.blobs() {
-            if !self.has_blob(blob) {
-                return Err(StoreError::Missing(format!(
-                    "release {number} of {role} lost blob {} (pruned by gc?)",
-                    blob.sha256
-                )));
-            }
+        if let Some(blob) = self.missing_blob(chosen) {
+            return Err(StoreError::Missing(format!(
+                "release {number} of {role} lost blob {} (pruned by gc?)",
+                blob.sha256
+            )));
         }
         self.append(Records::Manifests, role, chosen)?;
         Ok(Some(chosen.clone()))

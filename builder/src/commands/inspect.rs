@@ -17,6 +17,7 @@ pub fn check(global: &Global) -> ExitCode {
             for warning in &plan.warnings {
                 eprintln!("{warning}\n");
             }
+            let recipes_dir = global.recipes_dir();
             let recipes = match global.recipes() {
                 Ok(recipes) => recipes,
                 Err(err) => {
@@ -32,7 +33,7 @@ pub fn check(global: &Global) -> ExitCode {
                         .collect();
                     eprintln!(
                         "warning: role {role} has no recipe in {}: its hosts ({}) get no image and would boot nothing; imgbuild all skips them\n",
-                        global.recipes_dir().display(),
+                        recipes_dir.display(),
                         hosts.join(", ")
                     );
                 }
@@ -43,7 +44,7 @@ pub fn check(global: &Global) -> ExitCode {
                 plan.rooms.len(),
                 plan.hosts.len(),
                 plan.netbooted().count(),
-                global.recipes_dir().display()
+                recipes_dir.display()
             );
             ExitCode::SUCCESS
         }
