@@ -1207,6 +1207,61 @@ fn runs_as_nobody_with_only_the_bind_and_raw_capabilities() {
     );
 }
 
+/// RFC 2131 §4.1: a client without an address that did not ask for a broadcast is answered at
+/// its own hardware address, so that in a boot storm no client wakes for another's replies; one
+/// that asks for a broadcast gets one. As user nobody with the documented capabilities.
+#[test]
+fn replies_go_to_the_clients_hardware_address_unless_it_asks_for_a_broadcast() {
+    let Some(mut lab) = Lab::new(&["busybox", "tcpdump", "setpriv"]) else {
+        return;
+    };
+    lab.spawn_in_server(
+        "tcpdump",
+        "tcpdump",
+        &["-i", "vs0", "-l", "-e", "-n", "udp and src port 67"],
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    lab.start_netbootd_unprivileged(
+        SERVER_IP,
+        &["--host", &format!("{MIXER},10.99.0.10,mixer1")],
+    );
+    // Destination MACs of the replies seen so far, once `count` have been.
+    let destinations = |count: usize| -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = lab.log("tcpdump");
+            let seen: Vec<String> = log
+                .lines()
+                .filter(|line| line.contains(".67 > "))
+                .filter_map(|line| line.split(" > ").nth(1)?.split(',').next())
+                .map(str::to_owned)
+                .collect();
+            if seen.len() >= count || Instant::now() > deadline {
+                return seen;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+
+    let lease = udhcpc(&lab, MIXER, &[]);
+    assert_eq!(var(&lease, "ip"), Some("10.99.0.10"));
+    assert_eq!(destinations(2), [MIXER, MIXER], "{}", lab.logs());
+
+    let lease = udhcpc(&lab, MIXER, &["-B"]);
+    assert_eq!(var(&lease, "ip"), Some("10.99.0.10"));
+    assert_eq!(
+        destinations(4)[2..],
+        ["ff:ff:ff:ff:ff:ff", "ff:ff:ff:ff:ff:ff"],
+        "{}",
+        lab.logs()
+    );
+    assert!(
+        !lab.log("netbootd").contains("broadcasting them instead"),
+        "{}",
+        lab.logs()
+    );
+}
+
 /// The image's host-secrets script, as a booted mixer1 runs it, in the client namespace: its host
 /// name, its SMBIOS UUID, its role image's netbootd URL and pin, a TPM reached through `tcti`; the
 /// secrets go under `root`. Its exit status and what it printed.

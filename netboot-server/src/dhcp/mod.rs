@@ -2,6 +2,7 @@
 //! ProxyDHCP, answering per [`responder`].
 
 pub mod decode;
+pub mod link;
 pub mod pool;
 pub mod responder;
 
@@ -13,7 +14,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
 use crate::metrics::{DHCP_DROPPED, DHCP_RECEIVED};
-pub use responder::{Mode, Port, Reply, Responder};
+pub use responder::{Destination, Mode, Port, Reply, Responder};
 
 pub const SERVER_PORT: u16 = 67;
 pub const PROXY_PXE_PORT: u16 = 4011;
@@ -121,10 +122,23 @@ pub async fn serve(responder: Arc<Responder>, interface: &str) -> anyhow::Result
     if proxy {
         listeners.push((Port::ProxyPxe, bind(interface, PROXY_PXE_PORT, proxy)?));
     }
+    // Without it (no CAP_NET_RAW), clients without an address are answered by broadcast.
+    let link = match link::LinkSender::open(interface) {
+        Ok(link) => Some(Arc::new(link)),
+        Err(error) => {
+            tracing::warn!(%interface, %error, "cannot send DHCP replies to hardware addresses; broadcasting them instead");
+            None
+        }
+    };
     tracing::info!(%interface, mode = ?responder.mode, server = %responder.server_ip, "DHCP listening");
     let mut tasks = tokio::task::JoinSet::new();
     for (port, socket) in listeners {
-        tasks.spawn(answer(Arc::clone(&responder), port, socket));
+        let replier = Replier {
+            socket,
+            link: link.clone(),
+            server_ip: responder.server_ip,
+        };
+        tasks.spawn(answer(Arc::clone(&responder), port, replier));
     }
     match tasks.join_next().await {
         Some(result) => result?,
@@ -132,11 +146,43 @@ pub async fn serve(responder: Arc<Responder>, interface: &str) -> anyhow::Result
     }
 }
 
-async fn answer(responder: Arc<Responder>, port: Port, socket: UdpSocket) -> anyhow::Result<()> {
+/// What sends one listener's replies.
+struct Replier {
+    socket: UdpSocket,
+    link: Option<Arc<link::LinkSender>>,
+    server_ip: Ipv4Addr,
+}
+
+impl Replier {
+    async fn send(&self, reply: &Reply, metrics: &crate::metrics::Metrics) {
+        let broadcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 68);
+        let to = match (reply.to, &self.link) {
+            (Destination::Udp(to), _) => to,
+            (Destination::Hardware { to, mac }, Some(link)) => {
+                let from = SocketAddrV4::new(self.server_ip, SERVER_PORT);
+                match link.send(&reply.bytes, from, to, mac.0).await {
+                    Ok(()) => return,
+                    Err(error) => {
+                        tracing::warn!(%to, %mac, %error, "could not send a DHCP reply to its hardware address; broadcasting it");
+                        broadcast
+                    }
+                }
+            }
+            (Destination::Hardware { .. }, None) => broadcast,
+        };
+        if let Err(error) = send_from(&self.socket, &reply.bytes, to, self.server_ip).await {
+            tracing::warn!(%to, %error, "could not send DHCP reply");
+            metrics.inc(DHCP_DROPPED, &[("reason", "send_error")]);
+        }
+    }
+}
+
+async fn answer(responder: Arc<Responder>, port: Port, replier: Replier) -> anyhow::Result<()> {
     let port_label = match port {
         Port::Dhcp => "67",
         Port::ProxyPxe => "4011",
     };
+    let socket = &replier.socket;
     let mut buffer = vec![0u8; 1500];
     let mut replies = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -176,13 +222,7 @@ async fn answer(responder: Arc<Responder>, port: Port, socket: UdpSocket) -> any
                 .add(DHCP_DROPPED, &[("reason", "lease_not_saved")], dropped);
         }
         for reply in replies.drain(..) {
-            let sent = send_from(&socket, &reply.bytes, reply.to, responder.server_ip).await;
-            if let Err(error) = sent {
-                tracing::warn!(to = %reply.to, %error, "could not send DHCP reply");
-                responder
-                    .metrics
-                    .inc(DHCP_DROPPED, &[("reason", "send_error")]);
-            }
+            replier.send(&reply, &responder.metrics).await;
         }
     }
 }

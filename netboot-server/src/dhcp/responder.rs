@@ -11,6 +11,7 @@ use dhcproto::v4::{
 
 use super::decode::{OPTION_IPXE_ENCAP, Request, decode};
 use super::pool::{Pool, PoolError};
+use crate::mac::MacAddr;
 use crate::metrics::{DHCP_DROPPED, DHCP_NOTED, DHCP_REPLIED, Metrics};
 use crate::policy::{BootPolicy, BootStep, Client, DhcpStage, Host, SharedPolicy};
 use crate::timeline::{Event, Timeline};
@@ -46,7 +47,18 @@ pub enum Port {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reply {
     pub bytes: Vec<u8>,
-    pub to: SocketAddrV4,
+    pub to: Destination,
+}
+
+/// Where a reply goes (RFC 2131 §4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Destination {
+    /// An address the kernel routes to: a relay, the client's own address, the sender on 4011,
+    /// or everyone (the broadcast address).
+    Udp(SocketAddrV4),
+    /// A client without an address that did not ask for a broadcast: the address it is given,
+    /// at its hardware address.
+    Hardware { to: SocketAddrV4, mac: MacAddr },
 }
 
 /// Why a request got no reply; counted under that label.
@@ -114,8 +126,8 @@ impl Responder {
         self.metrics
             .inc(DHCP_REPLIED, &[("type", reply_label(kind))]);
         let to = match port {
-            Port::ProxyPxe => from,
-            Port::Dhcp => destination(&request.message, kind == Some(MessageType::Nak)),
+            Port::ProxyPxe => Destination::Udp(from),
+            Port::Dhcp => destination(&request, &message),
         };
         Some(Reply { bytes, to })
     }
@@ -397,15 +409,23 @@ fn reply_base(request: &Request, kind: MessageType, server_ip: Ipv4Addr) -> Mess
     message
 }
 
-/// RFC 2131 §4.1. A client without an address gets a broadcast: unicasting to `yiaddr` would
-/// need an ARP entry written by hand.
-fn destination(request: &Message, is_nak: bool) -> SocketAddrV4 {
-    if let Some(relay) = nonzero(request.giaddr()) {
-        return SocketAddrV4::new(relay, 67);
+/// RFC 2131 §4.1: to the relay; else to the client's own address; a NAK, a client that asked
+/// for it, or a reply that gives no address, broadcast; else to the given address at the
+/// client's hardware address.
+fn destination(request: &Request, reply: &Message) -> Destination {
+    let asked = &request.message;
+    if let Some(relay) = nonzero(asked.giaddr()) {
+        return Destination::Udp(SocketAddrV4::new(relay, 67));
     }
-    match nonzero(request.ciaddr()) {
-        Some(client) if !is_nak => SocketAddrV4::new(client, 68),
-        _ => SocketAddrV4::new(Ipv4Addr::BROADCAST, 68),
+    let is_nak = reply.opts().msg_type() == Some(MessageType::Nak);
+    match (nonzero(asked.ciaddr()), nonzero(reply.yiaddr())) {
+        _ if is_nak => Destination::Udp(SocketAddrV4::new(Ipv4Addr::BROADCAST, 68)),
+        (Some(client), _) => Destination::Udp(SocketAddrV4::new(client, 68)),
+        (None, Some(given)) if !asked.flags().broadcast() => Destination::Hardware {
+            to: SocketAddrV4::new(given, 68),
+            mac: request.mac,
+        },
+        _ => Destination::Udp(SocketAddrV4::new(Ipv4Addr::BROADCAST, 68)),
     }
 }
 
@@ -481,7 +501,7 @@ mod tests {
         }
     }
 
-    fn reply(responder: &Responder, port: Port, request: &[u8]) -> Option<(Message, SocketAddrV4)> {
+    fn reply(responder: &Responder, port: Port, request: &[u8]) -> Option<(Message, Destination)> {
         let reply = responder.handle(port, CLIENT, request)?;
         assert!(reply.bytes.len() >= MIN_REPLY_LEN);
         Some((
@@ -514,7 +534,10 @@ mod tests {
         inform[12..16].copy_from_slice(&[10, 99, 0, 77]);
         let (ack, to) = reply(&responder, Port::Dhcp, &inform).unwrap();
         assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
-        assert_eq!(to, SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 77), 68));
+        assert_eq!(
+            to,
+            Destination::Udp(SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 77), 68))
+        );
         assert_eq!(ack.yiaddr(), Ipv4Addr::UNSPECIFIED);
         assert_eq!(
             option(&ack, OptionCode::NtpServers),
@@ -533,7 +556,13 @@ mod tests {
     fn reserved_host_is_offered_its_address_name_network_and_first_stage() {
         let responder = responder(Mode::Authoritative, None);
         let (offer, to) = reply(&responder, Port::Dhcp, &packet(KNOWN, BIOS_PXE_DISCOVER)).unwrap();
-        assert_eq!(to, SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+        assert_eq!(
+            to,
+            Destination::Hardware {
+                to: SocketAddrV4::new(RESERVED, 68),
+                mac: MacAddr(KNOWN)
+            }
+        );
         assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
         assert_eq!((offer.yiaddr(), offer.siaddr()), (RESERVED, SERVER));
         assert_eq!(file(&offer), Some("undionly.kpxe"));
@@ -629,9 +658,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (nak.opts().msg_type(), to.ip()),
-            (Some(MessageType::Nak), &Ipv4Addr::BROADCAST)
+            (nak.opts().msg_type(), to),
+            (
+                Some(MessageType::Nak),
+                Destination::Udp(SocketAddrV4::new(Ipv4Addr::BROADCAST, 68))
+            )
         );
+    }
+
+    #[test]
+    fn a_client_that_asks_for_a_broadcast_or_gets_no_address_is_answered_by_broadcast() {
+        let broadcast = Destination::Udp(SocketAddrV4::new(Ipv4Addr::BROADCAST, 68));
+        let authoritative = responder(Mode::Authoritative, None);
+        let mut discover = packet(KNOWN, BIOS_PXE_DISCOVER);
+        discover[10] = 0x80;
+        let (offer, to) = reply(&authoritative, Port::Dhcp, &discover).unwrap();
+        assert_eq!((offer.yiaddr(), to), (RESERVED, broadcast));
+        // ProxyDHCP gives no address: the client can only hear a broadcast.
+        let proxy = responder(Mode::Proxy, None);
+        let (_, to) = reply(&proxy, Port::Dhcp, &packet(KNOWN, BIOS_PXE_DISCOVER)).unwrap();
+        assert_eq!(to, broadcast);
     }
 
     #[test]
@@ -820,7 +866,7 @@ mod tests {
         request[12..16].copy_from_slice(&[10, 99, 0, 77]);
         let from = SocketAddrV4::new(Ipv4Addr::new(10, 99, 0, 77), 68);
         let reply = responder.handle(Port::ProxyPxe, from, &request).unwrap();
-        assert_eq!(reply.to, from);
+        assert_eq!(reply.to, Destination::Udp(from));
         let ack = Message::decode(&mut Decoder::new(&reply.bytes)).unwrap();
         assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
         assert_eq!(
