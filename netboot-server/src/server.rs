@@ -166,11 +166,13 @@ pub fn apply_policy(
         timeline.bind_address(*mac, *ip);
     }
     if let Some(pool) = pool {
-        let mut pool = pool.lock().expect("pool lock");
-        // What clients are told is what the pool records.
-        pool.set_lease_time(policy.network().lease_time);
-        pool.set_reservations(reserved);
-        pool.save();
+        {
+            let mut pool = pool.lock().expect("pool lock");
+            // What clients are told is what the pool records.
+            pool.set_lease_time(policy.network().lease_time);
+            pool.set_reservations(reserved);
+        }
+        dhcp::pool::save(pool);
     }
     shared.replace(policy);
 }

@@ -20,6 +20,9 @@ pub const SERVER_PORT: u16 = 67;
 pub const PROXY_PXE_PORT: u16 = 4011;
 /// Most requests handled before their replies go out (and the leases are written).
 const MAX_BATCH: usize = 64;
+/// Batches of lease ACKs that may wait for the lease writer; past that, the receive loop waits
+/// for it too.
+const WRITES_QUEUED: usize = 16;
 
 /// A UDP socket on `0.0.0.0:port` that only sees `interface` and may broadcast. `shared`
 /// lets a ProxyDHCP server sit beside a DHCP server on the same machine and interface; an
@@ -133,12 +136,18 @@ pub async fn serve(responder: Arc<Responder>, interface: &str) -> anyhow::Result
     tracing::info!(%interface, mode = ?responder.mode, server = %responder.server_ip, "DHCP listening");
     let mut tasks = tokio::task::JoinSet::new();
     for (port, socket) in listeners {
-        let replier = Replier {
+        let replier = Arc::new(Replier {
             socket,
             link: link.clone(),
             server_ip: responder.server_ip,
-        };
-        tasks.spawn(answer(Arc::clone(&responder), port, replier));
+        });
+        let (writes, queue) = tokio::sync::mpsc::channel(WRITES_QUEUED);
+        tasks.spawn(write_leases_then_acknowledge(
+            Arc::clone(&responder),
+            Arc::clone(&replier),
+            queue,
+        ));
+        tasks.spawn(answer(Arc::clone(&responder), port, replier, writes));
     }
     match tasks.join_next().await {
         Some(result) => result?,
@@ -177,7 +186,12 @@ impl Replier {
     }
 }
 
-async fn answer(responder: Arc<Responder>, port: Port, replier: Replier) -> anyhow::Result<()> {
+async fn answer(
+    responder: Arc<Responder>,
+    port: Port,
+    replier: Arc<Replier>,
+    writes: tokio::sync::mpsc::Sender<Vec<Reply>>,
+) -> anyhow::Result<()> {
     let port_label = match port {
         Port::Dhcp => "67",
         Port::ProxyPxe => "4011",
@@ -211,18 +225,51 @@ async fn answer(responder: Arc<Responder>, port: Port, replier: Replier) -> anyh
                 None
             };
         }
-        // No client may hold an ACK for a lease that is not on disk: after a restart its address
-        // would go to another. Unsaved, the batch goes unanswered; the clients ask again, and the
-        // next batch tries the write again.
-        if !responder.save_leases() {
-            let dropped = replies.len() as u64;
-            replies.clear();
-            responder
-                .metrics
-                .add(DHCP_DROPPED, &[("reason", "lease_not_saved")], dropped);
+        // Offers, NAKs and the ACKs of reserved hosts go now; lease ACKs wait for their write,
+        // which runs beside this loop.
+        let (acks, now): (Vec<Reply>, Vec<Reply>) = replies
+            .drain(..)
+            .partition(|reply| reply.awaits_lease_write);
+        for reply in &now {
+            replier.send(reply, &responder.metrics).await;
         }
-        for reply in replies.drain(..) {
-            replier.send(&reply, &responder.metrics).await;
+        if !acks.is_empty() || responder.has_unsaved_leases() {
+            writes
+                .send(acks)
+                .await
+                .context("the lease writer stopped")?;
         }
     }
+}
+
+/// Writes the lease table for each batch of lease ACKs queued by [`answer`], in order, and sends
+/// them once it is on disk: no client may hold an ACK for a lease that is not, or after a restart
+/// its address would go to another. Batches queued while a write runs share the next one (group
+/// commit). Unsaved, the ACKs are dropped; the clients ask again, and the next write tries again.
+async fn write_leases_then_acknowledge(
+    responder: Arc<Responder>,
+    replier: Arc<Replier>,
+    mut queue: tokio::sync::mpsc::Receiver<Vec<Reply>>,
+) -> anyhow::Result<()> {
+    while let Some(mut acks) = queue.recv().await {
+        while let Ok(more) = queue.try_recv() {
+            acks.extend(more);
+        }
+        let writer = Arc::clone(&responder);
+        let saved = tokio::task::spawn_blocking(move || writer.save_leases())
+            .await
+            .context("the lease write panicked")?;
+        if !saved {
+            responder.metrics.add(
+                DHCP_DROPPED,
+                &[("reason", "lease_not_saved")],
+                acks.len() as u64,
+            );
+            continue;
+        }
+        for reply in &acks {
+            replier.send(reply, &responder.metrics).await;
+        }
+    }
+    Ok(())
 }

@@ -11,6 +11,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -66,16 +67,19 @@ pub struct Pool {
     /// Addresses their holder found in use, kept out until then (seconds since 1970); saved beside
     /// the leases, so a restart does not hand one out again.
     declined: BTreeMap<Ipv4Addr, u64>,
-    files: LeaseFiles,
-    /// Changes not yet on disk.
+    /// Written by [`save`], outside the pool's lock.
+    files: Arc<Mutex<LeaseFiles>>,
+    /// Changes not yet taken by [`save`].
     unsaved: Vec<Change>,
 }
 
 /// The table on disk: the snapshot (the lease file, the declined addresses beside it) and the
 /// journal of changes since.
 #[derive(Debug)]
-struct LeaseFiles {
+pub struct LeaseFiles {
     snapshot: PathBuf,
+    /// Changes taken from the pool whose write failed: the next write puts them first.
+    failed: Vec<Change>,
     /// The journal, open for appending once first written, and its whole lines and bytes.
     journal: Option<File>,
     journal_lines: usize,
@@ -116,26 +120,29 @@ impl Pool {
             offers: HashMap::new(),
             offer_of: HashMap::new(),
             declined: BTreeMap::new(),
-            files: LeaseFiles {
+            files: Arc::new(Mutex::new(LeaseFiles {
                 snapshot: lease_file,
+                failed: Vec::new(),
                 journal: None,
                 journal_lines: 0,
                 journal_bytes: 0,
                 snapshot_due: false,
                 journal_limit: JOURNAL_LINES,
-            },
+            })),
             unsaved: Vec::new(),
         };
+        let files = Arc::clone(&pool.files);
+        let mut files = files.lock().expect("lease files lock");
         let read = |path: &PathBuf| match fs::read(path) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(error) => Err(error),
         };
-        let declined: BTreeMap<Ipv4Addr, u64> = match read(&pool.files.declined_file())? {
+        let declined: BTreeMap<Ipv4Addr, u64> = match read(&files.declined_file())? {
             Some(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other)?,
             None => BTreeMap::new(),
         };
-        let stored: Vec<Lease> = match read(&pool.files.snapshot)? {
+        let stored: Vec<Lease> = match read(&files.snapshot)? {
             Some(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other)?,
             None => Vec::new(),
         };
@@ -143,14 +150,15 @@ impl Pool {
         for lease in stored {
             pool.bind(lease);
         }
-        let journal = pool.files.journal_file();
+        let journal = files.journal_file();
         let (changes, whole_bytes) = read_journal(&journal, read(&journal)?.unwrap_or_default())?;
+        files.journal_lines = changes.len();
+        // Appends go after the last whole line: a line cut short is cut off before the next one.
+        files.journal_bytes = whole_bytes;
+        drop(files);
         for change in changes {
             pool.apply(change);
-            pool.files.journal_lines += 1;
         }
-        // Appends go after the last whole line: a line cut short is cut off before the next one.
-        pool.files.journal_bytes = whole_bytes;
         // What no longer fits goes: expired entries, addresses out of range or now reserved, and
         // MACs that now have a reservation (a stale file must not move a reserved host into the pool).
         let stale: Vec<Ipv4Addr> = (pool.leases.values())
@@ -348,38 +356,94 @@ impl Pool {
         self.leases.values().map(|lease| (lease.mac, lease.ip))
     }
 
-    /// Writes the changes since the last save. The DHCP loop calls this once per batch of
-    /// requests, before any reply leaves: one durable write covers every lease in the batch
-    /// (group commit), and no client holds an ACK for a lease not on disk.
-    /// A failed write is logged and tried again at the next call; false until it succeeds.
-    pub fn save(&mut self) -> bool {
-        if self.unsaved.is_empty() {
-            return true;
+    /// Whether `mac` holds a lease on `ip` from this pool (a reservation is not one).
+    pub fn leases_to(&self, mac: MacAddr, ip: Ipv4Addr) -> bool {
+        self.lease_of.get(&mac) == Some(&ip)
+    }
+
+    /// Whether changes wait for [`save`].
+    pub fn has_unsaved(&self) -> bool {
+        !self.unsaved.is_empty()
+    }
+
+    /// The changes since the last take, and the whole table when `with_table`.
+    fn take(&mut self, with_table: bool) -> Taken {
+        Taken {
+            changes: std::mem::take(&mut self.unsaved),
+            table: with_table.then(|| Table {
+                leases: self.leases.values().copied().collect(),
+                declined: self.declined.clone(),
+            }),
+            table_len: self.leases.len(),
         }
-        // The journal holds every change since the snapshot, so replaying it over the old
-        // snapshot or over a new one gives the same table, whenever a crash comes.
-        let files = &mut self.files;
-        let written = if files.snapshot_due {
-            files.write_snapshot(&self.leases, &self.declined)
-        } else {
-            files.append(&self.unsaved)
+    }
+
+    #[cfg(test)]
+    fn save(&mut self) -> bool {
+        let files = Arc::clone(&self.files);
+        let mut files = files.lock().unwrap();
+        files.write(|with_table| self.take(with_table))
+    }
+}
+
+/// The table as a snapshot holds it.
+struct Table {
+    leases: Vec<Lease>,
+    declined: BTreeMap<Ipv4Addr, u64>,
+}
+
+/// What a write takes from the pool.
+struct Taken {
+    changes: Vec<Change>,
+    table: Option<Table>,
+    table_len: usize,
+}
+
+/// Writes the pool's changes since the last save. The DHCP loop calls this once per batch of
+/// requests that changed the table, and sends the batch's lease ACKs only once it has returned
+/// true: one durable write covers every lease in the batch (group commit), and no client holds
+/// an ACK for a lease not on disk. The pool's lock is held only to take the changes, not through
+/// the write and its sync, so offers go out meanwhile; writes are serialised by the files' lock,
+/// in the order their changes were made. A failed write is logged and tried again at the next
+/// call; false until it succeeds.
+pub fn save(pool: &Mutex<Pool>) -> bool {
+    let files = Arc::clone(&pool.lock().expect("pool lock").files);
+    let mut files = files.lock().expect("lease files lock");
+    files.write(|with_table| pool.lock().expect("pool lock").take(with_table))
+}
+
+impl LeaseFiles {
+    /// Takes the pool's changes through `take` and puts them on disk: appended to the journal,
+    /// or, after an append that could not be cut off, as a whole snapshot. The journal is folded
+    /// into a new snapshot once it outgrows the table.
+    fn write(&mut self, mut take: impl FnMut(bool) -> Taken) -> bool {
+        let taken = take(self.snapshot_due);
+        let mut changes = std::mem::take(&mut self.failed);
+        changes.extend(taken.changes);
+        let written = match &taken.table {
+            Some(table) => self.write_snapshot(table),
+            None if changes.is_empty() => return true,
+            None => self.append(&changes),
         };
         if let Err(error) = written {
-            tracing::error!(file = %files.snapshot.display(), %error, "could not persist DHCP leases: not answering until they are");
+            tracing::error!(file = %self.snapshot.display(), %error, "could not persist DHCP leases: not answering until they are");
+            self.failed = changes;
             return false;
         }
-        self.unsaved.clear();
-        if files.journal_lines > files.journal_limit.max(2 * self.leases.len()) {
-            if let Err(error) = files.write_snapshot(&self.leases, &self.declined) {
-                // The changes are in the journal: they are safe, and it is folded in later.
-                tracing::warn!(file = %files.snapshot.display(), %error, "could not rewrite the lease snapshot: the journal grows until it can");
+        if taken.table.is_none() && self.journal_lines > self.journal_limit.max(2 * taken.table_len)
+        {
+            // Changes made since the take above are in this table too, and go to disk with it.
+            let folded = take(true);
+            let table = folded.table.as_ref().expect("asked for");
+            if let Err(error) = self.write_snapshot(table) {
+                // The journal holds what was written before: it is folded in later.
+                tracing::warn!(file = %self.snapshot.display(), %error, "could not rewrite the lease snapshot: the journal grows until it can");
+                self.failed = folded.changes;
             }
         }
         true
     }
-}
 
-impl LeaseFiles {
     /// Beside the lease file: `dhcp-leases.json` → `dhcp-leases.declined.json`.
     fn declined_file(&self) -> PathBuf {
         self.snapshot.with_extension("declined.json")
@@ -421,16 +485,11 @@ impl LeaseFiles {
 
     /// Writes the whole table (atomically, each file synced), then empties the journal: until
     /// it is emptied, replaying it over the new snapshot gives the same table.
-    fn write_snapshot(
-        &mut self,
-        leases: &BTreeMap<Ipv4Addr, Lease>,
-        declined: &BTreeMap<Ipv4Addr, u64>,
-    ) -> io::Result<()> {
-        let leases: Vec<&Lease> = leases.values().collect();
+    fn write_snapshot(&mut self, table: &Table) -> io::Result<()> {
         let declined_file = self.declined_file();
         let files = [
-            (&self.snapshot, serde_json::to_vec_pretty(&leases)),
-            (&declined_file, serde_json::to_vec_pretty(declined)),
+            (&self.snapshot, serde_json::to_vec_pretty(&table.leases)),
+            (&declined_file, serde_json::to_vec_pretty(&table.declined)),
         ];
         for (file, contents) in files {
             let contents = contents.map_err(io::Error::other)?;
@@ -583,7 +642,7 @@ mod tests {
         let journal = dir.path().join("leases.journal");
         let now = SystemTime::now();
         let mut pool = pool(dir.path(), vec![], now);
-        pool.files.journal_limit = 4;
+        pool.files.lock().unwrap().journal_limit = 4;
         for n in 0..3 {
             pool.commit(mac(n), Ipv4Addr::new(10, 0, 0, 100 + n), now)
                 .unwrap();
@@ -728,6 +787,58 @@ mod tests {
         assert!(pool.save());
         let reloaded = self::pool(dir.path(), vec![], now);
         assert_eq!(reloaded.leases().collect::<Vec<_>>(), [(mac(1), FIRST)]);
+    }
+
+    #[test]
+    fn a_write_in_flight_leaves_the_pool_free_for_offers() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let pool = Mutex::new(pool(dir.path(), vec![], now));
+        pool.lock().unwrap().commit(mac(1), FIRST, now).unwrap();
+        // The journal's place taken by a FIFO: opening it to append blocks until a reader comes,
+        // as a write stalls on a busy disk.
+        let journal = dir.path().join("leases.journal");
+        let status = std::process::Command::new("mkfifo")
+            .arg(&journal)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(|| save(&pool));
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while !pool.lock().unwrap().unsaved.is_empty() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the write never took its changes"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            assert!(!writer.is_finished(), "the write is stuck on the FIFO");
+            let offered = pool
+                .try_lock()
+                .map(|mut pool| pool.offer(mac(2), None, now));
+            assert_eq!(offered.ok().flatten(), Some(Ipv4Addr::new(10, 0, 0, 101)));
+            let _reader = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&journal)
+                .unwrap();
+            assert!(
+                !writer.join().unwrap(),
+                "a FIFO cannot be synced: not on disk"
+            );
+        });
+        // The lease is kept for the next write.
+        fs::remove_file(&journal).unwrap();
+        assert!(save(&pool));
+        assert_eq!(
+            self::pool(dir.path(), vec![], now)
+                .leases()
+                .collect::<Vec<_>>(),
+            [(mac(1), FIRST)]
+        );
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub enum Port {
 pub struct Reply {
     pub bytes: Vec<u8>,
     pub to: Destination,
+    /// An ACK of a pool lease: it may leave only once the lease is on disk.
+    pub awaits_lease_write: bool,
 }
 
 /// Where a reply goes (RFC 2131 §4.1).
@@ -129,7 +131,15 @@ impl Responder {
             Port::ProxyPxe => Destination::Udp(from),
             Port::Dhcp => destination(&request, &message),
         };
-        Some(Reply { bytes, to })
+        let awaits_lease_write = kind == Some(MessageType::Ack)
+            && self
+                .with_pool(|pool| pool.leases_to(request.mac, message.yiaddr()))
+                .unwrap_or(false);
+        Some(Reply {
+            bytes,
+            to,
+            awaits_lease_write,
+        })
     }
 
     fn authoritative(&self, policy: &dyn BootPolicy, request: &Request) -> Result<Message, Silent> {
@@ -379,8 +389,14 @@ impl Responder {
 
     /// Writes lease changes to disk; call before sending the replies that announce them. False
     /// if they could not be written.
+    /// Puts the pool's changes on disk ([`super::pool::save`]); true without a pool.
     pub fn save_leases(&self) -> bool {
-        self.with_pool(Pool::save).unwrap_or(true)
+        self.pool.as_ref().is_none_or(super::pool::save)
+    }
+
+    /// Whether the pool has changes that [`Responder::save_leases`] has not written yet.
+    pub fn has_unsaved_leases(&self) -> bool {
+        self.with_pool(|pool| pool.has_unsaved()).unwrap_or(false)
     }
 
     fn with_pool<T>(&self, action: impl FnOnce(&mut Pool) -> T) -> Option<T> {
