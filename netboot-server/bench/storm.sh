@@ -9,8 +9,9 @@
 #
 # Reports per server and N: the time until the last host has its root image, beside the floor the link
 # rate sets for the bytes moved; server CPU-seconds per boot and peak memory (every process of the server's
-# namespace); retries; addresses each host was given. Needs root and
-#   apt-get install dnsmasq-base nginx-light busybox-static curl iproute2
+# namespace); retries; how long the server took to answer DHCP (from a capture at its port); addresses
+# each host was given. Needs root and
+#   apt-get install dnsmasq-base nginx-light busybox-static curl iproute2 tcpdump
 # Usage: bash netboot-server/bench/storm.sh [path/to/release/netbootd]
 #   HOSTS="10 30 90" ROOT_MB=300 RATE=1gbit (empty: unshaped)
 set -euo pipefail
@@ -141,6 +142,20 @@ echo "$(( (end - start) / 1000000 )) $dhcp_retries $fetch_retries $(sort -u "$LE
 HOST
 chmod +x "$work/host.sh"
 
+# The server's DHCP answer times, from a capture on its port: for each reply, the time since the
+# request it answers (the last one with its xid and kind) arrived. Prints "median max" in ms.
+dhcp_answer_ms() {
+    tcpdump -r "$1" -n -tt -v 2>/dev/null | awk '
+        /^[0-9]+\.[0-9]+ IP/ { t = $1 }
+        /BOOTP\/DHCP, Request/ { dir = "q"; match($0, /xid 0x[0-9a-f]+/); xid = substr($0, RSTART + 4, RLENGTH - 4) }
+        /BOOTP\/DHCP, Reply/ { dir = "r"; match($0, /xid 0x[0-9a-f]+/); xid = substr($0, RSTART + 4, RLENGTH - 4) }
+        /DHCP-Message \(53\)/ {
+            kind = $NF
+            if (dir == "q") asked[xid, kind == "Discover" ? "Offer" : "ACK"] = t
+            else if ((xid, kind) in asked) print (t - asked[xid, kind]) * 1000
+        }' | sort -n | awk '{ v[NR] = $1 } END { if (NR) printf "%.0f %.0f", v[int((NR + 1) / 2)], v[NR]; else printf "- -" }'
+}
+
 # Datagrams the server's namespace dropped for a full socket receive buffer (whoever's socket).
 udp_receive_drops() { in_srv awk '/^Udp:/ { if (seen) print $6; seen = 1 }' /proc/net/snmp; }
 
@@ -149,6 +164,10 @@ storm() {
     local name=$1 n=$2 before after t0 t1 i
     rm -f "$work"/result.* "$work"/leases.*
     for i in $(seq "$n"); do ip -n "$cli" addr flush dev "h$i"; done
+    # On the server's port's far end, so that its CPU is not counted as the server's.
+    ip netns exec "$lan" tcpdump -i vl -n -U -s 400 -w "$work/dhcp.pcap" 'udp port 67 or udp port 68' 2>/dev/null &
+    local capture=$!
+    sleep 1
     before=$(ns_cpu_ticks "$srv")
     local drops_before
     drops_before=$(udp_receive_drops)
@@ -167,6 +186,10 @@ storm() {
     done
     t1=$(date +%s%N)
     after=$(ns_cpu_ticks "$srv")
+    kill "$capture"
+    wait "$capture" 2>/dev/null || true
+    local answers
+    answers=$(dhcp_answer_ms "$work/dhcp.pcap")
     local bytes=$(( (KERNEL_MB + INITRD_MB + ROOT_MB) * 1048576 * n ))
     local floor="-"
     if [ -n "$RATE" ]; then
@@ -174,12 +197,13 @@ storm() {
     fi
     cat "$work"/result.* | awk -v name="$name" -v n="$n" -v ms=$(( (t1 - t0) / 1000000 )) -v floor="$floor" \
         -v cpu=$((after - before)) -v hz="$(getconf CLK_TCK)" -v peak="$(ns_peak_kib "$srv")" \
-        -v drops=$(($(udp_receive_drops) - drops_before)) '
+        -v drops=$(($(udp_receive_drops) - drops_before)) -v answers="$answers" '
         { dhcp += $2; http += $3; addresses[$4]++ }
         END {
             list = ""; for (a in addresses) list = list sprintf("%s%d hosts: %d", list == "" ? "" : ", ", addresses[a], a)
-            printf "| %s | %d | %.1f s | %s | %.3f | %.0f MiB | %d + %d | %d | %s |\n", name, n, ms / 1000, floor,
-                cpu / hz / n, peak / 1024, dhcp, http, drops, list
+            split(answers, answer, " ")
+            printf "| %s | %d | %.1f s | %s | %.3f | %.0f MiB | %d + %d | %s / %s ms | %d | %s |\n", name, n, ms / 1000, floor,
+                cpu / hz / n, peak / 1024, dhcp, http, answer[1], answer[2], drops, list
         }'
 }
 
@@ -221,8 +245,8 @@ stop_servers() {
     while [ -n "$(ip netns pids "$srv")" ]; do sleep 0.1; done
 }
 
-echo "| server | hosts | last root image | link-rate floor | server CPU-s per boot | peak memory | retries (DHCP + HTTP) | UDP receive drops at the server | addresses per host |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "| server | hosts | last root image | link-rate floor | server CPU-s per boot | peak memory | retries (DHCP + HTTP) | DHCP answer, median / slowest | UDP receive drops at the server | addresses per host |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for n in $HOSTS; do
     start_netbootd
     storm netbootd "$n"
