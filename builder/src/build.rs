@@ -310,6 +310,11 @@ impl Builder {
             eprintln!("{label}: unchanged, taken from the store");
             return Ok(record);
         }
+        let _building = self.store.lock_layer_build(&key)?;
+        if let Some(record) = self.store.layer(&key)? {
+            eprintln!("{label}: built meanwhile by another build, taken from the store");
+            return Ok(record);
+        }
         let work = tempfile::Builder::new()
             .prefix(&format!("{:?}-", kind).to_lowercase())
             .tempdir_in(self.store.root().join("tmp"))?;

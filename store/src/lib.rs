@@ -8,6 +8,7 @@
 //! manifests/<role>/<seq>.json  one manifest per build of a role (a release); the highest seq is current
 //! hosts/<hostname>/<seq>.json  one record per per-host layer build; the highest seq is current
 //! tmp/                         scratch space on the same filesystem, for atomic imports
+//! locks/<key>.lock             held while the layer with that key is being built
 //! keys/netbootd.key            netbootd's TLS key (0600), whose pin the role images carry
 //! ```
 //!
@@ -66,6 +67,12 @@ fn sequence_number(path: &Path) -> Option<u64> {
         .strip_suffix(".json")?
         .parse()
         .ok()
+}
+
+/// See [`Store::lock_layer_build`]; released when dropped (or when its process dies).
+#[derive(Debug)]
+pub struct LayerBuildLock {
+    _file: File,
 }
 
 pub(crate) fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
@@ -235,6 +242,27 @@ impl Store {
             .values()
             .all(|blob| self.has_blob(blob))
             .then_some(record))
+    }
+
+    /// Waits until no other builder (another imgbuild, a test beside this one) is building the layer
+    /// with this key, and holds it until the returned lock is dropped: build it only if
+    /// [`Store::layer`] still has no record then, so that each layer is built once.
+    pub fn lock_layer_build(&self, key: &Digest) -> Result<LayerBuildLock> {
+        let dir = self.root.join("locks");
+        fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
+        let path = dir.join(format!("{key}.lock"));
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("opening", &path))?;
+        // SAFETY: flock on a descriptor this function owns; it does not touch memory.
+        let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX) };
+        if locked != 0 {
+            return Err(io_err("locking", &path)(io::Error::last_os_error()));
+        }
+        Ok(LayerBuildLock { _file: file })
     }
 
     pub fn put_layer(&self, record: &LayerRecord) -> Result<()> {
@@ -504,6 +532,33 @@ mod tests {
 
     use super::*;
     use crate::records::tests::sample_manifest;
+
+    #[test]
+    fn a_layer_is_built_by_one_builder_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap();
+        let key = Digest::of_bytes(b"layer inputs");
+        let other = Digest::of_bytes(b"another layer");
+        let held = store.lock_layer_build(&key).unwrap();
+        let (done, waited) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let _second = store.lock_layer_build(&key).unwrap();
+                done.send(()).unwrap();
+            });
+            // Another layer is not held up.
+            drop(store.lock_layer_build(&other).unwrap());
+            let timeout = std::time::Duration::from_millis(300);
+            assert!(
+                waited.recv_timeout(timeout).is_err(),
+                "the second builder waits"
+            );
+            drop(held);
+            waited
+                .recv_timeout(std::time::Duration::from_secs(5))
+                .unwrap();
+        });
+    }
 
     #[test]
     fn import_names_blob_by_content_and_dedups() {
