@@ -18,8 +18,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== the Debian package (cargo's dev profile: the build the tests below use)"
 LECTERN_DEB=$(DEB_BUILD_OPTIONS="noopt nostrip noddebs" scripts/package.sh)
 export LECTERN_DEB
-echo "== cargo test"
-cargo test --workspace --locked --no-fail-fast
+echo "== cargo test, side by side (scripts/run-tests.sh)"
+scripts/run-tests.sh --locked
 echo "== benchmarks, on a tiny input (that they still run and check what they measure)"
 DHCP_CLIENTS=20 DHCP_SECONDS=2 TFTP_MB=1 HTTP_MB=8 HTTP_CLIENTS=4 SECRET_FETCHES=5 TPM_BOOTS=2 \
     bash netboot-server/bench/bench.sh "${CARGO_TARGET_DIR:-target}/debug/netbootd"

@@ -74,7 +74,9 @@ impl Forger {
     }
 }
 
-const WAIT: Duration = Duration::from_secs(2);
+/// How long a forged exchange waits for its answer: a lease ACK waits for a sync, which on a
+/// machine busy writing (the suite runs beside image builds) can take more than a second.
+const WAIT: Duration = Duration::from_secs(5);
 
 /// A client's message: `requested` as option 50 (with netbootd's server id), `ciaddr` as its
 /// own address.
