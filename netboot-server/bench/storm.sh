@@ -165,9 +165,9 @@ storm() {
     rm -f "$work"/result.* "$work"/leases.*
     for i in $(seq "$n"); do ip -n "$cli" addr flush dev "h$i"; done
     # On the server's port's far end, so that its CPU is not counted as the server's.
-    ip netns exec "$lan" tcpdump -i vl -n -U -s 400 -w "$work/dhcp.pcap" 'udp port 67 or udp port 68' 2>/dev/null &
+    ip netns exec "$lan" tcpdump -i vl -n -U --immediate-mode -s 400 -w "$work/dhcp.pcap" 'udp port 67 or udp port 68' 2>"$work/tcpdump.log" &
     local capture=$!
-    sleep 1
+    for _ in $(seq 100); do grep -q 'listening on' "$work/tcpdump.log" && break; sleep 0.1; done
     before=$(ns_cpu_ticks "$srv")
     local drops_before
     drops_before=$(udp_receive_drops)
