@@ -176,6 +176,7 @@ pub fn check<'a>(
         if let Some(problem) = verify::store_file_problem(path, verdicts) {
             let whose = match file.hosts.as_slice() {
                 [one] => format!("{one}'s {}", file.what),
+                [first, other] => format!("the {} of {first} and {other}", file.what),
                 [first, rest @ ..] => {
                     format!(
                         "the {} of {first} and {} other hosts",
@@ -185,7 +186,7 @@ pub fn check<'a>(
                 }
                 [] => unreachable!("a served file has a host"),
             };
-            problems.push(format!("{whose} {} {problem}", path.display()));
+            problems.push(format!("{} ({whose}) {problem}", path.display()));
         }
     }
     problems
@@ -365,11 +366,11 @@ mod tests {
                     .into(),
                 "server reserves the server's own address 10.99.0.1".into(),
                 format!(
-                    "the kernel of mixer1 and 3 other hosts {root}/{kernel} is damaged: its content hashes to {}…, not to its name (delete it; imgbuild all builds it again)",
+                    "{root}/{kernel} (the kernel of mixer1 and 3 other hosts) is damaged: its content hashes to {}…, not to its name (delete it; imgbuild all builds it again)",
                     damaged.short()
                 ),
                 format!(
-                    "the initrd of mixer1 and 3 other hosts {root}/i is missing (imgbuild all builds it again)"
+                    "{root}/i (the initrd of mixer1 and 3 other hosts) is missing (imgbuild all builds it again)"
                 ),
             ]
         );

@@ -541,6 +541,46 @@ mod tests {
     }
 
     #[test]
+    fn what_is_missing_is_said_once_per_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = plan(dir.path());
+        let store = Store::create(dir.path().join("store")).unwrap();
+        let nothing = PlanPolicy::new(&plan, &store);
+        assert_eq!(
+            nothing.gaps().causes,
+            [format!(
+                "the store {} has no images yet: none of the 8 netbooted hosts can boot (run: imgbuild all)",
+                store.root().display()
+            )]
+        );
+        assert_eq!(nothing.gaps().unbootable.len(), 8);
+
+        let artifacts: BTreeMap<String, BlobRef> = [KERNEL, INITRD, ROOT]
+            .into_iter()
+            .map(|name| (name.to_owned(), put(&store, &format!("source {name}"))))
+            .collect();
+        let manifest = Manifest::new(
+            "source",
+            vec![],
+            artifacts,
+            BTreeMap::new(),
+            BTreeMap::new(),
+        );
+        store.add_manifest(&manifest).unwrap();
+        let sources = PlanPolicy::new(&plan, &store);
+        assert_eq!(
+            sources.gaps().causes,
+            [
+                "no encoder image in the store yet: cornil-enc cannot boot (run: imgbuild role encoder)",
+                "no mixer image in the store yet: its 2 hosts cannot boot (run: imgbuild role mixer)",
+                "no streaming-backend image in the store yet: stream-backend cannot boot (run: imgbuild role streaming-backend)",
+                "4 hosts have no host layer yet: lameere-source-1, lameere-source-2, cornil-source-1 and 1 more (run: imgbuild all)",
+            ]
+        );
+        assert_eq!(sources.gaps().unbootable.len(), 4);
+    }
+
+    #[test]
     fn the_master_files_time_servers_are_what_dhcp_offers() {
         let dir = tempfile::tempdir().unwrap();
         let edit = (

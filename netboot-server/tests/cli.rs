@@ -87,7 +87,7 @@ fn check_passes_a_sound_setup_and_names_every_problem_otherwise() {
     );
     assert!(
         out.contains(&format!(
-            "problem: the kernel of mixer1 and 1 other hosts {root}/missing-kernel is missing"
+            "problem: {root}/missing-kernel (the kernel of mixer1 and mixer2) is missing"
         )),
         "{out}"
     );
@@ -263,7 +263,7 @@ fn check_says_the_cause_once_then_verifies_every_file_and_keeps_the_hashes() {
     assert_eq!(
         said,
         format!(
-            "problem: room1-cam's root image {} is damaged: its content hashes to {}…, not to its name (delete it; imgbuild all builds it again)\n",
+            "problem: {} (room1-cam's root image) is damaged: its content hashes to {}…, not to its name (delete it; imgbuild all builds it again)\n",
             root.display(),
             found.short()
         )
