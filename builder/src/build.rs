@@ -307,7 +307,7 @@ impl Builder {
     ) -> Result<LayerRecord> {
         let label = format!("{kind:?} layer {}", key.short()).to_lowercase();
         if let Some(record) = self.store.layer(&key)? {
-            eprintln!("{label}: unchanged, taken from the store");
+            crate::progress::say(format_args!("{label}: unchanged, taken from the store"));
             return Ok(record);
         }
         let _building = self.store.lock_layer_build(&key)?;

@@ -6,6 +6,7 @@ pub mod commands;
 pub mod context;
 pub mod data_dir;
 pub mod disk;
+pub mod progress;
 pub mod recipe;
 pub mod render;
 pub mod step;

@@ -41,6 +41,7 @@ enum Command {
 fn main() -> ExitCode {
     lectern_cli_docs::write_if_asked(Cli::command);
     let cli = Cli::parse();
+    lectern_builder::progress::set(cli.global.verbose, cli.global.quiet);
     let result = match &cli.command {
         Command::Check => return commands::inspect::check(&cli.global),
         Command::Plan { json } => return commands::inspect::plan(&cli.global.config, *json),

@@ -11,7 +11,11 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 /// Runs `command` with its stdout and stderr going to `log`; returns how long it took.
 pub fn run(label: &str, command: &mut Command, log: &Path) -> Result<Duration> {
-    let spinner = ProgressBar::new_spinner().with_message(label.to_owned());
+    crate::progress::detail(format_args!(
+        "{label}: {command:?} (log: {})",
+        log.display()
+    ));
+    let spinner = crate::progress::shown(ProgressBar::new_spinner().with_message(label.to_owned()));
     spinner.set_style(
         ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("valid template"),
     );
@@ -35,7 +39,10 @@ pub fn run(label: &str, command: &mut Command, log: &Path) -> Result<Duration> {
             log.display()
         );
     }
-    eprintln!("{label}: done in {:.1} s", elapsed.as_secs_f64());
+    crate::progress::say(format_args!(
+        "{label}: done in {:.1} s",
+        elapsed.as_secs_f64()
+    ));
     Ok(elapsed)
 }
 

@@ -138,13 +138,13 @@ fn repo() -> PathBuf {
         .to_owned()
 }
 
-/// The backend's root image overlay (base + role, role-wide context) and its host layer, rendered by the
+/// A role's root image overlay (base + role, role-wide context) and one host's layer, rendered by the
 /// builder as an image build would.
 struct Layers {
     config: Tree,
     host: Tree,
     units: Vec<String>,
-    /// The backend's render context (secrets revealed).
+    /// The host's render context (secrets revealed).
     context: serde_json::Value,
 }
 
@@ -153,6 +153,15 @@ fn render() -> Layers {
 }
 
 fn render_master(master: &str) -> Layers {
+    let mut hosts = render_role(master, ROLE);
+    assert_eq!(hosts.len(), 1, "one backend in the plan");
+    let (hostname, layers) = hosts.pop().unwrap();
+    assert_eq!(hostname, BACKEND);
+    layers
+}
+
+/// The layers of every host of `role` in `master` (with this test's stream keys), in plan order.
+fn render_role(master: &str, role: &str) -> Vec<(String, Layers)> {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     fs::write(dir.path().join("master.toml"), master).unwrap();
@@ -163,26 +172,30 @@ fn render_master(master: &str) -> Layers {
     )
     .unwrap();
     fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
-    let plan = Plan::load(&dir.path().join("master.toml")).unwrap();
+    render_plan(&Plan::load(&dir.path().join("master.toml")).unwrap(), role)
+}
+
+fn render_plan(plan: &Plan, role: &str) -> Vec<(String, Layers)> {
     let recipes = Recipes::load(&repo().join("recipes"), &repo().join("overlays")).unwrap();
     let config = recipes
         .render(
-            ROLE,
+            role,
             OverlayKind::Config,
-            &plan.role_context(ROLE, "sha256//pin"),
+            &plan.role_context(role, "sha256//pin"),
         )
         .unwrap();
-    let hosts = plan.host_contexts(ROLE);
-    assert_eq!(hosts.len(), 1, "one backend in the plan");
-    let (hostname, context) = &hosts[0];
-    assert_eq!(hostname, BACKEND);
-    let host = recipes.render(ROLE, OverlayKind::Host, context).unwrap();
-    Layers {
-        config,
-        host,
-        units: recipes.units(ROLE).unwrap(),
-        context: context.clone(),
-    }
+    (plan.host_contexts(role).into_iter())
+        .map(|(hostname, context)| {
+            let host = recipes.render(role, OverlayKind::Host, &context).unwrap();
+            let layers = Layers {
+                config: config.clone(),
+                host,
+                units: recipes.units(role).unwrap(),
+                context,
+            };
+            (hostname, layers)
+        })
+        .collect()
 }
 
 fn file<'t>(tree: &'t Tree, path: &str) -> (u32, &'t str) {
@@ -266,12 +279,13 @@ fn backend_layers_follow_the_plan() {
 }
 
 /// Runs as root in a private mount and network namespace (`$1` layer dir, `$2` work dir, `$3` syslog
-/// socket, `$4` the backend's address): the rendered layers over a read-only view of this machine's root,
-/// like the image's squashfs under its tmpfs overlay, with the RAM filesystems and the journal's /dev/log
-/// the image has at boot; tmpfiles.d as systemd-tmpfiles-setup runs it, `nginx -t` as nginx.service's
-/// ExecStartPre, then nginx in the foreground.
+/// socket, `$4` the server's address, `$5` a tmpfiles.d file or nothing): the rendered layers over a
+/// read-only view of this machine's root, like the image's squashfs under its tmpfs overlay, with the
+/// RAM filesystems and the journal's /dev/log the image has at boot; tmpfiles.d as
+/// systemd-tmpfiles-setup runs it, `nginx -t` as nginx.service's ExecStartPre, then nginx in the
+/// foreground.
 const NAMESPACE: &str = r#"set -eu
-layer="$1"; work="$2"; syslog="$3"; address="$4"
+layer="$1"; work="$2"; syslog="$3"; address="$4"; tmpfiles="${5:-}"
 mount -t tmpfs -o mode=0755 lectern-backend-test "$work"
 mkdir "$work/layer" "$work/upper" "$work/work" "$work/root"
 # Overlay layers must not overlap, and "/" holds every directory outside this tmpfs.
@@ -289,9 +303,9 @@ touch "$root/dev/log"
 mount --bind "$syslog" "$root/dev/log"
 mount -t proc proc "$root/proc"
 ip link set lo up
-# The plan's URLs name the backend's address: give it to this namespace's loopback.
+# The plan's URLs name the server's address: give it to this namespace's loopback.
 ip addr add "$address/32" dev lo
-chroot "$root" systemd-tmpfiles --create /usr/lib/tmpfiles.d/lectern-hls.conf
+if [ -n "$tmpfiles" ]; then chroot "$root" systemd-tmpfiles --create "$tmpfiles"; fi
 chroot "$root" nginx -t -q
 exec chroot "$root" nginx -g 'daemon off;'
 "#;
@@ -308,6 +322,7 @@ const TOOLS: &[&str] = &[
     "chroot",
     "mount",
     "systemd-tmpfiles",
+    "tc",
 ];
 
 /// Whether to run the nginx test: only with LECTERN_IMAGE_TESTS=1, and then everything it needs must be
@@ -475,6 +490,50 @@ impl Syslog {
     }
 }
 
+/// The backend's directory for nginx-rtmp's HLS, made at boot.
+const HLS_TMPFILES: &str = "/usr/lib/tmpfiles.d/lectern-hls.conf";
+
+/// A role's nginx on its rendered layers in a namespace of its own (see [`NAMESPACE`]), with what it
+/// sends to the journal.
+struct Server {
+    nginx: Group,
+    syslog: Syslog,
+    /// nginx's stdout and stderr.
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts nginx on `layers` at `address`, its files under `dir` (named after the layers' host).
+    fn start(layers: &Layers, dir: &Path, address: &str, tmpfiles: Option<&str>) -> Server {
+        let name = layers.context["host"]["hostname"].as_str().unwrap();
+        let dir = dir.join(name);
+        let (layer, work) = (dir.join("layer"), dir.join("work"));
+        fs::create_dir_all(&layer).unwrap();
+        fs::create_dir(&work).unwrap();
+        // The order of a boot: the root image's overlay, then the host layer copied over it.
+        extract(&layers.config, &layer);
+        extract(&layers.host, &layer);
+        let syslog_path = dir.join("log.sock");
+        let syslog = Syslog::bind(&syslog_path);
+        let log = dir.join("nginx.log");
+        let output = fs::File::create(&log).unwrap();
+        let mut command = Command::new("unshare");
+        command
+            .args(["--mount", "--net", "--propagation", "private", "sh", "-c"])
+            .arg(NAMESPACE)
+            .arg(format!("lectern-{name}-test"))
+            .args([&layer, &work, &syslog_path])
+            .args([address, tmpfiles.unwrap_or_default()])
+            .stdout(output.try_clone().unwrap())
+            .stderr(output);
+        Server {
+            nginx: Group::spawn(command, "nginx"),
+            syslog,
+            log,
+        }
+    }
+}
+
 /// A command run inside nginx's network namespace.
 fn in_netns(nginx: &Group, program: &str) -> Command {
     let mut command = Command::new("nsenter");
@@ -624,28 +683,11 @@ fn ingest_takes_only_the_rooms_keys_and_serves_hls_and_watch_pages() {
     let text = |value: &serde_json::Value| value.as_str().unwrap().to_owned();
 
     let dir = tempfile::tempdir().unwrap();
-    let layer = dir.path().join("layer");
-    fs::create_dir(&layer).unwrap();
-    // The order of a boot: the root image's overlay, then the host layer copied over it.
-    extract(&layers.config, &layer);
-    extract(&layers.host, &layer);
-    let work = dir.path().join("work");
-    fs::create_dir(&work).unwrap();
-    let syslog_path = dir.path().join("log.sock");
-    let syslog = Syslog::bind(&syslog_path);
-    let nginx_log = dir.path().join("nginx.log");
-    let nginx_output = fs::File::create(&nginx_log).unwrap();
-
-    let mut command = Command::new("unshare");
-    command
-        .args(["--mount", "--net", "--propagation", "private", "sh", "-c"])
-        .arg(NAMESPACE)
-        .arg("lectern-backend-test")
-        .args([&layer, &work, &syslog_path])
-        .arg(&address)
-        .stdout(nginx_output.try_clone().unwrap())
-        .stderr(nginx_output);
-    let mut nginx = Group::spawn(command, "nginx");
+    let Server {
+        mut nginx,
+        syslog,
+        log: nginx_log,
+    } = Server::start(&layers, dir.path(), &address, Some(HLS_TMPFILES));
     let watch_index = format!("http://{address}{}", text(&backend["watch_path"]));
     wait_for_url(&mut nginx, &watch_index, Duration::from_secs(10), |r| {
         r.status == 200
@@ -846,6 +888,358 @@ fn ingest_takes_only_the_rooms_keys_and_serves_hls_and_watch_pages() {
         !logged.contains(LAMEERE_KEY) && !logged.contains(CORNIL_KEY),
         "{logged}"
     );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+const FRONTEND_ROLE: &str = "streaming-frontend";
+const FRONTEND: &str = "10.99.0.31";
+
+/// The conference of [`MASTER`] with a frontend in front of its backend, which the public URLs name,
+/// as the frontends' names would in DNS.
+fn frontend_master() -> String {
+    let public = MASTER.replace("http://10.99.0.30/", &format!("http://{FRONTEND}/"));
+    format!(
+        "{public}\n[[servers]]\nhostname = \"stream-frontend\"\nrole = \"streaming-frontend\"\nwhere = \"local-vm\"\nhost = \"control\"\nmac = \"52:54:00:00:02:31\"\nip = \"{FRONTEND}\"\n"
+    )
+}
+
+#[test]
+fn frontend_layers_follow_the_plan_for_every_frontend_of_fosdem_25() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let examples = repo().join("examples");
+    let master = dir.path().join("fosdem-25.toml");
+    fs::copy(examples.join("fosdem-25.toml"), &master).unwrap();
+    let secrets = dir.path().join("fosdem-25.secrets.toml");
+    fs::copy(examples.join("fosdem-25.secrets.toml.example"), &secrets).unwrap();
+    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
+    let frontends = render_plan(&Plan::load(&master).unwrap(), FRONTEND_ROLE);
+    let names: Vec<&str> = frontends.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "stream-frontend-1",
+            "stream-frontend-2",
+            "stream-frontend-3",
+            "stream-frontend-4"
+        ]
+    );
+    for (name, layers) in &frontends {
+        assert!(layers.units.iter().any(|u| u == "nginx.service"));
+        let (_, drop_in) = file(
+            &layers.config,
+            "etc/systemd/system/nginx.service.d/lectern.conf",
+        );
+        assert!(
+            drop_in.contains("WantedBy=lectern-role.target\n"),
+            "{drop_in}"
+        );
+        let (_, frame) = file(&layers.config, "etc/nginx/nginx.conf");
+        assert!(
+            frame.contains("include /etc/lectern/frontend/site.conf;"),
+            "{frame}"
+        );
+        let (_, site) = file(&layers.host, "etc/lectern/frontend/site.conf");
+        for line in [
+            format!(
+                "# {name}: a cache of stream-backend's HLS below /hls/ and its watch pages below /watch/.\n"
+            ),
+            "    server 185.175.218.2:80;\n".to_owned(),
+            "keys_zone=lectern:16m max_size=1634m inactive=90s".to_owned(),
+            "    location \"/hls/\" {\n".to_owned(),
+            "    location \"/watch/\" {\n".to_owned(),
+            "    location = \"/watch\" {\n".to_owned(),
+            "        return 404;\n".to_owned(),
+        ] {
+            assert!(site.contains(&line), "{line:?} not in {name}'s\n{site}");
+        }
+        // A frontend holds no secret.
+        assert_eq!(layers.context["secret_values"], serde_json::json!([]));
+    }
+}
+
+/// The `X-Cache-Status` of `count` GETs of `url` sent at once from `nginx`'s namespace.
+fn cache_statuses_at_once(nginx: &Group, url: &str, count: usize) -> Vec<String> {
+    let children: Vec<Child> = (0..count)
+        .map(|_| {
+            in_netns(nginx, "curl")
+                .args(["--silent", "--max-time", "10", "--output", "/dev/null"])
+                .args(["--dump-header", "-", url])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut statuses: Vec<String> = children
+        .into_iter()
+        .map(|child| {
+            let output = child.wait_with_output().unwrap();
+            let head = String::from_utf8_lossy(&output.stdout).into_owned();
+            (head.lines())
+                .find_map(|line| line.strip_prefix("X-Cache-Status: "))
+                .unwrap_or("none")
+                .to_owned()
+        })
+        .collect();
+    statuses.sort();
+    statuses
+}
+
+/// The last segment a media playlist lists.
+fn newest_segment(playlist: &str) -> String {
+    let line = playlist.lines().rev().find(|line| line.ends_with(".ts"));
+    line.unwrap_or_else(|| panic!("no segment in {playlist}"))
+        .to_owned()
+}
+
+#[test]
+fn the_frontend_caches_the_backends_hls_and_watch_pages() {
+    if !ingest_test_enabled() {
+        return;
+    }
+    let started = Instant::now();
+    let master = frontend_master();
+    let backend_layers = render_master(&master);
+    let mut frontends = render_role(&master, FRONTEND_ROLE);
+    assert_eq!(frontends.len(), 1, "one frontend in the plan");
+    let (_, frontend_layers) = frontends.pop().unwrap();
+    let backend = &backend_layers.context["host"]["config"][ROLE];
+    let frontend = &frontend_layers.context["host"]["config"][FRONTEND_ROLE];
+    let text = |value: &serde_json::Value| value.as_str().unwrap().to_owned();
+    let backend_address = text(&backend_layers.context["host"]["ip"]);
+    assert_eq!(text(&frontend["backend_address"]), backend_address);
+    let lameere = &backend["rooms"][0];
+
+    let dir = tempfile::tempdir().unwrap();
+    let Server {
+        nginx: mut origin,
+        log: origin_log,
+        ..
+    } = Server::start(
+        &backend_layers,
+        dir.path(),
+        &backend_address,
+        Some(HLS_TMPFILES),
+    );
+    let Server {
+        nginx: mut cache,
+        log: cache_log,
+        ..
+    } = Server::start(&frontend_layers, dir.path(), FRONTEND, None);
+    // Both up, each alone: the frontend answers what is not the backend's by itself.
+    let watch_path = text(&frontend["watch_path"]);
+    let origin_index = format!("http://{backend_address}{watch_path}");
+    wait_for_url(&mut origin, &origin_index, Duration::from_secs(10), |r| {
+        r.status == 200
+    });
+    let stray = format!("http://{FRONTEND}/etc/passwd");
+    wait_for_url(&mut cache, &stray, Duration::from_secs(10), |r| {
+        r.status == 404
+    });
+    // One link between the two namespaces, made inside them: nothing of this machine's own.
+    let net = |nginx: &Group, program: &str, args: &[&str]| {
+        let status = in_netns(nginx, program).args(args).status().unwrap();
+        assert!(status.success(), "{program} {args:?}");
+    };
+    let cache_pid = cache.pid().to_string();
+    net(
+        &origin,
+        "ip",
+        &[
+            "link",
+            "add",
+            "lectern-vb",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "lectern-vf",
+            "netns",
+            &cache_pid,
+        ],
+    );
+    net(&origin, "ip", &["link", "set", "lectern-vb", "up"]);
+    net(
+        &origin,
+        "ip",
+        &["route", "add", FRONTEND, "dev", "lectern-vb"],
+    );
+    net(&cache, "ip", &["link", "set", "lectern-vf", "up"]);
+    net(
+        &cache,
+        "ip",
+        &[
+            "route",
+            "add",
+            &backend_address,
+            "dev",
+            "lectern-vf",
+            "src",
+            FRONTEND,
+        ],
+    );
+    let logs = || format!("{}\n{}", read(&origin_log), read(&cache_log));
+
+    // The watch pages come through, and a second fetch is the frontend's own copy.
+    let page = get(&cache, &text(&lameere["watch_url"]));
+    assert_eq!(page.status, 200, "{}", logs());
+    assert_eq!(page.header("X-Cache-Status"), Some("MISS"));
+    let room_url = text(&lameere["hls_url"]);
+    assert!(room_url.starts_with(&format!("http://{FRONTEND}/")));
+    assert!(
+        page.body.contains(&format!("src=\"{room_url}\"")),
+        "{}",
+        page.body
+    );
+    let again = get(&cache, &text(&lameere["watch_url"]));
+    assert_eq!(
+        (again.header("X-Cache-Status"), again.body == page.body),
+        (Some("HIT"), true)
+    );
+    let root = get(&cache, &format!("http://{FRONTEND}/"));
+    assert_eq!(
+        (root.status, root.header("Location")),
+        (302, Some("/watch/"))
+    );
+    // Nothing outside the backend's paths reaches it.
+    let stray = get(&cache, &stray);
+    assert_eq!((stray.status, stray.header("X-Cache-Status")), (404, None));
+
+    // Lameere streams to the backend; players read it from the frontend.
+    let renditions: Vec<(String, u64, u64)> = (lameere["renditions"].as_array().unwrap().iter())
+        .map(|r| {
+            let push = text(&r["push_url"]);
+            (
+                push,
+                r["width"].as_u64().unwrap(),
+                r["height"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let _encoder = publish(
+        &origin,
+        &renditions,
+        0,
+        &dir.path().join("ffmpeg-lameere.log"),
+    );
+    let hls = format!("http://{FRONTEND}{}", text(&frontend["hls_path"]));
+    let media = format!("{hls}lameere/index.m3u8");
+    wait_for_url(&mut cache, &media, Duration::from_secs(20), |r| {
+        r.status == 200 && r.body.matches("#EXTINF:").count() >= 2
+    });
+
+    // A playlist is held for a second: asked again at once it is the frontend's copy (the backend's
+    // no-cache passed on to players), two and a half seconds later it is fetched anew.
+    let mut held = None;
+    for _ in 0..5 {
+        let first = get(&cache, &media);
+        let second = get(&cache, &media);
+        if second.header("X-Cache-Status") == Some("HIT") {
+            held = Some((first, second));
+            break;
+        }
+    }
+    let (first, second) = held.expect("no playlist fetched twice within its second was a HIT");
+    assert_eq!(second.body, first.body);
+    assert_eq!(
+        (
+            second.header("Content-Type"),
+            second.header("Cache-Control"),
+            second.header("Access-Control-Allow-Origin")
+        ),
+        (
+            Some("application/vnd.apple.mpegurl"),
+            Some("no-cache"),
+            Some("*")
+        )
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    let later = get(&cache, &media);
+    assert_eq!(later.status, 200);
+    assert_ne!(
+        later.header("X-Cache-Status"),
+        Some("HIT"),
+        "a playlist held for 2.5 s"
+    );
+
+    // A segment is fetched from the backend once, however many players ask for it while it comes
+    // (proxy_cache_lock), and then served from the cache. The backend's side of the link is slowed to
+    // 1 Mbit/s, so that the segment (over 100 kB) takes a second to come and all six ask meanwhile.
+    let segment = format!("{hls}lameere/{}", newest_segment(&later.body));
+    let slow = [
+        "qdisc",
+        "add",
+        "dev",
+        "lectern-vb",
+        "root",
+        "tbf",
+        "rate",
+        "1mbit",
+    ];
+    net(
+        &origin,
+        "tc",
+        &[&slow[..], &["burst", "16k", "latency", "10s"]].concat(),
+    );
+    let statuses = cache_statuses_at_once(&cache, &segment, 6);
+    net(
+        &origin,
+        "tc",
+        &["qdisc", "del", "dev", "lectern-vb", "root"],
+    );
+    assert_eq!(
+        statuses,
+        ["HIT", "HIT", "HIT", "HIT", "HIT", "MISS"],
+        "{}",
+        logs()
+    );
+    let cached = get(&cache, &segment);
+    assert_eq!(
+        (cached.status, cached.header("Content-Type")),
+        (200, Some("video/mp2t"))
+    );
+    let direct = get(&origin, &segment.replace(FRONTEND, &backend_address));
+    assert_eq!(
+        cached.body, direct.body,
+        "the cache holds the backend's bytes"
+    );
+
+    // The room's playlist of every rendition, followed through the frontend, decodes.
+    let probe = in_netns(&cache, "timeout")
+        .args(["20", "ffprobe", "-v", "error", "-of", "json"])
+        .args(["-show_entries", "stream=codec_name,width,height"])
+        .arg(&room_url)
+        .output()
+        .unwrap();
+    assert!(
+        probe.status.success(),
+        "{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    let probe: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
+    let mut found: Vec<String> = (probe["streams"].as_array().unwrap().iter())
+        .map(|s| match s["codec_name"].as_str().unwrap() {
+            "h264" => format!("h264 {}x{}", s["width"], s["height"]),
+            other => other.to_owned(),
+        })
+        .collect();
+    found.sort();
+    found.dedup();
+    assert_eq!(found, ["aac", "h264 426x240", "h264 640x360"]);
+
+    // With the backend cut off, what the frontend holds is still served.
+    net(&origin, "ip", &["link", "set", "lectern-vb", "down"]);
+    let cut_off = get(&cache, &segment);
+    assert_eq!(
+        (cut_off.status, cut_off.header("X-Cache-Status")),
+        (200, Some("HIT"))
+    );
+    assert_eq!(cut_off.body, direct.body);
+    assert!(!origin.exited() && !cache.exited(), "{}", logs());
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "took {:?}",

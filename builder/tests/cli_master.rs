@@ -135,3 +135,32 @@ fn schema_is_json_and_markdown_names_every_table() {
         assert!(markdown.contains(table), "{table}");
     }
 }
+
+#[test]
+fn progress_goes_to_stderr_and_quiet_keeps_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    lectern_store::Store::create(&store).unwrap();
+    let list = |flags: &[&str]| {
+        let mut args = flags.to_vec();
+        args.extend(["list", "--store", store.to_str().unwrap()]);
+        imgbuild(dir.path(), &args)
+    };
+    let normal = list(&[]);
+    assert!(normal.status.success(), "{}", text(&normal));
+    assert_eq!(
+        String::from_utf8_lossy(&normal.stderr),
+        "no master.toml here: building without per-host layers\n"
+    );
+    for flags in [&["-q"][..], &["--quiet"], &["-q", "-v", "-q"]] {
+        let quiet = list(flags);
+        assert!(quiet.status.success(), "{}", text(&quiet));
+        assert_eq!(quiet.stderr, b"", "imgbuild {flags:?} list");
+        assert_eq!(quiet.stdout, normal.stdout, "results are never held back");
+    }
+    let verbose = list(&["-v"]);
+    assert!(verbose.status.success(), "{}", text(&verbose));
+    assert_eq!(verbose.stderr, normal.stderr);
+    // A command line imgbuild cannot parse: exit code 2.
+    assert_eq!(list(&["--no-such-flag"]).status.code(), Some(2));
+}

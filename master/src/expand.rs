@@ -1113,13 +1113,19 @@ impl<'l, 'a> Expander<'l, 'a> {
                         RoleConfig::StreamingBackend(backend),
                     )
                 }
-                ServerRole::StreamingFrontend => (
-                    Role::StreamingFrontend,
-                    RoleConfig::StreamingFrontend(server),
-                ),
+                ServerRole::StreamingFrontend => {
+                    let Some(frontend) = self.frontend(m, &path, parts, server) else {
+                        continue;
+                    };
+                    (
+                        Role::StreamingFrontend,
+                        RoleConfig::StreamingFrontend(frontend),
+                    )
+                }
             };
             let fields = deployed_fields(&s.hostname, &s.deployment);
-            let host = new_host(fields, domain, role, None, config);
+            let mut host = new_host(fields, domain, role, None, config);
+            host.address = server_address(s, domain);
             self.unbound_secrets(&path, &host, m.network.dhcp.mode);
             hosts.push(host);
         }
@@ -1319,6 +1325,61 @@ impl<'l, 'a> Expander<'l, 'a> {
             hls_path: hls_path?,
             watch_path: watch_path?,
             rooms,
+            server,
+        })
+    }
+
+    /// A streaming frontend of this file: an HTTP cache of its one streaming backend, at the
+    /// backend's paths, sized for every room's renditions.
+    fn frontend(
+        &mut self,
+        m: &MasterFile,
+        path: &str,
+        parts: &[RoomParts],
+        server: ServerConfig,
+    ) -> Option<FrontendConfig> {
+        let backends: Vec<&Server> = (m.servers.iter())
+            .filter(|s| s.role == ServerRole::StreamingBackend)
+            .collect();
+        let backend = match backends.as_slice() {
+            [one] => *one,
+            others => {
+                let (found, help) = match others.len() {
+                    0 => (
+                        "none".to_owned(),
+                        "add the [[servers]] entry with role = \"streaming-backend\" it caches, or remove the frontend",
+                    ),
+                    n => (
+                        format!("{n}"),
+                        "keep one [[servers]] entry with role = \"streaming-backend\"",
+                    ),
+                };
+                self.error(
+                    &format!("{path}.role"),
+                    format!("a streaming-frontend caches the file's one streaming-backend, and the file has {found}"),
+                    Some(help.into()),
+                );
+                return None;
+            }
+        };
+        // The backend refuses a missing or malformed hls_url or watch_url already.
+        let hls_path = path_before(m.streaming.hls_url.as_deref()?, "{room}.m3u8")?;
+        let watch_path = path_before(m.streaming.watch_url.as_deref()?, "{room}")?;
+        let peak_bits_per_sec: u64 = (parts.iter())
+            .filter_map(|part| part.streams.as_ref())
+            .flat_map(|streams| &streams.renditions)
+            .map(|rendition| rendition.bandwidth)
+            .sum();
+        let cache_mb = (peak_bits_per_sec * FRONTEND_CACHE_IDLE_SECS / 8)
+            .div_ceil(1 << 20)
+            .max(FRONTEND_CACHE_MIN_MB);
+        Some(FrontendConfig {
+            backend: backend.hostname.clone(),
+            backend_address: server_address(backend, &m.network.domain),
+            hls_path,
+            watch_path,
+            cache_idle_secs: FRONTEND_CACHE_IDLE_SECS,
+            cache_mb,
             server,
         })
     }
@@ -1659,6 +1720,14 @@ fn cloud_encoders<'m>(m: &'m MasterFile, slug: &'m str) -> impl Iterator<Item = 
 /// How the LAN reaches a cloud encoder: the master file's `address`, else `<hostname>.<domain>`.
 fn cloud_address(encoder: &Encoder, domain: &str) -> String {
     (encoder.address.clone()).unwrap_or_else(|| format!("{}.{domain}", encoder.hostname))
+}
+
+/// How other hosts reach a server: as any host on the LAN, by its public name in the cloud.
+fn server_address(server: &Server, domain: &str) -> String {
+    match server.deployment.placement {
+        Where::Ec2 => format!("{}.{domain}", server.hostname),
+        _ => reach(&server.hostname, server.deployment.ip),
+    }
 }
 
 /// How other hosts reach a host: its fixed address, else its mDNS name.

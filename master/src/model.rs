@@ -92,11 +92,13 @@ pub struct Streaming {
     pub ingest_url: String,
     /// Public HLS playlist per room (`{room}` replaced), for the web frontends. It ends in
     /// `{room}.m3u8`; a `streaming-backend` server serves the room's playlists (every rendition)
-    /// below that path.
+    /// below that path, and `streaming-frontend` servers cache them at the same path (playlists
+    /// for a second, segments while viewers ask for them): point the URL's host name at them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hls_url: Option<String>,
     /// Public watch page per room (`{room}` replaced), ending in `{room}`; a
-    /// `streaming-backend` server serves it, and the list of rooms one level up.
+    /// `streaming-backend` server serves it, and the list of rooms one level up, and
+    /// `streaming-frontend` servers cache both (for 10 s) at the same path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch_url: Option<String>,
 }
@@ -792,7 +794,9 @@ pub enum ServerRole {
 pub struct Server {
     /// Short host name, e.g. "stream-backend".
     pub hostname: String,
-    /// What the server does.
+    /// What the server does: a `streaming-backend` takes the encoders' RTMP and serves each
+    /// room's HLS and watch page over HTTP (port 80); a `streaming-frontend` is an HTTP cache
+    /// (nginx `proxy_cache`, port 80) in front of the file's one backend, for the viewers.
     pub role: ServerRole,
     #[serde(flatten)]
     pub deployment: Deployment,

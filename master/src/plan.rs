@@ -289,7 +289,7 @@ impl Host {
         match &self.config {
             RoleConfig::Encoder(encoder) => encoder.vm.as_ref(),
             RoleConfig::StreamingBackend(backend) => backend.server.vm.as_ref(),
-            RoleConfig::StreamingFrontend(server) => server.vm.as_ref(),
+            RoleConfig::StreamingFrontend(frontend) => frontend.server.vm.as_ref(),
             RoleConfig::Mixer(_) | RoleConfig::Source(_) | RoleConfig::Netboot => None,
         }
     }
@@ -299,7 +299,7 @@ impl Host {
         match &self.config {
             RoleConfig::Encoder(encoder) => encoder.cloud.as_ref(),
             RoleConfig::StreamingBackend(backend) => backend.server.cloud.as_ref(),
-            RoleConfig::StreamingFrontend(server) => server.cloud.as_ref(),
+            RoleConfig::StreamingFrontend(frontend) => frontend.server.cloud.as_ref(),
             RoleConfig::Mixer(_) | RoleConfig::Source(_) | RoleConfig::Netboot => None,
         }
     }
@@ -313,7 +313,7 @@ pub enum RoleConfig {
     Encoder(EncoderConfig),
     Netboot,
     StreamingBackend(BackendConfig),
-    StreamingFrontend(ServerConfig),
+    StreamingFrontend(FrontendConfig),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -408,6 +408,34 @@ pub struct BackendRoom {
     pub stream_key: Option<Secret>,
     pub renditions: Vec<Rendition>,
 }
+
+/// A streaming frontend: an HTTP cache in front of the file's streaming backend, serving the same
+/// HLS and watch page paths to the public.
+#[derive(Debug, Clone, Serialize)]
+pub struct FrontendConfig {
+    /// Host name of the backend it caches.
+    pub backend: String,
+    /// How it reaches that backend's HTTP port (80): the backend's address.
+    pub backend_address: String,
+    /// The backend's HLS path (see [`BackendConfig::hls_path`]): playlists are cached for a
+    /// second, segments for as long as viewers ask for them.
+    pub hls_path: String,
+    /// The backend's watch page path (see [`BackendConfig::watch_path`]).
+    pub watch_path: String,
+    /// Seconds the cache keeps an entry nobody asks for (nginx's `inactive`): a live segment is
+    /// asked for while the room's playlist lists it, then dropped this long after.
+    pub cache_idle_secs: u64,
+    /// The most the cache may hold, in MiB: `cache_idle_secs` of every rendition of every room at
+    /// its peak bitrate, and at least [`FRONTEND_CACHE_MIN_MB`].
+    pub cache_mb: u64,
+    #[serde(flatten)]
+    pub server: ServerConfig,
+}
+
+/// A frontend's [`FrontendConfig::cache_idle_secs`].
+pub const FRONTEND_CACHE_IDLE_SECS: u64 = 90;
+/// A frontend's smallest cache, in MiB: the watch pages and a few segments of a small room.
+pub const FRONTEND_CACHE_MIN_MB: u64 = 64;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ServerConfig {

@@ -141,6 +141,20 @@ error: master.toml:147:23: encoders[cornil-enc].identity.tpm_ek: cornil-enc is a
 1 error found"#,
     },
     Case {
+        name: "a streaming frontend with no backend to cache",
+        edits: &[(
+            "role = \"streaming-backend\"",
+            "role = \"streaming-frontend\"",
+        )],
+        expected: r#"error: master.toml:162:8: servers[stream-backend].role: a streaming-frontend caches the file's one streaming-backend, and the file has none
+    |
+162 | role = "streaming-frontend"
+    |        ^^^^^^^^^^^^^^^^^^^^
+  help: add the [[servers]] entry with role = "streaming-backend" it caches, or remove the frontend
+
+1 error found"#,
+    },
+    Case {
         name: "a cloud encoder without a contribution passphrase",
         edits: &[(
             "contribution_passphrase = \"secret:contribution.lameere\"\n",

@@ -187,6 +187,46 @@ fn fosdem_25_lists_every_host_and_room() {
 }
 
 #[test]
+fn fosdem_25_frontends_cache_its_backend_sized_for_every_rendition() {
+    let plan = load_example("fosdem-25.toml", "fosdem-25.secrets.toml");
+    assert!(plan.image_roles().contains(&Role::StreamingFrontend));
+    // 90 s of every rendition of the 25 rooms at its peak (152.2 Mbit/s in all): 1.6 GiB, which
+    // the frontends' 8 GiB of RAM hold.
+    let peak_bits: u64 = (plan.rooms.iter())
+        .flat_map(|room| &room.renditions)
+        .map(|rendition| rendition.bandwidth)
+        .sum();
+    assert_eq!(peak_bits, 152_225_000);
+    let frontends: Vec<&str> = (plan.hosts.iter())
+        .filter_map(|host| match &host.config {
+            RoleConfig::StreamingFrontend(frontend) => {
+                assert_eq!(
+                    (frontend.backend.as_str(), frontend.backend_address.as_str()),
+                    ("stream-backend", "185.175.218.2")
+                );
+                assert_eq!(
+                    (frontend.hls_path.as_str(), frontend.watch_path.as_str()),
+                    ("/hls/", "/watch/")
+                );
+                assert_eq!(frontend.cache_idle_secs, 90);
+                assert_eq!(frontend.cache_mb, 1634);
+                Some(host.hostname.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        frontends,
+        [
+            "stream-frontend-1",
+            "stream-frontend-2",
+            "stream-frontend-3",
+            "stream-frontend-4"
+        ]
+    );
+}
+
+#[test]
 fn plan_json_never_shows_secret_values() {
     let plan = load_example("master.toml", "secrets.toml");
     let json = serde_json::to_string(&plan).unwrap();

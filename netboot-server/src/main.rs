@@ -1,6 +1,6 @@
 //! netbootd: serves DHCP, TFTP and HTTP so every machine boots its role by MAC.
 //!
-//! `netbootd --config master.toml` serves the master file's hosts with the images imgbuild put
+//! `netbootd --config master.toml serve` serves the master file's hosts with the images imgbuild put
 //! in the store. `netbootd serve-static …` takes hosts, network and one image on the command
 //! line instead (tests and one-off setups).
 
@@ -211,7 +211,10 @@ struct MasterArgs {
     /// The master file.
     #[arg(long, global = true, default_value = "master.toml")]
     config: PathBuf,
-    /// Where the lease table is kept.
+    /// The image store. Default: the master file's `[netboot] store`, where imgbuild builds.
+    #[arg(long, global = true, env = "LECTERN_STORE")]
+    store: Option<PathBuf>,
+    /// Where the lease table (and `check`'s hashes of the store's files) are kept.
     #[arg(long, global = true, default_value = "/var/lib/netbootd")]
     state_dir: PathBuf,
     /// TFTP root (and HTTP-boot firmware): the iPXE binaries.
@@ -224,18 +227,35 @@ enum Command {
     /// Serve the master file's hosts until SIGTERM: DHCP (authoritative or proxy, as the master file
     /// says) on its interface, TFTP and HTTP; SIGHUP rereads the master file and the store.
     Serve,
-    /// Check the master file, the store and the TFTP root without touching the network.
-    Check,
+    /// Check, without sending a packet, what `serve` needs: the master file, the interface it
+    /// names (it exists, is up and holds the server's address), the TFTP root's iPXE binaries (as
+    /// their Debian package installed them) and every file of the store a host would load (there,
+    /// not empty, its content's sha256 its name). Exit code 1 on any problem.
+    Check(CheckArgs),
     /// Serve hosts and one image given on the command line until SIGTERM; SIGHUP reloads.
     ServeStatic(Args),
-    /// Check a command-line configuration without touching the network.
-    CheckStatic(Args),
+    /// `check` for a command-line configuration.
+    CheckStatic {
+        #[command(flatten)]
+        server: Args,
+        #[command(flatten)]
+        check: CheckArgs,
+    },
     /// Run this machine's local VMs of the master file (`where = "local-vm"`) until SIGTERM: each
     /// netboots with its MAC, vCPUs and memory, and starts again when it dies.
     Vms(VmsArgs),
     /// Start or stop a room's cloud encoders (`where = "ec2"`) from the role's published AMI.
     /// Credentials come from the standard AWS chain (environment, ~/.aws).
     Cloud(CloudArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// Hash every store file again. Without it, a file whose device, inode, size, modification and
+    /// change times are those of an earlier check's hash (kept in the state directory) is not read:
+    /// any write changes them, damage below the file system does not.
+    #[arg(long)]
+    rehash: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -388,13 +408,16 @@ fn configure(
     Ok((config, policy))
 }
 
-/// Prints the problems `check` found; the exit code says whether there were any.
-fn report(problems: &[String], summary: &str) -> ExitCode {
-    for problem in problems {
+/// Prints what `check` found, the causes first; the exit code says whether there were problems.
+fn report(report: &check::Report) -> ExitCode {
+    if let Some(unkept) = &report.unkept {
+        eprintln!("note: the store files' hashes could not be kept for the next check ({unkept})");
+    }
+    for problem in &report.problems {
         println!("problem: {problem}");
     }
-    if problems.is_empty() {
-        println!("ok: {summary}");
+    if report.problems.is_empty() {
+        println!("ok: {}", report.summary);
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -408,6 +431,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     init_logging(&cli.verbosity);
     let MasterArgs {
         config: master,
+        store: store_dir,
         state_dir,
         tftp_root,
     } = cli.master;
@@ -420,7 +444,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(2))
         }
         Some(Command::Serve) => {
-            let loaded = plan_policy::load(&master)?;
+            let loaded = plan_policy::load(&master, store_dir.as_deref())?;
             let config = plan_policy::server_config(&loaded.0, &loaded.1, state_dir, tftp_root)?;
             // New builds and rollbacks in the store are served without a restart or a SIGHUP.
             let store = loaded.1.clone();
@@ -434,13 +458,13 @@ async fn main() -> anyhow::Result<ExitCode> {
                     let taken = first.lock().expect("not poisoned").take();
                     let (plan, store) = match taken {
                         Some(loaded) => loaded,
-                        None => plan_policy::load(&master)?,
+                        None => plan_policy::load(&master, store_dir.as_deref())?,
                     };
                     let (state_dir, tftp_root) =
                         (running.state_dir.clone(), running.tftp_root.clone());
                     let wanted = plan_policy::server_config(&plan, &store, state_dir, tftp_root)?;
                     let policy = PlanPolicy::new(&plan, &store);
-                    for gap in policy.gaps() {
+                    for gap in &policy.gaps().causes {
                         tracing::warn!("{gap}");
                     }
                     Ok((Arc::new(policy) as Arc<dyn BootPolicy>, wanted))
@@ -453,14 +477,16 @@ async fn main() -> anyhow::Result<ExitCode> {
             .await?;
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Check) => {
-            let (plan, store) = plan_policy::load(&master)?;
+        Some(Command::Check(args)) => {
+            let (plan, store) = plan_policy::load(&master, store_dir.as_deref())?;
             let config = plan_policy::server_config(&plan, &store, state_dir, tftp_root)?;
             let policy = PlanPolicy::new(&plan, &store);
-            let mut problems = check::check(&config, &policy);
-            problems.extend(policy.gaps().iter().cloned());
-            let summary = format!("{} netbooted hosts", policy.hosts().len());
-            Ok(report(&problems, &summary))
+            Ok(report(&check::run(
+                &config,
+                &policy,
+                policy.gaps(),
+                args.rehash,
+            )))
         }
         Some(Command::ServeStatic(args)) => {
             let (config, policy) = configure(args, state_dir, tftp_root)?;
@@ -480,7 +506,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Vms(args)) => {
-            let (plan, _) = plan_policy::load(&master)?;
+            let (plan, _) = plan_policy::load(&master, store_dir.as_deref())?;
             let hypervisor = args
                 .hypervisor
                 .unwrap_or_else(|| plan.netboot.server.clone());
@@ -513,7 +539,7 @@ async fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Cloud(args)) => {
-            let (plan, store) = plan_policy::load(&master)?;
+            let (plan, store) = plan_policy::load(&master, store_dir.as_deref())?;
             let fleet = CloudEncoders {
                 plan: &plan,
                 store: &store,
@@ -580,13 +606,10 @@ async fn main() -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::CheckStatic(args)) => {
-            let (config, policy) = configure(args, state_dir, tftp_root)?;
-            let problems = check::check(&config, &policy);
-            Ok(report(
-                &problems,
-                &format!("{} hosts", policy.hosts().len()),
-            ))
+        Some(Command::CheckStatic { server, check }) => {
+            let (config, policy) = configure(server, state_dir, tftp_root)?;
+            let gaps = check::Gaps::default();
+            Ok(report(&check::run(&config, &policy, &gaps, check.rehash)))
         }
     }
 }

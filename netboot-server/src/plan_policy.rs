@@ -2,13 +2,14 @@
 //! the store imgbuild fills. This is the only module that knows about roles and the store; the
 //! protocols see it through [`BootPolicy`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lectern_master::Plan;
 use lectern_store::{Manifest, Store};
 
+use crate::check::{Gaps, some_of};
 use crate::dhcp::Mode;
 use crate::mac::MacAddr;
 use crate::policy::{
@@ -72,16 +73,20 @@ pub struct PlanPolicy {
     boots: HashMap<MacAddr, HostBoot>,
     artifacts: HashMap<String, Artifact>,
     /// What is missing for some host to boot (role images or host layers not built yet).
-    gaps: Vec<String>,
+    gaps: Gaps,
 }
 
 impl PlanPolicy {
     pub fn new(plan: &Plan, store: &Store) -> PlanPolicy {
-        let mut gaps = Vec::new();
+        let mut causes = Vec::new();
         let mut images: HashMap<String, Option<RoleImage>> = HashMap::new();
         let mut artifacts = HashMap::new();
         let mut hosts = Vec::new();
         let mut boots = HashMap::new();
+        // Roles with no release at all, and their hosts; hosts with an image but no layer.
+        let mut never_built: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+        let mut without_layer = Vec::new();
+        let mut host_causes = Vec::new();
         for host in plan.netbooted() {
             let Some(mac) = host.mac else { continue };
             let role = host.role.as_str();
@@ -91,21 +96,22 @@ impl PlanPolicy {
                     let image = match store.newest_whole_release(role) {
                         Ok((Some(manifest), passed_over)) => {
                             for damaged in passed_over {
-                                gaps.push(format!(
+                                causes.push(format!(
                                     "{damaged}: serving the release before it, {} (rebuild: imgbuild role {role})",
                                     manifest.image
                                 ));
                             }
-                            RoleImage::from_manifest(&manifest)
+                            RoleImage::from_manifest(&manifest).map_err(Some)
                         }
-                        Ok((None, passed_over)) if passed_over.is_empty() => Err(format!(
-                            "no {role} image in the store yet (run: imgbuild role {role})"
-                        )),
-                        Ok((None, passed_over)) => Err(format!(
+                        Ok((None, passed_over)) if passed_over.is_empty() => {
+                            never_built.insert(role.to_owned(), Vec::new());
+                            Err(None)
+                        }
+                        Ok((None, passed_over)) => Err(Some(format!(
                             "no whole {role} image in the store: {} (run: imgbuild role {role})",
                             passed_over.join("; ")
-                        )),
-                        Err(e) => Err(format!("cannot read the {role} image: {e}")),
+                        ))),
+                        Err(e) => Err(Some(format!("cannot read the {role} image: {e}"))),
                     };
                     match image {
                         Ok(image) => {
@@ -120,8 +126,8 @@ impl PlanPolicy {
                             }
                             Some(image)
                         }
-                        Err(gap) => {
-                            gaps.push(gap);
+                        Err(cause) => {
+                            causes.extend(cause);
                             None
                         }
                     }
@@ -134,24 +140,26 @@ impl PlanPolicy {
                     Some(store.blob_path(&layer.blob.sha256))
                 }
                 Ok(Some(layer)) => {
-                    gaps.push(format!(
+                    host_causes.push(format!(
                         "{}'s host layer was built for role {}, not {role} (run: imgbuild all)",
                         host.hostname, layer.role
                     ));
                     None
                 }
-                Ok(None) => {
-                    gaps.push(format!(
-                        "{} has no host layer yet (run: imgbuild all)",
-                        host.hostname
-                    ));
+                // Said once for the role when it has no image either.
+                Ok(None) if image.is_some() => {
+                    without_layer.push(host.hostname.as_str());
                     None
                 }
+                Ok(None) => None,
                 Err(e) => {
-                    gaps.push(format!("cannot read {}'s host layer: {e}", host.hostname));
+                    host_causes.push(format!("cannot read {}'s host layer: {e}", host.hostname));
                     None
                 }
             };
+            if let Some(role_hosts) = never_built.get_mut(role) {
+                role_hosts.push(&host.hostname);
+            }
             hosts.push(Host {
                 mac,
                 hostname: host.hostname.clone(),
@@ -176,6 +184,39 @@ impl PlanPolicy {
             };
             boots.insert(mac, boot);
         }
+        // The causes first: what leaves whole roles without a boot, then single hosts.
+        let netbooted = hosts.len();
+        if !never_built.is_empty() && never_built.len() == images.len() {
+            causes.push(format!(
+                "the store {} has no images yet: none of the {netbooted} netbooted hosts can boot (run: imgbuild all)",
+                store.root().display()
+            ));
+        } else {
+            for (role, role_hosts) in &never_built {
+                let which = match role_hosts.as_slice() {
+                    [one] => one.to_string(),
+                    many => format!("its {} hosts", many.len()),
+                };
+                causes.push(format!(
+                    "no {role} image in the store yet: {which} cannot boot (run: imgbuild role {role})"
+                ));
+            }
+        }
+        match without_layer.as_slice() {
+            [] => {}
+            [one] => causes.push(format!("{one} has no host layer yet (run: imgbuild all)")),
+            many => causes.push(format!(
+                "{} hosts have no host layer yet: {} (run: imgbuild all)",
+                many.len(),
+                some_of(many)
+            )),
+        }
+        causes.extend(host_causes);
+        let unbootable = (boots.iter())
+            .filter(|(_, boot)| boot.image.is_none())
+            .map(|(mac, _)| *mac)
+            .collect();
+        let gaps = Gaps { causes, unbootable };
         let n = &plan.network;
         let network = Network {
             netmask: n.netmask,
@@ -195,7 +236,7 @@ impl PlanPolicy {
     }
 
     /// Hosts that cannot boot yet and why.
-    pub fn gaps(&self) -> &[String] {
+    pub fn gaps(&self) -> &Gaps {
         &self.gaps
     }
 }
@@ -264,18 +305,26 @@ pub fn protocol_limits(limits: &NetbootLimits) -> (tftp::Limits, http::Limits) {
     (tftp, http)
 }
 
-/// Loads the master file and the store it names. Not the secrets file: what netbootd serves,
-/// imgbuild rendered, and the hosts' secrets are in the store's private blobs.
-pub fn load(config: &Path) -> anyhow::Result<(Plan, Store)> {
-    let plan = lectern_master::load_without_secret_values(config)
+/// Loads the master file and the store it names, or `store` instead (`--store`, as imgbuild
+/// takes it). Not the secrets file: what netbootd serves, imgbuild rendered, and the hosts'
+/// secrets are in the store's private blobs.
+pub fn load(config: &Path, store: Option<&Path>) -> anyhow::Result<(Plan, Store)> {
+    let mut plan = lectern_master::load_without_secret_values(config)
         .map_err(|problems| anyhow::anyhow!("{problems}"))?;
-    let store = Store::open(&plan.netboot.store).map_err(|e| {
+    if let Some(store) = store {
+        plan.netboot.store = store.to_owned();
+    }
+    let opened = Store::open(&plan.netboot.store).map_err(|e| {
+        let with_store = match store {
+            Some(store) => format!(" --store {}", store.display()),
+            None => String::new(),
+        };
         anyhow::anyhow!(
-            "{e}\n  help: build the images first: imgbuild all --config {}",
+            "{e}\n  help: build the images first: imgbuild all --config {}{with_store}",
             config.display()
         )
     })?;
-    Ok((plan, store))
+    Ok((plan, opened))
 }
 
 /// The server settings a plan implies, with the store's TLS key if imgbuild has made it;
@@ -398,7 +447,7 @@ mod tests {
             boot.root.as_deref(),
             Some(first.artifacts[ROOT].sha256.as_str())
         );
-        let said = policy.gaps().join("\n");
+        let said = policy.gaps().causes.join("\n");
         assert!(
             said.contains(&format!("source image {}", second.image))
                 && said.contains(&format!("serving the release before it, {}", first.image)),
@@ -481,6 +530,7 @@ mod tests {
         assert!(
             policy
                 .gaps()
+                .causes
                 .iter()
                 .any(|g| g.contains("imgbuild role mixer")),
             "{:?}",
@@ -488,6 +538,46 @@ mod tests {
         );
         // The cloud encoder does not netboot at all.
         assert!(policy.hosts().iter().all(|h| h.hostname != "lameere-enc"));
+    }
+
+    #[test]
+    fn what_is_missing_is_said_once_per_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = plan(dir.path());
+        let store = Store::create(dir.path().join("store")).unwrap();
+        let nothing = PlanPolicy::new(&plan, &store);
+        assert_eq!(
+            nothing.gaps().causes,
+            [format!(
+                "the store {} has no images yet: none of the 8 netbooted hosts can boot (run: imgbuild all)",
+                store.root().display()
+            )]
+        );
+        assert_eq!(nothing.gaps().unbootable.len(), 8);
+
+        let artifacts: BTreeMap<String, BlobRef> = [KERNEL, INITRD, ROOT]
+            .into_iter()
+            .map(|name| (name.to_owned(), put(&store, &format!("source {name}"))))
+            .collect();
+        let manifest = Manifest::new(
+            "source",
+            vec![],
+            artifacts,
+            BTreeMap::new(),
+            BTreeMap::new(),
+        );
+        store.add_manifest(&manifest).unwrap();
+        let sources = PlanPolicy::new(&plan, &store);
+        assert_eq!(
+            sources.gaps().causes,
+            [
+                "no encoder image in the store yet: cornil-enc cannot boot (run: imgbuild role encoder)",
+                "no mixer image in the store yet: its 2 hosts cannot boot (run: imgbuild role mixer)",
+                "no streaming-backend image in the store yet: stream-backend cannot boot (run: imgbuild role streaming-backend)",
+                "4 hosts have no host layer yet: lameere-source-1, lameere-source-2, cornil-source-1 and 1 more (run: imgbuild all)",
+            ]
+        );
+        assert_eq!(sources.gaps().unbootable.len(), 4);
     }
 
     #[test]

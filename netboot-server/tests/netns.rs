@@ -1476,3 +1476,93 @@ fn the_dashboard_follows_a_boot_live_and_shows_a_silent_host_stale() {
         png.len()
     );
 }
+
+#[test]
+fn check_finds_the_interface_up_and_holding_the_servers_address_only_where_it_is() {
+    let Some(lab) = Lab::new(&[]) else {
+        return;
+    };
+    let state = lab.dir.path().join("state");
+    let netbootd = env!("CARGO_BIN_EXE_netbootd");
+    // `check` as the server namespace sees the machine: its br0 holds 10.99.0.1/24. Debian's iPXE
+    // binaries are the TFTP root, checked against dpkg's record of them.
+    let check = |command: &str, args: &[&str]| {
+        let mut full = vec![
+            netbootd,
+            command,
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--tftp-root",
+            "/usr/lib/ipxe",
+        ];
+        full.extend_from_slice(args);
+        let output = lab.server("env", &[&["-u", "LECTERN_STORE"], &full[..]].concat());
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+    let store = lectern_store::Store::create(lab.dir.path().join("store")).unwrap();
+    store.server_key().unwrap();
+    let key = store.server_key_path();
+    let static_check = |interface: &str, server_ip: &str, mode: &str| {
+        let args = ["--interface", interface, "--server-ip", server_ip];
+        let tls = ["--tls-key", key.to_str().unwrap(), "--mode", mode];
+        check("check-static", &[&args[..], &tls].concat())
+    };
+    let (code, said) = static_check("br0", SERVER_IP, "authoritative");
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.starts_with("ok: 0 netbooted hosts; br0 holds 10.99.0.1;"),
+        "{said}"
+    );
+
+    let (code, said) = static_check("br0", "10.99.0.2", "authoritative");
+    assert_eq!(code, Some(1), "{said}");
+    assert_eq!(
+        said,
+        "problem: interface br0 does not hold the server's address 10.99.0.2 (it has 10.99.0.1/24): netbootd binds TFTP and HTTP to it and every boot URL names it (ip addr add 10.99.0.2/24 dev br0)\n"
+    );
+    // In proxy mode too: the venue's DHCP server hands the box its address.
+    let (_, said) = static_check("br0", "10.99.0.2", "proxy");
+    assert!(
+        said.contains("(the venue's DHCP server must give this box 10.99.0.2, or set it statically: ip addr add 10.99.0.2/24 dev br0)"),
+        "{said}"
+    );
+    let (_, said) = static_check("br7", SERVER_IP, "authoritative");
+    assert_eq!(
+        said,
+        "problem: interface br7 does not exist here (`ip link` lists this machine's): netbootd serves on the interface the master file names\n"
+    );
+    lab.add_server_address("10.99.0.129/25");
+    let (_, said) = static_check("br0", "10.99.0.129", "authoritative");
+    assert_eq!(
+        said,
+        "problem: interface br0 holds 10.99.0.129/25, narrower than the master file's /24: hosts outside that /25 are off its link (give the address /24)\n"
+    );
+
+    // The VM labs' master file names br0 and 10.99.0.1: in this namespace all that is missing is
+    // the images.
+    let master = lab.dir.path().join("master.toml");
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../builder/tests/fixtures/master.toml"
+    );
+    std::fs::copy(fixture, &master).unwrap();
+    let (code, said) = check("check", &["--config", master.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{said}");
+    assert_eq!(
+        said,
+        format!(
+            "problem: the store {} has no images yet: none of the 5 netbooted hosts can boot (run: imgbuild all)\n",
+            store.root().display()
+        )
+    );
+
+    must("ip", &["-n", &lab.server_ns, "link", "set", "br0", "down"]);
+    let (_, said) = static_check("br0", SERVER_IP, "authoritative");
+    assert_eq!(
+        said,
+        "problem: interface br0 is down (ip link set br0 up)\n"
+    );
+}

@@ -341,19 +341,17 @@ impl RoomLab {
         if self.fixture == Fixture::ProxyBesideVenue {
             self.start_venue_dhcp()?;
         }
-        let state = self.lab.dir().join("state");
-        fs::create_dir_all(&state)?;
-        let args = |command: &mut Command| {
-            command
-                .arg("--config")
-                .arg(&self.master)
-                .arg("--state-dir")
-                .arg(&state)
-                .args(["--tftp-root", TFTP_ROOT]);
-        };
-        let mut check = Command::new(netbootd);
-        check.arg("check");
-        args(&mut check);
+        // Where `serve` runs, whose bridge holds the server's address; its hashes of the store's files
+        // kept beside the shared store, so that each is hashed once per run rather than once per lab.
+        let netbootd_path = netbootd.to_str().context("netbootd path")?;
+        let mut check = self.lab.in_netns(netbootd_path);
+        check
+            .arg("check")
+            .arg("--config")
+            .arg(&self.master)
+            .arg("--state-dir")
+            .arg(self.plan.netboot.store.with_extension("check"))
+            .args(["--tftp-root", TFTP_ROOT]);
         let output = check.output().context("running netbootd check")?;
         let said = format!(
             "{}{}",
@@ -361,12 +359,17 @@ impl RoomLab {
             String::from_utf8_lossy(&output.stderr)
         );
         ensure!(output.status.success(), "netbootd check failed:\n{said}");
-        let mut serve = self
-            .lab
-            .in_netns(netbootd.to_str().context("netbootd path")?);
-        serve.arg("serve");
-        args(&mut serve);
-        serve.env("RUST_LOG", "lectern_netboot=debug,info");
+        let state = self.lab.dir().join("state");
+        fs::create_dir_all(&state)?;
+        let mut serve = self.lab.in_netns(netbootd_path);
+        serve
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.master)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--tftp-root", TFTP_ROOT])
+            .env("RUST_LOG", "lectern_netboot=debug,info");
         self.lab.spawn(serve, "netbootd.log")?;
         self.started = Instant::now();
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -15,10 +15,10 @@ pub fn run(_: &Args, global: &Global) -> Result<()> {
         .into_iter()
         .partition(|role| builder.recipes().role(role).is_ok());
     if !skipped.is_empty() {
-        eprintln!(
+        crate::progress::say(format_args!(
             "no recipe, not netbooted: hosts with role {}",
             skipped.join(", ")
-        );
+        ));
     }
     let mut host_count = 0;
     for role in &roles {

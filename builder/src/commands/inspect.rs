@@ -222,7 +222,10 @@ fn wiring(config: &RoleConfig) -> String {
                 b.watch_path
             )
         }
-        RoleConfig::StreamingFrontend(_) => String::new(),
+        RoleConfig::StreamingFrontend(f) => format!(
+            "caches {} ({}): HLS {}, watch {}; {} MiB",
+            f.backend, f.backend_address, f.hls_path, f.watch_path, f.cache_mb
+        ),
     }
 }
 

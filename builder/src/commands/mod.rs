@@ -50,6 +50,13 @@ pub struct Global {
     /// Timestamp for every file in the images; same value + same packages = same bytes.
     #[arg(long, global = true, env = "SOURCE_DATE_EPOCH", default_value_t = DEFAULT_SOURCE_DATE_EPOCH)]
     pub source_date_epoch: u64,
+    /// Say nothing of the progress (steps done, layers taken from the store): results, warnings and
+    /// errors only.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+    /// Say more: each external step's command line and log file.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 }
 
 impl Global {
@@ -67,7 +74,9 @@ impl Global {
     /// absent. A master file named with --config must exist.
     pub fn plan_if_any(&self) -> Result<Plan> {
         if self.config == Path::new(DEFAULT_CONFIG) && !self.config.exists() {
-            eprintln!("no {DEFAULT_CONFIG} here: building without per-host layers");
+            crate::progress::say(format_args!(
+                "no {DEFAULT_CONFIG} here: building without per-host layers"
+            ));
             return Ok(Plan::empty());
         }
         self.plan()

@@ -103,7 +103,9 @@ pub fn run(args: &Args, global: &Global) -> Result<()> {
     };
     for target in targets {
         let aws = Aws::from_environment(target, endpoint_url.as_deref())?;
-        let bar = ProgressBar::new(disk_size).with_message(format!("uploading to {}", aws.region));
+        let bar = crate::progress::shown(
+            ProgressBar::new(disk_size).with_message(format!("uploading to {}", aws.region)),
+        );
         bar.set_style(
             ProgressStyle::with_template(
                 "{msg} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
