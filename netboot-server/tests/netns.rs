@@ -1756,6 +1756,30 @@ fn a_running_host_applies_its_changed_layer_over_tls_restarting_only_what_reads_
         browser.join().unwrap()
     });
 
+    // A version whose time zone cannot go in place (a directory stands there): the files renamed in
+    // before it go back.
+    let (public, secrets) = mixer1_layer(&scratch, (30, 7000, rotated, "UTC\n", false));
+    std::fs::write(layers.join("mixer1.cpio"), &public).unwrap();
+    std::fs::write(layers.join("mixer1.secrets.cpio"), &secrets).unwrap();
+    let zone = host.root.join("etc/timezone");
+    std::fs::remove_file(&zone).unwrap();
+    std::fs::create_dir_all(zone.join("in-the-way")).unwrap();
+    host.systemctl_calls();
+    let (ok, printed) = host.run(&lab, "live-layer", &[], "");
+    assert!(
+        !ok && printed.contains("cannot put etc/timezone in place"),
+        "{printed}"
+    );
+    assert_eq!(
+        host.systemctl_calls(),
+        ["start --no-block lectern-heartbeat.service"],
+        "no unit restarted"
+    );
+    std::fs::remove_dir_all(&zone).unwrap();
+    std::fs::write(&zone, "Europe/Brussels\n").unwrap();
+    let (ok, printed) = host.run(&lab, "report", &[], "");
+    assert!(ok && !printed.contains("applying it"), "{printed}");
+
     // Replaced whole, each file by a rename: new inodes, nothing half-written left beside them, the
     // secrets still the root's alone, the old ones kept for a rollback in the host's RAM.
     assert_eq!(
@@ -1815,7 +1839,7 @@ fn a_running_host_applies_its_changed_layer_over_tls_restarting_only_what_reads_
     assert!(update["at"].is_string(), "{mixer:#}");
     let metrics = lab.operator("/metrics");
     for counted in [
-        "netbootd_live_layers_total{outcome=\"released\"} 2",
+        "netbootd_live_layers_total{outcome=\"released\"} 3",
         "netbootd_secrets_total{outcome=\"released\"} 1",
     ] {
         assert!(metrics.contains(counted), "{counted}: {metrics}");
