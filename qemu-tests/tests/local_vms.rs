@@ -20,6 +20,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use lectern_builder::context::Plan as RenderPlan;
 use lectern_master::Role;
 use lectern_netboot::vms::STATE_FILE;
 use lectern_qemu_tests::Firmware;
@@ -144,8 +145,9 @@ fn run(room: &mut RoomLab) -> Result<()> {
         vm.vcpus
     );
 
-    // A new bitrate for the room, built: the running encoder's next heartbeat hears of its new layer
-    // and applies it live, restarting its encoder alone, with the new arguments, in the same boot.
+    // A new bitrate for the room, built into its hosts' layers: the running encoder's next heartbeat
+    // hears of its new layer and applies it live, restarting its encoder alone, with the new
+    // arguments, in the same boot.
     let master = std::fs::read_to_string(&room.master)?;
     ensure!(
         master.contains("video_kbps = 3000\n"),
@@ -153,8 +155,9 @@ fn run(room: &mut RoomLab) -> Result<()> {
     );
     let master = master.replacen("video_kbps = 3000\n", "video_kbps = 2500\n", 1);
     std::fs::write(&room.master, master)?;
+    let render = RenderPlan::load(&room.master)?;
+    fixture_builder(&store_dir)?.build_host_layers(Role::Encoder.as_str(), &render)?;
     let built = Instant::now();
-    room.build_roles(&fixture_builder(&store_dir)?, &[Role::Encoder])?;
     room.wait_for(
         "the running encoder on its new layer",
         Duration::from_secs(300),
