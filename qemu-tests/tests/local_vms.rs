@@ -183,7 +183,11 @@ fn run(room: &mut RoomLab) -> Result<()> {
             && update["failed"].is_null(),
         "the live update: {update}"
     );
-    let ffmpeg = room.ssh(ENCODER, "pgrep -a ffmpeg")?;
+    // With no mixer in this lab ffmpeg exits and the unit restarts it every few seconds: catch it.
+    let ffmpeg = room.ssh(
+        ENCODER,
+        "for try in $(seq 40); do pgrep -a ffmpeg && exit; sleep 0.5; done; exit 1",
+    )?;
     ensure!(
         ffmpeg.contains("-b:v 2500k") && !ffmpeg.contains("-b:v 3000k"),
         "the encoder runs {ffmpeg}"
