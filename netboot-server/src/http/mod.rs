@@ -1,7 +1,8 @@
 //! HTTP: per-host iPXE scripts, immutable artifacts by content hash, per-host layers (without
 //! secrets) for their own host only, firmware files for UEFI HTTP boot, the boot timeline,
 //! metrics and health. HTTPS (the same server over TLS): each host's secrets, once per boot, to
-//! the host that proves it is the host, and the boot reports, with the token that release gave.
+//! the host that proves it is the host; the boot reports, with the token that release gave; and,
+//! to a running boot with that token that proves it all again, its whole layer (a live update).
 
 mod file;
 mod plain;
