@@ -8,7 +8,7 @@
 //!   to change: only the root image is rebuilt
 //! - `host/`   per-host files, rendered per host into the per-host layer (base's apply to every host)
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -17,7 +17,7 @@ use lectern_store::Digest;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::tree::Tree;
+use crate::tree::{Entry, Tree};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,6 +35,11 @@ struct RecipeFile {
     /// Files of the per-host layer that hold secrets: mode 0600.
     #[serde(default)]
     host_private: Vec<String>,
+    /// Which units read which files of the per-host layer: globs over the host overlays' files
+    /// (`*` and `?` within one path component), each to the units a running host restarts when
+    /// that file changes in a live update (`[]`: read afresh at each use).
+    #[serde(default)]
+    host_file_units: BTreeMap<String, Vec<String>>,
 }
 
 /// Where the base comes from (base recipe only).
@@ -54,6 +59,7 @@ pub struct Recipe {
     pub packages: Vec<String>,
     pub units: Vec<String>,
     pub host_private: Vec<String>,
+    pub host_file_units: BTreeMap<String, Vec<String>>,
     /// sha256 of the recipe file: part of the layer keys.
     pub digest: Digest,
 }
@@ -68,6 +74,14 @@ pub struct Recipes {
 }
 
 pub const BASE: &str = "base";
+
+/// The list of a host layer's own files, which imgbuild adds to it: a live update removes the
+/// files the previous layer had and the new one has not.
+pub const LAYER_FILES: &str = "etc/lectern/layer-files";
+
+/// Where a root image says which units read which files of the host layer (the recipes'
+/// `host_file_units`, expanded): what a live update of the layer restarts.
+pub const HOST_FILE_UNITS: &str = "usr/lib/lectern/host-file-units";
 
 /// The overlay trees a recipe may have (see the module docs).
 #[derive(Clone, Copy, Debug)]
@@ -102,6 +116,7 @@ impl Recipes {
                 packages: file.packages,
                 units: file.units,
                 host_private: file.host_private,
+                host_file_units: file.host_file_units,
                 digest: Digest::of_bytes(&raw),
             };
             match (name.as_str(), file.extends.as_deref(), file.debian) {
@@ -121,12 +136,18 @@ impl Recipes {
         }
         let (base, debian) =
             base.with_context(|| format!("no base.toml in {}", recipes_dir.display()))?;
-        Ok(Self {
+        let recipes = Self {
             base,
             debian,
             roles,
             overlays_dir: overlays_dir.to_owned(),
-        })
+        };
+        // A typo in a glob would leave a file unread until the next boot: refused here, for
+        // `imgbuild check` and every build alike.
+        for role in recipes.names() {
+            recipes.host_file_units(role)?;
+        }
+        Ok(recipes)
     }
 
     /// The recipe for `role`; `base` is itself a bootable role with no additions.
@@ -173,13 +194,100 @@ impl Recipes {
         Ok(units)
     }
 
+    /// Every file a host layer of `role` may hold: its recipes' host overlay files (templates by
+    /// the names they render to) and [`LAYER_FILES`].
+    fn host_paths(&self, role: &str) -> Result<BTreeSet<String>> {
+        fn walk(dir: &Path, prefix: &str, paths: &mut BTreeSet<String>) -> Result<()> {
+            for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+                let entry = entry?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let path = format!("{prefix}{name}");
+                if entry.file_type()?.is_dir() {
+                    walk(&entry.path(), &format!("{path}/"), paths)?;
+                } else {
+                    paths.insert(path.strip_suffix(".j2").unwrap_or(&path).to_owned());
+                }
+            }
+            Ok(())
+        }
+        let mut paths = BTreeSet::from([LAYER_FILES.to_owned()]);
+        for name in self.chain(role) {
+            let overlay = self.overlay_dir(name, OverlayKind::Host);
+            if overlay.is_dir() {
+                walk(&overlay, "", &mut paths)?;
+            }
+        }
+        Ok(paths)
+    }
+
+    /// The units a running host of `role` restarts when each file of its layer changes: the
+    /// `host_file_units` of its recipes, merged, each glob expanded to the host files it names.
+    /// A glob that names no file, or a unit that is not a unit name, is an error naming its recipe.
+    pub fn host_file_units(&self, role: &str) -> Result<BTreeMap<String, BTreeSet<String>>> {
+        let paths = self.host_paths(role)?;
+        let mut units: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for name in self.chain(role) {
+            for (glob, readers) in &self.role(name)?.host_file_units {
+                let context = || format!("recipes/{name}.toml: host_file_units {glob:?}");
+                if let Some(bad) = readers.iter().find(|unit| !is_unit_name(unit)) {
+                    bail!("{}: {bad:?} is not a systemd unit name", context());
+                }
+                let named: Vec<&String> = paths
+                    .iter()
+                    .filter(|path| glob_matches(glob, path))
+                    .collect();
+                if named.is_empty() {
+                    bail!(
+                        "{}: names no file of the host overlays of {}",
+                        context(),
+                        self.chain(role).join(" and ")
+                    );
+                }
+                for path in named {
+                    units
+                        .entry(path.clone())
+                        .or_default()
+                        .extend(readers.iter().cloned());
+                }
+            }
+        }
+        Ok(units)
+    }
+
+    /// [`HOST_FILE_UNITS`] for `role`: one line per file, its path then the units that read it.
+    fn host_file_units_file(&self, role: &str) -> Result<String> {
+        let mut text = String::from(
+            "# Which units read which files of this host's layer (the recipes' host_file_units): a live update\n\
+             # restarts the units of the files that changed; a changed file not listed changes at the next boot.\n",
+        );
+        for (path, units) in self.host_file_units(role)? {
+            let line: Vec<&str> = std::iter::once(path.as_str())
+                .chain(units.iter().map(String::as_str))
+                .collect();
+            text.push_str(&line.join(" "));
+            text.push('\n');
+        }
+        Ok(text)
+    }
+
     /// Renders one overlay kind of every recipe in `role`'s chain against `context`, later recipes winning;
-    /// for the host kind, the recipes' `host_private` files become 0600.
+    /// for the host kind, the recipes' `host_private` files become 0600 and [`LAYER_FILES`] lists the
+    /// files; the config kind gets [`HOST_FILE_UNITS`].
     pub fn render(&self, role: &str, kind: OverlayKind, context: &Value) -> Result<Tree> {
         let chain = self.chain(role);
         let mut tree = Tree::default();
         for name in &chain {
             tree.merge(Tree::load(&self.overlay_dir(name, kind), Some(context))?);
+        }
+        if matches!(kind, OverlayKind::Config) {
+            let content = self.host_file_units_file(role)?.into_bytes();
+            tree.insert(
+                HOST_FILE_UNITS,
+                Entry::File {
+                    mode: 0o644,
+                    content,
+                },
+            );
         }
         if matches!(kind, OverlayKind::Host) {
             for name in &chain {
@@ -196,9 +304,57 @@ impl Recipes {
                     tree.make_private(path)?;
                 }
             }
+            let mut files: Vec<&str> = tree.file_paths().collect();
+            files.push(LAYER_FILES);
+            files.sort_unstable();
+            let list = format!(
+                "# The files of this host's layer, which a live update of it compares with the next one's.\n{}\n",
+                files.join("\n")
+            );
+            tree.insert(
+                LAYER_FILES,
+                Entry::File {
+                    mode: 0o644,
+                    content: list.into_bytes(),
+                },
+            );
         }
         Ok(tree)
     }
+}
+
+/// Whether `path` matches `glob`: `*` any run of characters and `?` any one, both within one path
+/// component; anything else itself.
+fn glob_matches(glob: &str, path: &str) -> bool {
+    let mut glob_chars = glob.chars();
+    match glob_chars.next() {
+        None => path.is_empty(),
+        Some('*') => (path.char_indices().map(|(at, _)| at).chain([path.len()]))
+            .take_while(|&end| !path[..end].contains('/'))
+            .any(|end| glob_matches(glob_chars.as_str(), &path[end..])),
+        Some(wanted) => {
+            let mut path_chars = path.chars();
+            match path_chars.next() {
+                Some(c) if c == wanted || (wanted == '?' && c != '/') => {
+                    glob_matches(glob_chars.as_str(), path_chars.as_str())
+                }
+                _ => false,
+            }
+        }
+    }
+}
+
+/// A systemd unit name: no spaces (the host's list splits on them), a unit type's suffix.
+fn is_unit_name(unit: &str) -> bool {
+    let types = [
+        ".service", ".socket", ".target", ".mount", ".path", ".timer",
+    ];
+    let (stem, suffix) = unit.rsplit_once('.').unwrap_or((unit, ""));
+    !stem.is_empty()
+        && types.contains(&format!(".{suffix}").as_str())
+        && stem
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | ':' | '\\'))
 }
 
 #[cfg(test)]
@@ -626,5 +782,202 @@ variant = "apt"
         let new = host_tree(&recipes, &after, "encoder", "lameere-enc");
         assert_ne!(old.digest(), new.digest());
         assert!(file_text(&new, "etc/lectern/encoder.args").contains("\n-b:v\n4500k\n"));
+        // A running encoder restarts its encoder for it, and nothing else.
+        let update = restarts(&recipes, "encoder", &old, &new);
+        assert_eq!(update.changed, ["etc/lectern/encoder.args"]);
+        assert_eq!(update.restarted, ["lectern-encoder.service"]);
+        assert_eq!(update.needs_reboot, Vec::<String>::new());
+    }
+
+    /// What a live update does on a host of some role, as its root image's [`HOST_FILE_UNITS`] says.
+    struct LiveUpdate {
+        changed: Vec<String>,
+        restarted: Vec<String>,
+        /// The changed files no unit reads: a reboot changes them.
+        needs_reboot: Vec<String>,
+    }
+
+    /// A live update from `old` to `new` on a host of `role`.
+    fn restarts(recipes: &Recipes, role: &str, old: &Tree, new: &Tree) -> LiveUpdate {
+        let units = recipes.host_file_units(role).unwrap();
+        let paths: BTreeSet<&str> = old.file_paths().chain(new.file_paths()).collect();
+        let changed: Vec<String> = (paths.into_iter())
+            .filter(|path| old.get(path) != new.get(path))
+            .map(str::to_owned)
+            .collect();
+        let restarted: BTreeSet<&String> = changed
+            .iter()
+            .filter_map(|path| units.get(path))
+            .flatten()
+            .collect();
+        LiveUpdate {
+            restarted: restarted.into_iter().cloned().collect(),
+            needs_reboot: (changed.iter())
+                .filter(|path| !units.contains_key(*path))
+                .cloned()
+                .collect(),
+            changed,
+        }
+    }
+
+    #[test]
+    fn a_rotated_key_restarts_what_holds_it_and_a_new_time_zone_waits_for_a_reboot() {
+        let recipes = repo_recipes();
+        let before = fixture();
+        let rotated = fixture_plan(
+            &[(
+                "stream_key = \"secret:stream_keys.lameere\"",
+                "stream_key = \"secret:rotated.lameere\"",
+            )],
+            "\n[rotated]\nlameere = \"lectern-rotated-key-41d2\"\n",
+        );
+        let tree = |plan, role, host| host_tree(&recipes, plan, role, host);
+        let backend = ("streaming-backend", "stream-backend");
+        let update = restarts(
+            &recipes,
+            backend.0,
+            &tree(&before, backend.0, backend.1),
+            &tree(&rotated, backend.0, backend.1),
+        );
+        assert_eq!(
+            update.changed,
+            ["etc/lectern/backend/publish-keys.map", "etc/lectern/redact"]
+        );
+        assert_eq!(update.restarted, ["nginx.service"]);
+        assert_eq!(update.needs_reboot, Vec::<String>::new());
+        let encoder = ("encoder", "lameere-enc");
+        let update = restarts(
+            &recipes,
+            encoder.0,
+            &tree(&before, encoder.0, encoder.1),
+            &tree(&rotated, encoder.0, encoder.1),
+        );
+        assert_eq!(update.restarted, ["lectern-encoder.service"]);
+
+        let in_brussels = fixture_plan(
+            &[(
+                "org = \"fosdem\"\n",
+                "org = \"fosdem\"\ntimezone = \"Europe/Brussels\"\n",
+            )],
+            "",
+        );
+        let source = ("source", "lameere-source-1");
+        let update = restarts(
+            &recipes,
+            source.0,
+            &tree(&before, source.0, source.1),
+            &tree(&in_brussels, source.0, source.1),
+        );
+        assert_eq!(update.restarted, Vec::<String>::new());
+        assert_eq!(
+            update.needs_reboot,
+            ["etc/timezone", "etc/tmpfiles.d/lectern-timezone.conf"]
+        );
+        assert_eq!(update.changed, update.needs_reboot);
+    }
+
+    #[test]
+    fn host_layers_list_their_files_and_root_images_which_units_read_them() {
+        let (recipes, plan) = (repo_recipes(), fixture());
+        let encoder = host_tree(&recipes, &plan, "encoder", "lameere-enc");
+        let listed = file_text(&encoder, LAYER_FILES);
+        let listed: Vec<&str> = listed
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .collect();
+        assert_eq!(
+            listed,
+            encoder.file_paths().collect::<Vec<_>>(),
+            "every file, itself and the secrets too"
+        );
+        assert!(listed.contains(&LAYER_FILES) && listed.contains(&"etc/lectern/encoder.args"));
+
+        let context = plan.role_context("streaming-backend", TEST_PIN);
+        let config = recipes
+            .render("streaming-backend", OverlayKind::Config, &context)
+            .unwrap();
+        let units = file_text(&config, HOST_FILE_UNITS);
+        let lines: Vec<&str> = units
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "etc/chrony/conf.d/lectern.conf chrony.service",
+                "etc/hosts",
+                "etc/lectern/backend/publish-keys.map nginx.service",
+                "etc/lectern/backend/rtmp.conf nginx.service",
+                "etc/lectern/backend/site.conf nginx.service",
+                "etc/lectern/layer-files",
+                "etc/lectern/netbootd-url",
+                "etc/lectern/redact",
+                "root/.ssh/authorized_keys",
+            ]
+        );
+        // Every role's recipes name only files its hosts have.
+        for role in recipes.names() {
+            recipes.host_file_units(role).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_host_file_glob_must_name_a_file_and_its_units_must_be_units() {
+        let dir = tempfile::tempdir().unwrap();
+        let overlay = dir.path().join("overlays/base/host/etc/lectern");
+        fs::create_dir_all(&overlay).unwrap();
+        fs::write(overlay.join("encoder.args.j2"), "{{ x }}").unwrap();
+        let with = |units: &str| {
+            let recipes = dir.path().join("recipes");
+            fs::create_dir_all(&recipes).unwrap();
+            fs::write(
+                recipes.join("base.toml"),
+                format!("{BASE_TOML}\n[host_file_units]\n{units}\n"),
+            )
+            .unwrap();
+            Recipes::load(&recipes, &dir.path().join("overlays"))
+                .and_then(|recipes| recipes.host_file_units(BASE))
+        };
+        let units = with(r#""etc/lectern/*.args" = ["lectern-encoder.service"]"#).unwrap();
+        assert_eq!(
+            units.keys().collect::<Vec<_>>(),
+            ["etc/lectern/encoder.args"],
+            "the template by its rendered name"
+        );
+        let error = with(r#""etc/lectern/encodr.args" = []"#)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "recipes/base.toml: host_file_units \"etc/lectern/encodr.args\": names no file of the host overlays of base"
+        );
+        let error = with(r#""etc/lectern/encoder.args" = ["lectern encoder"]"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("\"lectern encoder\" is not a systemd unit name"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn globs_match_within_one_path_component() {
+        for (glob, path, matches) in [
+            (
+                "etc/lectern/backend/*",
+                "etc/lectern/backend/site.conf",
+                true,
+            ),
+            ("etc/lectern/backend/*", "etc/lectern/backend/", true),
+            ("etc/*", "etc/lectern/redact", false),
+            ("etc/*/redact", "etc/lectern/redact", true),
+            ("etc/host?", "etc/hosts", true),
+            ("etc/host?", "etc/host/", false),
+            ("etc/hosts", "etc/hosts", true),
+            ("etc/hosts", "etc/hosts.allow", false),
+            ("*.conf", "résumé.conf", true),
+        ] {
+            assert_eq!(glob_matches(glob, path), matches, "{glob} {path}");
+        }
     }
 }

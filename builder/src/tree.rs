@@ -158,6 +158,13 @@ impl Tree {
         self.entries.is_empty()
     }
 
+    /// The paths of its files and symlinks, in order.
+    pub fn file_paths(&self) -> impl Iterator<Item = &str> {
+        (self.entries.iter())
+            .filter(|(_, entry)| !matches!(entry, Entry::Dir { .. }))
+            .map(|(path, _)| path.as_str())
+    }
+
     pub fn get(&self, path: &str) -> Option<&Entry> {
         self.entries.get(path)
     }

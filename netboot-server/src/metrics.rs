@@ -51,6 +51,10 @@ pub const SECRETS: Counter = Counter {
     name: "netbootd_secrets_total",
     help: "Requests for a host's secrets, by outcome (released, or why refused).",
 };
+pub const LIVE_LAYERS: Counter = Counter {
+    name: "netbootd_live_layers_total",
+    help: "Requests for a running host's layer (a live update), by outcome (released, or why refused).",
+};
 pub const REPORTS_REFUSED: Counter = Counter {
     name: "netbootd_reports_refused_total",
     help: "Boot reports refused, by reason.",

@@ -13,7 +13,8 @@ use crate::check::{Gaps, some_of};
 use crate::dhcp::Mode;
 use crate::mac::MacAddr;
 use crate::policy::{
-    Artifact, ArtifactKind, Boot, BootImage, BootPolicy, Host, Identity, Network, Smbios,
+    Artifact, ArtifactKind, Boot, BootImage, BootPolicy, Host, Identity, LayerVersion, Network,
+    Smbios,
 };
 use crate::server::{Https, ServerConfig};
 use crate::{http, tftp};
@@ -60,6 +61,8 @@ struct HostBoot {
     image: Option<RoleImage>,
     layer: Option<PathBuf>,
     secrets: Option<PathBuf>,
+    /// The blobs' own names: the store names each blob by its sha256.
+    layer_version: Option<LayerVersion>,
     identity: Option<Identity>,
     /// Its room, for the operator's views.
     group: Option<String>,
@@ -133,10 +136,14 @@ impl PlanPolicy {
                     }
                 })
                 .clone();
-            let mut secrets = None;
+            let (mut secrets, mut layer_version) = (None, None);
             let layer = match store.host_layer(&host.hostname) {
                 Ok(Some(layer)) if layer.role == role => {
                     secrets = (layer.secrets.as_ref()).map(|blob| store.blob_path(&blob.sha256));
+                    layer_version = Some(LayerVersion {
+                        public: layer.blob.sha256.to_string(),
+                        secrets: (layer.secrets.as_ref()).map(|blob| blob.sha256.to_string()),
+                    });
                     Some(store.blob_path(&layer.blob.sha256))
                 }
                 Ok(Some(layer)) => {
@@ -173,6 +180,7 @@ impl PlanPolicy {
                 image,
                 layer,
                 secrets,
+                layer_version,
                 identity: host.identity.as_ref().map(|identity| Identity {
                     smbios: Smbios {
                         uuid: identity.uuid.clone(),
@@ -277,6 +285,10 @@ impl BootPolicy for PlanPolicy {
 
     fn host_secrets(&self, host: &Host) -> Option<PathBuf> {
         self.boots.get(&host.mac)?.secrets.clone()
+    }
+
+    fn host_layer_version(&self, host: &Host) -> Option<LayerVersion> {
+        self.boots.get(&host.mac)?.layer_version.clone()
     }
 
     fn identity(&self, host: &Host) -> Option<&Identity> {
@@ -518,6 +530,11 @@ mod tests {
         assert_eq!(
             policy.host_layer(&host),
             Some(store.blob_path(&layer.sha256))
+        );
+        // Read from the store's record, and the same as the version of the bytes it serves.
+        assert_eq!(
+            policy.host_layer_version(&host),
+            Some(LayerVersion::of(b"layer of lameere-source-1", None))
         );
         assert_eq!(policy.artifact(root).unwrap().kind, ArtifactKind::Root);
 

@@ -11,6 +11,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use sha2::Digest as _;
+
 use crate::mac::MacAddr;
 
 /// A machine the policy knows, by MAC.
@@ -21,6 +23,42 @@ pub struct Host {
     /// Reserved address; `None` takes one from the dynamic pool (authoritative mode) or
     /// whatever the venue's DHCP hands out (proxy mode).
     pub ip: Option<Ipv4Addr>,
+}
+
+/// A version of a host's layer: the sha256 of its public part and of its secrets, if it has any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerVersion {
+    pub public: String,
+    pub secrets: Option<String>,
+}
+
+impl LayerVersion {
+    /// The version of these bytes.
+    pub fn of(public: &[u8], secrets: Option<&[u8]>) -> Self {
+        Self::with_secrets(sha256_hex(public), secrets)
+    }
+
+    /// The public part known by its sha256, the secrets by their bytes.
+    pub fn with_secrets(public: String, secrets: Option<&[u8]>) -> Self {
+        LayerVersion {
+            public,
+            secrets: secrets.map(sha256_hex),
+        }
+    }
+
+    /// One name for both parts: what a host says it runs and what a heartbeat's answer names.
+    pub fn digest(&self) -> String {
+        let both = format!(
+            "{}\n{}\n",
+            self.public,
+            self.secrets.as_deref().unwrap_or("-")
+        );
+        hex::encode(sha2::Sha256::digest(both.as_bytes()))
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// What a machine's firmware says it is (SMBIOS), as a booted host reads it from
@@ -197,6 +235,9 @@ pub trait BootPolicy: Send + Sync + 'static {
     /// The host's secrets as a layer of their own: released only over TLS, once per boot, to the
     /// host's address presenting its [`BootPolicy::identity`].
     fn host_secrets(&self, host: &Host) -> Option<PathBuf>;
+
+    /// Which version of the host's layer (both parts) the policy serves now; `None` without a layer.
+    fn host_layer_version(&self, host: &Host) -> Option<LayerVersion>;
 
     /// The hardware identity the host must present for its secrets; `None`: its address is enough.
     fn identity(&self, _host: &Host) -> Option<&Identity> {
@@ -393,6 +434,16 @@ impl BootPolicy for StaticPolicy {
     fn host_secrets(&self, host: &Host) -> Option<PathBuf> {
         let path = (self.layer_dir.as_ref()?).join(format!("{}.secrets.cpio", host.hostname));
         path.is_file().then_some(path)
+    }
+
+    /// Hashed at each call: the files in the directory may change under it.
+    fn host_layer_version(&self, host: &Host) -> Option<LayerVersion> {
+        let public = std::fs::read(self.host_layer(host)?).ok()?;
+        let secrets = match self.host_secrets(host) {
+            Some(path) => Some(std::fs::read(path).ok()?),
+            None => None,
+        };
+        Some(LayerVersion::of(&public, secrets.as_deref()))
     }
 
     fn identity(&self, host: &Host) -> Option<&Identity> {

@@ -75,6 +75,34 @@ pub struct Report {
     /// The kernel's boot id: a new one is a new boot.
     #[serde(default)]
     pub boot_id: Option<String>,
+    /// The version of its host layer it runs ([`crate::policy::LayerVersion::digest`]): the one
+    /// netbootd named with its secrets at boot, or the one it last applied live.
+    #[serde(default)]
+    pub layer: Option<String>,
+    /// Its latest live layer update in this boot, if any.
+    #[serde(default)]
+    pub layer_update: Option<LayerUpdate>,
+}
+
+/// A live update of a running host's layer, as the host reports it: what changed files made it
+/// restart, and what they change only at its next boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerUpdate {
+    /// The layer version it applied, or tried to.
+    pub layer: String,
+    /// The units it restarted because files they read changed.
+    #[serde(default)]
+    pub restarted: Vec<String>,
+    /// Files changed in this boot that no unit rereads when restarted: a reboot would change
+    /// what they govern.
+    #[serde(default)]
+    pub needs_reboot: Vec<String>,
+    /// Why it failed, if it did: it then runs the layer it had (its files put back).
+    #[serde(default)]
+    pub failed: Option<String>,
+    /// When netbootd first heard of this update (its clock, not the host's).
+    #[serde(default)]
+    pub at: Option<String>,
 }
 
 fn object_only<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
@@ -153,6 +181,10 @@ pub struct HostRecord {
     pub problems: Vec<String>,
     pub media: Option<Value>,
     pub boot_id: Option<String>,
+    /// The version of its host layer it runs, as it reports it (see [`Report::layer`]).
+    pub layer: Option<String>,
+    /// Its latest live layer update in this boot.
+    pub layer_update: Option<LayerUpdate>,
     /// When this host's secrets last went out (over TLS, to the boot that proved it is the host).
     pub secrets: Option<String>,
     /// What was refused in this host's name (a spoofer, or the host itself after one), newest
@@ -180,6 +212,8 @@ struct Release {
     boot_id: Option<String>,
     /// The bearer token of that boot's reports.
     token: Option<String>,
+    /// The sha256 of the public layer the boot fetched, which opened the window: what it runs.
+    public_layer: Option<String>,
 }
 
 impl HostRecord {
@@ -198,6 +232,8 @@ impl HostRecord {
         self.problems.clear();
         self.media = None;
         self.boot_id = None;
+        self.layer = None;
+        self.layer_update = None;
     }
 }
 
@@ -455,6 +491,20 @@ impl Timeline {
                     record.problems = report.problems;
                     record.media = report.media;
                 }
+                if let Some(mut update) = report.layer_update {
+                    let known = record.layer_update.as_ref().map(|known| LayerUpdate {
+                        at: None,
+                        ..known.clone()
+                    });
+                    update.at = None;
+                    if known.as_ref() != Some(&update) {
+                        record.layer_update = Some(LayerUpdate {
+                            at: Some(stamp.clone()),
+                            ..update
+                        });
+                    }
+                }
+                record.layer = report.layer;
                 record.last_heartbeat = Some(stamp);
                 record.role = Some(report.role);
                 record.image = Some(report.image);
@@ -476,6 +526,7 @@ impl Timeline {
                     open: false,
                     boot_id: Some(boot_id.to_owned()),
                     token: Some(token.clone()),
+                    public_layer: release.public_layer.take(),
                 };
                 token
             }
@@ -489,6 +540,46 @@ impl Timeline {
         // At once: a restart must not lose the token of a host that is booting.
         self.save();
         Ok(token)
+    }
+
+    /// `mac`'s boot fetched the public layer of sha256 `public` (just recorded as
+    /// [`Event::HostLayer`]): what it runs until it applies another.
+    pub fn layer_served(&self, mac: MacAddr, public: &str) {
+        let mut state = self.state.lock().expect("timeline lock");
+        if !state.knows(mac) {
+            return;
+        }
+        state.releases.entry(mac).or_default().public_layer = Some(public.to_owned());
+        drop(state);
+        self.touch();
+    }
+
+    /// The sha256 of the public layer `mac`'s latest boot fetched, if netbootd saw it.
+    pub fn public_layer_served(&self, mac: MacAddr) -> Option<String> {
+        let state = self.state.lock().expect("timeline lock");
+        state.releases.get(&mac)?.public_layer.clone()
+    }
+
+    /// Whether `token` is the one boot `boot_id` of `mac` was given with its secrets: that boot
+    /// may have its layer again while it runs.
+    pub fn same_boot(&self, mac: MacAddr, boot_id: &str, token: &str) -> bool {
+        let state = self.state.lock().expect("timeline lock");
+        state.releases.get(&mac).is_some_and(|release| {
+            release.boot_id.as_deref() == Some(boot_id)
+                && (release.token.as_deref())
+                    .is_some_and(|current| bool::from(current.as_bytes().ct_eq(token.as_bytes())))
+        })
+    }
+
+    /// `mac`'s secrets went out again, to its running boot (see [`Timeline::same_boot`]).
+    pub fn secrets_went_out_again(&self, mac: MacAddr) {
+        let mut state = self.state.lock().expect("timeline lock");
+        if !state.knows(mac) {
+            return;
+        }
+        state.records.entry(mac).or_default().secrets = Some(rfc3339(SystemTime::now()));
+        drop(state);
+        self.touch();
     }
 
     /// Whether `token` is the one `mac`'s current boot was given with its secrets.
@@ -633,7 +724,84 @@ mod tests {
             problems: failed.iter().map(|unit| format!("{unit} failed")).collect(),
             media: None,
             boot_id: Some(boot_id.into()),
+            layer: None,
+            layer_update: None,
         }))
+    }
+
+    /// A report of boot `boot_id` running layer `layer`, after `update` if given.
+    fn report_layer(boot_id: &str, layer: &str, update: Option<LayerUpdate>) -> Event {
+        let mut event = report(ReportState::Up, boot_id, &[]);
+        if let Event::Report(report) = &mut event {
+            report.layer = Some(layer.into());
+            report.layer_update = update;
+        }
+        event
+    }
+
+    #[test]
+    fn a_live_update_is_stamped_when_first_heard_of_and_forgotten_with_its_boot() {
+        let timeline = Timeline::default();
+        let update = |layer: &str, restarted: &[&str]| LayerUpdate {
+            layer: layer.into(),
+            restarted: restarted.iter().map(|unit| unit.to_string()).collect(),
+            needs_reboot: vec!["etc/timezone".into()],
+            failed: None,
+            // What a host may claim is ignored: netbootd's clock stamps it.
+            at: Some("1999-01-01T00:00:00Z".into()),
+        };
+        timeline.record_at(MAC, report_layer("b1", "v1", None), at(100));
+        assert_eq!(timeline.get(MAC).layer.as_deref(), Some("v1"));
+        let applied = update("v2", &["lectern-encoder.service"]);
+        for secs in [130, 160] {
+            timeline.record_at(
+                MAC,
+                report_layer("b1", "v2", Some(applied.clone())),
+                at(secs),
+            );
+        }
+        let record = timeline.get(MAC);
+        assert_eq!(record.layer.as_deref(), Some("v2"));
+        assert_eq!(
+            record.layer_update,
+            Some(LayerUpdate {
+                at: stamp(130),
+                ..applied
+            }),
+            "the heartbeats repeating it move nothing"
+        );
+        timeline.record_at(
+            MAC,
+            report_layer("b1", "v3", Some(update("v3", &[]))),
+            at(190),
+        );
+        assert_eq!(timeline.get(MAC).layer_update.unwrap().at, stamp(190));
+
+        timeline.record_at(MAC, report_layer("b2", "v3", None), at(500));
+        let rebooted = timeline.get(MAC);
+        assert_eq!(
+            (rebooted.layer.as_deref(), rebooted.layer_update),
+            (Some("v3"), None),
+            "a new boot runs the layer it booted with"
+        );
+    }
+
+    #[test]
+    fn a_boot_runs_the_public_layer_it_fetched_and_its_token_names_that_boot() {
+        let timeline = Timeline::default();
+        assert_eq!(timeline.public_layer_served(MAC), None);
+        timeline.record(MAC, Event::HostLayer);
+        timeline.layer_served(MAC, "p1");
+        let token = timeline.release_secrets(MAC, "b1").unwrap();
+        assert_eq!(timeline.public_layer_served(MAC).as_deref(), Some("p1"));
+        assert!(timeline.same_boot(MAC, "b1", &token));
+        assert!(!timeline.same_boot(MAC, "b2", &token), "another boot id");
+        assert!(!timeline.same_boot(MAC, "b1", &token[1..]), "another token");
+        assert!(!timeline.same_boot(MacAddr([2, 0, 0, 0, 0, 2]), "b1", &token));
+        // The next boot fetches its own.
+        timeline.record(MAC, Event::HostLayer);
+        timeline.layer_served(MAC, "p2");
+        assert_eq!(timeline.public_layer_served(MAC).as_deref(), Some("p2"));
     }
 
     #[test]

@@ -9,6 +9,8 @@ pub(crate) const ROUTE_ARTIFACT: &str = "/a/{hash}";
 pub(crate) const ROUTE_HOST_LAYER: &str = "/host/{host}/layer";
 /// Over TLS only: `{host}` as for the layer.
 pub(crate) const ROUTE_SECRETS: &str = "/host/{host}/secrets";
+/// Over TLS only, to a running host: its whole layer again.
+pub(crate) const ROUTE_LIVE_LAYER: &str = "/host/{host}/live-layer";
 pub(crate) const ROUTE_FIRMWARE: &str = "/firmware/{file}";
 pub(crate) const ROUTE_REPORT: &str = "/api/report";
 pub(crate) const ROUTE_HOSTS: &str = "/api/hosts";
@@ -16,11 +18,12 @@ pub(crate) const ROUTE_HOST_EVENTS: &str = "/api/hosts/events";
 pub(crate) const ROUTE_DASHBOARD: &str = "/";
 pub(crate) const ROUTE_METRICS: &str = "/metrics";
 pub(crate) const ROUTE_HEALTH: &str = "/healthz";
-pub(crate) const ROUTES: [&str; 11] = [
+pub(crate) const ROUTES: [&str; 12] = [
     ROUTE_SCRIPT,
     ROUTE_ARTIFACT,
     ROUTE_HOST_LAYER,
     ROUTE_SECRETS,
+    ROUTE_LIVE_LAYER,
     ROUTE_FIRMWARE,
     ROUTE_REPORT,
     ROUTE_HOSTS,

@@ -922,7 +922,7 @@ fn secrets_go_over_tls_once_per_boot_to_the_host_that_proves_it() {
         "403",
         "a report without the boot's token"
     );
-    assert_eq!(report_up(&lab, pin, &token), "204");
+    assert_eq!(report_up(&lab, pin, &token), "200");
 
     let hosts = lab.operator("/api/hosts");
     let hosts: serde_json::Value = serde_json::from_str(&hosts).unwrap();
@@ -1262,57 +1262,110 @@ fn replies_go_to_the_clients_hardware_address_unless_it_asks_for_a_broadcast() {
     );
 }
 
-/// The image's host-secrets script, as a booted mixer1 runs it, in the client namespace: its host
-/// name, its SMBIOS UUID, its role image's netbootd URL and pin, a TPM reached through `tcti`; the
-/// secrets go under `root`. Its exit status and what it printed.
-fn host_secrets(lab: &Lab, pin: &str, tcti: &str, root: &std::path::Path) -> (bool, String) {
-    let machine = root.join("machine");
-    let (etc, dmi, run) = (
-        machine.join("etc"),
-        machine.join("dmi"),
-        machine.join("run"),
-    );
-    for dir in [&etc, &dmi, &run] {
-        std::fs::create_dir_all(dir).unwrap();
+/// A booted host as its image's scripts see it, in the test's directories: its root (where its
+/// layer goes, with what its role image holds: netbootd's URL and pin, its role), its
+/// /run/lectern, its firmware's SMBIOS (mixer1's UUID), and a systemctl that logs what it is
+/// asked, answers `show` with nothing and fails one `restart` while a `fail-restart` file exists.
+struct Machine {
+    root: std::path::PathBuf,
+    run: std::path::PathBuf,
+    dmi: std::path::PathBuf,
+    systemctl: std::path::PathBuf,
+}
+
+impl Machine {
+    fn new(dir: &std::path::Path, pin: &str) -> Machine {
+        let machine = Machine {
+            root: dir.join("root"),
+            run: dir.join("run"),
+            dmi: dir.join("dmi"),
+            systemctl: dir.join("systemctl"),
+        };
+        let etc = machine.root.join("etc/lectern");
+        for made in [&etc, &machine.run, &machine.dmi] {
+            std::fs::create_dir_all(made).unwrap();
+        }
+        let url = format!("https://{SERVER_IP}:8443/\n");
+        std::fs::write(etc.join("netbootd-url"), url).unwrap();
+        std::fs::write(etc.join("netbootd.pin"), pin).unwrap();
+        std::fs::write(etc.join("role"), "mixer\n").unwrap();
+        std::fs::write(machine.dmi.join("product_uuid"), UUID).unwrap();
+        let log = dir.join("systemctl.log");
+        let fail = dir.join("fail-restart");
+        let fake = format!(
+            "#!/bin/sh\necho \"$*\" >>'{}'\ncase $1 in\nrestart) if [ -e '{}' ]; then rm '{}'; exit 1; fi ;;\nesac\n",
+            log.display(),
+            fail.display(),
+            fail.display()
+        );
+        std::fs::write(&machine.systemctl, fake).unwrap();
+        must("chmod", &["+x", machine.systemctl.to_str().unwrap()]);
+        machine
     }
-    std::fs::write(
-        etc.join("netbootd-url"),
-        format!("https://{SERVER_IP}:8443/"),
-    )
-    .unwrap();
-    std::fs::write(etc.join("netbootd.pin"), pin).unwrap();
-    std::fs::write(dmi.join("product_uuid"), UUID).unwrap();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../overlays/base/config/usr/lib/lectern/host-secrets");
-    let output = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.client_ns,
-            "unshare",
-            "--uts",
-            "sh",
-            "-c",
-        ])
-        .arg(r#"hostname mixer1 && exec bash "$0""#)
-        .arg(&script)
-        .env("LECTERN_ETC", &etc)
-        .env("LECTERN_DMI", &dmi)
-        .env("LECTERN_RUN", &run)
-        .env("LECTERN_ROOT", root)
-        .env("TPM2TOOLS_TCTI", tcti)
+
+    /// Runs the image's script `name` (`overlays/base/config/usr/lib/lectern/`) with `args` as
+    /// mixer1 runs it, in the client namespace, its TPM reached through `tcti`. Whether it
+    /// succeeded, and what it printed.
+    fn run(&self, lab: &Lab, name: &str, args: &[&str], tcti: &str) -> (bool, String) {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../overlays/base/config/usr/lib/lectern")
+            .join(name);
+        let output = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.client_ns, "unshare", "--uts"])
+            .args(["sh", "-c", r#"hostname mixer1 && exec bash "$0" "$@""#])
+            .arg(&script)
+            .args(args)
+            .env("LECTERN_ETC", self.root.join("etc/lectern"))
+            .env("LECTERN_DMI", &self.dmi)
+            .env("LECTERN_RUN", &self.run)
+            .env("LECTERN_ROOT", &self.root)
+            .env("LECTERN_SYSTEMCTL", &self.systemctl)
+            .env("TPM2TOOLS_TCTI", tcti)
+            .output()
+            .unwrap();
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), printed)
+    }
+
+    /// What systemctl was asked, one call a line, since the last time this was asked.
+    fn systemctl_calls(&self) -> Vec<String> {
+        let log = self.systemctl.with_extension("log");
+        let calls = std::fs::read_to_string(&log).unwrap_or_default();
+        let _ = std::fs::remove_file(&log);
+        calls.lines().map(str::to_owned).collect()
+    }
+
+    fn file(&self, path: &str) -> String {
+        std::fs::read_to_string(self.root.join(path)).unwrap_or_default()
+    }
+}
+
+/// A newc cpio of `files` (path, content) under `lectern-host/`, each of `mode`, as imgbuild
+/// makes a host layer, made by busybox in `scratch`.
+fn host_cpio(scratch: &std::path::Path, files: &[(&str, &str)], mode: u32) -> Vec<u8> {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::remove_dir_all(scratch);
+    for (path, content) in files {
+        let file = scratch.join("lectern-host").join(path);
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, content).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let cpio = std::process::Command::new("sh")
+        .args(["-c", "find lectern-host | sort | busybox cpio -o -H newc"])
+        .current_dir(scratch)
         .output()
         .unwrap();
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), printed)
+    assert!(cpio.status.success());
+    cpio.stdout
 }
 
 #[test]
-fn a_host_bound_to_its_tpm_proves_it_and_a_spoofer_with_its_smbios_but_another_tpm_cannot() {
+fn a_host_bound_to_its_tpm_proves_it_at_boot_and_for_a_live_layer_and_another_tpm_cannot() {
     let Some(mut lab) = Lab::new(&["curl", "jq", "busybox", "unshare", "swtpm", "tpm2_createek"])
     else {
         return;
@@ -1328,18 +1381,9 @@ fn a_host_bound_to_its_tpm_proves_it_and_a_spoofer_with_its_smbios_but_another_t
         lab.spawn_in_client(name, "swtpm", &args);
     }
 
-    let secret_file = "lectern-host/etc/lectern/encoder.args";
-    let staging = dir.join("staging");
-    std::fs::create_dir_all(staging.join("lectern-host/etc/lectern")).unwrap();
-    std::fs::write(staging.join(secret_file), SECRET_MARK).unwrap();
-    let cpio = std::process::Command::new("sh")
-        .arg("-c")
-        .arg("find lectern-host | busybox cpio -o -H newc")
-        .current_dir(&staging)
-        .output()
-        .unwrap();
-    assert!(cpio.status.success());
-    let (store, layers) = mixer1_store_and_layers(&dir, &cpio.stdout);
+    let secrets = [("etc/lectern/encoder.args", SECRET_MARK)];
+    let cpio = host_cpio(&dir.join("staging"), &secrets, 0o600);
+    let (store, layers) = mixer1_store_and_layers(&dir, &cpio);
     let key = store.server_key().unwrap();
     let identity = format!("uuid={UUID},tpm_ek={}", real.ek_name);
     serve_mixer1_at_its_address(&mut lab, &identity, &layers, &store, &[]);
@@ -1350,27 +1394,46 @@ fn a_host_bound_to_its_tpm_proves_it_and_a_spoofer_with_its_smbios_but_another_t
     );
 
     // A spoofer with the host's MAC, address and SMBIOS UUID, and a TPM of its own: nothing.
-    let spoofer_root = dir.join("spoofer");
-    let (ok, printed) = host_secrets(&lab, &key.pin, "swtpm:port=2331", &spoofer_root);
+    let spoofer = Machine::new(&dir.join("spoofer"), &key.pin);
+    let (ok, printed) = spoofer.run(&lab, "host-secrets", &[], "swtpm:port=2331");
     assert!(!ok, "{printed}");
     assert!(printed.contains("HTTP 403"), "{printed}");
-    assert!(!spoofer_root.join("etc/lectern/encoder.args").exists());
+    assert!(!spoofer.root.join("etc/lectern/encoder.args").exists());
     // One without any TPM: nothing either.
-    let (ok, printed) = host_secrets(&lab, &key.pin, "swtpm:port=2399", &spoofer_root);
+    let (ok, printed) = spoofer.run(&lab, "host-secrets", &[], "swtpm:port=2399");
     assert!(!ok, "{printed}");
-    assert!(!spoofer_root.join("etc/lectern/encoder.args").exists());
+    assert!(!spoofer.root.join("etc/lectern/encoder.args").exists());
 
     // The host, with its TPM: its secrets, and its reports' token.
-    let host_root = dir.join("host");
-    let (ok, printed) = host_secrets(&lab, &key.pin, "swtpm:port=2321", &host_root);
+    let host = Machine::new(&dir.join("host"), &key.pin);
+    let (ok, printed) = host.run(&lab, "host-secrets", &[], "swtpm:port=2321");
     assert!(ok, "{printed}");
     assert!(printed.contains("applied 1 files"), "{printed}");
-    assert_eq!(
-        std::fs::read_to_string(host_root.join("etc/lectern/encoder.args")).unwrap(),
-        SECRET_MARK
-    );
-    let auth = std::fs::read_to_string(host_root.join("machine/run/report-auth")).unwrap();
+    assert_eq!(host.file("etc/lectern/encoder.args"), SECRET_MARK);
+    let auth = std::fs::read_to_string(host.run.join("report-auth")).unwrap();
     assert!(auth.starts_with("Authorization: Bearer "), "{auth}");
+
+    // Its key is rotated while it runs: for its layer it proves its TPM again. Its token copied
+    // into a machine with another TPM (at its address, with its SMBIOS) gets nothing.
+    let rotated = format!("{SECRET_MARK}-rotated");
+    let listed = "etc/lectern/encoder.args\netc/lectern/layer-files\n";
+    let public = host_cpio(
+        &dir.join("staging"),
+        &[("etc/lectern/layer-files", listed)],
+        0o644,
+    );
+    std::fs::write(layers.join("mixer1.cpio"), public).unwrap();
+    let secrets = [("etc/lectern/encoder.args", rotated.as_str())];
+    let cpio = host_cpio(&dir.join("staging"), &secrets, 0o600);
+    std::fs::write(layers.join("mixer1.secrets.cpio"), cpio).unwrap();
+    let thief = Machine::new(&dir.join("thief"), &key.pin);
+    std::fs::copy(host.run.join("report-auth"), thief.run.join("report-auth")).unwrap();
+    let (ok, printed) = thief.run(&lab, "live-layer", &[], "swtpm:port=2331");
+    assert!(!ok && printed.contains("HTTP 403"), "{printed}");
+    assert!(!thief.root.join("etc/lectern/encoder.args").exists());
+    let (ok, printed) = host.run(&lab, "live-layer", &[], "swtpm:port=2321");
+    assert!(ok, "{printed}");
+    assert_eq!(host.file("etc/lectern/encoder.args"), rotated);
 
     let hosts: serde_json::Value = serde_json::from_str(&lab.operator("/api/hosts")).unwrap();
     let alerts = hosts[0]["alerts"].to_string();
@@ -1379,13 +1442,17 @@ fn a_host_bound_to_its_tpm_proves_it_and_a_spoofer_with_its_smbios_but_another_t
         "{alerts}"
     );
     let metrics = lab.operator("/metrics");
-    for outcome in [
-        "outcome=\"wrong_identity\"} 1",
-        "outcome=\"released\"} 1",
+    for counted in [
+        "netbootd_secrets_total{outcome=\"wrong_identity\"} 1",
+        "netbootd_secrets_total{outcome=\"released\"} 1",
         // Each boot is asked for its TPM, the host's then challenged.
-        "outcome=\"tpm_challenge\"} 4",
+        "netbootd_secrets_total{outcome=\"tpm_challenge\"} 4",
+        // The same, for the running host's layer.
+        "netbootd_live_layers_total{outcome=\"wrong_identity\"} 1",
+        "netbootd_live_layers_total{outcome=\"tpm_challenge\"} 3",
+        "netbootd_live_layers_total{outcome=\"released\"} 1",
     ] {
-        assert!(metrics.contains(outcome), "{outcome}: {metrics}");
+        assert!(metrics.contains(counted), "{counted}: {metrics}");
     }
     let log = lab.logs();
     assert!(
@@ -1439,7 +1506,7 @@ fn the_dashboard_follows_a_boot_live_and_shows_a_silent_host_stale() {
         std::thread::sleep(Duration::from_secs(5));
         let (status, _, token) = ask_secrets(&lab, pin, "b1", &identity);
         assert_eq!(status, "200");
-        assert_eq!(report_up(&lab, pin, &token), "204");
+        assert_eq!(report_up(&lab, pin, &token), "200");
         browser.join().unwrap()
     });
     assert!(
@@ -1564,5 +1631,358 @@ fn check_finds_the_interface_up_and_holding_the_servers_address_only_where_it_is
     assert_eq!(
         said,
         "problem: interface br0 is down (ip link set br0 up)\n"
+    );
+}
+
+/// mixer1's layer, as imgbuild splits it: the public part, and the secrets (0600). `rate` and
+/// `passphrase` go into its contribution feed, `framerate` into voctocore's settings, `zone` is
+/// its time zone; with a recording disk it has a mount unit.
+fn mixer1_layer(
+    scratch: &std::path::Path,
+    (framerate, rate, passphrase, zone, disk): (u32, u32, &str, &str, bool),
+) -> (Vec<u8>, Vec<u8>) {
+    let ini =
+        format!("[mix]\nvideocaps=video/x-raw,width=640,height=360,framerate={framerate}/1\n");
+    let feed =
+        format!("srt://enc.example.org:9000?pbkeylen=32&passphrase={passphrase} {rate} 128\n");
+    let redact = format!("# The secrets this host holds.\n{passphrase}\n");
+    let mount = "[Mount]\nWhat=/dev/sdb\nWhere=/srv/recordings\n";
+    let url = format!("https://{SERVER_IP}:8443/\n");
+    let mut public = vec![
+        ("etc/hosts", "10.99.0.1\tnetboot\n"),
+        ("etc/timezone", zone),
+        ("etc/voctomix/voctocore.ini", ini.as_str()),
+        ("etc/lectern/netbootd-url", url.as_str()),
+    ];
+    if disk {
+        public.push(("etc/systemd/system/srv-recordings.mount", mount));
+    }
+    let secrets = [
+        ("etc/lectern/contributions", feed.as_str()),
+        ("etc/lectern/redact", redact.as_str()),
+    ];
+    let mut listed: Vec<&str> = (public.iter().chain(&secrets))
+        .map(|(path, _)| *path)
+        .collect();
+    listed.push("etc/lectern/layer-files");
+    listed.sort_unstable();
+    let list = format!("# The files of this host's layer.\n{}\n", listed.join("\n"));
+    public.push(("etc/lectern/layer-files", &list));
+    (
+        host_cpio(scratch, &public, 0o644),
+        host_cpio(scratch, &secrets, 0o600),
+    )
+}
+
+/// The inode of a file of `machine`'s root.
+fn inode(machine: &Machine, path: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(machine.root.join(path)).unwrap().ino()
+}
+
+#[test]
+fn a_running_host_applies_its_changed_layer_over_tls_restarting_only_what_reads_the_changed_files()
+{
+    let Some(mut lab) = Lab::new(&[
+        "curl", "jq", "busybox", "unshare", "tcpdump", "chromium", "python3",
+    ]) else {
+        return;
+    };
+    let dir = lab.dir.path().to_owned();
+    let scratch = dir.join("scratch");
+    let (public, secrets) =
+        mixer1_layer(&scratch, (25, 3000, "first-passphrase-51c0", "UTC\n", true));
+    let (store, layers) = mixer1_store_and_layers(&dir, &secrets);
+    std::fs::write(layers.join("mixer1.cpio"), &public).unwrap();
+    let pin = store.server_key().unwrap().pin;
+    let capture = dir.join("live.pcap");
+    lab.spawn_in_server(
+        "tcpdump",
+        "tcpdump",
+        &[
+            "-i",
+            lab::BRIDGE,
+            "-U",
+            "-s",
+            "0",
+            "-w",
+            capture.to_str().unwrap(),
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    serve_mixer1_at_its_address(
+        &mut lab,
+        &format!("uuid={UUID},group=room-a"),
+        &layers,
+        &store,
+        &[],
+    );
+
+    // mixer1 boots: its initrd unpacks the public part over the root image, its secrets come over
+    // TLS. Its role image says which units read which files of its layer.
+    let host = Machine::new(&dir.join("mixer1"), &pin);
+    let units = "# Which units read which files of this host's layer.\n\
+        etc/hosts\netc/lectern/contributions lectern-contribute.service\netc/lectern/layer-files\n\
+        etc/lectern/netbootd-url\netc/lectern/redact lectern-contribute.service\n\
+        etc/voctomix/voctocore.ini lectern-voctocore.service\n";
+    std::fs::create_dir_all(host.root.join("usr/lib/lectern")).unwrap();
+    std::fs::write(host.root.join("usr/lib/lectern/host-file-units"), units).unwrap();
+    let fetched = dir.join("fetched.cpio");
+    http(
+        &lab,
+        &[
+            "-o",
+            fetched.to_str().unwrap(),
+            &format!("{HTTP}/host/{MIXER}/layer"),
+        ],
+    );
+    must(
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "cd {} && busybox cpio -i -d -m < {} && cp -a lectern-host/. {}/",
+                scratch.display(),
+                fetched.display(),
+                host.root.display()
+            ),
+        ],
+    );
+    let (ok, printed) = host.run(&lab, "host-secrets", &[], "");
+    assert!(ok && printed.contains("applied 2 files"), "{printed}");
+    let booted = std::fs::read_to_string(host.run.join("layer")).unwrap();
+    let (ok, printed) = host.run(&lab, "report", &[], "");
+    assert!(ok, "{printed}");
+    assert_eq!(
+        host.systemctl_calls(),
+        ["show --property=Wants --value lectern-role.target"],
+        "nothing to apply"
+    );
+    let hosts: serde_json::Value = serde_json::from_str(&lab.operator("/api/hosts")).unwrap();
+    assert_eq!(hosts[0]["layer"].as_str(), Some(booted.trim()), "{hosts:#}");
+    assert_eq!(hosts[0]["layer"], hosts[0]["serves_layer"], "{hosts:#}");
+    let untouched = inode(&host, "etc/hosts");
+    let replaced = inode(&host, "etc/voctomix/voctocore.ini");
+
+    // A new bitrate and a rotated passphrase for its contribution feed, 30 fps in voctocore, a time
+    // zone, no recording disk: the build writes its layer, netbootd serves it at once.
+    let rotated = "rotated-passphrase-0e7d";
+    let (public, secrets) = mixer1_layer(&scratch, (30, 4500, rotated, "Europe/Brussels\n", false));
+    std::fs::write(layers.join("mixer1.cpio"), &public).unwrap();
+    std::fs::write(layers.join("mixer1.secrets.cpio"), &secrets).unwrap();
+    let probe = dir.join("browser_probe.py");
+    std::fs::write(&probe, include_str!("lab/browser_probe.py")).unwrap();
+    let screenshot =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-live-layer.png");
+    let page = std::thread::scope(|scope| {
+        let browser = scope.spawn(|| {
+            lab.server(
+                "python3",
+                &[
+                    probe.to_str().unwrap(),
+                    "http://127.0.0.1:8081/",
+                    "16",
+                    screenshot.to_str().unwrap(),
+                ],
+            )
+        });
+        std::thread::sleep(Duration::from_secs(4));
+        // Its next heartbeat hears of it and starts the live update, which systemd would run.
+        let (ok, printed) = host.run(&lab, "report", &[], "");
+        assert!(ok && printed.contains("applying it"), "{printed}");
+        let calls = host.systemctl_calls();
+        assert_eq!(
+            calls.last().map(String::as_str),
+            Some("start --no-block lectern-live-layer.service")
+        );
+        let (ok, printed) = host.run(&lab, "live-layer", &[], "");
+        assert!(ok, "{printed}");
+        assert!(
+            !printed.contains(rotated),
+            "the log shows no secret: {printed}"
+        );
+        // Only the units that read the changed files restart, at once, once they are all in place.
+        assert_eq!(
+            host.systemctl_calls(),
+            [
+                "restart lectern-contribute.service lectern-voctocore.service",
+                "start --no-block lectern-heartbeat.service",
+            ]
+        );
+        let (ok, printed) = host.run(&lab, "report", &[], "");
+        assert!(ok && !printed.contains("applying it"), "{printed}");
+        std::thread::sleep(Duration::from_secs(5));
+
+        // The next version makes the feed's restart fail: every file goes back, the units restart on
+        // them, and that version is not tried again.
+        let (public, secrets) =
+            mixer1_layer(&scratch, (30, 6000, rotated, "Europe/Brussels\n", false));
+        std::fs::write(layers.join("mixer1.cpio"), &public).unwrap();
+        std::fs::write(layers.join("mixer1.secrets.cpio"), &secrets).unwrap();
+        std::fs::write(dir.join("mixer1/fail-restart"), "").unwrap();
+        let before = host.file("etc/lectern/contributions");
+        let (ok, _) = host.run(&lab, "report", &[], "");
+        assert!(ok);
+        let (ok, printed) = host.run(&lab, "live-layer", &[], "");
+        assert!(
+            !ok && printed.contains("restarting lectern-contribute.service failed"),
+            "{printed}"
+        );
+        assert_eq!(host.file("etc/lectern/contributions"), before, "put back");
+        let calls = host.systemctl_calls();
+        assert_eq!(
+            calls[calls.len() - 3..],
+            [
+                "restart lectern-contribute.service",
+                "restart lectern-contribute.service",
+                "start --no-block lectern-heartbeat.service"
+            ]
+        );
+        let (ok, printed) = host.run(&lab, "report", &[], "");
+        assert!(
+            ok && !printed.contains("applying it"),
+            "a failed version is not tried again: {printed}"
+        );
+        browser.join().unwrap()
+    });
+
+    // A version whose time zone cannot go in place (a directory stands there): the files renamed in
+    // before it go back.
+    let (public, secrets) = mixer1_layer(&scratch, (30, 7000, rotated, "UTC\n", false));
+    std::fs::write(layers.join("mixer1.cpio"), &public).unwrap();
+    std::fs::write(layers.join("mixer1.secrets.cpio"), &secrets).unwrap();
+    let zone = host.root.join("etc/timezone");
+    std::fs::remove_file(&zone).unwrap();
+    std::fs::create_dir_all(zone.join("in-the-way")).unwrap();
+    host.systemctl_calls();
+    let (ok, printed) = host.run(&lab, "live-layer", &[], "");
+    assert!(
+        !ok && printed.contains("cannot put etc/timezone in place"),
+        "{printed}"
+    );
+    assert_eq!(
+        host.systemctl_calls(),
+        ["start --no-block lectern-heartbeat.service"],
+        "no unit restarted"
+    );
+    std::fs::remove_dir_all(&zone).unwrap();
+    std::fs::write(&zone, "Europe/Brussels\n").unwrap();
+    let (ok, printed) = host.run(&lab, "report", &[], "");
+    assert!(ok && !printed.contains("applying it"), "{printed}");
+
+    // Replaced whole, each file by a rename: new inodes, nothing half-written left beside them, the
+    // secrets still the root's alone, the old ones kept for a rollback in the host's RAM.
+    assert_eq!(
+        host.file("etc/lectern/contributions"),
+        format!("srt://enc.example.org:9000?pbkeylen=32&passphrase={rotated} 4500 128\n")
+    );
+    assert!(
+        host.file("etc/voctomix/voctocore.ini")
+            .contains("framerate=30/1")
+    );
+    assert_eq!(host.file("etc/timezone"), "Europe/Brussels\n");
+    assert!(
+        !host
+            .root
+            .join("etc/systemd/system/srv-recordings.mount")
+            .exists(),
+        "removed with the disk"
+    );
+    assert_ne!(inode(&host, "etc/voctomix/voctocore.ini"), replaced);
+    assert_eq!(
+        inode(&host, "etc/hosts"),
+        untouched,
+        "an unchanged file is left alone"
+    );
+    let leftovers = must(
+        "find",
+        &[host.root.to_str().unwrap(), "-name", "*.lectern-*"],
+    );
+    assert_eq!(leftovers, "");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(host.root.join("etc/lectern/contributions"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let kept = std::fs::read_to_string(host.run.join("layers/previous/etc/lectern/contributions"))
+        .unwrap();
+    assert!(kept.contains("first-passphrase-51c0"), "{kept}");
+
+    // netbootd knows what it runs and what the update did; the dashboard shows both.
+    let hosts: serde_json::Value = serde_json::from_str(&lab.operator("/api/hosts")).unwrap();
+    let mixer = &hosts[0];
+    let update = &mixer["layer_update"];
+    assert_ne!(mixer["layer"], mixer["serves_layer"], "{mixer:#}");
+    assert_eq!(update["layer"], mixer["serves_layer"], "{mixer:#}");
+    assert!(
+        update["failed"]
+            .as_str()
+            .is_some_and(|why| why.contains("the files are as they were")),
+        "{mixer:#}"
+    );
+    assert_eq!(
+        update["needs_reboot"],
+        serde_json::json!(["etc/systemd/system/srv-recordings.mount", "etc/timezone"]),
+        "{mixer:#}"
+    );
+    assert!(update["at"].is_string(), "{mixer:#}");
+    let metrics = lab.operator("/metrics");
+    for counted in [
+        "netbootd_live_layers_total{outcome=\"released\"} 3",
+        "netbootd_secrets_total{outcome=\"released\"} 1",
+    ] {
+        assert!(metrics.contains(counted), "{counted}: {metrics}");
+    }
+    // Not on plain HTTP.
+    let plain = http_status(
+        &lab,
+        &["-d", "{}", &format!("{HTTP}/host/mixer1/live-layer")],
+    );
+    assert_eq!(plain, "404");
+
+    assert!(
+        page.status.success(),
+        "browser probe: {}",
+        String::from_utf8_lossy(&page.stderr)
+    );
+    let page: serde_json::Value = serde_json::from_slice(&page.stdout).unwrap();
+    let texts: Vec<&str> = (page["texts"].as_array().unwrap().iter())
+        .map(|text| text.as_str().unwrap_or_default())
+        .collect();
+    let shown = |wanted: &str| texts.iter().position(|text| text.contains(wanted));
+    let live = shown("layer updated live");
+    let restarted = shown("restarted lectern-contribute.service, lectern-voctocore.service");
+    let reboot =
+        shown("a reboot would change etc/systemd/system/srv-recordings.mount, etc/timezone");
+    let failed = shown("live layer update failed");
+    assert!(
+        live.is_some() && live == restarted && restarted <= reboot && reboot < failed,
+        "{texts:#?}"
+    );
+    assert!(
+        texts
+            .last()
+            .unwrap()
+            .contains("a reboot would change its layer"),
+        "{texts:#?}"
+    );
+
+    // Neither the new secrets nor the new settings crossed the LAN in clear: the update went over TLS.
+    std::thread::sleep(Duration::from_secs(1));
+    let wire = std::fs::read(&capture).unwrap();
+    let seen = |needle: &[u8]| wire.windows(needle.len()).any(|window| window == needle);
+    assert!(
+        seen(b"framerate=25/1"),
+        "the capture caught the boot's public layer ({} bytes)",
+        wire.len()
+    );
+    assert!(
+        !seen(rotated.as_bytes()),
+        "a secret crossed the LAN in clear"
+    );
+    assert!(
+        !seen(b"framerate=30/1"),
+        "the live layer crossed the LAN in clear"
     );
 }

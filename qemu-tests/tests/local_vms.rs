@@ -1,6 +1,8 @@
 //! Local-VM encoders on the production box, and releases: `netbootd vms` runs the fixture's
 //! `where = "local-vm"` encoder from the master file (its MAC, vCPUs and memory), it netboots from the real
-//! `netbootd --config` and reports its role; `kill -9` of its qemu brings it back as a new boot. A new
+//! `netbootd --config` and reports its role. A new bitrate in the master file reaches the running encoder
+//! without a reboot: its layer is applied live and only its encoder restarts, with the new arguments.
+//! `kill -9` of its qemu brings it back as a new boot. A new
 //! encoder release is what its next boot runs, without restarting netbootd; after a rollback
 //! (`Store::make_current`, what `imgbuild release use` does) the next boot runs the old image again.
 //! SIGTERM to the supervisor powers the VM off and removes its tap.
@@ -18,12 +20,13 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use lectern_builder::context::Plan as RenderPlan;
 use lectern_master::Role;
 use lectern_netboot::vms::STATE_FILE;
 use lectern_qemu_tests::Firmware;
 use lectern_qemu_tests::impairment::Impairment;
 use lectern_qemu_tests::room::{Fixture, RoomLab, with_fixture_lab};
-use lectern_qemu_tests::{fixture_builder_with_overlays, netbootd_binary, repo};
+use lectern_qemu_tests::{fixture_builder, fixture_builder_with_overlays, netbootd_binary, repo};
 use lectern_store::Store;
 use serde_json::Value;
 
@@ -140,6 +143,54 @@ fn run(room: &mut RoomLab) -> Result<()> {
         seen.lines().next() == Some(vm.vcpus.to_string().as_str()),
         "the VM does not have its {} vCPUs: {seen}",
         vm.vcpus
+    );
+
+    // A new bitrate for the room, built into its hosts' layers: the running encoder's next heartbeat
+    // hears of its new layer and applies it live, restarting its encoder alone, with the new
+    // arguments, in the same boot.
+    let master = std::fs::read_to_string(&room.master)?;
+    ensure!(
+        master.contains("video_kbps = 3000\n"),
+        "the fixture's bitrate moved"
+    );
+    let master = master.replacen("video_kbps = 3000\n", "video_kbps = 2500\n", 1);
+    std::fs::write(&room.master, master)?;
+    let render = RenderPlan::load(&room.master)?;
+    fixture_builder(&store_dir)?.build_host_layers(Role::Encoder.as_str(), &render)?;
+    let built = Instant::now();
+    room.wait_for(
+        "the running encoder on its new layer",
+        Duration::from_secs(300),
+        every,
+        |r| {
+            let record = r.record(ENCODER);
+            Ok(record["layer"].is_string()
+                && record["layer"] == record["serves_layer"]
+                && record["layer_update"]["layer"] == record["layer"])
+        },
+    )?;
+    let live = room.record(ENCODER);
+    eprintln!(
+        "{ENCODER} applied its new layer live {:.0} s after the build: {}",
+        built.elapsed().as_secs_f64(),
+        live["layer_update"]
+    );
+    ensure!(live["boot_id"] == first["boot_id"], "it rebooted: {live}");
+    let update = &live["layer_update"];
+    ensure!(
+        update["restarted"] == serde_json::json!(["lectern-encoder.service"])
+            && update["needs_reboot"] == serde_json::json!([])
+            && update["failed"].is_null(),
+        "the live update: {update}"
+    );
+    // With no mixer in this lab ffmpeg exits and the unit restarts it every few seconds: catch it.
+    let ffmpeg = room.ssh(
+        ENCODER,
+        "for try in $(seq 40); do pgrep -a ffmpeg && exit; sleep 0.5; done; exit 1",
+    )?;
+    ensure!(
+        ffmpeg.contains("-b:v 2500k") && !ffmpeg.contains("-b:v 3000k"),
+        "the encoder runs {ffmpeg}"
     );
 
     // The VM dies: it comes back by itself, as a new boot (of the same image).

@@ -1,7 +1,8 @@
 //! HTTP: per-host iPXE scripts, immutable artifacts by content hash, per-host layers (without
 //! secrets) for their own host only, firmware files for UEFI HTTP boot, the boot timeline,
 //! metrics and health. HTTPS (the same server over TLS): each host's secrets, once per boot, to
-//! the host that proves it is the host, and the boot reports, with the token that release gave.
+//! the host that proves it is the host; the boot reports, with the token that release gave; and,
+//! to a running boot with that token that proves it all again, its whole layer (a live update).
 
 mod file;
 mod plain;
@@ -33,19 +34,23 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 
 use crate::mac::MacAddr;
-use crate::metrics::{HTTP_CONNECTIONS_CUT, HTTP_RESPONSES, Metrics, REPORTS_REFUSED, SECRETS};
-use crate::policy::{BootPolicy, Host, SharedPolicy, Smbios};
+use crate::metrics::{
+    Counter, HTTP_CONNECTIONS_CUT, HTTP_RESPONSES, LIVE_LAYERS, Metrics, REPORTS_REFUSED, SECRETS,
+};
+use crate::policy::{BootPolicy, Host, LayerVersion, SharedPolicy, Smbios};
 use crate::safe_path;
 use crate::timeline::{Event, HostRecord, Refusal, Report, Timeline};
 use crate::tpm;
 use crate::urls::{
     ROUTE_ARTIFACT, ROUTE_DASHBOARD, ROUTE_FIRMWARE, ROUTE_HEALTH, ROUTE_HOST_EVENTS,
-    ROUTE_HOST_LAYER, ROUTE_HOSTS, ROUTE_METRICS, ROUTE_REPORT, ROUTE_SCRIPT, ROUTE_SECRETS,
-    ROUTES, Urls,
+    ROUTE_HOST_LAYER, ROUTE_HOSTS, ROUTE_LIVE_LAYER, ROUTE_METRICS, ROUTE_REPORT, ROUTE_SCRIPT,
+    ROUTE_SECRETS, ROUTES, Urls,
 };
 
 /// The response header that carries a boot's report token with its secrets.
 pub const REPORT_TOKEN_HEADER: &str = "lectern-report-token";
+/// The response header that names, with a boot's secrets, the version of the layer it boots with.
+pub const LAYER_HEADER: &str = "lectern-layer";
 
 /// Artifacts never change under their hash: cache them for a year.
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
@@ -97,12 +102,17 @@ fn operator_router(state: Arc<HttpState>) -> axum::Router {
     with_common(routes, state)
 }
 
-/// What only TLS serves: secrets, and the reports whose token came with them.
+/// What only TLS serves: secrets, the reports whose token came with them, and a running host's
+/// layer again.
 fn secure_router(state: Arc<HttpState>) -> axum::Router {
     let routes = axum::Router::new()
         .route(
             ROUTE_SECRETS,
             post(host_secrets).layer(DefaultBodyLimit::max(SECRETS_REQUEST_MAX_BYTES)),
+        )
+        .route(
+            ROUTE_LIVE_LAYER,
+            post(live_layer).layer(DefaultBodyLimit::max(SECRETS_REQUEST_MAX_BYTES)),
         )
         .route(
             ROUTE_REPORT,
@@ -477,6 +487,9 @@ async fn host_layer(
     }
     let path = policy.host_layer(host).ok_or(StatusCode::NOT_FOUND)?;
     state.timeline.record(host.mac, Event::HostLayer);
+    if let Some(version) = policy.host_layer_version(host) {
+        state.timeline.layer_served(host.mac, &version.public);
+    }
     Ok(file::respond(&headers, &path, PRIVATE, None))
 }
 
@@ -522,120 +535,209 @@ enum TpmChallenge {
     Credential(String),
 }
 
-/// The host's secrets (a cpio, empty if it has none) and its boot's report token: to the host's
-/// address, presenting the identity the policy asks for, once per boot. Each refusal is counted,
-/// logged and noted on the host.
-async fn host_secrets(
-    State(state): AppState,
-    ConnectInfo(peer): Peer,
-    UrlPath(host): UrlPath<String>,
-    Json(request): Json<SecretsRequest>,
+/// Where a host's secrets go out: once at each boot, or again to a running boot for a live update
+/// of its layer. Each counts and notes its refusals under its own name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    AtBoot,
+    Live,
+}
+
+impl Delivery {
+    fn counter(self) -> Counter {
+        match self {
+            Delivery::AtBoot => SECRETS,
+            Delivery::Live => LIVE_LAYERS,
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Delivery::AtBoot => "secrets",
+            Delivery::Live => "live layer",
+        }
+    }
+}
+
+/// Refuses `host`'s secrets to `peer` (403): counted, logged with what was presented (for the
+/// operator to copy into the master file, not for the API) and noted on the host.
+fn refuse(
+    state: &HttpState,
+    host: &Host,
+    peer: SocketAddr,
+    request: &SecretsRequest,
+    delivery: Delivery,
+    outcome: &'static str,
+    why: String,
 ) -> Response {
-    let policy = state.policy.current();
-    let Ok(host) = known_host(&*policy, &host)
-        .or_else(|_| policy.host_named(&host).ok_or(StatusCode::NOT_FOUND))
-    else {
-        state.metrics.inc(SECRETS, &[("outcome", "unknown_host")]);
-        return StatusCode::NOT_FOUND.into_response();
-    };
-    // What was presented goes to the operator's log (to copy into the master file), not to the API.
-    let presented = &request.smbios;
-    let refuse = |outcome: &'static str, why: String| {
-        state.metrics.inc(SECRETS, &[("outcome", outcome)]);
-        tracing::warn!(host = %host.hostname, %peer, outcome, ?presented, "refused the host's secrets: {why}");
+    state
+        .metrics
+        .inc(delivery.counter(), &[("outcome", outcome)]);
+    let (presented, what) = (&request.smbios, delivery.what());
+    tracing::warn!(host = %host.hostname, %peer, outcome, ?presented, "refused the host's {what}: {why}");
+    state
+        .timeline
+        .alert(host.mac, &format!("{what} refused to {peer}: {why}"));
+    StatusCode::FORBIDDEN.into_response()
+}
+
+/// The host a request names, by MAC or by name; counted under `delivery` when there is none.
+fn requested_host<'a>(
+    state: &HttpState,
+    policy: &'a dyn BootPolicy,
+    host: &str,
+    delivery: Delivery,
+) -> Option<&'a Host> {
+    let found = known_host(policy, host)
+        .ok()
+        .or_else(|| policy.host_named(host));
+    if found.is_none() {
         state
-            .timeline
-            .alert(host.mac, &format!("secrets refused to {peer}: {why}"));
-        StatusCode::FORBIDDEN.into_response()
-    };
+            .metrics
+            .inc(delivery.counter(), &[("outcome", "unknown_host")]);
+    }
+    found
+}
+
+/// What to answer a request that does not prove it comes from `host` as its boot must to get its
+/// secrets (from the host's address, presenting the identity the policy asks for and, when bound
+/// to a TPM, holding it: 401 with a challenge until it has); `None` when it does.
+fn answer_unless_proved(
+    state: &HttpState,
+    policy: &dyn BootPolicy,
+    host: &Host,
+    peer: SocketAddr,
+    request: &SecretsRequest,
+    delivery: Delivery,
+) -> Option<Response> {
+    let refuse = |outcome, why| refuse(state, host, peer, request, delivery, outcome, why);
     let expected = policy.identity(host);
     if host.ip.is_some() || state.leases_are_ours {
-        let holder = address_of(&state, host);
+        let holder = address_of(state, host);
         if holder.is_none() || holder != peer_ipv4(peer) {
             let holder = holder.map_or("no address yet".to_owned(), |ip| ip.to_string());
-            return refuse("wrong_address", format!("the host's address is {holder}"));
+            return Some(refuse(
+                "wrong_address",
+                format!("the host's address is {holder}"),
+            ));
         }
     } else if expected.is_none() {
-        return refuse(
+        return Some(refuse(
             "no_credential",
             "beside the venue's DHCP, a host without a reserved address proves itself only by an identity, and it has none".to_owned(),
-        );
+        ));
     }
     if let Some(expected) = expected {
         let wrong = expected.smbios.mismatches(&request.smbios);
         if !wrong.is_empty() {
-            return refuse(
+            return Some(refuse(
                 "wrong_identity",
                 format!("its SMBIOS {} did not match", wrong.join(", ")),
-            );
+            ));
         }
     }
     let boot_id = &request.boot_id;
     let plain_id = (1..=64).contains(&boot_id.len())
         && boot_id.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
     if !plain_id {
-        return refuse("bad_request", "no usable boot_id".to_owned());
+        return Some(refuse("bad_request", "no usable boot_id".to_owned()));
     }
-    if let Some(ek_name) = expected.and_then(|identity| identity.tpm_ek.as_deref()) {
-        let challenge = |challenge: TpmChallenge| {
-            state.metrics.inc(SECRETS, &[("outcome", "tpm_challenge")]);
-            (StatusCode::UNAUTHORIZED, Json(challenge)).into_response()
-        };
-        let Some(proof) = &request.tpm else {
-            return challenge(TpmChallenge::Needs("tpm"));
-        };
-        let ek = match tpm_keys(proof) {
-            Ok((ek, _)) if ek.name_hex() != ek_name => {
-                let presented = ek.name_hex();
-                tracing::warn!(host = %host.hostname, %peer, tpm_ek = %presented, "a TPM the master file does not name");
-                return refuse(
-                    "wrong_identity",
-                    "its TPM's endorsement key is not the one the master file names".to_owned(),
-                );
-            }
-            Ok(keys) => keys,
-            Err(why) => return refuse("bad_request", why),
-        };
-        match &proof.activated {
-            None => {
-                let (ek, ak_name) = ek;
-                let credential = state.tpm_challenges.issue(host.mac, boot_id);
-                let file = ek.make_credential(&ak_name, &credential);
-                return challenge(TpmChallenge::Credential(BASE64.encode(file)));
-            }
-            Some(activated) => {
-                if !state.tpm_challenges.redeem(host.mac, boot_id, activated) {
-                    return refuse(
-                        "wrong_identity",
-                        "its TPM did not recover the credential sealed to it".to_owned(),
-                    );
-                }
-            }
+    // Not bound to a TPM: proved.
+    let ek_name = expected.and_then(|identity| identity.tpm_ek.as_deref())?;
+    let challenge = |challenge: TpmChallenge| {
+        state
+            .metrics
+            .inc(delivery.counter(), &[("outcome", "tpm_challenge")]);
+        (StatusCode::UNAUTHORIZED, Json(challenge)).into_response()
+    };
+    let Some(proof) = &request.tpm else {
+        return Some(challenge(TpmChallenge::Needs("tpm")));
+    };
+    let (ek, ak_name) = match tpm_keys(proof) {
+        Ok((ek, _)) if ek.name_hex() != ek_name => {
+            let presented = ek.name_hex();
+            tracing::warn!(host = %host.hostname, %peer, tpm_ek = %presented, "a TPM the master file does not name");
+            return Some(refuse(
+                "wrong_identity",
+                "its TPM's endorsement key is not the one the master file names".to_owned(),
+            ));
+        }
+        Ok(keys) => keys,
+        Err(why) => return Some(refuse("bad_request", why)),
+    };
+    match &proof.activated {
+        None => {
+            let credential = state.tpm_challenges.issue(host.mac, boot_id);
+            let file = ek.make_credential(&ak_name, &credential);
+            Some(challenge(TpmChallenge::Credential(BASE64.encode(file))))
+        }
+        Some(activated) if state.tpm_challenges.redeem(host.mac, boot_id, activated) => None,
+        Some(_) => Some(refuse(
+            "wrong_identity",
+            "its TPM did not recover the credential sealed to it".to_owned(),
+        )),
+    }
+}
+
+/// The bytes of a layer part the policy names; `Err` answers 500 (the store lost it).
+async fn read_part(path: Option<PathBuf>) -> Result<Option<Vec<u8>>, Response> {
+    let Some(path) = path else { return Ok(None) };
+    match tokio::fs::read(&path).await {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(error) => {
+            tracing::error!(path = %path.display(), %error, "cannot read a host layer");
+            Err(StatusCode::INTERNAL_SERVER_ERROR.into_response())
         }
     }
-    let secrets = match policy.host_secrets(host) {
-        Some(path) => match tokio::fs::read(&path).await {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                tracing::error!(path = %path.display(), %error, "cannot read a host's secrets");
-                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-            }
-        },
-        None => Vec::new(),
+}
+
+/// The host's secrets (a cpio, empty if it has none), its boot's report token and the version of
+/// the layer it boots with: to the host's address, presenting the identity the policy asks for,
+/// once per boot. Each refusal is counted, logged and noted on the host.
+async fn host_secrets(
+    State(state): AppState,
+    ConnectInfo(peer): Peer,
+    UrlPath(host): UrlPath<String>,
+    Json(request): Json<SecretsRequest>,
+) -> Response {
+    let delivery = Delivery::AtBoot;
+    let policy = state.policy.current();
+    let Some(host) = requested_host(&state, &*policy, &host, delivery) else {
+        return StatusCode::NOT_FOUND.into_response();
     };
-    let token = match state.timeline.release_secrets(host.mac, boot_id) {
+    if let Some(answer) = answer_unless_proved(&state, &*policy, host, peer, &request, delivery) {
+        return answer;
+    }
+    let secrets = match read_part(policy.host_secrets(host)).await {
+        Ok(secrets) => secrets,
+        Err(answer) => return answer,
+    };
+    let token = match state.timeline.release_secrets(host.mac, &request.boot_id) {
         Ok(token) => token,
         Err(Refusal::Again) => {
             return refuse(
+                &state,
+                host,
+                peer,
+                &request,
+                delivery,
                 "again",
                 "they went out already in this boot (a second fetch)".to_owned(),
             );
         }
     };
     state.metrics.inc(SECRETS, &[("outcome", "released")]);
-    tracing::info!(host = %host.hostname, %peer, ?presented, bytes = secrets.len(), "released the host's secrets");
+    let bytes = secrets.as_ref().map_or(0, Vec::len);
+    tracing::info!(host = %host.hostname, %peer, presented = ?request.smbios, bytes, "released the host's secrets");
+    // What the boot runs: the public layer it fetched (a build may have come since) and these.
+    let public = (state.timeline.public_layer_served(host.mac)).or_else(|| {
+        policy
+            .host_layer_version(host)
+            .map(|version| version.public)
+    });
+    let layer = public.map(|public| LayerVersion::with_secrets(public, secrets.as_deref()));
     let token = HeaderValue::from_str(&token).expect("hex is a header value");
-    (
+    let mut answer = (
         [
             (
                 header::CONTENT_TYPE,
@@ -644,9 +746,85 @@ async fn host_secrets(
             (header::CACHE_CONTROL, HeaderValue::from_static(PRIVATE)),
             (header::HeaderName::from_static(REPORT_TOKEN_HEADER), token),
         ],
-        secrets,
+        secrets.unwrap_or_default(),
     )
-        .into_response()
+        .into_response();
+    if let Some(layer) = layer {
+        let digest = HeaderValue::from_str(&layer.digest()).expect("hex is a header value");
+        (answer.headers_mut()).insert(header::HeaderName::from_static(LAYER_HEADER), digest);
+    }
+    answer
+}
+
+/// What a running host gets for a live update: its whole layer, both parts as served now.
+#[derive(Debug, Serialize)]
+struct LiveLayer {
+    /// [`LayerVersion::digest`] of these parts.
+    layer: String,
+    /// The public part's cpio, base64.
+    public: String,
+    /// The secrets' cpio, base64, if it has any.
+    secrets: Option<String>,
+}
+
+/// A running host's layer again, both parts (over TLS: one answer, one version), for a live
+/// update: only to the boot its secrets went to (that boot's report token and boot id), proving
+/// again all it proved then (address, identity, TPM). Each refusal is counted, logged and, once
+/// the token matched, noted on the host.
+async fn live_layer(
+    State(state): AppState,
+    ConnectInfo(peer): Peer,
+    UrlPath(host): UrlPath<String>,
+    headers: HeaderMap,
+    Json(request): Json<SecretsRequest>,
+) -> Response {
+    let delivery = Delivery::Live;
+    let policy = state.policy.current();
+    let Some(host) = requested_host(&state, &*policy, &host, delivery) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    // Without its boot's token a request proves nothing: counted, not noted on the host.
+    let outcome = match bearer_token(&headers) {
+        None => Some("no_token"),
+        Some(token) if !state.timeline.same_boot(host.mac, &request.boot_id, token) => {
+            Some("wrong_token")
+        }
+        Some(_) => None,
+    };
+    if let Some(outcome) = outcome {
+        state.metrics.inc(LIVE_LAYERS, &[("outcome", outcome)]);
+        tracing::warn!(host = %host.hostname, %peer, outcome, "refused a live layer: not the token of the boot it names");
+        return StatusCode::FORBIDDEN.into_response();
+    }
+    if let Some(answer) = answer_unless_proved(&state, &*policy, host, peer, &request, delivery) {
+        return answer;
+    }
+    let public = match read_part(policy.host_layer(host)).await {
+        Ok(Some(public)) => public,
+        Ok(None) => return StatusCode::NOT_FOUND.into_response(),
+        Err(answer) => return answer,
+    };
+    let secrets = match read_part(policy.host_secrets(host)).await {
+        Ok(secrets) => secrets,
+        Err(answer) => return answer,
+    };
+    let layer = LayerVersion::of(&public, secrets.as_deref()).digest();
+    state.timeline.secrets_went_out_again(host.mac);
+    state.metrics.inc(LIVE_LAYERS, &[("outcome", "released")]);
+    tracing::info!(host = %host.hostname, %peer, %layer, "released the host's layer to its running boot");
+    let live = LiveLayer {
+        layer,
+        public: BASE64.encode(public),
+        secrets: secrets.map(|secrets| BASE64.encode(secrets)),
+    };
+    ([(header::CACHE_CONTROL, PRIVATE)], Json(live)).into_response()
+}
+
+/// The bearer token of an `Authorization` header.
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    (headers.get(header::AUTHORIZATION))
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
 }
 
 async fn firmware(
@@ -661,27 +839,31 @@ async fn firmware(
     Ok(file::respond(&headers, &path, "public, max-age=300", None))
 }
 
+/// What netbootd answers a host's report: the version of its layer it would serve now, which
+/// the host applies live when it runs another (`null`: it has no layer).
+#[derive(Debug, Serialize)]
+struct ReportAnswer {
+    layer: Option<String>,
+}
+
 /// Accepted with the token the host's current boot got with its secrets, from the host's own
-/// address when we know it (its reservation or lease).
+/// address when we know it (its reservation or lease); answered with a [`ReportAnswer`].
 async fn report(
     State(state): AppState,
     ConnectInfo(peer): Peer,
     headers: HeaderMap,
     Json(report): Json<Report>,
-) -> StatusCode {
+) -> Result<Json<ReportAnswer>, StatusCode> {
     let policy = state.policy.current();
     let Some(host) = policy.host_named(&report.host) else {
-        return StatusCode::NOT_FOUND;
+        return Err(StatusCode::NOT_FOUND);
     };
     let refused = |reason: &'static str| {
         state.metrics.inc(REPORTS_REFUSED, &[("reason", reason)]);
         tracing::warn!(host = %report.host, %peer, reason, "refused a boot report");
-        StatusCode::FORBIDDEN
+        Err(StatusCode::FORBIDDEN)
     };
-    let token = (headers.get(header::AUTHORIZATION))
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    match token {
+    match bearer_token(&headers) {
         None => return refused("no_token"),
         Some(token) if !state.timeline.report_token_is(host.mac, token) => {
             return refused("wrong_token");
@@ -692,11 +874,12 @@ async fn report(
     if holder.is_some() && holder != peer_ipv4(peer) {
         return refused("wrong_address");
     }
-    tracing::info!(host = %report.host, %peer, role = %report.role, image = %report.image, state = ?report.state, failed = ?report.failed, problems = ?report.problems, "boot report");
+    tracing::info!(host = %report.host, %peer, role = %report.role, image = %report.image, state = ?report.state, failed = ?report.failed, problems = ?report.problems, layer = ?report.layer, "boot report");
     state
         .timeline
         .record(host.mac, Event::Report(Box::new(report)));
-    StatusCode::NO_CONTENT
+    let layer = (policy.host_layer_version(host)).map(|version| version.digest());
+    Ok(Json(ReportAnswer { layer }))
 }
 
 #[derive(Serialize)]
@@ -709,6 +892,9 @@ struct HostView<'a> {
     /// What netbootd would boot it into now: a host that reported another image runs something
     /// else until its next boot.
     serves: Option<ServedImage>,
+    /// The version of its layer netbootd serves now: a host that reported another applies it
+    /// live (see [`live_layer`]).
+    serves_layer: Option<String>,
     /// It reported once, and not for the last `stale_after`.
     stale: bool,
     #[serde(flatten)]
@@ -741,6 +927,7 @@ fn hosts_json(state: &HttpState) -> String {
                         id: image.id,
                         role: image.role,
                     }),
+                serves_layer: (policy.host_layer_version(host)).map(|version| version.digest()),
                 stale: timeline
                     .silent_for()
                     .is_some_and(|silent| silent > state.stale_after),
@@ -894,14 +1081,16 @@ mod tests {
 
     /// A server whose one host is mixer1 at 10.0.0.10, bound to `identity` if one is given.
     fn mixer_state(identity: Option<Identity>) -> Arc<HttpState> {
-        serving_mixer(Some(Ipv4Addr::new(10, 0, 0, 10)), identity, true)
+        serving_mixer(Some(Ipv4Addr::new(10, 0, 0, 10)), identity, true, None)
     }
 
-    /// A server whose one host is mixer1, at `reserved` if it has a reservation.
+    /// A server whose one host is mixer1, at `reserved` if it has a reservation, its layers (if
+    /// any) in `layers` as `mixer1.cpio` and `mixer1.secrets.cpio`.
     fn serving_mixer(
         reserved: Option<Ipv4Addr>,
         identity: Option<Identity>,
         leases_are_ours: bool,
+        layers: Option<&std::path::Path>,
     ) -> Arc<HttpState> {
         let mac = MIXER;
         let host = Host {
@@ -920,6 +1109,9 @@ mod tests {
         let mut policy = StaticPolicy::new(vec![host], network);
         if let Some(identity) = identity {
             policy = policy.with_identity(mac, identity);
+        }
+        if let Some(layers) = layers {
+            policy = policy.with_layer_dir(layers.to_owned());
         }
         Arc::new(HttpState {
             policy: SharedPolicy::new(Arc::new(policy)),
@@ -956,8 +1148,10 @@ mod tests {
             runtime.block_on(async {
                 let near = serde_json::json!({ "boot_id": boot_id, "uuid": uuid }).to_string();
                 for body in [String::from_utf8_lossy(&bytes).into_owned(), near] {
-                    let response = post(&state, HOST_ADDRESS, "/host/mixer1/secrets", None, body).await;
+                    let response = post(&state, HOST_ADDRESS, "/host/mixer1/secrets", None, body.clone()).await;
                     proptest::prop_assert!(response.status().is_client_error(), "{}", response.status());
+                    let live = post(&state, HOST_ADDRESS, "/host/mixer1/live-layer", Some(&token), body).await;
+                    proptest::prop_assert!(live.status().is_client_error(), "{}", live.status());
                 }
                 let report = r#"{"host":"mixer1","role":"mixer","image":"x","state":"up"}"#;
                 let status = post(&state, HOST_ADDRESS, ROUTE_REPORT, Some(&token), report.into()).await.status();
@@ -1085,7 +1279,7 @@ mod tests {
             .status()
         };
         // Without an identity: the address it claimed to the venue's DHCP is all there is.
-        let unbound = serving_mixer(None, None, false);
+        let unbound = serving_mixer(None, None, false, None);
         unbound
             .timeline
             .bind_address(MIXER, Ipv4Addr::from(HOST_ADDRESS));
@@ -1103,7 +1297,7 @@ mod tests {
             },
             tpm_ek: None,
         };
-        let bound = serving_mixer(None, Some(identity), false);
+        let bound = serving_mixer(None, Some(identity), false, None);
         bound.timeline.record(MIXER, Event::HostLayer);
         let wrong = r#"{"boot_id":"b1","uuid":"00000000-0000-0000-0000-000000000000"}"#;
         assert_eq!(ask(Arc::clone(&bound), wrong).await, StatusCode::FORBIDDEN);
@@ -1165,7 +1359,7 @@ mod tests {
         assert_eq!(state.timeline.get(mac).problems, Vec::<String>::new());
         assert_eq!(
             post_report(&state, Some(&token), frames()).await,
-            StatusCode::NO_CONTENT
+            StatusCode::OK
         );
         let record = state.timeline.get(mac);
         assert_eq!(record.problems, ["live output is black"]);
@@ -1187,6 +1381,218 @@ mod tests {
             "a refused report changes nothing"
         );
     }
+    /// mixer1's layers in `dir`: `public`, and `secrets` if any.
+    fn write_layers(dir: &std::path::Path, public: &[u8], secrets: Option<&[u8]>) {
+        std::fs::write(dir.join("mixer1.cpio"), public).unwrap();
+        let secrets_file = dir.join("mixer1.secrets.cpio");
+        match secrets {
+            Some(secrets) => std::fs::write(secrets_file, secrets).unwrap(),
+            None => drop(std::fs::remove_file(secrets_file)),
+        }
+    }
+
+    /// Asks for mixer1's layer as its running boot `boot_id` with `token`, presenting `more` (JSON
+    /// fields after the boot id); the status and the answer.
+    async fn live(
+        state: &Arc<HttpState>,
+        from: [u8; 4],
+        boot_id: &str,
+        token: Option<&str>,
+        more: &str,
+    ) -> (StatusCode, serde_json::Value) {
+        let body = format!(r#"{{"boot_id":"{boot_id}"{more}}}"#);
+        let response = post(state, from, "/host/mixer1/live-layer", token, body).await;
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    fn decoded(answer: &serde_json::Value, part: &str) -> Option<Vec<u8>> {
+        (answer[part].as_str()).map(|text| BASE64.decode(text).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_running_boot_gets_its_layer_again_only_with_its_token_and_what_its_boot_proved() {
+        let uuid = "4c4c4544-0042-3510-8052-b4c04f4e3732";
+        let layers = tempfile::tempdir().unwrap();
+        write_layers(layers.path(), b"public v1", Some(b"stream key v1"));
+        let identity = Identity {
+            smbios: Smbios {
+                uuid: Some(uuid.into()),
+                ..Smbios::default()
+            },
+            tpm_ek: None,
+        };
+        let address = Some(Ipv4Addr::from(HOST_ADDRESS));
+        let state = serving_mixer(address, Some(identity), true, Some(layers.path()));
+        let v1 = LayerVersion::of(b"public v1", Some(b"stream key v1")).digest();
+        let presented = format!(r#","uuid":"{uuid}""#);
+
+        // The boot fetched v1's public part; v2 was built before it asked for its secrets.
+        state.timeline.record(MIXER, Event::HostLayer);
+        let served = state
+            .policy
+            .current()
+            .host_layer_version(&state.policy.current().hosts()[0]);
+        state.timeline.layer_served(MIXER, &served.unwrap().public);
+        write_layers(layers.path(), b"public v2", Some(b"stream key v2"));
+        let body = format!(r#"{{"boot_id":"b1","uuid":"{uuid}"}}"#);
+        let response = post(&state, HOST_ADDRESS, "/host/mixer1/secrets", None, body).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let token = response.headers()[REPORT_TOKEN_HEADER]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let booted_with = response.headers()[LAYER_HEADER]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            booted_with,
+            LayerVersion::of(b"public v1", Some(b"stream key v2")).digest(),
+            "it runs the public part it fetched and the secrets it got"
+        );
+        assert_ne!(booted_with, v1);
+
+        // Its report is answered with the version it would boot now: not the one it runs.
+        let v2 = LayerVersion::of(b"public v2", Some(b"stream key v2")).digest();
+        let report = r#"{"host":"mixer1","role":"mixer","image":"i","state":"up","boot_id":"b1"}"#;
+        let response = post(
+            &state,
+            HOST_ADDRESS,
+            ROUTE_REPORT,
+            Some(&token),
+            report.into(),
+        )
+        .await;
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+            serde_json::json!({ "layer": v2 })
+        );
+
+        // Refused: no token, another boot's token or another boot id, another address, another
+        // machine's SMBIOS.
+        let (status, _) = live(&state, HOST_ADDRESS, "b1", None, &presented).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        for (boot_id, token) in [("b1", "0f0f"), ("b2", token.as_str())] {
+            let (status, _) = live(&state, HOST_ADDRESS, boot_id, Some(token), &presented).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{boot_id} {token}");
+        }
+        let (status, _) = live(&state, [10, 0, 0, 66], "b1", Some(&token), &presented).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let copied = r#","uuid":"00000000-0000-0000-0000-000000000000""#;
+        let (status, _) = live(&state, HOST_ADDRESS, "b1", Some(&token), copied).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let alerts = state.timeline.get(MIXER).alerts;
+        assert_eq!(
+            alerts.len(),
+            2,
+            "a token-less request is counted, not noted: {alerts:?}"
+        );
+        assert!(
+            alerts[0].contains("live layer refused to 10.0.0.66")
+                && alerts[1].contains("SMBIOS uuid did not match"),
+            "{alerts:?}"
+        );
+
+        // The boot itself: both parts as served now, in one answer, with their version.
+        let (status, answer) = live(&state, HOST_ADDRESS, "b1", Some(&token), &presented).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(answer["layer"], v2.as_str());
+        assert_eq!(decoded(&answer, "public").unwrap(), b"public v2");
+        assert_eq!(decoded(&answer, "secrets").unwrap(), b"stream key v2");
+        // A layer whose secrets were dropped: none, and a version that says so.
+        write_layers(layers.path(), b"public v3", None);
+        let (_, answer) = live(&state, HOST_ADDRESS, "b1", Some(&token), &presented).await;
+        assert_eq!(
+            answer["layer"],
+            LayerVersion::of(b"public v3", None).digest()
+        );
+        assert_eq!(
+            (decoded(&answer, "secrets"), &answer["secrets"]),
+            (None, &serde_json::Value::Null)
+        );
+
+        // Its boot's window stays closed: another boot id is still refused its secrets.
+        assert_eq!(
+            secrets(&state, HOST_ADDRESS, "b2").await,
+            Err(StatusCode::FORBIDDEN)
+        );
+        let metrics = state.metrics.render();
+        for counted in [
+            "netbootd_live_layers_total{outcome=\"no_token\"} 1",
+            "netbootd_live_layers_total{outcome=\"wrong_token\"} 2",
+            "netbootd_live_layers_total{outcome=\"wrong_address\"} 1",
+            "netbootd_live_layers_total{outcome=\"wrong_identity\"} 1",
+            "netbootd_live_layers_total{outcome=\"released\"} 2",
+            "netbootd_secrets_total{outcome=\"released\"} 1",
+        ] {
+            assert!(metrics.contains(counted), "{counted}: {metrics}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_running_boot_bound_to_its_tpm_proves_it_again_for_its_layer() {
+        let (tpm, ek_public) = tpm::tests::SoftwareTpm::new();
+        let other_ek = tpm::tests::SoftwareTpm::new().1;
+        let ak_name = format!("000b{}", "cd".repeat(32));
+        let layers = tempfile::tempdir().unwrap();
+        write_layers(layers.path(), b"public", Some(b"rotated key"));
+        let identity = Identity {
+            smbios: Smbios::default(),
+            tpm_ek: Some(tpm::EndorsementKey::parse(&ek_public).unwrap().name_hex()),
+        };
+        let address = Some(Ipv4Addr::from(HOST_ADDRESS));
+        let state = serving_mixer(address, Some(identity), true, Some(layers.path()));
+        // A boot that proved its TPM (as the test above does it) and holds its token.
+        state.timeline.record(MIXER, Event::HostLayer);
+        let token = state.timeline.release_secrets(MIXER, "b1").unwrap();
+        let keys = |ek: &[u8], activated: Option<String>| {
+            let tpm = serde_json::json!({
+                "ek_public": BASE64.encode(ek), "ak_name": ak_name, "activated": activated,
+            });
+            format!(r#","tpm":{tpm}"#)
+        };
+        let ask = |more: String| {
+            let (state, token) = (Arc::clone(&state), token.clone());
+            async move { live(&state, HOST_ADDRESS, "b1", Some(&token), &more).await }
+        };
+
+        assert_eq!(
+            ask(String::new()).await,
+            (
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"needs": "tpm"})
+            )
+        );
+        // The token with another TPM (a copied token): refused.
+        assert_eq!(ask(keys(&other_ek, None)).await.0, StatusCode::FORBIDDEN);
+        let (status, challenge) = ask(keys(&ek_public, None)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let file = BASE64
+            .decode(challenge["credential"].as_str().unwrap())
+            .unwrap();
+        let activated = hex::encode(tpm.activate(&ak_name, &file).unwrap());
+        let (status, answer) = ask(keys(&ek_public, Some(activated.clone()))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(decoded(&answer, "secrets").unwrap(), b"rotated key");
+        assert_eq!(
+            ask(keys(&ek_public, Some(activated))).await.0,
+            StatusCode::FORBIDDEN,
+            "spent"
+        );
+        let metrics = state.metrics.render();
+        for counted in ["tpm_challenge\"} 2", "wrong_identity\"} 2", "released\"} 1"] {
+            let counted = format!("netbootd_live_layers_total{{outcome=\"{counted}");
+            assert!(metrics.contains(&counted), "{counted}: {metrics}");
+        }
+    }
+
     async fn closed_within(stream: &mut TcpStream, wait: Duration) -> bool {
         use tokio::io::AsyncReadExt;
         let mut buffer = [0u8; 64];
