@@ -13,6 +13,7 @@
 pub mod check;
 pub mod cloud;
 pub mod dhcp;
+pub mod fleet;
 pub mod http;
 pub mod ipxe;
 pub mod mac;
