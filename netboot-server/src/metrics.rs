@@ -181,6 +181,13 @@ impl Metrics {
     }
 }
 
+/// The name of every counter as `/metrics` exports it (`<name>_total`), whether counted yet or not.
+pub fn counter_names() -> impl Iterator<Item = String> {
+    COUNTERS
+        .iter()
+        .map(|counter| format!("{}_total", counter.name))
+}
+
 /// Appends `registry`'s metrics to `text` in the Prometheus text format (0.0.4).
 pub fn render_into(text: &mut String, registry: &Registry) {
     prometheus_text::encode(text, registry).expect("writing to a String cannot fail");

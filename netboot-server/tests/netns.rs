@@ -827,9 +827,17 @@ fn ask_secrets(lab: &Lab, pin: &str, boot_id: &str, smbios: &str) -> (String, Ve
 
 /// mixer1's boot `b1` reporting its role up with `token`; the HTTP status.
 fn report_up(lab: &Lab, pin: &str, token: &str) -> String {
+    report(lab, pin, token, "up")
+}
+
+/// mixer1's boot `b1` reporting `state` (`up`, `degraded`, `heartbeat`) with `token`; the HTTP
+/// status.
+fn report(lab: &Lab, pin: &str, token: &str, state: &str) -> String {
     let auth = format!("Authorization: Bearer {token}");
-    let body =
-        r#"{"host":"mixer1","role":"mixer","image":"sha256:abc","state":"up","boot_id":"b1"}"#;
+    let body = format!(
+        r#"{{"host":"mixer1","role":"mixer","image":"sha256:abc","state":"{state}","boot_id":"b1"}}"#
+    );
+    let body = body.as_str();
     let output = https(
         lab,
         pin,
@@ -1419,5 +1427,161 @@ fn the_dashboard_follows_a_boot_live_and_shows_a_silent_host_stale() {
         png.starts_with(b"\x89PNG") && png.len() > 10_000,
         "{} bytes",
         png.len()
+    );
+}
+
+/// The value of the one sample of `family` whose labels include `labels` (`host="mixer1"`), from
+/// a scrape of `/metrics`.
+fn sample(metrics: &str, family: &str, labels: &str) -> Option<f64> {
+    let prefix = format!("{family}{{");
+    (metrics.lines())
+        .filter(|line| line.starts_with(&prefix) && line.contains(labels))
+        .find_map(|line| line.rsplit_once(' ')?.1.parse().ok())
+}
+
+/// Prometheus's own parser and linter (`promtool check metrics`) on a scrape.
+fn promtool_accepts(metrics: &str) {
+    use std::io::Write;
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    let mut stdin = promtool.stdin.take().unwrap();
+    stdin.write_all(metrics.as_bytes()).unwrap();
+    drop(stdin);
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}\n{metrics}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
+
+#[test]
+fn metrics_parse_for_prometheus_and_follow_a_host_from_unseen_to_up_degraded_and_stale() {
+    let Some(mut lab) = Lab::new(&["curl", "promtool"]) else {
+        return;
+    };
+    let (store, layers) = mixer1_store_and_layers(lab.dir.path(), b"secrets of mixer1");
+    let key = store.server_key().unwrap();
+    serve_mixer1_at_its_address(
+        &mut lab,
+        &format!("uuid={UUID},group=room-a"),
+        &layers,
+        &store,
+        &[
+            "--host",
+            "52:54:00:00:00:09,10.99.0.19,slides1,group=room-a",
+            "--stale-after-missed-beats",
+            "1",
+        ],
+    );
+    let mixer1 = r#"host="mixer1""#;
+    let scrape = || {
+        let metrics = lab.operator("/metrics");
+        promtool_accepts(&metrics);
+        metrics
+    };
+    let metrics = scrape();
+    for (family, labels, value) in [
+        ("netbootd_host_boot_phase", mixer1, 0.0),
+        ("netbootd_host_up", mixer1, 0.0),
+        ("netbootd_host_stale", mixer1, 0.0),
+        ("netbootd_room_hosts", r#"room="room-a""#, 2.0),
+        ("netbootd_room_hosts_up", r#"room="room-a""#, 0.0),
+    ] {
+        assert_eq!(
+            sample(&metrics, family, labels),
+            Some(value),
+            "{family}: {metrics}"
+        );
+    }
+    assert!(
+        metrics.contains(r#"netbootd_host_up{host="slides1",role="",room="room-a"} 0"#),
+        "{metrics}"
+    );
+
+    // Its boot takes its layer: phase 6.
+    http(&lab, &[&format!("{HTTP}/host/{MIXER}/layer")]);
+    let metrics = scrape();
+    assert_eq!(
+        sample(&metrics, "netbootd_host_boot_phase", mixer1),
+        Some(6.0)
+    );
+    assert!(
+        metrics.contains(
+            r#"netbootd_http_responses_total{route="/host/{host}/layer",status="2xx"} 1"#
+        ),
+        "the counters are still there: {metrics}"
+    );
+
+    // Up: its role (from its report) labels it from now on.
+    let pin = key.pin.as_str();
+    let (status, _, token) = ask_secrets(&lab, pin, "b1", &format!(r#","uuid":"{UUID}""#));
+    assert_eq!(status, "200");
+    let reported = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert_eq!(report_up(&lab, pin, &token), "204");
+    let metrics = scrape();
+    let up = r#"host="mixer1",role="mixer",room="room-a""#;
+    for (family, value) in [
+        ("netbootd_host_up", 1.0),
+        ("netbootd_host_boot_phase", 10.0),
+        ("netbootd_host_degraded", 0.0),
+        ("netbootd_host_reboot_changes_image", 0.0),
+    ] {
+        assert_eq!(
+            sample(&metrics, family, up),
+            Some(value),
+            "{family}: {metrics}"
+        );
+    }
+    assert_eq!(
+        sample(&metrics, "netbootd_room_hosts_up", r#"room="room-a""#),
+        Some(1.0)
+    );
+    let heartbeat = sample(
+        &metrics,
+        "netbootd_host_last_heartbeat_timestamp_seconds",
+        up,
+    )
+    .unwrap();
+    assert!(
+        (heartbeat - reported).abs() < 5.0,
+        "{heartbeat} vs {reported}"
+    );
+
+    // Degraded, then silent: stale after one missed heartbeat (30 s).
+    assert_eq!(report(&lab, pin, &token, "degraded"), "204");
+    let metrics = scrape();
+    assert_eq!(
+        (
+            sample(&metrics, "netbootd_host_degraded", up),
+            sample(&metrics, "netbootd_host_up", up)
+        ),
+        (Some(1.0), Some(0.0))
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(50);
+    let stale = loop {
+        let metrics = scrape();
+        if sample(&metrics, "netbootd_host_stale", up) == Some(1.0) {
+            break metrics;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never stale: {metrics}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    assert_eq!(
+        sample(&stale, "netbootd_host_degraded", up),
+        Some(0.0),
+        "stale first, as the dashboard shows it"
     );
 }
