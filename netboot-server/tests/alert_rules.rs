@@ -68,8 +68,10 @@ fn promtool_checks_the_scrape_configuration_and_passes_the_rules_unit_tests() {
 /// Every metric name `/metrics` can hold: the counters, and the gauges of a fleet whose one room
 /// has an encoder that reported.
 fn exported_names() -> Vec<String> {
-    let mut record = HostRecord::default();
-    record.last_heartbeat = Some("2026-12-04T10:00:00Z".into());
+    let record = HostRecord {
+        last_heartbeat: Some("2026-12-04T10:00:00Z".into()),
+        ..HostRecord::default()
+    };
     let encoder = FleetHost {
         hostname: "lameere-enc",
         role: Some("encoder"),
