@@ -169,7 +169,13 @@ fn render_master(master: &str) -> Layers {
         .render(
             ROLE,
             OverlayKind::Config,
-            &plan.role_context(ROLE, "sha256//pin"),
+            &plan.role_context(
+                ROLE,
+                lectern_builder::context::Anchors {
+                    netbootd_pin: "sha256//pin",
+                    journal_ca: "-----BEGIN CERTIFICATE-----\n",
+                },
+            ),
         )
         .unwrap();
     let hosts = plan.host_contexts(ROLE);

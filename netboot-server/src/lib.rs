@@ -16,6 +16,7 @@ pub mod dhcp;
 pub mod fleet;
 pub mod http;
 pub mod ipxe;
+pub mod journal;
 pub mod mac;
 pub mod metrics;
 pub mod plan_policy;

@@ -1585,3 +1585,184 @@ fn metrics_parse_for_prometheus_and_follow_a_host_from_unseen_to_up_degraded_and
         "stale first, as the dashboard shows it"
     );
 }
+
+const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
+const JOURNAL_UPLOAD: &str = "/lib/systemd/systemd-journal-upload";
+
+/// A journal file with one entry that `host` logged, written by systemd's own receiver from the
+/// journal export format (what `journalctl -o export` prints).
+fn journal_of(dir: &std::path::Path, host: &str, message: &str) -> std::path::PathBuf {
+    use std::io::Write;
+    let file = dir.join(format!("{host}.journal"));
+    let export = format!(
+        "__REALTIME_TIMESTAMP=1764842400000000\n_HOSTNAME={host}\nSYSLOG_IDENTIFIER=lectern-test\nPRIORITY=6\nMESSAGE={message}\n\n"
+    );
+    let mut writer = std::process::Command::new(JOURNAL_REMOTE)
+        .arg(format!("--output={}", file.display()))
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    writer
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(export.as_bytes())
+        .unwrap();
+    assert!(writer.wait().unwrap().success());
+    file
+}
+
+/// The role images' own upload (the ExecStart of their drop-in on systemd-journal-upload.service),
+/// run once on the client: `file` instead of the host's journal, `ca` where the image has its
+/// trust anchor, to `url` (what the host layer names).
+fn upload_as_the_images_do(
+    lab: &Lab,
+    url: &str,
+    ca: &std::path::Path,
+    file: &std::path::Path,
+) -> std::process::Output {
+    let drop_in = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(
+        "../overlays/base/config/usr/lib/systemd/system/systemd-journal-upload.service.d/lectern.conf",
+    );
+    let drop_in = std::fs::read_to_string(drop_in).unwrap();
+    let exec = (drop_in.lines())
+        .filter_map(|line| line.strip_prefix("ExecStart="))
+        .rfind(|line| !line.is_empty())
+        .expect("the drop-in's ExecStart");
+    let mut words = exec.split_whitespace();
+    assert_eq!(words.next(), Some(JOURNAL_UPLOAD));
+    let mut args: Vec<String> = words
+        .map(|arg| match arg {
+            "--save-state" => format!("--file={}", file.display()),
+            trust if trust.starts_with("--trust=") => format!("--trust={}", ca.display()),
+            arg => arg.to_owned(),
+        })
+        .collect();
+    assert!(
+        args.iter().any(|arg| arg.starts_with("--trust=")),
+        "the images check the receiver: {exec}"
+    );
+    args.extend(["--follow=no".to_owned(), format!("--url={url}")]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    lab.client(JOURNAL_UPLOAD, &args)
+}
+
+#[test]
+fn hosts_journals_reach_the_box_over_tls_split_per_host_and_never_an_untrusted_receiver() {
+    let Some(mut lab) = Lab::new(&["journalctl", "tcpdump", JOURNAL_REMOTE, JOURNAL_UPLOAD]) else {
+        return;
+    };
+    // The fixture conference: its netboot machine is this lab's server (10.99.0.1 on br0).
+    let dir = lab.dir.path().to_owned();
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../builder/tests/fixtures");
+    let master = dir.join("master.toml");
+    std::fs::copy(fixtures.join("master.toml"), &master).unwrap();
+    let plan = lectern_master::load_without_secret_values(&master).unwrap();
+    let store = lectern_store::Store::create(&plan.netboot.store).unwrap();
+    store.journal_ca().unwrap();
+    let trusted = store.journal_ca_certificate_path();
+    let capture = dir.join("journal.pcap");
+    lab.spawn_in_server(
+        "tcpdump",
+        "tcpdump",
+        &[
+            "-i",
+            lab::BRIDGE,
+            "-U",
+            "-s",
+            "0",
+            "-w",
+            capture.to_str().unwrap(),
+        ],
+    );
+    let received = dir.join("remote");
+    lab.spawn_in_server(
+        "journal-remote",
+        env!("CARGO_BIN_EXE_netbootd"),
+        &[
+            "--config",
+            master.to_str().unwrap(),
+            "journal-remote",
+            "--key-dir",
+            dir.join("receiver").to_str().unwrap(),
+            "--output",
+            received.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(plan.netboot.journal_url, "https://10.99.0.1:19532");
+    let url = plan.netboot.journal_url.as_str();
+    lab.set_client_address("10.99.0.64/24");
+    let mixer = journal_of(&dir, "lameere-mixer", "mixer-line-5b1e");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let sent = upload_as_the_images_do(&lab, url, &trusted, &mixer);
+        if sent.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mixer's upload: {}\n{}",
+            String::from_utf8_lossy(&sent.stderr),
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    lab.set_client_address("10.99.0.128/24");
+    let source = journal_of(&dir, "lameere-source-1", "source-line-0c7d");
+    let sent = upload_as_the_images_do(&lab, url, &trusted, &source);
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+
+    // One file per host address; each host's entries read back by its name.
+    std::thread::sleep(Duration::from_secs(1));
+    let mut files: Vec<String> = std::fs::read_dir(&received)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        ["remote-10.99.0.128.journal", "remote-10.99.0.64.journal"]
+    );
+    let read = |filter: &str| {
+        let directory = format!("--directory={}", received.display());
+        lab::must("journalctl", &[&directory, "-o", "cat", filter])
+    };
+    assert_eq!(read("_HOSTNAME=lameere-mixer").trim(), "mixer-line-5b1e");
+    assert_eq!(
+        read("_HOSTNAME=lameere-source-1").trim(),
+        "source-line-0c7d"
+    );
+
+    // A receiver another authority certified (another store's, a LAN impostor's) gets nothing.
+    let impostor = lectern_store::Store::create(dir.join("impostor")).unwrap();
+    impostor.journal_ca().unwrap();
+    let refused = upload_as_the_images_do(
+        &lab,
+        url,
+        &impostor.journal_ca_certificate_path(),
+        &journal_of(&dir, "lameere-source-2", "never-line-9a4f"),
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("certificate"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(read("_HOSTNAME=lameere-source-2"), "");
+
+    // And the LAN saw the uploads, never their text.
+    std::thread::sleep(Duration::from_secs(1));
+    let wire = std::fs::read(&capture).unwrap();
+    let seen = |needle: &[u8]| wire.windows(needle.len()).any(|window| window == needle);
+    assert!(wire.len() > 2000, "the capture caught the uploads");
+    for line in ["mixer-line-5b1e", "source-line-0c7d", "lameere-mixer"] {
+        assert!(!seen(line.as_bytes()), "{line} crossed the LAN in clear");
+    }
+}
