@@ -4,7 +4,8 @@
 //! image id in its report), learn which host it is (from the firmware's SMBIOS OEM string on the raw
 //! disk, from its MAC alone on the qcow2 one), fetch that host's layer from netbootd and report its role.
 //! The box's journal receiver holds each boot's journal, the first one still after the second boot, and
-//! the host's stream key in no field of it.
+//! the host's stream key in no field of it, nor in the command line of the encoder's main process
+//! (journald stamps it on the service's lines).
 //!
 //! LECTERN_IMAGE_TESTS=1, root.
 
@@ -148,10 +149,28 @@ fn run(room: &mut RoomLab) -> Result<()> {
         // Every field of every entry: a secret of the host's (its stream key) is in none of them.
         let everything = room.received_journal(&[&host, "-o", "export"])?;
         // The fixture's (builder/tests/fixtures/fixture-secrets.toml).
-        let key = b"lectern-test-secret-7f3a9c";
+        let key = "lectern-test-secret-7f3a9c";
         ensure!(
-            !everything.windows(key.len()).any(|window| window == key),
+            !everything
+                .windows(key.len())
+                .any(|window| window == key.as_bytes()),
             "{name} disk: the host's stream key reached its journal on the box"
+        );
+        // Nor in the encoder's main process's command line, which journald stamps on each of its
+        // lines (_CMDLINE) once its first seconds are past: sampled while ffmpeg retries its input
+        // (no mixer here), whose arguments hold the key.
+        let sampled = room.ssh(
+            ENCODER,
+            "for i in $(seq 30); do pid=$(systemctl show -p MainPID --value lectern-encoder); \
+             [ \"$pid\" = 0 ] || { tr '\\0' ' ' < /proc/$pid/cmdline; echo; }; sleep 0.3; done",
+        )?;
+        ensure!(
+            !sampled.contains(key),
+            "{name} disk: the encoder's main process holds the stream key in its command line"
+        );
+        ensure!(
+            sampled.contains("/usr/lib/lectern/encode"),
+            "{name} disk: the encoder's main process was never seen: {sampled}"
         );
         previous_boot = record["boot_id"].clone();
         room.power_off(ENCODER)?;
