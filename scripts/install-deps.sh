@@ -22,6 +22,9 @@ packages=(
   # streaming tests: the backend role's RTMP module under this nginx; ffmpeg/ffprobe to publish and decode
   # streams; Chromium plays the watch page; ssh logs in to the room test's hosts
   libnginx-mod-rtmp ffmpeg chromium openssh-client
+  # observability: promtool checks /metrics and the example alert rules; the hosts' journals go to the
+  # box's systemd-journal-remote
+  prometheus systemd-journal-remote
 )
 
 missing=()
@@ -29,10 +32,12 @@ for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 # Services some of these packages enable at boot. netbootd is the box's DHCP, TFTP and HTTP server: a
-# tftpd-hpa enabled at boot would take port 69 from it, a Kea or an nginx the others. Disabled only when
-# this run installed them, never on a box that already ran them.
+# tftpd-hpa enabled at boot would take port 69 from it, a Kea or an nginx the others; the tests need
+# only promtool of prometheus, not a Prometheus server. Disabled only when this run installed them,
+# never on a box that already ran them.
 declare -A services=(
   [tftpd-hpa]=tftpd-hpa.service [nginx-light]=nginx.service [kea-dhcp4-server]=kea-dhcp4-server.service
+  [prometheus]=prometheus.service
 )
 
 if [ ${#missing[@]} -gt 0 ]; then
@@ -87,6 +92,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # Those the box had before: said, not changed.
 for unit in "${services[@]}"; do
+  # A Prometheus the box already ran takes none of netbootd's ports.
+  [ "$unit" != prometheus.service ] || continue
   if [[ " ${disabled[*]:-} " != *" $unit "* ]] && systemctl is-enabled --quiet "$unit" 2>/dev/null; then
     echo "install-deps: note: $unit starts at boot and would contend with netbootd for its ports (systemctl disable $unit)"
   fi

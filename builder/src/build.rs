@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use lectern_store::{BlobRef, Digest, HostLayer, LayerKind, LayerRecord, Manifest, Store};
 use serde_json::{Value, json};
 
-use crate::context::Plan;
+use crate::context::{Anchors, Plan};
 use crate::recipe::{BASE, OverlayKind, Recipe, Recipes};
 use crate::step::{self, sh_quote};
 use crate::tools;
@@ -141,7 +141,12 @@ impl Builder {
         };
         let below = role_layer.as_ref().unwrap_or(&base);
         let pin = self.store.server_key()?.pin;
-        let config = self.config_layer(role, below, &plan.role_context(role, &pin))?;
+        let journal_ca = self.store.journal_ca()?.certificate;
+        let anchors = Anchors {
+            netbootd_pin: &pin,
+            journal_ca: &journal_ca,
+        };
+        let config = self.config_layer(role, below, &plan.role_context(role, anchors))?;
 
         let artifacts = BTreeMap::from([
             (VMLINUZ.to_owned(), base.outputs[VMLINUZ].clone()),

@@ -1,15 +1,16 @@
 //! Render contexts for overlays, cut from lectern-master's `Plan` (the expanded master file) as JSON.
 //!
 //! Two contexts, so that a change to one host never rebuilds a role image and secrets never reach one:
-//! - role-wide (config layer): `{ role, conference, netbootd_pin }`, from the plan's ordinary
-//!   serialization, in which secrets are `***`.
+//! - role-wide (config layer): `{ role, conference, netbootd_pin, journal_ca }`, from the plan's
+//!   ordinary serialization, in which secrets are `***`, and what the store's hosts trust.
 //! - per host (host layer): `{ role, conference, network, ssh_authorized_keys, host, room, lan_hosts,
-//!   secret_values, netbootd_secure_url }`,
+//!   secret_values, netbootd_secure_url, netbootd_journal_url }`,
 //!   from the plan serialized with secrets revealed; `network` is the plan's video LAN (`domain`, `gateway`,
 //!   `dns`, `ntp`…), `host` the plan's host (`hostname`, `mac`, `ip`, `room`, `config.<role>`…), `room` the
 //!   plan's entry for its room (or null), `lan_hosts` lists `{hostname, fqdn, ip}` of every other host
 //!   with a fixed address, `secret_values` the raw secrets the host holds (for its log filter) and
-//!   `netbootd_secure_url` where it fetches its secrets and sends its reports (`https://…:8443`).
+//!   `netbootd_secure_url` where it fetches its secrets and sends its reports (`https://…:8443`),
+//!   `netbootd_journal_url` where it uploads its journal (`https://…:19532`).
 
 use std::path::Path;
 
@@ -25,6 +26,16 @@ pub fn load_typed(master_file: &Path) -> Result<lectern_master::Plan> {
             master_file.display()
         )
     })
+}
+
+/// What every role image of a store trusts, baked into its config layer: public halves only.
+#[derive(Debug, Clone, Copy)]
+pub struct Anchors<'a> {
+    /// What hosts pin of netbootd's TLS key (`lectern_store::ServerKey::pin`).
+    pub netbootd_pin: &'a str,
+    /// The certificate of the authority that certifies the box's journal receiver
+    /// (`lectern_store::JournalCa`), PEM.
+    pub journal_ca: &'a str,
 }
 
 pub struct Plan {
@@ -71,14 +82,14 @@ impl Plan {
         roles
     }
 
-    /// `{ role, conference, netbootd_pin }`: serialized as the plan always is, secrets as `***` (the
-    /// conference holds none); `netbootd_pin` is what hosts pin of netbootd's TLS key (see
-    /// `lectern_store::ServerKey`).
-    pub fn role_context(&self, role: &str, netbootd_pin: &str) -> Value {
+    /// `{ role, conference, netbootd_pin, journal_ca }`: serialized as the plan always is, secrets
+    /// as `***` (the conference holds none), and the store's [`Anchors`].
+    pub fn role_context(&self, role: &str, anchors: Anchors) -> Value {
         json!({
             "role": role,
             "conference": self.plan.as_ref().map(|plan| &plan.conference),
-            "netbootd_pin": netbootd_pin,
+            "netbootd_pin": anchors.netbootd_pin,
+            "journal_ca": anchors.journal_ca,
         })
     }
 
@@ -108,6 +119,7 @@ impl Plan {
                         "lan_hosts": lan_hosts(plan, host),
                         "secret_values": lectern_master::secrets::secret_values_in(host),
                         "netbootd_secure_url": plan.netboot.secure_url,
+                        "netbootd_journal_url": plan.netboot.journal_url,
                     });
                     (host.hostname.clone(), context)
                 })
@@ -137,6 +149,11 @@ pub(crate) mod tests {
     pub(crate) const FIXTURE_SECRET: &str = "lectern-test-secret-7f3a9c";
     /// What role contexts pin in tests (a real one is `lectern_store::ServerKey::pin`).
     pub(crate) const TEST_PIN: &str = "sha256//AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    /// What role contexts trust in tests (real ones come from the store).
+    pub(crate) const TEST_ANCHORS: Anchors<'static> = Anchors {
+        netbootd_pin: TEST_PIN,
+        journal_ca: "-----BEGIN CERTIFICATE-----\ntest\n-----END CERTIFICATE-----\n",
+    };
 
     /// The fixture master file. Its secrets file must be 0600 to be used, which git cannot record.
     pub(crate) fn fixture_path() -> PathBuf {
@@ -159,7 +176,7 @@ pub(crate) mod tests {
     #[test]
     fn role_context_has_no_hosts_and_no_secrets() {
         let plan = Plan::load(&fixture_path()).unwrap();
-        let context = plan.role_context("encoder", TEST_PIN);
+        let context = plan.role_context("encoder", TEST_ANCHORS);
         assert_eq!(context["role"], "encoder");
         assert_eq!(context["conference"]["org"], "fosdem");
         assert!(context.get("host").is_none());
@@ -203,7 +220,7 @@ pub(crate) mod tests {
         let empty = Plan::empty();
         assert!(empty.roles().is_empty() && empty.host_contexts("encoder").is_empty());
         assert_eq!(
-            empty.role_context("base", TEST_PIN)["conference"],
+            empty.role_context("base", TEST_ANCHORS)["conference"],
             Value::Null
         );
     }

@@ -360,7 +360,7 @@ fn is_unit_name(unit: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::context::tests::TEST_PIN;
+    use crate::context::tests::TEST_ANCHORS;
 
     fn recipes(files: &[(&str, &str)]) -> Result<Recipes> {
         let dir = tempfile::tempdir().unwrap();
@@ -489,7 +489,7 @@ variant = "apt"
                 .render(
                     role,
                     OverlayKind::Config,
-                    &plan.role_context(role, TEST_PIN),
+                    &plan.role_context(role, TEST_ANCHORS),
                 )
                 .unwrap();
             assert_eq!(file_text(&config, "etc/lectern/role"), format!("{role}\n"));
@@ -612,7 +612,7 @@ variant = "apt"
                 .ends_with("\nL+ /etc/localtime - - - - /usr/share/zoneinfo/Europe/Brussels\n")
         );
         // Debian's chrony.conf would also poll the internet pool, which a video LAN cannot reach.
-        let context = in_brussels.role_context("source", TEST_PIN);
+        let context = in_brussels.role_context("source", TEST_ANCHORS);
         let config = recipes
             .render("source", OverlayKind::Config, &context)
             .unwrap();
@@ -650,7 +650,7 @@ variant = "apt"
             after.contains("\nVIDEO_DELAY_MS=120\nAUDIO_DELAY_MS=40\n"),
             "{after}"
         );
-        let context = delayed.role_context("source", TEST_PIN);
+        let context = delayed.role_context("source", TEST_ANCHORS);
         let config = recipes
             .render("source", OverlayKind::Config, &context)
             .unwrap();
@@ -763,6 +763,39 @@ variant = "apt"
     }
 
     #[test]
+    fn netbooted_hosts_upload_their_journal_to_the_box_trusting_the_store_s_authority() {
+        let recipes = repo_recipes();
+        let config = recipes
+            .render(
+                "encoder",
+                OverlayKind::Config,
+                &fixture().role_context("encoder", TEST_ANCHORS),
+            )
+            .unwrap();
+        assert_eq!(
+            file_text(&config, "etc/lectern/journal-ca.pem").trim_end(),
+            TEST_ANCHORS.journal_ca.trim_end()
+        );
+        let upload = "usr/lib/systemd/system/systemd-journal-upload.service.d/lectern.conf";
+        assert!(file_text(&config, upload).contains("--trust=/etc/lectern/journal-ca.pem"));
+        let moved = fixture_plan(
+            &[(
+                "http_port = 8080\n",
+                "http_port = 8080\njournal_port = 20514\n",
+            )],
+            "",
+        );
+        for (plan, url) in [
+            (fixture(), "URL=https://10.99.0.1:19532\n"),
+            (moved, "URL=https://10.99.0.1:20514\n"),
+        ] {
+            let host = host_tree(&recipes, &plan, "encoder", "lameere-enc");
+            let conf = file_text(&host, "etc/systemd/journal-upload.conf.d/lectern.conf");
+            assert!(conf.contains(url), "{conf}");
+        }
+    }
+
+    #[test]
     fn a_bitrate_change_touches_only_the_host_layer() {
         let recipes = repo_recipes();
         let before = fixture();
@@ -772,7 +805,7 @@ variant = "apt"
                 .render(
                     "encoder",
                     OverlayKind::Config,
-                    &plan.role_context("encoder", TEST_PIN),
+                    &plan.role_context("encoder", TEST_ANCHORS),
                 )
                 .unwrap()
                 .digest()
@@ -892,7 +925,7 @@ variant = "apt"
         );
         assert!(listed.contains(&LAYER_FILES) && listed.contains(&"etc/lectern/encoder.args"));
 
-        let context = plan.role_context("streaming-backend", TEST_PIN);
+        let context = plan.role_context("streaming-backend", TEST_ANCHORS);
         let config = recipes
             .render("streaming-backend", OverlayKind::Config, &context)
             .unwrap();

@@ -181,7 +181,13 @@ fn render_plan(plan: &Plan, role: &str) -> Vec<(String, Layers)> {
         .render(
             role,
             OverlayKind::Config,
-            &plan.role_context(role, "sha256//pin"),
+            &plan.role_context(
+                role,
+                lectern_builder::context::Anchors {
+                    netbootd_pin: "sha256//pin",
+                    journal_ca: "-----BEGIN CERTIFICATE-----\n",
+                },
+            ),
         )
         .unwrap();
     (plan.host_contexts(role).into_iter())

@@ -185,6 +185,22 @@ fn encoder_image_is_complete_secret_free_and_reproducible() {
         ssh_keys.is_empty(),
         "ssh host keys in the image: {ssh_keys:?}"
     );
+    // The journal upload is enabled and trusts the store's journal authority: its certificate, and
+    // nothing of its key (checked below with the other secrets).
+    let upload =
+        root.join("etc/systemd/system/multi-user.target.wants/systemd-journal-upload.service");
+    assert!(upload.symlink_metadata().is_ok(), "journal upload enabled");
+    assert!(root.join("lib/systemd/systemd-journal-upload").exists());
+    assert_eq!(
+        fs::read_to_string(root.join("etc/lectern/journal-ca.pem"))
+            .unwrap()
+            .trim_end(),
+        fs::read_to_string(store.journal_ca_certificate_path())
+            .unwrap()
+            .trim_end()
+    );
+    let ca_key = fs::read_to_string(store.journal_ca_key_path()).unwrap();
+    let ca_key = ca_key.lines().nth(1).expect("a PEM body line").to_owned();
 
     // No secret in any byte of the role's artifacts and layers, nor in any file of the unpacked root.
     let blobs: Vec<_> = manifest.blobs().collect();
@@ -199,7 +215,7 @@ fn encoder_image_is_complete_secret_free_and_reproducible() {
     for file in files_under(&root) {
         let bytes = fs::read(&file).unwrap();
         assert!(
-            !contains(&bytes, SECRET.as_bytes()),
+            !contains(&bytes, SECRET.as_bytes()) && !contains(&bytes, ca_key.as_bytes()),
             "secret in {}",
             file.display()
         );
@@ -253,13 +269,22 @@ fn encoder_image_is_complete_secret_free_and_reproducible() {
             .contains("\n-b:v\n4500k\n")
     );
 
-    // From scratch again, in a fresh store with the same netbootd key (an input: its pin is in
-    // the image): identical bytes.
+    // From scratch again, in a fresh store with the same netbootd key and journal authority (inputs:
+    // the key's pin and the authority's certificate are in the image): identical bytes.
     let second_dir = scratch();
-    let key = Store::open(first_dir.path()).unwrap().server_key_path();
-    let second_key = second_dir.path().join("keys/netbootd.key");
-    fs::create_dir_all(second_key.parent().unwrap()).unwrap();
-    fs::copy(&key, &second_key).unwrap();
+    let first_store = Store::open(first_dir.path()).unwrap();
+    for key in [
+        first_store.server_key_path(),
+        first_store.journal_ca_key_path(),
+        first_store.journal_ca_certificate_path(),
+    ] {
+        let copy = second_dir
+            .path()
+            .join("keys")
+            .join(key.file_name().unwrap());
+        fs::create_dir_all(copy.parent().unwrap()).unwrap();
+        fs::copy(&key, &copy).unwrap();
+    }
     let again = builder(second_dir.path()).build_role(ROLE, &plan).unwrap();
     assert_eq!(
         again.artifacts, manifest.artifacts,

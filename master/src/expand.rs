@@ -765,6 +765,20 @@ impl<'l, 'a> Expander<'l, 'a> {
                 None,
             );
         }
+        let journal = m.netboot.journal_port;
+        let taken = [
+            (port, "netbootd's HTTP"),
+            (m.netboot.https_port, "netbootd's HTTPS"),
+        ]
+        .into_iter()
+        .chain(on_server.then_some((operator.port(), "the operator address's")));
+        if let Some((_, what)) = taken.into_iter().find(|(taken, _)| *taken == journal) {
+            self.error(
+                "netboot.journal_port",
+                format!("port {journal} is {what} port already: the journal receiver needs one of its own"),
+                None,
+            );
+        }
         let base_url = if port == 80 {
             format!("http://{server_ip}")
         } else {
@@ -777,6 +791,8 @@ impl<'l, 'a> Expander<'l, 'a> {
             base_url,
             https_port: m.netboot.https_port,
             secure_url: format!("https://{server_ip}:{}", m.netboot.https_port),
+            journal_port: journal,
+            journal_url: format!("https://{server_ip}:{journal}"),
             operator_url: format!("http://{}", m.netboot.operator_address),
             operator_address: m.netboot.operator_address,
             stale_after_secs: u64::from(m.netboot.stale_after_missed_beats) * HEARTBEAT_SECS,

@@ -170,6 +170,13 @@ pub struct Netboot {
     #[serde(default = "default_https_port")]
     #[schemars(range(min = 1))]
     pub https_port: u16,
+    /// TCP port on the netboot machine's address where the box receives the hosts' journals over
+    /// TLS (`systemd-journal-remote`, run by the `lectern-journal-remote` service): every netbooted
+    /// host uploads its journal there (`systemd-journal-upload`), checking the receiver's
+    /// certificate against an authority kept in the store and baked into the role images.
+    #[serde(default = "default_journal_port")]
+    #[schemars(range(min = 1))]
+    pub journal_port: u16,
     /// Where netbootd serves the operator's views (`/api/hosts`, `/metrics`): every host's MAC,
     /// address and state, which the LAN does not get. The box's loopback by default (reach it with
     /// `ssh -L 8081:127.0.0.1:8081`); an address on an admin network of its own otherwise.
@@ -193,6 +200,7 @@ impl Default for Netboot {
         Netboot {
             http_port: default_http_port(),
             https_port: default_https_port(),
+            journal_port: default_journal_port(),
             operator_address: default_operator_address(),
             stale_after_missed_beats: default_stale_after_missed_beats(),
             limits: NetbootLimits::default(),
@@ -207,6 +215,11 @@ fn default_http_port() -> u16 {
 
 fn default_https_port() -> u16 {
     8443
+}
+
+/// systemd-journal-remote's own default.
+fn default_journal_port() -> u16 {
+    19532
 }
 
 /// `[netboot.limits]`: what one client, or the whole LAN, may make netbootd hold. Each bounds

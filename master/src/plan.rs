@@ -124,6 +124,9 @@ pub struct NetbootPlan {
     pub https_port: u16,
     /// e.g. "https://10.42.0.1:8443": secrets and boot reports, to the pinned key.
     pub secure_url: String,
+    pub journal_port: u16,
+    /// e.g. "https://10.42.0.1:19532": where hosts upload their journals.
+    pub journal_url: String,
     /// e.g. "http://127.0.0.1:8081": the operator's views.
     pub operator_url: String,
     /// A host that has not reported for this long is stale (`stale_after_missed_beats` heartbeats).

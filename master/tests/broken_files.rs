@@ -505,6 +505,16 @@ error: master.toml:119:8: machines[cornil-mixer].room: there is no room "cornill
 1 error found"#,
     },
     Case {
+        name: "the journal receiver on netbootd's HTTPS port",
+        edits: &[("http_port = 8080", "http_port = 8080\njournal_port = 8443")],
+        expected: r#"error: master.toml:35:16: netboot.journal_port: port 8443 is netbootd's HTTPS port already: the journal receiver needs one of its own
+   |
+35 | journal_port = 8443
+   |                ^^^^
+
+1 error found"#,
+    },
+    Case {
         name: "a frame rate of zero",
         edits: &[("framerate = 30", "framerate = 0")],
         expected: r#"error: master.toml:44:13: defaults.video.framerate: 0 is out of range (allowed: 1 to 4294967295)

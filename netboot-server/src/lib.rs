@@ -13,9 +13,11 @@
 pub mod check;
 pub mod cloud;
 pub mod dhcp;
+pub mod fleet;
 pub mod http;
 pub mod interface;
 pub mod ipxe;
+pub mod journal;
 pub mod mac;
 pub mod metrics;
 pub mod plan_policy;

@@ -247,6 +247,20 @@ enum Command {
     /// Start or stop a room's cloud encoders (`where = "ec2"`) from the role's published AMI.
     /// Credentials come from the standard AWS chain (environment, ~/.aws).
     Cloud(CloudArgs),
+    /// Receive the hosts' journals until SIGTERM: becomes systemd-journal-remote, over TLS on the
+    /// master file's netboot address and `journal_port`, certified for that address by the store's
+    /// journal authority (the one the role images trust), one journal file per host address.
+    JournalRemote(JournalRemoteArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct JournalRemoteArgs {
+    /// Where the receiver's key and certificate are written (the key 0600): a directory of its own.
+    #[arg(long)]
+    key_dir: PathBuf,
+    /// Where the hosts' journals go: `remote-<address>.journal` each.
+    #[arg(long, default_value = "/var/log/journal/remote")]
+    output: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -605,6 +619,22 @@ async fn main() -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Some(Command::JournalRemote(args)) => {
+            use std::os::unix::process::CommandExt;
+            let (plan, store) = plan_policy::load(&master, store_dir.as_deref())?;
+            let receiver = lectern_netboot::journal::Receiver::prepare(
+                &plan,
+                &store,
+                &args.key_dir,
+                &args.output,
+            )?;
+            tracing::info!(listen = %receiver.listen, output = %receiver.output.display(), "receiving the hosts' journals");
+            let error = receiver.command().exec();
+            Err(anyhow::anyhow!(error).context(format!(
+                "cannot run {} (Debian: systemd-journal-remote)",
+                lectern_netboot::journal::RECEIVER
+            )))
         }
         Some(Command::CheckStatic { server, check }) => {
             let (config, policy) = configure(server, state_dir, tftp_root)?;

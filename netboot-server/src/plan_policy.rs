@@ -298,6 +298,10 @@ impl BootPolicy for PlanPolicy {
     fn group(&self, host: &Host) -> Option<&str> {
         self.boots.get(&host.mac)?.group.as_deref()
     }
+
+    fn role(&self, host: &Host) -> Option<&str> {
+        Some(&self.boots.get(&host.mac)?.role)
+    }
 }
 
 /// The protocols' limits as `[netboot.limits]` sets them.

@@ -249,6 +249,11 @@ pub trait BootPolicy: Send + Sync + 'static {
         None
     }
 
+    /// What the operator's views call what `host` does (a deployment's role); `None`: nothing.
+    fn role(&self, _host: &Host) -> Option<&str> {
+        None
+    }
+
     fn host(&self, mac: MacAddr) -> Option<&Host> {
         self.hosts().iter().find(|host| host.mac == mac)
     }

@@ -621,7 +621,7 @@ fn first(phase: &mut Option<String>, stamp: String) {
 }
 
 /// Seconds since 1970 of an [`rfc3339`] stamp (`2026-11-21T21:30:07Z`), the inverse of it.
-fn unix_seconds(stamp: &str) -> Option<u64> {
+pub(crate) fn unix_seconds(stamp: &str) -> Option<u64> {
     let number = |range: std::ops::Range<usize>| stamp.get(range)?.parse::<u64>().ok();
     let shape = stamp.len() == 20 && stamp.as_bytes()[10] == b'T' && stamp.ends_with('Z');
     if !shape {

@@ -827,9 +827,17 @@ fn ask_secrets(lab: &Lab, pin: &str, boot_id: &str, smbios: &str) -> (String, Ve
 
 /// mixer1's boot `b1` reporting its role up with `token`; the HTTP status.
 fn report_up(lab: &Lab, pin: &str, token: &str) -> String {
+    report(lab, pin, token, "up")
+}
+
+/// mixer1's boot `b1` reporting `state` (`up`, `degraded`, `heartbeat`) with `token`; the HTTP
+/// status.
+fn report(lab: &Lab, pin: &str, token: &str, state: &str) -> String {
     let auth = format!("Authorization: Bearer {token}");
-    let body =
-        r#"{"host":"mixer1","role":"mixer","image":"sha256:abc","state":"up","boot_id":"b1"}"#;
+    let body = format!(
+        r#"{{"host":"mixer1","role":"mixer","image":"sha256:abc","state":"{state}","boot_id":"b1"}}"#
+    );
+    let body = body.as_str();
     let output = https(
         lab,
         pin,
@@ -1985,4 +1993,341 @@ fn a_running_host_applies_its_changed_layer_over_tls_restarting_only_what_reads_
         !seen(b"framerate=30/1"),
         "the live layer crossed the LAN in clear"
     );
+}
+
+/// The value of the one sample of `family` whose labels include `labels` (`host="mixer1"`), from
+/// a scrape of `/metrics`.
+fn sample(metrics: &str, family: &str, labels: &str) -> Option<f64> {
+    let prefix = format!("{family}{{");
+    (metrics.lines())
+        .filter(|line| line.starts_with(&prefix) && line.contains(labels))
+        .find_map(|line| line.rsplit_once(' ')?.1.parse().ok())
+}
+
+/// Prometheus's own parser and linter (`promtool check metrics`) on a scrape.
+fn promtool_accepts(metrics: &str) {
+    use std::io::Write;
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    let mut stdin = promtool.stdin.take().unwrap();
+    stdin.write_all(metrics.as_bytes()).unwrap();
+    drop(stdin);
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool check metrics: {}{}\n{metrics}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
+
+#[test]
+fn metrics_parse_for_prometheus_and_follow_a_host_from_unseen_to_up_degraded_and_stale() {
+    let Some(mut lab) = Lab::new(&["curl", "promtool"]) else {
+        return;
+    };
+    let (store, layers) = mixer1_store_and_layers(lab.dir.path(), b"secrets of mixer1");
+    let key = store.server_key().unwrap();
+    serve_mixer1_at_its_address(
+        &mut lab,
+        &format!("uuid={UUID},group=room-a"),
+        &layers,
+        &store,
+        &[
+            "--host",
+            "52:54:00:00:00:09,10.99.0.19,slides1,group=room-a",
+            "--stale-after-missed-beats",
+            "1",
+        ],
+    );
+    let mixer1 = r#"host="mixer1""#;
+    let scrape = || {
+        let metrics = lab.operator("/metrics");
+        promtool_accepts(&metrics);
+        metrics
+    };
+    let metrics = scrape();
+    for (family, labels, value) in [
+        ("netbootd_host_boot_phase", mixer1, 0.0),
+        ("netbootd_host_up", mixer1, 0.0),
+        ("netbootd_host_stale", mixer1, 0.0),
+        ("netbootd_room_hosts", r#"room="room-a""#, 2.0),
+        ("netbootd_room_hosts_up", r#"room="room-a""#, 0.0),
+    ] {
+        assert_eq!(
+            sample(&metrics, family, labels),
+            Some(value),
+            "{family}: {metrics}"
+        );
+    }
+    assert!(
+        metrics.contains(r#"netbootd_host_up{host="slides1",role="",room="room-a"} 0"#),
+        "{metrics}"
+    );
+
+    // Its boot takes its layer: phase 6.
+    http(&lab, &[&format!("{HTTP}/host/{MIXER}/layer")]);
+    let metrics = scrape();
+    assert_eq!(
+        sample(&metrics, "netbootd_host_boot_phase", mixer1),
+        Some(6.0)
+    );
+    assert!(
+        metrics.contains(
+            r#"netbootd_http_responses_total{route="/host/{host}/layer",status="2xx"} 1"#
+        ),
+        "the counters are still there: {metrics}"
+    );
+
+    // Up: its role (from its report) labels it from now on.
+    let pin = key.pin.as_str();
+    let (status, _, token) = ask_secrets(&lab, pin, "b1", &format!(r#","uuid":"{UUID}""#));
+    assert_eq!(status, "200");
+    let reported = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert_eq!(report_up(&lab, pin, &token), "200");
+    let metrics = scrape();
+    let up = r#"host="mixer1",role="mixer",room="room-a""#;
+    for (family, value) in [
+        ("netbootd_host_up", 1.0),
+        ("netbootd_host_boot_phase", 10.0),
+        ("netbootd_host_degraded", 0.0),
+        ("netbootd_host_reboot_changes_image", 0.0),
+    ] {
+        assert_eq!(
+            sample(&metrics, family, up),
+            Some(value),
+            "{family}: {metrics}"
+        );
+    }
+    assert_eq!(
+        sample(&metrics, "netbootd_room_hosts_up", r#"room="room-a""#),
+        Some(1.0)
+    );
+    let heartbeat = sample(
+        &metrics,
+        "netbootd_host_last_heartbeat_timestamp_seconds",
+        up,
+    )
+    .unwrap();
+    assert!(
+        (heartbeat - reported).abs() < 5.0,
+        "{heartbeat} vs {reported}"
+    );
+
+    // Degraded, then silent: stale after one missed heartbeat (30 s).
+    assert_eq!(report(&lab, pin, &token, "degraded"), "200");
+    let metrics = scrape();
+    assert_eq!(
+        (
+            sample(&metrics, "netbootd_host_degraded", up),
+            sample(&metrics, "netbootd_host_up", up)
+        ),
+        (Some(1.0), Some(0.0))
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(50);
+    let stale = loop {
+        let metrics = scrape();
+        if sample(&metrics, "netbootd_host_stale", up) == Some(1.0) {
+            break metrics;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never stale: {metrics}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    assert_eq!(
+        sample(&stale, "netbootd_host_degraded", up),
+        Some(0.0),
+        "stale first, as the dashboard shows it"
+    );
+}
+
+const JOURNAL_REMOTE: &str = "/lib/systemd/systemd-journal-remote";
+const JOURNAL_UPLOAD: &str = "/lib/systemd/systemd-journal-upload";
+
+/// A journal file with one entry that `host` logged, written by systemd's own receiver from the
+/// journal export format (what `journalctl -o export` prints).
+fn journal_of(dir: &std::path::Path, host: &str, message: &str) -> std::path::PathBuf {
+    use std::io::Write;
+    let file = dir.join(format!("{host}.journal"));
+    let export = format!(
+        "__REALTIME_TIMESTAMP=1764842400000000\n_HOSTNAME={host}\nSYSLOG_IDENTIFIER=lectern-test\nPRIORITY=6\nMESSAGE={message}\n\n"
+    );
+    let mut writer = std::process::Command::new(JOURNAL_REMOTE)
+        .arg(format!("--output={}", file.display()))
+        .arg("-")
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    writer
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(export.as_bytes())
+        .unwrap();
+    assert!(writer.wait().unwrap().success());
+    file
+}
+
+/// The role images' own upload (the ExecStart of their drop-in on systemd-journal-upload.service),
+/// run once on the client: `file` instead of the host's journal, `ca` where the image has its
+/// trust anchor, to `url` (what the host layer names).
+fn upload_as_the_images_do(
+    lab: &Lab,
+    url: &str,
+    ca: &std::path::Path,
+    file: &std::path::Path,
+) -> std::process::Output {
+    let drop_in = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(
+        "../overlays/base/config/usr/lib/systemd/system/systemd-journal-upload.service.d/lectern.conf",
+    );
+    let drop_in = std::fs::read_to_string(drop_in).unwrap();
+    let exec = (drop_in.lines())
+        .filter_map(|line| line.strip_prefix("ExecStart="))
+        .rfind(|line| !line.is_empty())
+        .expect("the drop-in's ExecStart");
+    let mut words = exec.split_whitespace();
+    assert_eq!(words.next(), Some(JOURNAL_UPLOAD));
+    let mut args: Vec<String> = words
+        .map(|arg| match arg {
+            "--save-state" => format!("--file={}", file.display()),
+            trust if trust.starts_with("--trust=") => format!("--trust={}", ca.display()),
+            arg => arg.to_owned(),
+        })
+        .collect();
+    assert!(
+        args.iter().any(|arg| arg.starts_with("--trust=")),
+        "the images check the receiver: {exec}"
+    );
+    args.extend(["--follow=no".to_owned(), format!("--url={url}")]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    lab.client(JOURNAL_UPLOAD, &args)
+}
+
+#[test]
+fn hosts_journals_reach_the_box_over_tls_split_per_host_and_never_an_untrusted_receiver() {
+    let Some(mut lab) = Lab::new(&["journalctl", "tcpdump", JOURNAL_REMOTE, JOURNAL_UPLOAD]) else {
+        return;
+    };
+    // The fixture conference: its netboot machine is this lab's server (10.99.0.1 on br0).
+    let dir = lab.dir.path().to_owned();
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../builder/tests/fixtures");
+    let master = dir.join("master.toml");
+    std::fs::copy(fixtures.join("master.toml"), &master).unwrap();
+    let plan = lectern_master::load_without_secret_values(&master).unwrap();
+    let store = lectern_store::Store::create(&plan.netboot.store).unwrap();
+    store.journal_ca().unwrap();
+    let trusted = store.journal_ca_certificate_path();
+    let capture = dir.join("journal.pcap");
+    lab.spawn_in_server(
+        "tcpdump",
+        "tcpdump",
+        &[
+            "-i",
+            lab::BRIDGE,
+            "-U",
+            "-s",
+            "0",
+            "-w",
+            capture.to_str().unwrap(),
+        ],
+    );
+    let received = dir.join("remote");
+    lab.spawn_in_server(
+        "journal-remote",
+        env!("CARGO_BIN_EXE_netbootd"),
+        &[
+            "--config",
+            master.to_str().unwrap(),
+            "journal-remote",
+            "--key-dir",
+            dir.join("receiver").to_str().unwrap(),
+            "--output",
+            received.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(plan.netboot.journal_url, "https://10.99.0.1:19532");
+    let url = plan.netboot.journal_url.as_str();
+    lab.set_client_address("10.99.0.64/24");
+    let mixer = journal_of(&dir, "lameere-mixer", "mixer-line-5b1e");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let sent = upload_as_the_images_do(&lab, url, &trusted, &mixer);
+        if sent.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mixer's upload: {}\n{}",
+            String::from_utf8_lossy(&sent.stderr),
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    lab.set_client_address("10.99.0.128/24");
+    let source = journal_of(&dir, "lameere-source-1", "source-line-0c7d");
+    let sent = upload_as_the_images_do(&lab, url, &trusted, &source);
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+
+    // One file per host address; each host's entries read back by its name.
+    std::thread::sleep(Duration::from_secs(1));
+    let mut files: Vec<String> = std::fs::read_dir(&received)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        ["remote-10.99.0.128.journal", "remote-10.99.0.64.journal"]
+    );
+    let read = |filter: &str| {
+        let directory = format!("--directory={}", received.display());
+        lab::must("journalctl", &[&directory, "-o", "cat", filter])
+    };
+    assert_eq!(read("_HOSTNAME=lameere-mixer").trim(), "mixer-line-5b1e");
+    assert_eq!(
+        read("_HOSTNAME=lameere-source-1").trim(),
+        "source-line-0c7d"
+    );
+
+    // A receiver another authority certified (another store's, a LAN impostor's) gets nothing.
+    let impostor = lectern_store::Store::create(dir.join("impostor")).unwrap();
+    impostor.journal_ca().unwrap();
+    let refused = upload_as_the_images_do(
+        &lab,
+        url,
+        &impostor.journal_ca_certificate_path(),
+        &journal_of(&dir, "lameere-source-2", "never-line-9a4f"),
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("certificate"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(read("_HOSTNAME=lameere-source-2"), "");
+
+    // And the LAN saw the uploads, never their text.
+    std::thread::sleep(Duration::from_secs(1));
+    let wire = std::fs::read(&capture).unwrap();
+    let seen = |needle: &[u8]| wire.windows(needle.len()).any(|window| window == needle);
+    assert!(wire.len() > 2000, "the capture caught the uploads");
+    for line in ["mixer-line-5b1e", "source-line-0c7d", "lameere-mixer"] {
+        assert!(!seen(line.as_bytes()), "{line} crossed the LAN in clear");
+    }
 }

@@ -380,7 +380,44 @@ impl RoomLab {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+        // The hosts' journals, received as the box's lectern-journal-remote.service receives them.
+        let mut receiver = self
+            .lab
+            .in_netns(netbootd.to_str().context("netbootd path")?);
+        receiver
+            .arg("journal-remote")
+            .arg("--config")
+            .arg(&self.master)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--key-dir")
+            .arg(self.lab.dir().join("journal-receiver"))
+            .arg("--output")
+            .arg(self.journals());
+        self.lab.spawn(receiver, "journal-remote.log")?;
         Ok(())
+    }
+
+    /// Where the lab's receiver keeps the hosts' journals, one file per host address (the box's
+    /// /var/log/journal/remote).
+    pub fn journals(&self) -> PathBuf {
+        self.lab.dir().join("journals")
+    }
+
+    /// `journalctl --directory <journals> ARGS…`: what the box received of the hosts' journals.
+    pub fn received_journal(&self, args: &[&str]) -> Result<Vec<u8>> {
+        let output = Command::new("journalctl")
+            .arg("--directory")
+            .arg(self.journals())
+            .args(args)
+            .output()
+            .context("running journalctl")?;
+        ensure!(
+            output.status.success(),
+            "journalctl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(output.stdout)
     }
 
     /// Switches `hostname` (a netbooted host of the plan) on, with `firmware`, its SMBIOS the identity

@@ -1,6 +1,7 @@
 //! The Debian package in a fresh Debian system (mmdebstrap, the suite the recipes use): apt installs it
 //! with its dependencies; both tools run from /usr/bin, imgbuild finds its recipes in /usr/share/lectern,
-//! the `lectern` user owns the store, netbootd is installed but neither enabled nor started, `imgbuild
+//! the `lectern` user owns the store, netbootd and the journal receiver are installed but neither enabled
+//! nor started (the receiver's Debian package came as a dependency), `imgbuild
 //! check` passes on the bundled example and `netbootd check` names what is missing before a build; an
 //! upgrade keeps a locally edited /etc/default/netbootd; a purge leaves nothing of the package behind.
 //!
@@ -28,6 +29,7 @@ netbootd --version >"$r/netbootd-version"
 imgbuild --version >"$r/imgbuild-version"
 stat -c '%U:%G %a' /var/lib/lectern/store >"$r/store-owner"
 ls /etc/systemd/system/multi-user.target.wants/ >"$r/enabled" 2>/dev/null || true
+test -x /lib/systemd/systemd-journal-remote && test -s /lib/systemd/system/lectern-journal-remote.service
 test -s /usr/share/man/man1/netbootd.1.gz && test -s /usr/share/bash-completion/completions/imgbuild
 # The production layout: the master file and its secrets in /etc/lectern, the store the package made.
 mkdir -p /etc/lectern
@@ -43,7 +45,8 @@ dpkg-query -W -f='${Version}' lectern >"$r/upgraded-version"
 cp /etc/default/netbootd "$r/default-after-upgrade"
 apt-get purge -y -q lectern >"$r/purge.log" 2>&1
 for path in /usr/bin/netbootd /usr/bin/imgbuild /usr/share/lectern /etc/default/netbootd \
-    /lib/systemd/system/netbootd.service /usr/lib/sysusers.d/lectern.conf /usr/lib/tmpfiles.d/lectern.conf \
+    /lib/systemd/system/netbootd.service /lib/systemd/system/lectern-journal-remote.service \
+    /var/log/journal/remote /usr/lib/sysusers.d/lectern.conf /usr/lib/tmpfiles.d/lectern.conf \
     /var/lib/lectern /var/lib/netbootd /var/cache/lectern; do
   if [ -e "$path" ]; then echo "$path"; fi
 done >"$r/left-after-purge"
@@ -92,8 +95,8 @@ fn the_package_installs_runs_its_checks_upgrades_and_purges_cleanly_in_a_fresh_d
     }
     assert_eq!(result("store-owner"), "lectern:lectern 750\n");
     assert!(
-        !result("enabled").contains("netbootd"),
-        "installing must not enable netbootd: {}",
+        !result("enabled").contains("netbootd") && !result("enabled").contains("lectern"),
+        "installing must not enable netbootd or the journal receiver: {}",
         result("enabled")
     );
 

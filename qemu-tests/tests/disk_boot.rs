@@ -3,6 +3,9 @@
 //! master.toml`. Each boot must run the same root image as netboot (its sha256 checked by the initrd, the
 //! image id in its report), learn which host it is (from the firmware's SMBIOS OEM string on the raw
 //! disk, from its MAC alone on the qcow2 one), fetch that host's layer from netbootd and report its role.
+//! The box's journal receiver holds each boot's journal, the first one still after the second boot, and
+//! the host's stream key in no field of it, nor in the command line of the encoder's main process
+//! (journald stamps it on the service's lines).
 //!
 //! LECTERN_IMAGE_TESTS=1, root.
 
@@ -103,6 +106,71 @@ fn run(room: &mut RoomLab) -> Result<()> {
             } else {
                 "should not"
             }
+        );
+        // The box holds the boot's journal, and the earlier boot's too: the logs outlive the reboot.
+        let boot = record["boot_id"]
+            .as_str()
+            .unwrap_or_default()
+            .replace('-', "");
+        let host = format!("_HOSTNAME={ENCODER}");
+        let this_boot = format!("_BOOT_ID={boot}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        // Before the first upload there is no journal file to read: nothing yet.
+        while room
+            .received_journal(&[&host, &this_boot, "-o", "cat"])
+            .unwrap_or_default()
+            .is_empty()
+        {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "{name} disk: the box received no journal of boot {boot}:\n{}",
+                String::from_utf8_lossy(
+                    &room
+                        .received_journal(&["-o", "short", "-n", "20"])
+                        .unwrap_or_default()
+                )
+            );
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        let boots = String::from_utf8_lossy(&room.received_journal(&[
+            &host,
+            "-o",
+            "export",
+            "--output-fields=_BOOT_ID",
+        ])?)
+        .into_owned();
+        if let Some(earlier) = previous_boot.as_str() {
+            let earlier = earlier.replace('-', "");
+            ensure!(
+                boots.contains(&format!("_BOOT_ID={earlier}")),
+                "{name} disk: the box lost the journal of the boot before ({earlier})"
+            );
+        }
+        // Every field of every entry: a secret of the host's (its stream key) is in none of them.
+        let everything = room.received_journal(&[&host, "-o", "export"])?;
+        // The fixture's (builder/tests/fixtures/fixture-secrets.toml).
+        let key = "lectern-test-secret-7f3a9c";
+        ensure!(
+            !everything
+                .windows(key.len())
+                .any(|window| window == key.as_bytes()),
+            "{name} disk: the host's stream key reached its journal on the box"
+        );
+        // Nor in the encoder's main process's command line, which journald stamps on each of its
+        // lines (_CMDLINE) once its first seconds are past: sampled while ffmpeg retries its input
+        // (no mixer here), whose arguments hold the key.
+        let sampled = room.ssh(
+            ENCODER,
+            "for i in $(seq 30); do pid=$(systemctl show -p MainPID --value lectern-encoder); \
+             [ \"$pid\" = 0 ] || { tr '\\0' ' ' < /proc/$pid/cmdline; echo; }; sleep 0.3; done",
+        )?;
+        ensure!(
+            !sampled.contains(key),
+            "{name} disk: the encoder's main process holds the stream key in its command line"
+        );
+        ensure!(
+            sampled.contains("/usr/lib/lectern/encode"),
+            "{name} disk: the encoder's main process was never seen: {sampled}"
         );
         previous_boot = record["boot_id"].clone();
         room.power_off(ENCODER)?;

@@ -21,6 +21,7 @@ mod atomic;
 pub mod command_line;
 mod digest;
 mod gc;
+mod journal_ca;
 mod records;
 mod server_key;
 
@@ -35,6 +36,7 @@ use serde::de::DeserializeOwned;
 pub use atomic::{sync_parent, write_atomic, write_new_atomic};
 pub use digest::{Digest, InvalidDigest};
 pub use gc::GcReport;
+pub use journal_ca::{JournalCa, ReceiverCertificate};
 pub use records::{BlobRef, FORMAT, HostLayer, LayerKind, LayerRecord, Manifest};
 pub use server_key::ServerKey;
 

@@ -69,26 +69,35 @@ impl Store {
         if let Some(key) = self.existing_server_key()? {
             return Ok(key);
         }
-        let path = self.server_key_path();
+        let key = rcgen::KeyPair::generate()
+            .map_err(|e| StoreError::Missing(format!("cannot make netbootd's TLS key: {e}")))?;
+        self.write_key_file_once(&self.server_key_path(), &key.serialize_pem(), 0o600)?;
+        Ok(self.existing_server_key()?.expect("just written"))
+    }
+
+    /// Writes `pem` to `path` under `keys/` (made 0700, the store owner's) with `mode`, unless a
+    /// racing writer made it first: theirs stays.
+    pub(crate) fn write_key_file_once(
+        &self,
+        path: &std::path::Path,
+        pem: &str,
+        mode: u32,
+    ) -> Result<()> {
         let dir = path.parent().expect("keys/ has a parent");
         fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
             .map_err(io_err("restricting", dir))?;
         self.own(dir)?;
-        let key = rcgen::KeyPair::generate()
-            .map_err(|e| StoreError::Missing(format!("cannot make netbootd's TLS key: {e}")))?;
-        let pem = key.serialize_pem();
-        let written = write_new_atomic(&path, |file| {
-            file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        let written = write_new_atomic(path, |file| {
+            file.set_permissions(fs::Permissions::from_mode(mode))?;
             file.write_all(pem.as_bytes())
         });
         match written {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(io_err("writing", &path)(e)),
+            Err(e) => return Err(io_err("writing", path)(e)),
         }
-        self.own(&path)?;
-        Ok(self.existing_server_key()?.expect("just written"))
+        self.own(path)
     }
 }
 

@@ -33,6 +33,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower::ServiceExt;
 
+use crate::fleet;
 use crate::mac::MacAddr;
 use crate::metrics::{
     Counter, HTTP_CONNECTIONS_CUT, HTTP_RESPONSES, LIVE_LAYERS, Metrics, REPORTS_REFUSED, SECRETS,
@@ -897,8 +898,28 @@ struct HostView<'a> {
     serves_layer: Option<String>,
     /// It reported once, and not for the last `stale_after`.
     stale: bool,
+    /// What it is doing, as the dashboard shows it and `/metrics` counts it.
+    condition: fleet::Condition,
+    /// The latest phase of its current boot.
+    phase: Option<fleet::Phase>,
+    /// What the policy says it does (its plan role), for the metrics' labels.
+    #[serde(skip)]
+    policy_role: Option<&'a str>,
     #[serde(flatten)]
     timeline: HostRecord,
+}
+
+impl<'a> HostView<'a> {
+    fn fleet_host(&'a self) -> fleet::FleetHost<'a> {
+        fleet::FleetHost {
+            hostname: self.hostname,
+            role: self.policy_role.or(self.timeline.role.as_deref()),
+            room: self.group,
+            condition: self.condition,
+            record: &self.timeline,
+            serves: self.serves.as_ref().map(|image| image.id.as_str()),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -907,14 +928,16 @@ struct ServedImage {
     role: String,
 }
 
-/// Every host as the operator's views show it, as JSON.
-fn hosts_json(state: &HttpState) -> String {
-    let policy = state.policy.current();
-    let views: Vec<HostView> = policy
+/// Every host as the operator's views show it.
+fn host_views<'a>(state: &HttpState, policy: &'a dyn BootPolicy) -> Vec<HostView<'a>> {
+    policy
         .hosts()
         .iter()
         .map(|host| {
             let timeline = state.timeline.get(host.mac);
+            let stale = timeline
+                .silent_for()
+                .is_some_and(|silent| silent > state.stale_after);
             HostView {
                 mac: host.mac,
                 hostname: &host.hostname,
@@ -928,14 +951,29 @@ fn hosts_json(state: &HttpState) -> String {
                         role: image.role,
                     }),
                 serves_layer: (policy.host_layer_version(host)).map(|version| version.digest()),
-                stale: timeline
-                    .silent_for()
-                    .is_some_and(|silent| silent > state.stale_after),
+                stale,
+                condition: fleet::condition(&timeline, stale),
+                phase: fleet::phase_reached(&timeline.boot),
+                policy_role: policy.role(host),
                 timeline,
             }
         })
-        .collect();
+        .collect()
+}
+
+/// Every host as the operator's views show it, as JSON.
+fn hosts_json(state: &HttpState) -> String {
+    let policy = state.policy.current();
+    let views = host_views(state, &*policy);
     serde_json::to_string(&views).expect("host views serialize")
+}
+
+/// Every host, and every room with its stream, as the dashboard's events carry them.
+fn fleet_json(state: &HttpState) -> serde_json::Value {
+    let policy = state.policy.current();
+    let views = host_views(state, &*policy);
+    let hosts: Vec<_> = views.iter().map(HostView::fleet_host).collect();
+    serde_json::json!({ "hosts": views, "rooms": fleet::rooms(&hosts) })
 }
 
 async fn hosts(State(state): AppState) -> Response {
@@ -951,30 +989,31 @@ async fn hosts(State(state): AppState) -> Response {
 const HOST_EVENTS_POLL: Duration = Duration::from_secs(1);
 const HOST_EVENTS_REFRESH: Duration = Duration::from_secs(10);
 
-/// Server-sent events, one `hosts` event (`{"now": …, "hosts": [as /api/hosts]}`) at once and at
-/// each change. The stream holds the connection: it counts against the connection cap.
+/// Server-sent events, one `hosts` event (`{"now": …, "hosts": [as /api/hosts], "rooms": {room:
+/// {hosts, hosts_up, stream}}}`) at once and at each change. The stream holds the connection: it counts against the connection cap.
 async fn host_events(State(state): AppState) -> Response {
     let events = futures_util::stream::unfold(
-        (state, None::<(String, Instant)>),
+        (state, None::<(serde_json::Value, Instant)>),
         |(state, last)| async move {
             loop {
                 if last.is_some() {
                     tokio::time::sleep(HOST_EVENTS_POLL).await;
                 }
-                let hosts = hosts_json(&state);
+                let fleet = fleet_json(&state);
                 let unchanged = last
                     .as_ref()
-                    .is_some_and(|(sent, at)| *sent == hosts && at.elapsed() < HOST_EVENTS_REFRESH);
+                    .is_some_and(|(sent, at)| *sent == fleet && at.elapsed() < HOST_EVENTS_REFRESH);
                 if unchanged {
                     continue;
                 }
-                let now = crate::timeline::rfc3339(std::time::SystemTime::now());
+                let mut data = fleet.clone();
+                data["now"] = crate::timeline::rfc3339(std::time::SystemTime::now()).into();
                 let event = axum::response::sse::Event::default()
                     .event("hosts")
-                    .data(format!(r#"{{"now":"{now}","hosts":{hosts}}}"#));
+                    .data(data.to_string());
                 return Some((
                     Ok::<_, std::convert::Infallible>(event),
-                    (state, Some((hosts, Instant::now()))),
+                    (state, Some((fleet, Instant::now()))),
                 ));
             }
         },
@@ -996,11 +1035,14 @@ async fn dashboard() -> Response {
         .into_response()
 }
 
+/// netbootd's counters, then the fleet's gauges as the dashboard's model reads them now.
 async fn metrics(State(state): AppState) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
+    let mut text = state.metrics.render();
+    let policy = state.policy.current();
+    let views = host_views(&state, &*policy);
+    let hosts: Vec<_> = views.iter().map(HostView::fleet_host).collect();
+    crate::metrics::render_into(&mut text, &fleet::gauges(&hosts));
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text)
 }
 
 #[cfg(test)]
