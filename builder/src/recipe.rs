@@ -35,6 +35,9 @@ struct RecipeFile {
     /// Files of the per-host layer that hold secrets: mode 0600.
     #[serde(default)]
     host_private: Vec<String>,
+    /// More apt sources for this recipe's layer (sources.list lines).
+    #[serde(default)]
+    apt_sources: Vec<String>,
 }
 
 /// Where the base comes from (base recipe only).
@@ -54,6 +57,10 @@ pub struct Recipe {
     pub packages: Vec<String>,
     pub units: Vec<String>,
     pub host_private: Vec<String>,
+    /// apt sources besides the Debian mirror, as sources.list lines (e.g. a team's own repository):
+    /// the layer installs from them too, and keeps them in its `/etc/apt/sources.list.d`. A role
+    /// layer has the base's as well.
+    pub apt_sources: Vec<String>,
     /// sha256 of the recipe file: part of the layer keys.
     pub digest: Digest,
 }
@@ -102,6 +109,7 @@ impl Recipes {
                 packages: file.packages,
                 units: file.units,
                 host_private: file.host_private,
+                apt_sources: file.apt_sources,
                 digest: Digest::of_bytes(&raw),
             };
             match (name.as_str(), file.extends.as_deref(), file.debian) {
@@ -151,6 +159,20 @@ impl Recipes {
             OverlayKind::Host => "host",
         };
         self.overlays_dir.join(recipe).join(sub)
+    }
+
+    /// The apt sources `layer` (`base` or a role) installs from, as sources.list lines: the Debian
+    /// mirror's suite (as mmdebstrap writes it) first, then the base recipe's `apt_sources`, then the
+    /// role's.
+    pub fn apt_sources(&self, layer: &str) -> Result<Vec<String>> {
+        let mut sources = vec![format!(
+            "deb {} {} main",
+            self.debian.mirror, self.debian.suite
+        )];
+        for name in self.chain(layer) {
+            sources.extend(self.role(name)?.apt_sources.iter().cloned());
+        }
+        Ok(sources)
     }
 
     /// The recipes whose overlays apply to `role`, base first.

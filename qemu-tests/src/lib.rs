@@ -590,7 +590,9 @@ pub fn fixture_plan() -> Result<Plan> {
     Plan::load(&fixtures.join("master.toml"))
 }
 
-/// A builder over the repository's recipes into `store_dir`, with the apt cache from LECTERN_APT_CACHE.
+/// A builder over the repository's recipes into `store_dir`, with the apt cache from LECTERN_APT_CACHE and
+/// the lock file beside the store (`lectern-test-store.lock`: the test store's package versions, kept
+/// with it from run to run, as a master file's lock is).
 pub fn fixture_builder(store_dir: &Path) -> Result<Builder> {
     fixture_builder_with_overlays(store_dir, &repo().join("overlays"))
 }
@@ -607,6 +609,7 @@ pub fn fixture_builder_with_overlays(store_dir: &Path, overlays: &Path) -> Resul
         BuildOptions {
             source_date_epoch: 1_700_000_000,
             apt_cache,
+            lock_file: store_dir.with_extension("lock"),
         },
     )
 }
