@@ -202,10 +202,6 @@ impl Builder {
                 self.recipes.role(name)?.digest.to_string(),
             );
         }
-        inputs.insert(
-            "lock_file".to_owned(),
-            self.options.lock_file.display().to_string(),
-        );
         let layers = [Some(base), role_layer, Some(config)]
             .into_iter()
             .flatten()
@@ -775,8 +771,8 @@ impl Session {
         bail!(mirror::missing_error(lock_file, layer.name, &missing))
     }
 
-    /// Locks `entry` for `layer` and writes the lock file, saying what changed when a build (not an
-    /// update, which reports it all at its end) resolved it.
+    /// Locks `entry` for `layer`. A build writes the lock file at once and says what changed; an update
+    /// writes it whole at its end (or not at all, when it fails) and reports it all there.
     fn record(
         &mut self,
         lock_file: &Path,
@@ -785,10 +781,10 @@ impl Session {
         versions: Versions,
     ) -> Result<()> {
         let before = self.lock.layers.insert(layer.to_owned(), entry.clone());
-        self.lock.write(lock_file)?;
         if versions == Versions::Fresh {
             return Ok(());
         }
+        self.lock.write(lock_file)?;
         let lock_file = lock_file.display();
         match before {
             None => eprintln!(
