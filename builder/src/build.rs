@@ -788,8 +788,8 @@ impl Session {
         let lock_file = lock_file.display();
         match before {
             None => eprintln!(
-                "{lock_file}: locked the {layer} layer's {} packages at the versions the mirror has today",
-                entry.packages.len()
+                "{lock_file}: locked the {layer} layer, {} at the versions the mirror has today",
+                lock::count_packages(&entry.packages)
             ),
             Some(before) => {
                 let changes = lock::package_changes(&before.packages, &entry.packages);
@@ -852,6 +852,7 @@ fn role_key(base: &Digest, recipe: &Recipe, versions: &Packages) -> Digest {
     layer_key(json!({
         "layer": "role", "base": base, "packages": recipe.packages, "versions": versions,
         "apt_sources": recipe.apt_sources, "scripts": [SCRUB, RECORD_PACKAGES],
+        "untar": [UNTAR_OPTIONS, UNTAR_BELOW],
         "dpkg_path_filters": DPKG_PATH_FILTERS,
     }))
 }
@@ -874,13 +875,17 @@ fn layer_key(inputs: Value) -> Digest {
 }
 
 /// Unpacks a lower layer's rootfs tarball into the chroot `$1` (a mmdebstrap hook command). Not `tar-in`:
-/// /dev must stay out, mmdebstrap creates its own device entries and fails on existing ones.
+/// /dev must stay out, mmdebstrap creates its own device entries and fails on existing ones. So does the
+/// lower layer's sources.list: mmdebstrap has just written this layer's, with its recipe's apt sources.
 fn untar_in(tarball: &Path) -> String {
     format!(
-        "tar {UNTAR_OPTIONS} --directory \"$1\" --file {}",
+        "tar {UNTAR_OPTIONS} {UNTAR_BELOW} --directory \"$1\" --file {}",
         sh_quote(&tarball.display().to_string())
     )
 }
+
+/// What [`untar_in`] leaves out besides /dev.
+const UNTAR_BELOW: &str = "--exclude=./etc/apt/sources.list";
 
 /// How every layer tarball is unpacked: owners, xattrs (file capabilities) kept, /dev left out (devtmpfs
 /// covers it at boot, and device nodes cannot be created in an unprivileged user namespace).

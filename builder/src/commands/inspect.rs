@@ -79,12 +79,18 @@ fn check_lock(global: &Global, plan: &Plan, recipes: &Recipes) -> anyhow::Result
             continue;
         };
         if let Some(reason) = lock::uncovered(&lock, layer, &recipe.packages) {
-            let level = if lock.layers.contains_key(layer) {
-                "warning"
+            let (level, then) = if lock.layers.contains_key(layer) {
+                (
+                    "warning",
+                    "the next build resolves that layer again, keeping every version the lock names",
+                )
             } else {
-                "note"
+                (
+                    "note",
+                    "its first build resolves them from the mirror and locks them",
+                )
             };
-            eprintln!("{level}: {}: {reason}\n", lock_file.display());
+            eprintln!("{level}: {}: {reason}: {then}\n", lock_file.display());
         }
     }
     Ok(())
