@@ -453,12 +453,16 @@ impl Builder {
         let keep = match versions {
             Versions::Locked => {
                 let reason = lock::uncovered(&session.lock, layer.name, layer.recipe);
+                let entry = session.lock.layers.get(layer.name);
+                let how = match entry {
+                    None => "resolving them from the mirror",
+                    Some(_) => "resolving that layer again, keeping every version the lock names",
+                };
                 eprintln!(
-                    "{}: {}",
+                    "{}: {}: {how}",
                     self.options.lock_file.display(),
                     reason.unwrap_or_default()
                 );
-                let entry = session.lock.layers.get(layer.name);
                 entry
                     .map(|entry| entry.packages.clone())
                     .unwrap_or_default()

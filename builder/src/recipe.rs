@@ -266,6 +266,29 @@ variant = "apt"
     }
 
     #[test]
+    fn a_layers_apt_sources_are_the_mirrors_then_the_bases_then_the_roles() {
+        let base = BASE_TOML.replace(
+            "[debian]",
+            "apt_sources = [\"deb http://security.debian.org/debian-security bookworm-security main\"]\n[debian]",
+        );
+        let team = "description = \"m\"\nextends = \"base\"\napt_sources = [\"deb [trusted=yes] file:/srv/repo ./\"]\n";
+        let all = recipes(&[
+            ("base.toml", &base),
+            ("mixer.toml", team),
+            ("source.toml", "description = \"s\"\nextends = \"base\"\n"),
+        ])
+        .unwrap();
+        let mirror = "deb http://deb.debian.org/debian bookworm main";
+        let security = "deb http://security.debian.org/debian-security bookworm-security main";
+        assert_eq!(all.apt_sources("base").unwrap(), [mirror, security]);
+        assert_eq!(all.apt_sources("source").unwrap(), [mirror, security]);
+        assert_eq!(
+            all.apt_sources("mixer").unwrap(),
+            [mirror, security, "deb [trusted=yes] file:/srv/repo ./"]
+        );
+    }
+
+    #[test]
     fn rejects_malformed_recipes() {
         assert!(
             recipes(&[("mixer.toml", "description = \"m\"\nextends = \"base\"\n")]).is_err(),
