@@ -398,8 +398,7 @@ impl Builder {
             ));
             self.run_mmdebstrap(command, work, "base layer", &layer.sources, pins)
         };
-        let (record, packages) = self.package_layer(session, &layer, versions, key, build)?;
-        Ok((record, packages))
+        self.package_layer(session, &layer, versions, key, build)
     }
 
     /// `recipe`'s layer on `base` (its record and packages).

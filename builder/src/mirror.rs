@@ -25,20 +25,13 @@ struct Offer {
     versions: Vec<String>,
 }
 
-/// A locked version the mirror no longer has.
+/// A locked version that the mirror no longer has ([`Index::missing`]), or no longer installs
+/// ([`Index::moved`]).
 #[derive(Debug, PartialEq, Eq)]
-pub struct Missing {
+pub struct Stale {
     pub package: String,
     pub locked: String,
-    /// What the mirror would give instead, if anything.
-    pub candidate: Option<String>,
-}
-
-/// A locked package whose version a fresh resolution would change.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Moved {
-    pub package: String,
-    pub locked: String,
+    /// What the mirror would install instead, if anything.
     pub candidate: Option<String>,
 }
 
@@ -163,7 +156,7 @@ impl Index {
     }
 
     /// The locked versions of `locked` the sources do not have.
-    pub fn missing(&self, locked: &Packages) -> Vec<Missing> {
+    pub fn missing(&self, locked: &Packages) -> Vec<Stale> {
         locked
             .iter()
             .filter(|(package, version)| {
@@ -171,7 +164,7 @@ impl Index {
                     .offer(package)
                     .is_some_and(|offer| offer.versions.contains(version))
             })
-            .map(|(package, version)| Missing {
+            .map(|(package, version)| Stale {
                 package: package.clone(),
                 locked: version.clone(),
                 candidate: self.offer(package).and_then(|o| o.candidate.clone()),
@@ -180,12 +173,12 @@ impl Index {
     }
 
     /// The packages of `locked` whose version apt would pick now is another one.
-    pub fn moved(&self, locked: &Packages) -> Vec<Moved> {
+    pub fn moved(&self, locked: &Packages) -> Vec<Stale> {
         locked
             .iter()
             .filter_map(|(package, version)| {
                 let candidate = self.offer(package).and_then(|o| o.candidate.clone());
-                (candidate.as_ref() != Some(version)).then(|| Moved {
+                (candidate.as_ref() != Some(version)).then(|| Stale {
                     package: package.clone(),
                     locked: version.clone(),
                     candidate,
@@ -197,7 +190,7 @@ impl Index {
 
 /// The error of a build whose lock names versions the mirror no longer has: each of them, what the
 /// mirror has instead, and what to run.
-pub fn missing_error(lock_file: &Path, layer: &str, missing: &[Missing]) -> String {
+pub fn missing_error(lock_file: &Path, layer: &str, missing: &[Stale]) -> String {
     let mut text = format!(
         "the mirror no longer has {} of the versions {} locks for the {layer} layer:\n",
         missing.len(),
@@ -307,12 +300,12 @@ mail-transport-agent:
         assert_eq!(
             index.missing(&lock),
             [
-                Missing {
+                Stale {
                     package: "ffmpeg".into(),
                     locked: "7:5.1.5-0+deb12u1".into(),
                     candidate: Some("7:5.1.9-0+deb12u1".into()),
                 },
-                Missing {
+                Stale {
                     package: "gone".into(),
                     locked: "1.0".into(),
                     candidate: None,
@@ -332,12 +325,12 @@ mail-transport-agent:
     #[test]
     fn the_error_names_each_missing_version_and_the_way_out() {
         let missing = [
-            Missing {
+            Stale {
                 package: "ffmpeg".into(),
                 locked: "7:5.1.5-0+deb12u1".into(),
                 candidate: Some("7:5.1.9-0+deb12u1".into()),
             },
-            Missing {
+            Stale {
                 package: "gone".into(),
                 locked: "1.0".into(),
                 candidate: None,

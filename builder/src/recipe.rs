@@ -58,7 +58,7 @@ pub struct Recipe {
     pub units: Vec<String>,
     pub host_private: Vec<String>,
     /// apt sources besides the Debian mirror, as sources.list lines (e.g. a team's own repository):
-    /// the layer installs from them too, and keeps them in its `/etc/apt/sources.list.d`. A role
+    /// the layer installs from them too, and keeps them in its `/etc/apt/sources.list`. A role
     /// layer has the base's as well.
     pub apt_sources: Vec<String>,
     /// sha256 of the recipe file: part of the layer keys.
