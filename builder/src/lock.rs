@@ -149,6 +149,10 @@ impl Lock {
         let mut file = tempfile::NamedTempFile::new_in(&dir)
             .with_context(|| format!("writing {}", path.display()))?;
         std::io::Write::write_all(&mut file, self.render().as_bytes())?;
+        // Readable by all, like the master file it sits beside (a temporary file is 0600).
+        use std::os::unix::fs::PermissionsExt;
+        file.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))?;
         file.persist(path)
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(())
@@ -347,6 +351,9 @@ mod tests {
         assert_eq!(Lock::load(&path).unwrap(), None);
         sample().write(&path).unwrap();
         assert_eq!(Lock::load(&path).unwrap(), Some(sample()));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
     }
 
     #[test]
