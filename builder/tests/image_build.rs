@@ -515,7 +515,8 @@ fn publish(repo: &Path, packages: &[(&str, &str, &[&str])]) {
 
 /// `update` against a local apt repository (a role recipe's extra apt source) that publishes a new
 /// version: the dry run names it, the update locks it and says what changed (old -> new, added,
-/// removed), leaves the other layers alone, and the next build takes the layer it built.
+/// removed), leaves the other layers alone, and the next build takes the layer it built. Then the
+/// recipe asks for one more package, which the next build adds to the lock, keeping the rest.
 fn update_says_what_a_mirror_changed(store: &Store, lock_file: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let dir = scratch();
@@ -537,15 +538,20 @@ fn update_says_what_a_mirror_changed(store: &Store, lock_file: &Path) {
         let path = entry.unwrap().path();
         fs::copy(&path, recipes.join(path.file_name().unwrap())).unwrap();
     }
-    fs::write(
-        recipes.join("probe.toml"),
-        format!(
-            "description = \"lock file test\"\nextends = \"base\"\npackages = [\"lectern-lock-probe\"]\n\
-             apt_sources = [\"deb [trusted=yes] copy:{} ./\"]\n",
-            apt_repo.display()
-        ),
-    )
-    .unwrap();
+    let write_recipe = |packages: &[&str]| {
+        let packages: Vec<String> = packages.iter().map(|name| format!("{name:?}")).collect();
+        fs::write(
+            recipes.join("probe.toml"),
+            format!(
+                "description = \"lock file test\"\nextends = \"base\"\npackages = [{}]\n\
+                 apt_sources = [\"deb [trusted=yes] copy:{} ./\"]\n",
+                packages.join(", "),
+                apt_repo.display()
+            ),
+        )
+        .unwrap();
+    };
+    write_recipe(&["lectern-lock-probe"]);
     // Its own package cache: the test's packages stay out of the shared one.
     let apt_cache = dir.path().join("apt");
     let probe = || {
@@ -631,4 +637,34 @@ fn update_says_what_a_mirror_changed(store: &Store, lock_file: &Path) {
         "build after the update: {:.1} s",
         started.elapsed().as_secs_f64()
     );
+
+    // The recipe asks for one more package: the next build resolves the layer again, the new package
+    // at the mirror's version, every locked one kept though the mirror has a newer one.
+    publish(
+        &apt_repo,
+        &[
+            ("lectern-lock-probe", "2.0", &["lectern-lock-probe-extra"]),
+            ("lectern-lock-probe", "3.0", &["lectern-lock-probe-extra"]),
+            ("lectern-lock-probe-extra", "1.0", &[]),
+            ("lectern-lock-probe-more", "1.0", &[]),
+        ],
+    );
+    write_recipe(&["lectern-lock-probe", "lectern-lock-probe-more"]);
+    let started = Instant::now();
+    probe().package_layers("probe").unwrap();
+    eprintln!(
+        "build after a recipe change: {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    let lock = Lock::load(lock_file).unwrap().unwrap();
+    assert_eq!(
+        lock.layers["probe"].packages,
+        Packages::from([
+            ("lectern-lock-probe".to_owned(), "2.0".to_owned()),
+            ("lectern-lock-probe-extra".to_owned(), "1.0".to_owned()),
+            ("lectern-lock-probe-more".to_owned(), "1.0".to_owned()),
+        ])
+    );
+    assert_eq!(lock.layers["base"], second.after.layers["base"]);
+    assert_eq!(lock.layers["encoder"], second.after.layers["encoder"]);
 }
