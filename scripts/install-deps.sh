@@ -7,6 +7,8 @@ MOTO_VERSION=5.2.1
 packages=(
   # images
   mmdebstrap squashfs-tools erofs-utils cpio zstd e2fsprogs dosfstools mtools uidmap arch-test eatmydata
+  # the lock file test's local apt repository (apt-ftparchive)
+  apt-utils
   # disk images: the EFI stub of unified kernel images, objcopy, sfdisk, qcow2
   systemd-boot-efi binutils fdisk qemu-utils
   # network tests: namespaces, stock clients we did not write, reference servers

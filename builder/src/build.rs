@@ -1,15 +1,22 @@
 //! Building a role: base layer -> role layer -> config layer (the root image), each keyed by the sha256 of
 //! its inputs and taken from the store when that key was built before. Per-host layers are small cpios.
+//!
+//! The base and role layers install the package versions of the lock file (see [`crate::lock`]), which
+//! are in their keys: a layer the lock does not cover yet is resolved from the mirror and locked, and
+//! [`Builder::update`] resolves them again on purpose.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use lectern_store::{BlobRef, Digest, HostLayer, LayerKind, LayerRecord, Manifest, Store};
 use serde_json::{Value, json};
 
 use crate::context::{Anchors, Plan};
+use crate::lock::{self, Lock, LockedLayer, Packages};
+use crate::mirror::{self, AptLists};
 use crate::recipe::{BASE, OverlayKind, Recipe, Recipes};
 use crate::step::{self, sh_quote};
 use crate::tools;
@@ -51,6 +58,19 @@ const DPKG_PATH_FILTERS: &[&str] = &[
     "path-include=/usr/share/locale/locale.alias",
     "path-exclude=/usr/share/lintian/*",
 ];
+
+/// Where the lock's apt preferences are while mmdebstrap resolves; [`RECORD_PACKAGES`] takes them out.
+const PINS_FILE: &str = "/etc/apt/preferences.d/lectern-lock.pref";
+
+/// Takes the lock's apt preferences out of the layer (`$1` = root) and lists its installed packages into
+/// `$2/packages`, for the lock. The preferences' directory is touched either way (clamped to the epoch in
+/// the tarball), or its date would say whether the build was pinned.
+const RECORD_PACKAGES: &str = r#"set -eu
+rm -f "$1"/etc/apt/preferences.d/lectern-lock.pref
+if [ -d "$1"/etc/apt/preferences.d ]; then touch "$1"/etc/apt/preferences.d; fi
+dpkg-query --admindir="$1"/var/lib/dpkg --show \
+	--showformat='${db:Status-Status} ${Package} ${Version}\n' > "$2"/packages
+"#;
 
 /// Copies the kernel and initrd out of the base (`$1` = root, `$2` = output directory), drops them from the
 /// rootfs (they boot it, they are not part of it) and stops later layers from regenerating the initrd.
@@ -102,6 +122,27 @@ pub struct BuildOptions {
     pub source_date_epoch: u64,
     /// Persistent apt package cache, shared by all builds.
     pub apt_cache: PathBuf,
+    /// The lock file: the version of every package of each layer (`master.lock` beside `master.toml`).
+    pub lock_file: PathBuf,
+}
+
+/// Where a base or role layer's package versions come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Versions {
+    /// The lock's. A layer whose recipe the lock does not cover is resolved from the mirror, keeping
+    /// every version the lock names, and locked.
+    Locked,
+    /// The mirror's, whatever the lock says (`imgbuild update`).
+    Fresh,
+}
+
+/// What [`Builder::update`] found, and did unless it was a dry run.
+pub struct Update {
+    /// The lock before and after (the same after a dry run).
+    pub before: Lock,
+    pub after: Lock,
+    /// Each layer resolved again (or to be, in a dry run), with why.
+    pub resolved: Vec<(String, String)>,
 }
 
 pub struct Builder {
@@ -132,13 +173,7 @@ impl Builder {
 
     /// Builds (or finds) every layer of `role` and records the result as the role's newest release.
     pub fn build_role(&self, role: &str, plan: &Plan) -> Result<Manifest> {
-        let recipe = self.recipes.role(role)?;
-        let base = self.base_layer()?;
-        let role_layer = if role == BASE {
-            None
-        } else {
-            Some(self.role_layer(&base, recipe)?)
-        };
+        let (base, role_layer) = self.package_layers(role)?;
         let below = role_layer.as_ref().unwrap_or(&base);
         let pin = self.store.server_key()?.pin;
         let journal_ca = self.store.journal_ca()?.certificate;
@@ -211,51 +246,305 @@ impl Builder {
             .with_context(|| format!("building the per-host layers of role {role}"))
     }
 
-    fn base_layer(&self) -> Result<LayerRecord> {
-        let base = &self.recipes.base;
-        let image_overlay = Tree::load(&self.recipes.overlay_dir(BASE, OverlayKind::Image), None)?;
-        let key = layer_key(json!({
-            "layer": "base",
-            "packages": base.packages,
-            "debian": { "suite": self.recipes.debian.suite, "mirror": self.recipes.debian.mirror,
-                        "variant": self.recipes.debian.variant },
-            "image_overlay": image_overlay.digest(),
-            "scripts": [SCRUB, TAKE_KERNEL],
-            "dpkg_path_filters": DPKG_PATH_FILTERS,
-            "mmdebstrap": self.tool_versions.get("mmdebstrap"),
-            "source_date_epoch": self.options.source_date_epoch,
-        }));
-        self.layer(
-            LayerKind::Base,
-            key,
-            &[ROOTFS_TAR, VMLINUZ, INITRD],
-            |work| {
-                let overlay = work.join("image-overlay.cpio");
-                std::fs::write(
-                    &overlay,
-                    image_overlay.to_cpio("", self.options.source_date_epoch),
-                )?;
-                let mut command = self.mmdebstrap(&self.recipes.debian.variant, base);
-                command
-                    .arg("--hook-dir=/usr/share/mmdebstrap/hooks/eatmydata")
-                    .arg(format!("--essential-hook={}", cpio_in(&overlay)));
-                command.arg(format!(
-                    "--customize-hook=sh -c {} take-kernel \"$1\" {}",
-                    sh_quote(TAKE_KERNEL),
-                    path_arg(work)
-                ));
-                self.run_mmdebstrap(command, work, "base layer")
-            },
-        )
+    /// Builds (or finds) the base layer and `role`'s layer on it (none for `base`) with the lock's
+    /// versions, locking those of a layer the lock does not cover yet.
+    pub fn package_layers(&self, role: &str) -> Result<(LayerRecord, Option<LayerRecord>)> {
+        let recipe = self.recipes.role(role)?;
+        let mut session = self.session()?;
+        let base = self.base_layer(&mut session, Versions::Locked)?;
+        let role_layer = if role == BASE {
+            None
+        } else {
+            Some(self.role_layer(&mut session, &base, recipe, Versions::Locked)?)
+        };
+        Ok((base.0, role_layer))
     }
 
-    fn role_layer(&self, base: &LayerRecord, recipe: &Recipe) -> Result<LayerRecord> {
-        let key = role_key(&base.key, &recipe.packages);
-        self.layer(LayerKind::Role, key, &[ROOTFS_TAR], |work| {
+    /// Resolves the lock again from the mirror for the base and each of `roles` (and the roles the
+    /// lock has whose recipes still exist; the others leave it): a layer whose recipe the lock does
+    /// not cover, or of whose packages the mirror would now install another version, is built again
+    /// with the mirror's versions (every role, when the base is), and locked. The layers it builds are
+    /// in the store for the next build. `dry_run` only says which layers that would be, and why.
+    pub fn update(&self, roles: &[String], dry_run: bool) -> Result<Update> {
+        let mut session = self.session()?;
+        let roles: BTreeSet<String> = (roles.iter())
+            .chain(session.lock.layers.keys())
+            .filter(|role| *role != BASE && self.recipes.roles.contains_key(*role))
+            .cloned()
+            .collect();
+        let mut resolved = Vec::new();
+        let base_reason = self.why_resolve(&mut session, BASE)?;
+        let new_base = base_reason.is_some();
+        resolved.extend(base_reason.map(|reason| (BASE.to_owned(), reason)));
+        for role in &roles {
+            let own = self.why_resolve(&mut session, role)?;
+            let reason = match (new_base, own) {
+                (true, Some(own)) => Some(format!("{own}; and it is built on the new base")),
+                (true, None) => Some("built again on the new base".to_owned()),
+                (false, own) => own,
+            };
+            resolved.extend(reason.map(|reason| (role.clone(), reason)));
+        }
+        let before = session.original.clone();
+        if dry_run {
+            let after = session.lock.clone();
+            return Ok(Update {
+                before,
+                after,
+                resolved,
+            });
+        }
+        if !resolved.is_empty() {
+            let versions = if new_base {
+                Versions::Fresh
+            } else {
+                Versions::Locked
+            };
+            let base = self.base_layer(&mut session, versions)?;
+            for (role, _) in resolved.iter().filter(|(name, _)| name != BASE) {
+                let recipe = self.recipes.role(role)?;
+                self.role_layer(&mut session, &base, recipe, Versions::Fresh)?;
+            }
+        }
+        session
+            .lock
+            .layers
+            .retain(|name, _| name == BASE || roles.contains(name));
+        if session.lock != session.original {
+            session.lock.write(&self.options.lock_file)?;
+        }
+        Ok(Update {
+            before,
+            after: session.lock,
+            resolved,
+        })
+    }
+
+    /// Why `imgbuild update` must resolve `layer` again, if it must: the lock does not cover its
+    /// recipe, or the mirror would now install other versions of its locked packages (each named).
+    fn why_resolve(&self, session: &mut Session, layer: &str) -> Result<Option<String>> {
+        let recipe = self.recipes.role(layer)?;
+        if let Some(reason) = lock::uncovered(&session.lock, layer, &recipe.packages) {
+            return Ok(Some(reason));
+        }
+        let locked = session.lock.layers[layer].packages.clone();
+        let sources = self.recipes.apt_sources(layer)?;
+        let moved = session
+            .lists(&sources)?
+            .index(locked.keys())?
+            .moved(&locked);
+        if moved.is_empty() {
+            return Ok(None);
+        }
+        let mut reason = format!(
+            "the mirror has other versions of {} of its packages:",
+            moved.len()
+        );
+        for change in moved {
+            let candidate = change.candidate.as_deref().unwrap_or("none");
+            let _ = write!(
+                reason,
+                "\n  {}: {} -> {candidate}",
+                change.package, change.locked
+            );
+        }
+        Ok(Some(reason))
+    }
+
+    fn session(&self) -> Result<Session> {
+        Session::open(&self.options.lock_file, &self.store.root().join("tmp"))
+    }
+
+    /// The base layer, and its packages.
+    fn base_layer(
+        &self,
+        session: &mut Session,
+        versions: Versions,
+    ) -> Result<(LayerRecord, Packages)> {
+        let base = &self.recipes.base;
+        let image_overlay = Tree::load(&self.recipes.overlay_dir(BASE, OverlayKind::Image), None)?;
+        let layer = PackageLayer {
+            kind: LayerKind::Base,
+            name: BASE,
+            recipe: &base.packages,
+            sources: self.recipes.apt_sources(BASE)?,
+            below: &Packages::new(),
+            outputs: &[ROOTFS_TAR, VMLINUZ, INITRD],
+        };
+        let key = |packages: &Packages| {
+            layer_key(json!({
+                "layer": "base",
+                "packages": base.packages,
+                "versions": packages,
+                "apt_sources": base.apt_sources,
+                "debian": { "suite": self.recipes.debian.suite, "mirror": self.recipes.debian.mirror,
+                            "variant": self.recipes.debian.variant },
+                "image_overlay": image_overlay.digest(),
+                "scripts": [SCRUB, TAKE_KERNEL, RECORD_PACKAGES],
+                "dpkg_path_filters": DPKG_PATH_FILTERS,
+                "mmdebstrap": self.tool_versions.get("mmdebstrap"),
+                "source_date_epoch": self.options.source_date_epoch,
+            }))
+        };
+        let build = |work: &Path, include: &[String], pins: &Packages| {
+            let overlay = work.join("image-overlay.cpio");
+            std::fs::write(
+                &overlay,
+                image_overlay.to_cpio("", self.options.source_date_epoch),
+            )?;
+            let mut command = self.mmdebstrap(&self.recipes.debian.variant, include);
+            command
+                .arg("--hook-dir=/usr/share/mmdebstrap/hooks/eatmydata")
+                .arg(format!("--essential-hook={}", cpio_in(&overlay)));
+            command.arg(format!(
+                "--customize-hook=sh -c {} take-kernel \"$1\" {}",
+                sh_quote(TAKE_KERNEL),
+                path_arg(work)
+            ));
+            self.run_mmdebstrap(command, work, "base layer", &layer.sources, pins)
+        };
+        self.package_layer(session, &layer, versions, key, build)
+    }
+
+    /// `recipe`'s layer on `base` (its record and packages).
+    fn role_layer(
+        &self,
+        session: &mut Session,
+        base: &(LayerRecord, Packages),
+        recipe: &Recipe,
+        versions: Versions,
+    ) -> Result<LayerRecord> {
+        let (base, base_packages) = base;
+        let layer = PackageLayer {
+            kind: LayerKind::Role,
+            name: &recipe.name,
+            recipe: &recipe.packages,
+            sources: self.recipes.apt_sources(&recipe.name)?,
+            below: base_packages,
+            outputs: &[ROOTFS_TAR],
+        };
+        let key = |packages: &Packages| role_key(&base.key, recipe, packages);
+        let build = |work: &Path, include: &[String], pins: &Packages| {
             let base_tar = self.store.blob_path(&base.outputs[ROOTFS_TAR].sha256);
-            let mut command = self.mmdebstrap("custom", recipe);
+            let mut command = self.mmdebstrap("custom", include);
             command.arg(format!("--setup-hook={}", untar_in(&base_tar)));
-            self.run_mmdebstrap(command, work, &format!("{} role layer", recipe.name))
+            let label = format!("{} role layer", recipe.name);
+            self.run_mmdebstrap(command, work, &label, &layer.sources, pins)
+        };
+        let (record, _) = self.package_layer(session, &layer, versions, key, build)?;
+        Ok(record)
+    }
+
+    /// A base or role layer with the versions `versions` says: taken from the store when its key (which
+    /// holds them) was built before, else built by `build` (work directory, packages to name, versions
+    /// to pin; it returns the packages the layer holds). Returns the record and the layer's entry in
+    /// the lock.
+    fn package_layer(
+        &self,
+        session: &mut Session,
+        layer: &PackageLayer<'_>,
+        versions: Versions,
+        key: impl Fn(&Packages) -> Digest,
+        build: impl Fn(&Path, &[String], &Packages) -> Result<Packages>,
+    ) -> Result<(LayerRecord, Packages)> {
+        let entry = session.lock.layers.get(layer.name).cloned();
+        let covered = entry.filter(|entry| entry.covers(layer.recipe));
+        if let (Versions::Locked, Some(entry)) = (versions, &covered) {
+            let record = self.locked_layer(session, layer, &entry.packages, key, build)?;
+            return Ok((record, entry.packages.clone()));
+        }
+        // Resolved from the mirror: pinned to what the lock already has of it, unless asked afresh.
+        let keep = match versions {
+            Versions::Locked => {
+                let reason = lock::uncovered(&session.lock, layer.name, layer.recipe);
+                let entry = session.lock.layers.get(layer.name);
+                let how = match entry {
+                    None => "resolving them from the mirror",
+                    Some(_) => "resolving that layer again, keeping every version the lock names",
+                };
+                eprintln!(
+                    "{}: {}: {how}",
+                    self.options.lock_file.display(),
+                    reason.unwrap_or_default()
+                );
+                entry
+                    .map(|entry| entry.packages.clone())
+                    .unwrap_or_default()
+            }
+            Versions::Fresh => Packages::new(),
+        };
+        session.require_available(&self.options.lock_file, layer, &keep)?;
+        let pins = if keep.is_empty() {
+            Packages::new()
+        } else {
+            Lock::layer_packages(layer.below, &keep)
+        };
+        let work = self.work_dir(layer.kind)?;
+        let installed = build(work.path(), layer.recipe, &pins)
+            .with_context(|| format!("building the {} layer", layer.name))?;
+        let removed: Vec<&str> = (layer.below.keys())
+            .filter(|name| !installed.contains_key(*name))
+            .map(String::as_str)
+            .collect();
+        if !removed.is_empty() {
+            bail!(
+                "the {} layer removes packages of the base ({}): a role may only add to it",
+                layer.name,
+                removed.join(", ")
+            );
+        }
+        let packages = Lock::beyond_base(layer.below, &installed);
+        let key = key(&packages);
+        let record = match self.store.layer(&key)? {
+            Some(record) => record,
+            None => self.import_layer(layer.kind, key, work.path(), layer.outputs)?,
+        };
+        let entry = LockedLayer {
+            recipe: layer.recipe.iter().cloned().collect(),
+            packages: packages.clone(),
+        };
+        session.record(&self.options.lock_file, layer.name, entry, versions)?;
+        Ok((record, packages))
+    }
+
+    /// A layer the lock covers: from the store, or built with exactly the locked versions (refused
+    /// before anything runs when the mirror lacks one, and checked after the install).
+    fn locked_layer(
+        &self,
+        session: &mut Session,
+        layer: &PackageLayer<'_>,
+        locked: &Packages,
+        key: impl Fn(&Packages) -> Digest,
+        build: impl Fn(&Path, &[String], &Packages) -> Result<Packages>,
+    ) -> Result<LayerRecord> {
+        let key = key(locked);
+        let expected = Lock::layer_packages(layer.below, locked);
+        if self.store.layer(&key)?.is_none() {
+            session.require_available(&self.options.lock_file, layer, locked)?;
+        }
+        let include: Vec<String> = (layer.recipe.iter())
+            .map(|name| match expected.get(name) {
+                Some(version) => format!("{name}={version}"),
+                None => name.clone(),
+            })
+            .collect();
+        self.layer(layer.kind, key, layer.outputs, |work| {
+            let installed = build(work, &include, &expected)?;
+            let differences = lock::package_changes(&expected, &installed);
+            if differences.is_empty() {
+                return Ok(());
+            }
+            let mut text = format!(
+                "the {} layer as built differs from {} (locked -> built):",
+                layer.name,
+                self.options.lock_file.display()
+            );
+            for change in differences {
+                let _ = write!(text, "\n  {change}");
+            }
+            bail!(
+                "{text}\nnothing was recorded; `imgbuild update` resolves the layer again from the mirror"
+            )
         })
     }
 
@@ -317,28 +606,47 @@ impl Builder {
         }
         let _building = self.store.lock_layer_build(&key)?;
         if let Some(record) = self.store.layer(&key)? {
-            eprintln!("{label}: built meanwhile by another build, taken from the store");
+            crate::progress::say(format_args!(
+                "{label}: built meanwhile by another build, taken from the store"
+            ));
             return Ok(record);
         }
-        let work = tempfile::Builder::new()
-            .prefix(&format!("{:?}-", kind).to_lowercase())
-            .tempdir_in(self.store.root().join("tmp"))?;
+        let work = self.work_dir(kind)?;
         build(work.path()).with_context(|| format!("building {label}"))?;
+        self.import_layer(kind, key, work.path(), outputs)
+    }
+
+    /// A scratch directory for building a layer, inside the store (so that its outputs move in).
+    fn work_dir(&self, kind: LayerKind) -> Result<tempfile::TempDir> {
+        Ok(tempfile::Builder::new()
+            .prefix(&format!("{:?}-", kind).to_lowercase())
+            .tempdir_in(self.store.root().join("tmp"))?)
+    }
+
+    /// Moves a built layer's `outputs` (files of those names in `work`) into the store, and records it.
+    fn import_layer(
+        &self,
+        kind: LayerKind,
+        key: Digest,
+        work: &Path,
+        outputs: &[&str],
+    ) -> Result<LayerRecord> {
         let mut record = LayerRecord {
             kind,
             key,
             outputs: BTreeMap::new(),
         };
         for name in outputs {
-            let blob: BlobRef = self.store.import_blob(&work.path().join(name))?;
+            let blob: BlobRef = self.store.import_blob(&work.join(name))?;
             record.outputs.insert((*name).to_owned(), blob);
         }
         self.store.put_layer(&record)?;
         Ok(record)
     }
 
-    /// An mmdebstrap command line producing `rootfs.tar` with `recipe`'s packages and the apt cache wired in.
-    fn mmdebstrap(&self, variant: &str, recipe: &Recipe) -> Command {
+    /// An mmdebstrap command line producing `rootfs.tar` with the packages `include` names (`name` or
+    /// `name=version`) and the apt cache wired in.
+    fn mmdebstrap(&self, variant: &str, include: &[String]) -> Command {
         let cache = path_arg(&self.options.apt_cache);
         let mut command = Command::new(tools::MMDEBSTRAP.command);
         command
@@ -367,20 +675,176 @@ impl Builder {
                 "--customize-hook=sh -c {} scrub \"$1\"",
                 sh_quote(SCRUB)
             ));
-        if !recipe.packages.is_empty() {
-            command.arg(format!("--include={}", recipe.packages.join(",")));
+        if !include.is_empty() {
+            command.arg(format!("--include={}", include.join(",")));
         }
         command
     }
 
-    fn run_mmdebstrap(&self, mut command: Command, work: &Path, label: &str) -> Result<()> {
+    /// Runs `command` (from [`Builder::mmdebstrap`]) into `work` from the Debian mirror and `sources`
+    /// (whose first line is the mirror's), with apt preferring exactly the versions `pins` names while
+    /// it resolves; returns the packages the layer holds.
+    fn run_mmdebstrap(
+        &self,
+        mut command: Command,
+        work: &Path,
+        label: &str,
+        sources: &[String],
+        pins: &Packages,
+    ) -> Result<Packages> {
+        if !pins.is_empty() {
+            let preferences = work.join("apt-pins.pref");
+            std::fs::write(&preferences, apt_pins(pins))?;
+            command.arg(format!(
+                "--setup-hook=cp {} \"$1\"{PINS_FILE}",
+                sh_quote(&preferences.display().to_string())
+            ));
+        }
         command
+            .arg(format!(
+                "--customize-hook=sh -c {} record-packages \"$1\" {}",
+                sh_quote(RECORD_PACKAGES),
+                sh_quote(&work.display().to_string())
+            ))
             .arg(&self.recipes.debian.suite)
             .arg(work.join(ROOTFS_TAR))
-            .arg(&self.recipes.debian.mirror);
+            .arg(&self.recipes.debian.mirror)
+            .args(sources.iter().skip(1));
         step::run(label, &mut command, &work.join("mmdebstrap.log"))?;
+        let listing = work.join("packages");
+        let text = std::fs::read_to_string(&listing)
+            .with_context(|| format!("reading {}", listing.display()))?;
+        installed_packages(&text)
+    }
+}
+
+/// A base or role layer, as the lock sees it.
+struct PackageLayer<'a> {
+    kind: LayerKind,
+    /// `base` or the role: its section in the lock.
+    name: &'a str,
+    /// The recipe's packages.
+    recipe: &'a [String],
+    /// Its apt sources (sources.list lines), the Debian mirror's first.
+    sources: Vec<String>,
+    /// The packages of the layer below (the base's, for a role layer), which it holds too.
+    below: &'a Packages,
+    /// The files its build leaves in the work directory, for the store.
+    outputs: &'a [&'a str],
+}
+
+/// One command's use of the lock file: read when it starts, written whenever a layer is resolved.
+struct Session {
+    /// The lock as read, and as it is now.
+    original: Lock,
+    lock: Lock,
+    /// The package lists fetched so far (the sources of a base and a role layer often match).
+    lists: Vec<AptLists>,
+    scratch: PathBuf,
+}
+
+impl Session {
+    fn open(lock_file: &Path, scratch: &Path) -> Result<Self> {
+        let lock = Lock::load(lock_file)?.unwrap_or_default();
+        Ok(Self {
+            original: lock.clone(),
+            lock,
+            lists: Vec::new(),
+            scratch: scratch.to_owned(),
+        })
+    }
+
+    /// The package lists of `sources`, fetched once per command.
+    fn lists(&mut self, sources: &[String]) -> Result<&AptLists> {
+        let index = match self.lists.iter().position(|l| l.sources() == sources) {
+            Some(index) => index,
+            None => {
+                self.lists.push(AptLists::fetch(sources, &self.scratch)?);
+                self.lists.len() - 1
+            }
+        };
+        Ok(&self.lists[index])
+    }
+
+    /// Fails, naming each of them, when `layer`'s sources lack any version of `packages`.
+    fn require_available(
+        &mut self,
+        lock_file: &Path,
+        layer: &PackageLayer<'_>,
+        packages: &Packages,
+    ) -> Result<()> {
+        if packages.is_empty() {
+            return Ok(());
+        }
+        let missing = self
+            .lists(&layer.sources)?
+            .index(packages.keys())?
+            .missing(packages);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        bail!(mirror::missing_error(lock_file, layer.name, &missing))
+    }
+
+    /// Locks `entry` for `layer`. A build writes the lock file at once and says what changed; an update
+    /// writes it whole at its end (or not at all, when it fails) and reports it all there.
+    fn record(
+        &mut self,
+        lock_file: &Path,
+        layer: &str,
+        entry: LockedLayer,
+        versions: Versions,
+    ) -> Result<()> {
+        let before = self.lock.layers.insert(layer.to_owned(), entry.clone());
+        if versions == Versions::Fresh {
+            return Ok(());
+        }
+        self.lock.write(lock_file)?;
+        let lock_file = lock_file.display();
+        match before {
+            None => eprintln!(
+                "{lock_file}: locked the {layer} layer, {} at the versions the mirror has today",
+                lock::count_packages(&entry.packages)
+            ),
+            Some(before) => {
+                let changes = lock::package_changes(&before.packages, &entry.packages);
+                let mut text = format!("{lock_file}: the {layer} layer resolved again:");
+                for change in changes {
+                    let _ = write!(text, "\n  {change}");
+                }
+                eprintln!("{text}");
+            }
+        }
         Ok(())
     }
+}
+
+/// apt preferences that make exactly these versions the ones to install (priority 1001 would take
+/// them even over a newer version).
+fn apt_pins(packages: &Packages) -> String {
+    packages
+        .iter()
+        .map(|(name, version)| {
+            format!("Package: {name}\nPin: version {version}\nPin-Priority: 1001\n\n")
+        })
+        .collect()
+}
+
+/// The installed packages in what [`RECORD_PACKAGES`] lists (`<status> <package> <version>` lines).
+fn installed_packages(text: &str) -> Result<Packages> {
+    let mut packages = Packages::new();
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        match (fields.next(), fields.next(), fields.next()) {
+            (Some("installed"), Some(name), Some(version)) => {
+                packages.insert(name.to_owned(), version.to_owned());
+            }
+            // Known to dpkg but not installed (configuration files left behind, half removed…).
+            (Some(_), Some(_), _) => {}
+            _ => bail!("unexpected dpkg-query line {line:?}"),
+        }
+    }
+    Ok(packages)
 }
 
 fn config_layer_script() -> String {
@@ -396,13 +860,16 @@ pub fn host_archive(tree: &Tree, source_date_epoch: u64) -> Vec<u8> {
     tree.to_cpio(HOST_PREFIX, source_date_epoch)
 }
 
-/// The role layer's key: the base below it and the packages installed on top. Nothing else of the recipe
-/// goes in: its units and overlays only reach the config layer, so editing them rebuilds only that.
-fn role_key(base: &Digest, packages: &[String]) -> Digest {
-    layer_key(
-        json!({ "layer": "role", "base": base, "packages": packages, "scripts": [SCRUB],
-                      "dpkg_path_filters": DPKG_PATH_FILTERS }),
-    )
+/// The role layer's key: the base below it, the recipe's packages and apt sources, and the versions its
+/// lock entry names (`versions`). Nothing else of the recipe goes in: its units and overlays only reach
+/// the config layer, so editing them rebuilds only that.
+fn role_key(base: &Digest, recipe: &Recipe, versions: &Packages) -> Digest {
+    layer_key(json!({
+        "layer": "role", "base": base, "packages": recipe.packages, "versions": versions,
+        "apt_sources": recipe.apt_sources, "scripts": [SCRUB, RECORD_PACKAGES],
+        "untar": [UNTAR_OPTIONS, UNTAR_BELOW],
+        "dpkg_path_filters": DPKG_PATH_FILTERS,
+    }))
 }
 
 /// A layer key: the sha256 of its inputs as JSON with object keys sorted (serde_json keeps insertion order
@@ -423,13 +890,17 @@ fn layer_key(inputs: Value) -> Digest {
 }
 
 /// Unpacks a lower layer's rootfs tarball into the chroot `$1` (a mmdebstrap hook command). Not `tar-in`:
-/// /dev must stay out, mmdebstrap creates its own device entries and fails on existing ones.
+/// /dev must stay out, mmdebstrap creates its own device entries and fails on existing ones. So does the
+/// lower layer's sources.list: mmdebstrap has just written this layer's, with its recipe's apt sources.
 fn untar_in(tarball: &Path) -> String {
     format!(
-        "tar {UNTAR_OPTIONS} --directory \"$1\" --file {}",
+        "tar {UNTAR_OPTIONS} {UNTAR_BELOW} --directory \"$1\" --file {}",
         sh_quote(&tarball.display().to_string())
     )
 }
+
+/// What [`untar_in`] leaves out besides /dev.
+const UNTAR_BELOW: &str = "--exclude=./etc/apt/sources.list";
 
 /// How every layer tarball is unpacked: owners, xattrs (file capabilities) kept, /dev left out (devtmpfs
 /// covers it at boot, and device nodes cannot be created in an unprivileged user namespace).
@@ -468,17 +939,92 @@ mod tests {
         );
     }
 
+    fn recipe(packages: &[&str], apt_sources: &[&str]) -> Recipe {
+        let strings = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect();
+        Recipe {
+            name: "encoder".into(),
+            description: "encoder".into(),
+            packages: strings(packages),
+            units: vec!["changed-units-do-not-matter.service".into()],
+            host_private: Vec::new(),
+            host_file_units: Default::default(),
+            apt_sources: strings(apt_sources),
+            digest: Digest::of_bytes(b"recipe file"),
+        }
+    }
+
+    fn versions(list: &[(&str, &str)]) -> Packages {
+        list.iter()
+            .map(|(name, version)| ((*name).to_owned(), (*version).to_owned()))
+            .collect()
+    }
+
     #[test]
-    fn role_key_follows_the_base_and_the_packages() {
+    fn role_key_changes_exactly_when_the_locked_versions_do() {
         let base = Digest::of_bytes(b"base layer key");
-        let packages = ["ffmpeg".to_owned()];
-        let key = role_key(&base, &packages);
-        assert_eq!(key, role_key(&base.clone(), &packages.clone()));
-        assert_ne!(key, role_key(&Digest::of_bytes(b"another base"), &packages));
+        let encoder = recipe(&["ffmpeg"], &[]);
+        let locked = versions(&[("ffmpeg", "7:5.1.6-0+deb12u1"), ("libx264-164", "2:0.164")]);
+        let key = role_key(&base, &encoder, &locked);
+        assert_eq!(
+            key,
+            role_key(&base.clone(), &encoder.clone(), &locked.clone())
+        );
+        // Units and the recipe file's bytes only reach the config layer.
+        let mut other_units = encoder.clone();
+        other_units.units.clear();
+        other_units.digest = Digest::of_bytes(b"edited comment");
+        assert_eq!(key, role_key(&base, &other_units, &locked));
+        // A new version of any package, a package more or less, another base, another recipe list or
+        // apt source: another layer.
+        let newer = versions(&[("ffmpeg", "7:5.1.7-0+deb12u1"), ("libx264-164", "2:0.164")]);
+        assert_ne!(key, role_key(&base, &encoder, &newer));
+        let fewer = versions(&[("ffmpeg", "7:5.1.6-0+deb12u1")]);
+        assert_ne!(key, role_key(&base, &encoder, &fewer));
         assert_ne!(
             key,
-            role_key(&base, &["ffmpeg".to_owned(), "x264".to_owned()])
+            role_key(&Digest::of_bytes(b"another base"), &encoder, &locked)
         );
+        assert_ne!(
+            key,
+            role_key(&base, &recipe(&["ffmpeg", "x264"], &[]), &locked)
+        );
+        let sourced = recipe(
+            &["ffmpeg"],
+            &["deb http://example.org/debian bookworm main"],
+        );
+        assert_ne!(key, role_key(&base, &sourced, &locked));
+    }
+
+    #[test]
+    fn pins_make_each_locked_version_the_candidate() {
+        assert_eq!(
+            apt_pins(&versions(&[
+                ("ffmpeg", "7:5.1.6-0+deb12u1"),
+                ("jq", "1.6-2.1")
+            ])),
+            "Package: ffmpeg\nPin: version 7:5.1.6-0+deb12u1\nPin-Priority: 1001\n\n\
+             Package: jq\nPin: version 1.6-2.1\nPin-Priority: 1001\n\n"
+        );
+    }
+
+    #[test]
+    fn reads_the_installed_packages_dpkg_lists() {
+        let listing = "installed adduser 3.134\nconfig-files oldpkg 1.0\nnot-installed gone \ninstalled libc6 2.36-9+deb12u14\n";
+        assert_eq!(
+            installed_packages(listing).unwrap(),
+            versions(&[("adduser", "3.134"), ("libc6", "2.36-9+deb12u14")])
+        );
+        assert!(installed_packages("garbage\n").is_err());
+    }
+
+    #[test]
+    fn the_record_hook_parses() {
+        let check = Command::new("sh")
+            .args(["-n", "-c", RECORD_PACKAGES])
+            .status()
+            .unwrap();
+        assert!(check.success());
+        assert!(RECORD_PACKAGES.contains(PINS_FILE));
     }
 
     #[test]

@@ -6,6 +6,8 @@ pub mod commands;
 pub mod context;
 pub mod data_dir;
 pub mod disk;
+pub mod lock;
+pub mod mirror;
 pub mod progress;
 pub mod recipe;
 pub mod render;

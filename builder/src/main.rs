@@ -15,7 +15,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Validate the master file and its secrets, and find the recipes its roles need (exit code 0 or 1).
+    /// Validate the master file and its secrets, find the recipes its roles need, and say which layers
+    /// the lock file does not cover yet (exit code 0 or 1).
     Check,
     /// Show every host with its role, room, addresses and wiring.
     Plan {
@@ -31,6 +32,7 @@ enum Command {
     },
     Role(commands::role::Args),
     All(commands::all::Args),
+    Update(commands::update::Args),
     Disk(commands::disk::Args),
     Publish(commands::publish::Args),
     List(commands::list::Args),
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::Schema { markdown } => return commands::inspect::schema(*markdown),
         Command::Role(args) => commands::role::run(args, &cli.global),
         Command::All(args) => commands::all::run(args, &cli.global),
+        Command::Update(args) => commands::update::run(args, &cli.global),
         Command::Disk(args) => commands::disk::run(args, &cli.global),
         Command::Publish(args) => commands::publish::run(args, &cli.global),
         Command::List(args) => commands::list::run(args, &cli.global),

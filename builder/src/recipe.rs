@@ -40,6 +40,9 @@ struct RecipeFile {
     /// that file changes in a live update (`[]`: read afresh at each use).
     #[serde(default)]
     host_file_units: BTreeMap<String, Vec<String>>,
+    /// More apt sources for this recipe's layer (sources.list lines).
+    #[serde(default)]
+    apt_sources: Vec<String>,
 }
 
 /// Where the base comes from (base recipe only).
@@ -60,6 +63,10 @@ pub struct Recipe {
     pub units: Vec<String>,
     pub host_private: Vec<String>,
     pub host_file_units: BTreeMap<String, Vec<String>>,
+    /// apt sources besides the Debian mirror, as sources.list lines (e.g. a team's own repository):
+    /// the layer installs from them too, and keeps them in its `/etc/apt/sources.list`. A role
+    /// layer has the base's as well.
+    pub apt_sources: Vec<String>,
     /// sha256 of the recipe file: part of the layer keys.
     pub digest: Digest,
 }
@@ -117,6 +124,7 @@ impl Recipes {
                 units: file.units,
                 host_private: file.host_private,
                 host_file_units: file.host_file_units,
+                apt_sources: file.apt_sources,
                 digest: Digest::of_bytes(&raw),
             };
             match (name.as_str(), file.extends.as_deref(), file.debian) {
@@ -172,6 +180,20 @@ impl Recipes {
             OverlayKind::Host => "host",
         };
         self.overlays_dir.join(recipe).join(sub)
+    }
+
+    /// The apt sources `layer` (`base` or a role) installs from, as sources.list lines: the Debian
+    /// mirror's suite (as mmdebstrap writes it) first, then the base recipe's `apt_sources`, then the
+    /// role's.
+    pub fn apt_sources(&self, layer: &str) -> Result<Vec<String>> {
+        let mut sources = vec![format!(
+            "deb {} {} main",
+            self.debian.mirror, self.debian.suite
+        )];
+        for name in self.chain(layer) {
+            sources.extend(self.role(name)?.apt_sources.iter().cloned());
+        }
+        Ok(sources)
     }
 
     /// The recipes whose overlays apply to `role`, base first.
@@ -397,6 +419,29 @@ variant = "apt"
         assert_eq!(all.units("base").unwrap(), ["base.target"]);
         let err = all.role("encoder").unwrap_err().to_string();
         assert!(err.contains("known: base, mixer"), "{err}");
+    }
+
+    #[test]
+    fn a_layers_apt_sources_are_the_mirrors_then_the_bases_then_the_roles() {
+        let base = BASE_TOML.replace(
+            "[debian]",
+            "apt_sources = [\"deb http://security.debian.org/debian-security bookworm-security main\"]\n[debian]",
+        );
+        let team = "description = \"m\"\nextends = \"base\"\napt_sources = [\"deb [trusted=yes] file:/srv/repo ./\"]\n";
+        let all = recipes(&[
+            ("base.toml", &base),
+            ("mixer.toml", team),
+            ("source.toml", "description = \"s\"\nextends = \"base\"\n"),
+        ])
+        .unwrap();
+        let mirror = "deb http://deb.debian.org/debian bookworm main";
+        let security = "deb http://security.debian.org/debian-security bookworm-security main";
+        assert_eq!(all.apt_sources("base").unwrap(), [mirror, security]);
+        assert_eq!(all.apt_sources("source").unwrap(), [mirror, security]);
+        assert_eq!(
+            all.apt_sources("mixer").unwrap(),
+            [mirror, security, "deb [trusted=yes] file:/srv/repo ./"]
+        );
     }
 
     #[test]

@@ -164,3 +164,54 @@ fn progress_goes_to_stderr_and_quiet_keeps_it_back() {
     // A command line imgbuild cannot parse: exit code 2.
     assert_eq!(list(&["--no-such-flag"]).status.code(), Some(2));
 }
+
+#[test]
+fn check_says_which_layers_the_lock_file_does_not_cover() {
+    use lectern_builder::lock::{Lock, LockedLayer};
+    use lectern_builder::recipe::Recipes;
+
+    let dir = examples();
+    let shown = text(&imgbuild(dir.path(), &["check"]));
+    assert!(
+        shown.contains("note: no master.lock yet: the first build resolves the packages of every layer from the mirror and locks them there"),
+        "{shown}"
+    );
+
+    // The base locked for its recipe, the encoder for a package its recipe no longer asks for.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let recipes = Recipes::load(&repo.join("recipes"), &repo.join("overlays")).unwrap();
+    let mut lock = Lock::default();
+    let entry = |recipe: &[String]| LockedLayer {
+        recipe: recipe.iter().cloned().collect(),
+        packages: [("adduser".to_owned(), "3.134".to_owned())].into(),
+    };
+    lock.layers
+        .insert("base".into(), entry(&recipes.base.packages));
+    let mut encoder = recipes.role("encoder").unwrap().packages.clone();
+    encoder.push("x264".into());
+    lock.layers.insert("encoder".into(), entry(&encoder));
+    let lock_file = dir.path().join("fosdem-25.lock");
+    lock.write(&lock_file).unwrap();
+    let output = imgbuild(dir.path(), &["check", "--config", "fosdem-25.toml"]);
+    let shown = text(&output);
+    assert!(output.status.success(), "{shown}");
+    assert!(!shown.contains("the base recipe"), "{shown}");
+    assert!(
+        shown.contains("warning: fosdem-25.lock: the encoder recipe no longer asks for x264 since it was locked: the next build resolves that layer again, keeping every version the lock names"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("note: fosdem-25.lock: no versions locked for the mixer layer yet"),
+        "{shown}"
+    );
+
+    // A lock file imgbuild cannot read fails the check, naming its line.
+    std::fs::write(&lock_file, "[base]\nadduser\n").unwrap();
+    let output = imgbuild(dir.path(), &["check", "--config", "fosdem-25.toml"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output).contains("fosdem-25.lock:2: \"adduser\" is not `PACKAGE VERSION`"),
+        "{}",
+        text(&output)
+    );
+}

@@ -590,7 +590,11 @@ pub fn fixture_plan() -> Result<Plan> {
     Plan::load(&fixtures.join("master.toml"))
 }
 
-/// A builder over the repository's recipes into `store_dir`, with the apt cache from LECTERN_APT_CACHE.
+/// A builder over the repository's recipes into `store_dir`, with the apt cache from LECTERN_APT_CACHE and
+/// the lock file beside the store (`lectern-test-store.lock`), kept with it from run to run. The tests
+/// build from that lock like any build, but the test store is a cache of today's Debian, not an event's
+/// frozen set: before its first build, each test process updates the lock (see [`Builder::update`]),
+/// which asks the mirror and builds nothing unless a Debian point release changed locked packages.
 pub fn fixture_builder(store_dir: &Path) -> Result<Builder> {
     fixture_builder_with_overlays(store_dir, &repo().join("overlays"))
 }
@@ -601,14 +605,31 @@ pub fn fixture_builder_with_overlays(store_dir: &Path, overlays: &Path) -> Resul
     let recipes = Recipes::load(&repo.join("recipes"), overlays)?;
     let apt_cache = std::env::var_os("LECTERN_APT_CACHE")
         .map_or_else(|| "/var/cache/lectern/apt".into(), PathBuf::from);
-    Builder::new(
+    let builder = Builder::new(
         Store::create(store_dir)?,
         recipes,
         BuildOptions {
             source_date_epoch: 1_700_000_000,
             apt_cache,
+            lock_file: store_dir.with_extension("lock"),
         },
-    )
+    )?;
+    // Once per process (the tests of a binary run side by side): the lock's layers and the base.
+    static UPDATED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut updated = UPDATED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !*updated {
+        let update = builder.update(&[], false)?;
+        if update.after != update.before {
+            eprint!(
+                "the test store's lock, updated:\n{}",
+                lectern_builder::lock::describe_changes(&update.before, &update.after)
+            );
+        }
+        *updated = true;
+    }
+    Ok(builder)
 }
 
 /// The netbootd of this build, beside the test executable `test_exe` (target/<profile>/deps/…):

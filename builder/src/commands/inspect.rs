@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use lectern_master::plan::{Plan, RoleConfig};
 
 use super::Global;
+use crate::lock::{self, Lock};
+use crate::recipe::{BASE, Recipes};
 
 /// Validates the master file and finds the recipes its roles need; prints every problem, or the
 /// warnings and a one-line summary.
@@ -38,6 +40,10 @@ pub fn check(global: &Global) -> ExitCode {
                     );
                 }
             }
+            if let Err(err) = check_lock(global, &plan, &recipes) {
+                eprintln!("{err:#}");
+                return ExitCode::FAILURE;
+            }
             println!(
                 "{}: ok ({} rooms, {} hosts, {} netbooted; recipes from {})",
                 config.display(),
@@ -53,6 +59,41 @@ pub fn check(global: &Global) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Says which layers the lock file does not cover (not locked yet, or a recipe that asks for other
+/// packages than it was locked for); fails when the lock file cannot be read.
+fn check_lock(global: &Global, plan: &Plan, recipes: &Recipes) -> anyhow::Result<()> {
+    let lock_file = global.lock_file();
+    let Some(lock) = Lock::load(&lock_file)? else {
+        eprintln!(
+            "note: no {} yet: the first build resolves the packages of every layer from the mirror and locks them there\n",
+            lock_file.display()
+        );
+        return Ok(());
+    };
+    let roles = plan.image_roles();
+    let layers = std::iter::once(BASE).chain(roles.iter().map(|role| role.as_str()));
+    for layer in layers {
+        let Ok(recipe) = recipes.role(layer) else {
+            continue;
+        };
+        if let Some(reason) = lock::uncovered(&lock, layer, &recipe.packages) {
+            let (level, then) = if lock.layers.contains_key(layer) {
+                (
+                    "warning",
+                    "the next build resolves that layer again, keeping every version the lock names",
+                )
+            } else {
+                (
+                    "note",
+                    "its first build resolves them from the mirror and locks them",
+                )
+            };
+            eprintln!("{level}: {}: {reason}: {then}\n", lock_file.display());
+        }
+    }
+    Ok(())
 }
 
 /// Prints the plan as a table, or as JSON; secrets show as `***` either way.

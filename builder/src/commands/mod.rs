@@ -8,6 +8,7 @@ pub mod list;
 pub mod publish;
 pub mod release;
 pub mod role;
+pub mod update;
 
 use std::path::{Path, PathBuf};
 
@@ -93,6 +94,11 @@ impl Global {
         Ok(Store::open(self.store_dir(&self.plan_if_any()?))?)
     }
 
+    /// The lock file beside the master file: its path with `.lock` (master.toml -> master.lock).
+    pub fn lock_file(&self) -> PathBuf {
+        self.config.with_extension("lock")
+    }
+
     /// The recipe directory: --recipes, else the data directory's.
     pub fn recipes_dir(&self) -> PathBuf {
         (self.recipes.clone()).unwrap_or_else(|| crate::data_dir::find().join("recipes"))
@@ -110,6 +116,7 @@ impl Global {
         let options = BuildOptions {
             source_date_epoch: self.source_date_epoch,
             apt_cache: self.apt_cache.clone(),
+            lock_file: self.lock_file(),
         };
         Builder::new(Store::create(self.store_dir(plan))?, recipes, options)
     }
