@@ -541,6 +541,32 @@ impl Server {
 }
 
 /// A command run inside nginx's network namespace.
+/// What ffprobe, in `group`'s namespace, finds behind the playlist `url`, following it into every
+/// rendition: each codec once, video with its size.
+fn streams_decoded(group: &Group, url: &str) -> Vec<String> {
+    let probe = in_netns(group, "timeout")
+        .args(["20", "ffprobe", "-v", "error", "-of", "json"])
+        .args(["-show_entries", "stream=codec_name,width,height"])
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(
+        probe.status.success(),
+        "{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    let probe: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
+    let mut found: Vec<String> = (probe["streams"].as_array().unwrap().iter())
+        .map(|s| match s["codec_name"].as_str().unwrap() {
+            "h264" => format!("h264 {}x{}", s["width"], s["height"]),
+            other => other.to_owned(),
+        })
+        .collect();
+    found.sort();
+    found.dedup();
+    found
+}
+
 fn in_netns(nginx: &Group, program: &str) -> Command {
     let mut command = Command::new("nsenter");
     command
@@ -770,30 +796,10 @@ fn ingest_takes_only_the_rooms_keys_and_serves_hls_and_watch_pages() {
         "{}",
         master.body
     );
-    let probe = in_netns(&nginx, "timeout")
-        .args(["20", "ffprobe", "-v", "error", "-of", "json"])
-        .args(["-show_entries", "stream=codec_name,width,height"])
-        .arg(&room_url)
-        .output()
-        .unwrap();
-    assert!(
-        probe.status.success(),
-        "{}",
-        String::from_utf8_lossy(&probe.stderr)
+    assert_eq!(
+        streams_decoded(&nginx, &room_url),
+        ["aac", "h264 426x240", "h264 640x360"]
     );
-    let probe: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
-    let mut found: Vec<String> = probe["streams"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| match s["codec_name"].as_str().unwrap() {
-            "h264" => format!("h264 {}x{}", s["width"], s["height"]),
-            other => other.to_owned(),
-        })
-        .collect();
-    found.sort();
-    found.dedup();
-    assert_eq!(found, ["aac", "h264 426x240", "h264 640x360"]);
 
     // nginx-rtmp's worker (www-data) wrote them into the tmpfiles.d directory.
     let owner = Command::new("nsenter")
@@ -1215,27 +1221,10 @@ fn the_frontend_caches_the_backends_hls_and_watch_pages() {
     );
 
     // The room's playlist of every rendition, followed through the frontend, decodes.
-    let probe = in_netns(&cache, "timeout")
-        .args(["20", "ffprobe", "-v", "error", "-of", "json"])
-        .args(["-show_entries", "stream=codec_name,width,height"])
-        .arg(&room_url)
-        .output()
-        .unwrap();
-    assert!(
-        probe.status.success(),
-        "{}",
-        String::from_utf8_lossy(&probe.stderr)
+    assert_eq!(
+        streams_decoded(&cache, &room_url),
+        ["aac", "h264 426x240", "h264 640x360"]
     );
-    let probe: serde_json::Value = serde_json::from_slice(&probe.stdout).unwrap();
-    let mut found: Vec<String> = (probe["streams"].as_array().unwrap().iter())
-        .map(|s| match s["codec_name"].as_str().unwrap() {
-            "h264" => format!("h264 {}x{}", s["width"], s["height"]),
-            other => other.to_owned(),
-        })
-        .collect();
-    found.sort();
-    found.dedup();
-    assert_eq!(found, ["aac", "h264 426x240", "h264 640x360"]);
 
     // With the backend cut off, what the frontend holds is still served.
     net(&origin, "ip", &["link", "set", "lectern-vb", "down"]);

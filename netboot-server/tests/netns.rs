@@ -868,20 +868,7 @@ fn secrets_go_over_tls_once_per_boot_to_the_host_that_proves_it() {
     let key = store.server_key().unwrap();
     // Everything on the wire, from the first request on.
     let capture = lab.dir.path().join("boot.pcap");
-    lab.spawn_in_server(
-        "tcpdump",
-        "tcpdump",
-        &[
-            "-i",
-            lab::BRIDGE,
-            "-U",
-            "-s",
-            "0",
-            "-w",
-            capture.to_str().unwrap(),
-        ],
-    );
-    std::thread::sleep(Duration::from_secs(1));
+    lab.capture_bridge(&capture);
     serve_mixer1_at_its_address(&mut lab, &format!("uuid={UUID}"), &layers, &store, &[]);
     let pin = key.pin.as_str();
     let identity = format!(r#","uuid":"{}""#, UUID.to_ascii_uppercase());
@@ -1704,20 +1691,7 @@ fn a_running_host_applies_its_changed_layer_over_tls_restarting_only_what_reads_
     std::fs::write(layers.join("mixer1.cpio"), &public).unwrap();
     let pin = store.server_key().unwrap().pin;
     let capture = dir.join("live.pcap");
-    lab.spawn_in_server(
-        "tcpdump",
-        "tcpdump",
-        &[
-            "-i",
-            lab::BRIDGE,
-            "-U",
-            "-s",
-            "0",
-            "-w",
-            capture.to_str().unwrap(),
-        ],
-    );
-    std::thread::sleep(Duration::from_secs(1));
+    lab.capture_bridge(&capture);
     serve_mixer1_at_its_address(
         &mut lab,
         &format!("uuid={UUID},group=room-a"),
@@ -2230,19 +2204,7 @@ fn hosts_journals_reach_the_box_over_tls_split_per_host_and_never_an_untrusted_r
     store.journal_ca().unwrap();
     let trusted = store.journal_ca_certificate_path();
     let capture = dir.join("journal.pcap");
-    lab.spawn_in_server(
-        "tcpdump",
-        "tcpdump",
-        &[
-            "-i",
-            lab::BRIDGE,
-            "-U",
-            "-s",
-            "0",
-            "-w",
-            capture.to_str().unwrap(),
-        ],
-    );
+    lab.capture_bridge(&capture);
     let received = dir.join("remote");
     lab.spawn_in_server(
         "journal-remote",

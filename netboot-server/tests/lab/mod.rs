@@ -282,6 +282,25 @@ impl Lab {
         self.children.push((child, log));
     }
 
+    /// Captures every frame on the bridge into `file` (pcap) from the moment this returns.
+    pub fn capture_bridge(&mut self, file: &Path) {
+        let file = file.to_str().expect("a UTF-8 path");
+        self.spawn_in_server(
+            "tcpdump",
+            "tcpdump",
+            &["-i", BRIDGE, "-U", "-s", "0", "-w", file],
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.log("tcpdump").contains("listening on") {
+            assert!(
+                Instant::now() < deadline,
+                "tcpdump did not start: {}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Starts netbootd at `server_ip` (an address of the bridge) with these arguments, and
     /// waits until its HTTP side answers.
     pub fn start_netbootd(&mut self, server_ip: &str, args: &[&str]) {
