@@ -3,8 +3,26 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
+use std::path::{Path, PathBuf};
+
+use crate::plan_policy::{self, PlanPolicy};
 use crate::policy::{BIOS_IPXE, BootPolicy, EFI_X64_IPXE};
 use crate::server::ServerConfig;
+
+/// `netbootd check` of the master file at `master`: every problem found (and what is missing from
+/// the store for some host), and how many hosts it netboots.
+pub fn check_master(
+    master: &Path,
+    state_dir: PathBuf,
+    tftp_root: PathBuf,
+) -> anyhow::Result<(Vec<String>, usize)> {
+    let (plan, store) = plan_policy::load(master)?;
+    let config = plan_policy::server_config(&plan, &store, state_dir, tftp_root)?;
+    let policy = PlanPolicy::new(&plan, &store);
+    let mut problems = check(&config, &policy);
+    problems.extend(policy.gaps().iter().cloned());
+    Ok((problems, policy.hosts().len()))
+}
 
 fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, netmask: Ipv4Addr) -> bool {
     u32::from(a) & u32::from(netmask) == u32::from(b) & u32::from(netmask)
