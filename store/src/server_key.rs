@@ -64,13 +64,17 @@ impl Store {
         ServerKey::read(&path).map(Some)
     }
 
-    /// The key, made (ECDSA P-256) the first time. Two writers racing keep the first one's.
+    /// The key, made (ECDSA P-256) the first time. Two writers racing keep the first one's. An
+    /// existing key is given to the store's owner too: a store copied in, or made by root before
+    /// the package's user existed, serves once netbootd (that user) can read its key.
     pub fn server_key(&self) -> Result<ServerKey> {
-        if let Some(key) = self.existing_server_key()? {
-            return Ok(key);
-        }
         let path = self.server_key_path();
         let dir = path.parent().expect("keys/ has a parent");
+        if let Some(key) = self.existing_server_key()? {
+            self.own(dir)?;
+            self.own(&path)?;
+            return Ok(key);
+        }
         fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
             .map_err(io_err("restricting", dir))?;
@@ -143,5 +147,22 @@ mod tests {
                 path.display()
             );
         }
+    }
+
+    #[test]
+    fn a_key_made_before_the_store_changed_hands_follows_it() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap();
+        let made = store.server_key().unwrap();
+        // Root hands the store to `nobody` after the key was made (as root, the suite's case).
+        if std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).is_err() {
+            return;
+        }
+        let again = store.server_key().unwrap();
+        assert_eq!(again.pin, made.pin, "the same key");
+        let key = fs::metadata(store.server_key_path()).unwrap();
+        let keys = fs::metadata(store.server_key_path().parent().unwrap()).unwrap();
+        assert_eq!((key.uid(), keys.uid()), (65534, 65534));
     }
 }
