@@ -359,8 +359,9 @@ fn probe(plan: &Plan, interface: &Interface, system: &mut dyn System) -> Result<
     if was_down {
         system.set_link_up(name, true)?;
     }
+    // A NIC just brought up negotiates its link for a few seconds.
     let mut carrier = interface.carrier;
-    for _ in 0..30 {
+    for _ in 0..60 {
         if carrier {
             break;
         }
@@ -535,7 +536,7 @@ fn build(
     if before.images.is_empty() {
         let _ = writeln!(
             report.out,
-            "          images: building every role image and host layer with imgbuild (about 10 minutes the first time; log: {})",
+            "          images: building every role image and host layer with imgbuild (minutes, the first time; log: {})",
             log.display()
         );
     }

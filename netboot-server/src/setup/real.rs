@@ -2,7 +2,7 @@
 //! what changes.
 
 use std::collections::HashSet;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -34,11 +34,6 @@ impl Real {
     }
 }
 
-fn sysfs(interface: &str, file: &str) -> Option<String> {
-    let path = Path::new("/sys/class/net").join(interface).join(file);
-    Some(std::fs::read_to_string(path).ok()?.trim().to_owned())
-}
-
 /// Runs `program` with `args`; its output in the error when it fails.
 fn run(program: &str, args: &[&str]) -> Result<String> {
     let output = Command::new(program)
@@ -58,42 +53,43 @@ fn run(program: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// The IPv4 addresses of every interface, by interface name.
-fn ipv4_addresses() -> Vec<(String, Ipv4Addr, u8)> {
-    let mut found = Vec::new();
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills a list we free below with freeifaddrs; every pointer read is
-    // checked for null and points into that list while it lives.
-    unsafe {
-        if libc::getifaddrs(&mut list) != 0 {
-            return found;
-        }
-        let mut entry = list;
-        while !entry.is_null() {
-            let ifa = &*entry;
-            entry = ifa.ifa_next;
-            if ifa.ifa_addr.is_null() || i32::from((*ifa.ifa_addr).sa_family) != libc::AF_INET {
-                continue;
-            }
-            let address = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-            let prefix = if ifa.ifa_netmask.is_null() {
-                32
-            } else {
-                let mask = &*(ifa.ifa_netmask as *const libc::sockaddr_in);
-                u32::from_be(mask.sin_addr.s_addr).count_ones() as u8
-            };
-            let name = std::ffi::CStr::from_ptr(ifa.ifa_name)
-                .to_string_lossy()
-                .into_owned();
-            found.push((
-                name,
-                Ipv4Addr::from(u32::from_be(address.sin_addr.s_addr)),
-                prefix,
-            ));
-        }
-        libc::freeifaddrs(list);
+/// `ip -json -details addr show` of `interface`, or of every interface: netlink's view of this
+/// network namespace (a container's /sys may show its host's).
+fn ip_links(interface: Option<&str>) -> Vec<serde_json::Value> {
+    let mut args = vec!["-json", "-details", "addr", "show"];
+    if let Some(interface) = interface {
+        args.extend(["dev", interface]);
     }
-    found
+    let shown = Command::new("ip")
+        .args(&args)
+        .stderr(Stdio::null())
+        .output();
+    shown
+        .ok()
+        .filter(|output| output.status.success())
+        .and_then(|output| serde_json::from_slice(&output.stdout).ok())
+        .unwrap_or_default()
+}
+
+/// An interface as `ip -json -details addr show` describes it.
+fn interface_from(link: &serde_json::Value) -> Option<Interface> {
+    let flags: Vec<&str> = (link["flags"].as_array()?.iter())
+        .filter_map(|flag| flag.as_str())
+        .collect();
+    let addresses = (link["addr_info"].as_array().into_iter().flatten())
+        .filter(|address| address["family"] == "inet")
+        .filter_map(|address| {
+            let ip = address["local"].as_str()?.parse().ok()?;
+            Some((ip, u8::try_from(address["prefixlen"].as_u64()?).ok()?))
+        })
+        .collect();
+    Some(Interface {
+        mac: link["address"].as_str()?.parse().ok()?,
+        is_bridge: link["linkinfo"]["info_kind"] == "bridge",
+        up: flags.contains(&"UP"),
+        carrier: flags.contains(&"LOWER_UP"),
+        addresses,
+    })
 }
 
 /// Socket inodes of UDP sockets bound to local port 67 (/proc/net/udp).
@@ -122,40 +118,16 @@ impl System for Real {
     }
 
     fn interface(&self, name: &str) -> Option<Interface> {
-        if name.is_empty() || name.contains('/') {
-            return None;
-        }
-        let mac = sysfs(name, "address")?.parse::<MacAddr>().ok()?;
-        let flags = sysfs(name, "flags")?;
-        let flags = u32::from_str_radix(flags.trim_start_matches("0x"), 16).unwrap_or(0);
-        let addresses = ipv4_addresses()
-            .into_iter()
-            .filter(|(interface, ..)| interface == name)
-            .map(|(_, address, prefix)| (address, prefix))
-            .collect();
-        Some(Interface {
-            mac,
-            is_bridge: Path::new("/sys/class/net")
-                .join(name)
-                .join("bridge")
-                .is_dir(),
-            up: flags & libc::IFF_UP as u32 != 0,
-            // Reading `carrier` of a link that is down fails: no carrier.
-            carrier: sysfs(name, "carrier").as_deref() == Some("1"),
-            addresses,
-        })
+        let links = ip_links(Some(name));
+        let link = links.iter().find(|link| link["ifname"] == name)?;
+        interface_from(link)
     }
 
     fn interface_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|entry| entry.file_name().to_string_lossy().into_owned())
-                    .filter(|name| name != "lo")
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut names: Vec<String> = (ip_links(None).iter())
+            .filter_map(|link| link["ifname"].as_str().map(str::to_owned))
+            .filter(|name| name != "lo")
+            .collect();
         names.sort();
         names
     }
@@ -333,5 +305,40 @@ impl System for Real {
 
     fn sleep(&self, duration: Duration) {
         std::thread::sleep(duration);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_an_interface_as_ip_shows_it() {
+        let shown: serde_json::Value = serde_json::from_str(
+            r#"[{"ifindex":4,"ifname":"br0","flags":["BROADCAST","MULTICAST","UP","LOWER_UP"],
+                "operstate":"UP","address":"52:54:00:aa:00:01","linkinfo":{"info_kind":"bridge"},
+                "addr_info":[{"family":"inet","local":"10.99.0.1","prefixlen":24},
+                             {"family":"inet6","local":"fe80::1","prefixlen":64}]},
+               {"ifindex":5,"ifname":"lan0","flags":["BROADCAST","MULTICAST"],
+                "address":"52:54:00:aa:00:02","addr_info":[]}]"#,
+        )
+        .unwrap();
+        let bridge = interface_from(&shown[0]).unwrap();
+        assert_eq!(
+            bridge,
+            Interface {
+                mac: MacAddr([0x52, 0x54, 0, 0xaa, 0, 1]),
+                is_bridge: true,
+                up: true,
+                carrier: true,
+                addresses: vec![("10.99.0.1".parse().unwrap(), 24)],
+            }
+        );
+        let down = interface_from(&shown[1]).unwrap();
+        assert_eq!(
+            (down.is_bridge, down.up, down.carrier),
+            (false, false, false)
+        );
+        assert!(down.addresses.is_empty());
     }
 }

@@ -362,6 +362,7 @@ pub fn next_steps(plan: &Plan, local_vms: &[String]) -> String {
         .filter(|host| host.cloud().is_some())
         .filter_map(|host| host.room.as_deref())
         .collect();
+    cloud_rooms.sort_unstable();
     cloud_rooms.dedup();
     if !cloud_rooms.is_empty() {
         let _ = writeln!(
