@@ -17,8 +17,9 @@ packages=(
   # VMs: qemu with its iPXE ROMs, iPXE first stages, UEFI firmware; a soft TPM and the stock tools
   # that read it, for the machines bound to their TPM
   qemu-system-x86 ipxe-qemu ipxe ovmf swtpm tpm2-tools
-  # the Debian package (scripts/package.sh)
-  debhelper dpkg-dev
+  # the Debian package (scripts/package.sh), and the production box it is set up on: a Debian booted
+  # with systemd in a container (systemd-nspawn)
+  debhelper dpkg-dev systemd-container
   # benchmark peers and load generators
   kea-dhcp4-server kea-admin nginx-light hyperfine atftp
   # streaming tests: the backend role's RTMP module under this nginx; ffmpeg/ffprobe to publish and decode

@@ -47,7 +47,13 @@ pub fn load(path: &Path) -> Result<Plan, Diagnostics> {
 /// what imgbuild rendered and needs no secret values.
 pub fn load_without_secret_values(path: &Path) -> Result<Plan, Diagnostics> {
     let text = read_master(path)?;
-    expand_text(path, &text, |_| SecretsSource::Unread)
+    load_text_without_secret_values(path, &text)
+}
+
+/// Like [`load_without_secret_values`], from master-file `text` (an earlier version of the file
+/// at `path`, whose relative paths it resolves).
+pub fn load_text_without_secret_values(path: &Path, text: &str) -> Result<Plan, Diagnostics> {
+    expand_text(path, text, |_| SecretsSource::Unread)
 }
 
 fn read_master(path: &Path) -> Result<String, Diagnostics> {

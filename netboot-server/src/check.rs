@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use crate::interface::{self, Interface};
 use crate::mac::MacAddr;
+use crate::plan_policy::{self, PlanPolicy};
 use crate::policy::{ArtifactKind, BIOS_IPXE, BootPolicy, EFI_X64_IPXE};
 use crate::server::ServerConfig;
 use crate::verify::{self, Verdicts};
@@ -200,6 +201,21 @@ pub struct Report {
     pub summary: String,
     /// Why the hashes could not be kept for the next check, if they could not.
     pub unkept: Option<String>,
+}
+
+/// `netbootd check` of the master file at `master` and the store it names (or `store`), as
+/// [`run`] checks it.
+pub fn check_master(
+    master: &Path,
+    store: Option<&Path>,
+    state_dir: PathBuf,
+    tftp_root: PathBuf,
+    rehash: bool,
+) -> anyhow::Result<Report> {
+    let (plan, store) = plan_policy::load(master, store)?;
+    let config = plan_policy::server_config(&plan, &store, state_dir, tftp_root)?;
+    let policy = PlanPolicy::new(&plan, &store);
+    Ok(run(&config, &policy, policy.gaps(), rehash))
 }
 
 /// `netbootd check` on this machine: its interface, dpkg's record of the iPXE binaries, and the

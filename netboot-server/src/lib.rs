@@ -26,6 +26,7 @@ pub mod ra;
 pub mod safe_path;
 pub mod schedule;
 pub mod server;
+pub mod setup;
 pub mod tftp;
 pub mod timeline;
 pub mod tls;

@@ -22,6 +22,7 @@ use lectern_netboot::plan_policy::{self, PlanPolicy};
 use lectern_netboot::policy::{BootPolicy, Host, Identity, Network, StaticImage, StaticPolicy};
 use lectern_netboot::schedule;
 use lectern_netboot::server::{self, Https, ServerConfig};
+use lectern_netboot::setup;
 use lectern_netboot::tpm;
 use lectern_netboot::vms;
 
@@ -232,6 +233,13 @@ enum Command {
     /// their Debian package installed them) and every file of the store a host would load (there,
     /// not empty, its content's sha256 its name). Exit code 1 on any problem.
     Check(CheckArgs),
+    /// Make this box the netboot server the master file describes (as root, after installing the
+    /// package; again after each change to the master file or the secrets): check the master file,
+    /// the video LAN's interface and that no other DHCP server answers there, refusing with no
+    /// change when one fails; then give the interface its address (systemd-networkd), build every
+    /// image and host layer (imgbuild all), and enable and start netbootd and this box's local VMs.
+    /// Says what it did, step by step, and which machines to switch on next.
+    Setup,
     /// Serve hosts and one image given on the command line until SIGTERM; SIGHUP reloads.
     ServeStatic(Args),
     /// `check` for a command-line configuration.
@@ -242,7 +250,8 @@ enum Command {
         check: CheckArgs,
     },
     /// Run this machine's local VMs of the master file (`where = "local-vm"`) until SIGTERM: each
-    /// netboots with its MAC, vCPUs and memory, and starts again when it dies.
+    /// netboots with its MAC, vCPUs and memory, and starts again when it dies. SIGHUP rereads the
+    /// master file and restarts only the VMs whose machine changed.
     Vms(VmsArgs),
     /// Start or stop a room's cloud encoders (`where = "ec2"`) from the role's published AMI.
     /// Credentials come from the standard AWS chain (environment, ~/.aws).
@@ -491,16 +500,37 @@ async fn main() -> anyhow::Result<ExitCode> {
             .await?;
             Ok(ExitCode::SUCCESS)
         }
-        Some(Command::Check(args)) => {
-            let (plan, store) = plan_policy::load(&master, store_dir.as_deref())?;
-            let config = plan_policy::server_config(&plan, &store, state_dir, tftp_root)?;
-            let policy = PlanPolicy::new(&plan, &store);
-            Ok(report(&check::run(
-                &config,
-                &policy,
-                policy.gaps(),
-                args.rehash,
-            )))
+        Some(Command::Check(args)) => Ok(report(&check::check_master(
+            &master,
+            store_dir.as_deref(),
+            state_dir,
+            tftp_root,
+            args.rehash,
+        )?)),
+        Some(Command::Setup) => {
+            // The units serve the store the master file names; one given here would be used by
+            // this run alone.
+            if store_dir.is_some() {
+                bail!(
+                    "netbootd setup builds into and serves the store the master file names ([netboot] store): drop --store (or LECTERN_STORE)"
+                );
+            }
+            let paths = setup::Paths::production(state_dir, tftp_root);
+            let mut this_box = setup::real::Real::beside_this_program();
+            let done = tokio::task::block_in_place(|| {
+                setup::run(&master, &paths, &mut this_box, &mut std::io::stdout())
+            });
+            match done {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(error) if error.is::<setup::Refusal>() => {
+                    eprintln!("netbootd setup: refused: {error}");
+                    Ok(ExitCode::FAILURE)
+                }
+                Err(error) => {
+                    eprintln!("netbootd setup: {error:#}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Some(Command::ServeStatic(args)) => {
             let (config, policy) = configure(args, state_dir, tftp_root)?;
@@ -520,36 +550,47 @@ async fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Vms(args)) => {
-            let (plan, _) = plan_policy::load(&master, store_dir.as_deref())?;
-            let hypervisor = args
-                .hypervisor
-                .unwrap_or_else(|| plan.netboot.server.clone());
-            let mut vms = vms::local_vms(&plan, &hypervisor)?;
-            if let Some(unknown) = args
-                .only
-                .iter()
-                .find(|h| !vms.iter().any(|vm| &vm.hostname == *h))
-            {
-                bail!(
-                    "{unknown} is not a local VM of {hypervisor} in {}",
-                    master.display()
-                );
-            }
-            if !args.only.is_empty() {
-                vms.retain(|vm| args.only.contains(&vm.hostname));
-            }
-            if vms.is_empty() {
+            let hypervisor = match args.hypervisor {
+                Some(hypervisor) => hypervisor,
+                None => {
+                    plan_policy::load(&master, store_dir.as_deref())?
+                        .0
+                        .netboot
+                        .server
+                }
+            };
+            // At start and at every SIGHUP: this machine's VMs as the master file says now.
+            let load = || -> anyhow::Result<Vec<vms::VmSpec>> {
+                let (plan, _) = plan_policy::load(&master, store_dir.as_deref())?;
+                let mut vms = vms::local_vms(&plan, &hypervisor)?;
+                if let Some(unknown) =
+                    (args.only.iter()).find(|h| !vms.iter().any(|vm| &vm.hostname == *h))
+                {
+                    bail!(
+                        "{unknown} is not a local VM of {hypervisor} in {}",
+                        master.display()
+                    );
+                }
+                if !args.only.is_empty() {
+                    vms.retain(|vm| args.only.contains(&vm.hostname));
+                }
+                Ok(vms)
+            };
+            let count = load()?.len();
+            if count == 0 {
                 println!("no local VMs on {hypervisor} in {}", master.display());
                 return Ok(ExitCode::SUCCESS);
             }
+            let (plan, _) = plan_policy::load(&master, store_dir.as_deref())?;
             let supervisor = vms::Supervisor {
                 bridge: plan.network.dhcp.interface.clone(),
                 accel: args.accel,
                 state_dir: state_dir.join("vms"),
                 backoff: [2, 4, 8, 16, 30].map(Duration::from_secs).to_vec(),
             };
-            tracing::info!(count = vms.len(), %hypervisor, "running the local VMs");
-            supervisor.run(vms, server::terminated()).await?;
+            tracing::info!(count, %hypervisor, "running the local VMs");
+            let reloads = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+            supervisor.run(load, reloads, server::terminated()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Command::Cloud(args)) => {

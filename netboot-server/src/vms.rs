@@ -16,21 +16,95 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use lectern_master::Plan;
 use lectern_master::model::HardwareIdentity;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
-/// A VM of the master file, as this supervisor runs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A VM of the master file: the machine this supervisor gives it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmSpec {
     pub hostname: String,
     pub mac: String,
     pub vcpus: u32,
     pub memory_mb: u32,
-    /// Its tap on the bridge (at most 15 characters, as Linux wants).
-    pub tap: String,
     /// qemu `-smbios` values: its name ([`name_smbios`]), and the identity its secrets are released
     /// to ([`identity_smbios`]).
     pub smbios: Vec<String>,
+}
+
+/// What a new version of the master file does to the running VMs; a VM that stays the same is
+/// not in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmChange {
+    Added(VmSpec),
+    Removed(VmSpec),
+    /// Its machine changed: powered off and started again as `to`.
+    Changed {
+        from: VmSpec,
+        to: VmSpec,
+    },
+}
+
+impl VmChange {
+    pub fn hostname(&self) -> &str {
+        match self {
+            VmChange::Added(vm) | VmChange::Removed(vm) | VmChange::Changed { to: vm, .. } => {
+                &vm.hostname
+            }
+        }
+    }
+
+    /// What happens to the VM, and why: `lameere-enc: restarted (memory 1536 -> 2048 MiB)`.
+    pub fn describe(&self) -> String {
+        match self {
+            VmChange::Added(vm) => format!("{}: started (new)", vm.hostname),
+            VmChange::Removed(vm) => {
+                format!("{}: powered off (no longer a local VM here)", vm.hostname)
+            }
+            VmChange::Changed { from, to } => {
+                let mut what = Vec::new();
+                if from.mac != to.mac {
+                    what.push(format!("MAC {} -> {}", from.mac, to.mac));
+                }
+                if from.vcpus != to.vcpus {
+                    what.push(format!("vCPUs {} -> {}", from.vcpus, to.vcpus));
+                }
+                if from.memory_mb != to.memory_mb {
+                    what.push(format!("memory {} -> {} MiB", from.memory_mb, to.memory_mb));
+                }
+                if from.smbios != to.smbios {
+                    what.push("identity".to_owned());
+                }
+                format!("{}: restarted ({})", to.hostname, what.join(", "))
+            }
+        }
+    }
+}
+
+/// How going from the `running` VMs to the `wanted` ones changes each VM: those added or whose
+/// machine changed (in `wanted`'s order), then those removed.
+pub fn changes(running: &[VmSpec], wanted: &[VmSpec]) -> Vec<VmChange> {
+    let find =
+        |vms: &[VmSpec], hostname: &str| vms.iter().find(|vm| vm.hostname == hostname).cloned();
+    let mut changes: Vec<VmChange> = wanted
+        .iter()
+        .filter_map(|vm| match find(running, &vm.hostname) {
+            None => Some(VmChange::Added(vm.clone())),
+            Some(old) if old != *vm => Some(VmChange::Changed {
+                from: old,
+                to: vm.clone(),
+            }),
+            Some(_) => None,
+        })
+        .collect();
+    changes.extend(
+        running
+            .iter()
+            .filter(|vm| find(wanted, &vm.hostname).is_none())
+            .map(|vm| VmChange::Removed(vm.clone())),
+    );
+    changes
 }
 
 /// The `-smbios` values that make a qemu guest present `identity` as its firmware's.
@@ -73,12 +147,48 @@ pub struct Supervisor {
 }
 
 /// What the state file says about one VM.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct VmState {
+    /// The machine it runs as, from the master file it was last started from.
+    pub spec: Option<VmSpec>,
     pub pid: Option<u32>,
     pub starts: u64,
     pub last_exit: Option<String>,
 }
+
+/// The VMs the state file in `state_dir` says run, with the machine each was started as.
+pub fn running_vms(state_dir: &Path) -> Result<Vec<VmSpec>> {
+    let path = state_dir.join(STATE_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error).with_context(|| format!("reading {}", path.display())),
+    };
+    let states: BTreeMap<String, VmState> =
+        serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+    Ok(states
+        .into_values()
+        .filter_map(|state| state.spec)
+        .collect())
+}
+
+/// The first tap name `lvm0`, `lvm1`… that none of `taken` is (at most 15 characters, as Linux wants).
+pub fn free_tap<'a>(taken: impl IntoIterator<Item = &'a str> + Clone) -> String {
+    (0..)
+        .map(|n| format!("lvm{n}"))
+        .find(|tap| !taken.clone().into_iter().any(|used| used == tap))
+        .expect("a free number")
+}
+
+/// A VM the supervisor runs: its machine, its tap, and the task that keeps it running.
+struct Running {
+    spec: VmSpec,
+    tap: String,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<()>>,
+}
+
+type States = Arc<Mutex<BTreeMap<String, VmState>>>;
 
 /// The local VMs `hypervisor` runs: every host of the plan placed on a local VM there (or with no
 /// hypervisor named), with a MAC to netboot by.
@@ -97,7 +207,6 @@ pub fn local_vms(plan: &Plan, hypervisor: &str) -> Result<Vec<VmSpec>> {
             mac: mac.to_string(),
             vcpus: vm.vcpus,
             memory_mb: vm.memory_mb,
-            tap: format!("lvm{}", vms.len()),
             smbios: std::iter::once(name_smbios(&host.hostname))
                 .chain(identity_smbios(host.identity.as_ref()))
                 .collect(),
@@ -107,9 +216,10 @@ pub fn local_vms(plan: &Plan, hypervisor: &str) -> Result<Vec<VmSpec>> {
 }
 
 impl Supervisor {
-    /// The qemu command line of `vm`: a PC that netboots from its NIC (qemu's iPXE ROM), headless, its
-    /// serial console in the state directory, named `lectern.host=` in an SMBIOS OEM string.
-    pub fn qemu_args(&self, vm: &VmSpec) -> Vec<String> {
+    /// The qemu command line of `vm` on `tap`: a PC that netboots from its NIC (qemu's iPXE ROM),
+    /// headless, its serial console in the state directory, named `lectern.host=` in an SMBIOS OEM
+    /// string.
+    pub fn qemu_args(&self, vm: &VmSpec, tap: &str) -> Vec<String> {
         let serial = self.state_dir.join(format!("{}.serial.log", vm.hostname));
         [
             "-name",
@@ -128,7 +238,7 @@ impl Supervisor {
             "-serial",
             &format!("file:{}", serial.display()),
             "-netdev",
-            &format!("tap,id=lan,ifname={},script=no,downscript=no", vm.tap),
+            &format!("tap,id=lan,ifname={tap},script=no,downscript=no"),
             "-device",
             &format!("virtio-net-pci,netdev=lan,mac={},bootindex=1", vm.mac),
             "-boot",
@@ -144,59 +254,129 @@ impl Supervisor {
         .collect()
     }
 
-    /// Runs every VM until `shutdown` resolves, then powers them off.
+    /// Runs the VMs `load` gives until `shutdown` resolves, then powers them off. At each of
+    /// `reloads` it calls `load` again and applies the [`changes`]; when `load` fails the VMs run on
+    /// as they are.
     pub async fn run(
         &self,
-        vms: Vec<VmSpec>,
+        load: impl Fn() -> Result<Vec<VmSpec>>,
+        mut reloads: impl ReloadSignal,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<()> {
         std::fs::create_dir_all(&self.state_dir)
             .with_context(|| format!("creating {}", self.state_dir.display()))?;
-        let states: Arc<Mutex<BTreeMap<String, VmState>>> = Arc::default();
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut tasks = Vec::new();
-        for vm in vms {
-            ip(&["tuntap", "add", "dev", &vm.tap, "mode", "tap"])
-                .await
-                .or_else(|error| {
-                    // Left over from a supervisor that was killed: reuse it.
-                    if Path::new("/sys/class/net").join(&vm.tap).exists() {
-                        Ok(())
-                    } else {
-                        Err(error)
-                    }
-                })?;
-            ip(&["link", "set", &vm.tap, "master", &self.bridge, "up"]).await?;
-            let supervisor = self.clone();
-            let states = Arc::clone(&states);
-            let stop = stop_rx.clone();
-            tasks.push(tokio::spawn(async move {
-                let ran = supervisor.keep_running(&vm, states, stop).await;
-                ip(&["link", "del", &vm.tap]).await.ok();
-                ran
-            }));
+        let states: States = Arc::default();
+        // A state file left by an earlier supervisor names VMs that no longer run.
+        self.save(&states)?;
+        let mut running = Vec::new();
+        for vm in load()? {
+            let started = self.launch(vm, &running, &states).await?;
+            running.push(started);
         }
-        shutdown.await;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = reloads.next() => match load() {
+                    Ok(wanted) => self.apply(&mut running, wanted, &states).await,
+                    Err(error) => tracing::error!(
+                        error = format!("{error:#}"),
+                        "reload failed: the local VMs run on as they are"
+                    ),
+                },
+            }
+        }
         tracing::info!("powering the local VMs off");
-        stop_tx.send(true).ok();
-        for task in tasks {
-            task.await??;
+        for vm in running {
+            Self::power_off_vm(vm).await?;
         }
         Ok(())
+    }
+
+    /// Brings the `running` VMs to `wanted`, touching only those that change.
+    async fn apply(&self, running: &mut Vec<Running>, wanted: Vec<VmSpec>, states: &States) {
+        let current: Vec<VmSpec> = running.iter().map(|vm| vm.spec.clone()).collect();
+        let changes = changes(&current, &wanted);
+        if changes.is_empty() {
+            tracing::info!("reloaded: no local VM changed");
+        }
+        for change in changes {
+            tracing::info!("{}", change.describe());
+            let hostname = change.hostname().to_owned();
+            if let Some(at) = running.iter().position(|vm| vm.spec.hostname == hostname) {
+                let old = running.remove(at);
+                if let Err(error) = Self::power_off_vm(old).await {
+                    tracing::error!(host = %hostname, error = format!("{error:#}"), "powering off");
+                }
+                states.lock().expect("not poisoned").remove(&hostname);
+            }
+            if let VmChange::Added(vm) | VmChange::Changed { to: vm, .. } = change {
+                match self.launch(vm, running, states).await {
+                    Ok(started) => running.push(started),
+                    Err(error) => {
+                        tracing::error!(host = %hostname, error = format!("{error:#}"), "cannot start")
+                    }
+                }
+            }
+            if let Err(error) = self.save(states) {
+                tracing::error!(error = format!("{error:#}"), "writing the state file");
+            }
+        }
+    }
+
+    /// `vm` on a tap of its own (one the `running` VMs do not use), kept running by a task.
+    async fn launch(&self, vm: VmSpec, running: &[Running], states: &States) -> Result<Running> {
+        let tap = free_tap(running.iter().map(|vm| vm.tap.as_str()));
+        ip(&["tuntap", "add", "dev", &tap, "mode", "tap"])
+            .await
+            .or_else(|error| {
+                // Left over from a supervisor that was killed: reuse it.
+                if Path::new("/sys/class/net").join(&tap).exists() {
+                    Ok(())
+                } else {
+                    Err(error)
+                }
+            })?;
+        ip(&["link", "set", &tap, "master", &self.bridge, "up"]).await?;
+        let (stop, stopped) = watch::channel(false);
+        let supervisor = self.clone();
+        let states = Arc::clone(states);
+        let (spec, on_tap) = (vm.clone(), tap.clone());
+        let task = tokio::spawn(async move {
+            let ran = supervisor
+                .keep_running(&spec, &on_tap, states, stopped)
+                .await;
+            ip(&["link", "del", &on_tap]).await.ok();
+            ran
+        });
+        Ok(Running {
+            spec: vm,
+            tap,
+            stop,
+            task,
+        })
+    }
+
+    /// Powers `vm` off and waits until its tap is gone.
+    async fn power_off_vm(vm: Running) -> Result<()> {
+        vm.stop.send(true).ok();
+        vm.task.await?
     }
 
     /// Starts `vm` and starts it again whenever it exits, until told to stop.
     async fn keep_running(
         &self,
         vm: &VmSpec,
-        states: Arc<Mutex<BTreeMap<String, VmState>>>,
-        mut stop: tokio::sync::watch::Receiver<bool>,
+        tap: &str,
+        states: States,
+        mut stop: watch::Receiver<bool>,
     ) -> Result<()> {
         let mut quick_deaths = 0usize;
         loop {
-            let mut child = self.start(vm)?;
+            let mut child = self.start(vm, tap)?;
             let started = tokio::time::Instant::now();
             self.update(&states, &vm.hostname, |state| {
+                state.spec = Some(vm.clone());
                 state.pid = child.id();
                 state.starts += 1;
             })?;
@@ -227,10 +407,10 @@ impl Supervisor {
         }
     }
 
-    fn start(&self, vm: &VmSpec) -> Result<Child> {
+    fn start(&self, vm: &VmSpec, tap: &str) -> Result<Child> {
         let log = std::fs::File::create(self.state_dir.join(format!("{}.qemu.log", vm.hostname)))?;
         Command::new("qemu-system-x86_64")
-            .args(self.qemu_args(vm))
+            .args(self.qemu_args(vm, tap))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -246,17 +426,40 @@ impl Supervisor {
 
     fn update(
         &self,
-        states: &Mutex<BTreeMap<String, VmState>>,
+        states: &States,
         hostname: &str,
         change: impl FnOnce(&mut VmState),
     ) -> Result<()> {
-        let mut states = states.lock().expect("not poisoned");
-        change(states.entry(hostname.to_owned()).or_default());
-        let json = serde_json::to_vec_pretty(&*states)?;
+        change(
+            states
+                .lock()
+                .expect("not poisoned")
+                .entry(hostname.to_owned())
+                .or_default(),
+        );
+        self.save(states)
+    }
+
+    fn save(&self, states: &States) -> Result<()> {
+        let json = serde_json::to_vec_pretty(&*states.lock().expect("not poisoned"))?;
         lectern_store::write_atomic(&self.state_dir.join(STATE_FILE), |file| {
             std::io::Write::write_all(file, &json)
         })?;
         Ok(())
+    }
+}
+
+/// What tells the supervisor to reread the master file: SIGHUP (`systemctl reload netbootd-vms`).
+pub trait ReloadSignal {
+    /// Resolves at the next reload asked for.
+    fn next(&mut self) -> impl std::future::Future<Output = ()>;
+}
+
+impl ReloadSignal for tokio::signal::unix::Signal {
+    async fn next(&mut self) {
+        if self.recv().await.is_none() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -324,7 +527,6 @@ mod tests {
             let host = plan.host(&vm.hostname).unwrap();
             assert_eq!(Some(vm.mac.clone()), host.mac.map(|m| m.to_string()));
             assert_eq!(vm.vcpus, host.vm().unwrap().vcpus);
-            assert!(vm.tap.len() <= 15);
         }
         // Another machine runs only the VMs that name no hypervisor: none in the example.
         let unplaced = (plan.hosts.iter())
@@ -347,7 +549,6 @@ mod tests {
             mac: "52:54:00:00:02:01".into(),
             vcpus: 4,
             memory_mb: 4096,
-            tap: "lvm0".into(),
             smbios: std::iter::once(name_smbios("cornil-enc"))
                 .chain(identity_smbios(Some(&HardwareIdentity {
                     uuid: Some("4c4c4544-0042-3510-8052-b4c04f4e3732".into()),
@@ -357,7 +558,7 @@ mod tests {
                 })))
                 .collect(),
         };
-        let args = supervisor.qemu_args(&vm).join(" ");
+        let args = supervisor.qemu_args(&vm, "lvm0").join(" ");
         for part in [
             "-accel tcg",
             "-smp 4",
@@ -371,5 +572,90 @@ mod tests {
         ] {
             assert!(args.contains(part), "{part} missing: {args}");
         }
+    }
+
+    fn vm(hostname: &str, memory_mb: u32) -> VmSpec {
+        VmSpec {
+            hostname: hostname.into(),
+            mac: "52:54:00:00:02:01".into(),
+            vcpus: 2,
+            memory_mb,
+            smbios: vec![name_smbios(hostname)],
+        }
+    }
+
+    #[test]
+    fn a_reload_touches_only_the_vms_whose_machine_changed() {
+        let running = [
+            vm("cornil-enc", 2048),
+            vm("stream-backend", 2048),
+            vm("old-enc", 1024),
+        ];
+        assert_eq!(
+            changes(&running, &running),
+            [],
+            "the same file changes nothing"
+        );
+        let mut bigger = vm("cornil-enc", 4096);
+        bigger.vcpus = 4;
+        let mut tagged = vm("stream-backend", 2048);
+        tagged.smbios.push("type=3,asset=AV17".into());
+        let wanted = [bigger.clone(), tagged.clone(), vm("new-enc", 1024)];
+        let changes = changes(&running, &wanted);
+        let described: Vec<String> = changes.iter().map(VmChange::describe).collect();
+        assert_eq!(
+            described,
+            [
+                "cornil-enc: restarted (vCPUs 2 -> 4, memory 2048 -> 4096 MiB)",
+                "stream-backend: restarted (identity)",
+                "new-enc: started (new)",
+                "old-enc: powered off (no longer a local VM here)",
+            ]
+        );
+        assert_eq!(
+            changes[0],
+            VmChange::Changed {
+                from: vm("cornil-enc", 2048),
+                to: bigger
+            }
+        );
+        // Order alone is no change.
+        let reordered = [running[2].clone(), running[0].clone(), running[1].clone()];
+        assert_eq!(super::changes(&running, &reordered), []);
+    }
+
+    #[test]
+    fn taps_are_numbered_from_the_first_free_one() {
+        assert_eq!(free_tap([]), "lvm0");
+        assert_eq!(free_tap(["lvm0", "lvm2"]), "lvm1");
+        assert_eq!(free_tap(["lvm1", "lvm0"]), "lvm2");
+    }
+
+    #[test]
+    fn the_state_file_names_the_machines_that_run() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(running_vms(dir.path()).unwrap(), []);
+        let states = BTreeMap::from([
+            (
+                "cornil-enc".to_owned(),
+                VmState {
+                    spec: Some(vm("cornil-enc", 2048)),
+                    pid: Some(42),
+                    starts: 1,
+                    last_exit: None,
+                },
+            ),
+            // Written by a supervisor from before the state file named machines.
+            ("unknown".to_owned(), VmState::default()),
+        ]);
+        std::fs::write(
+            dir.path().join(STATE_FILE),
+            serde_json::to_vec(&states).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(running_vms(dir.path()).unwrap(), [vm("cornil-enc", 2048)]);
+        std::fs::write(dir.path().join(STATE_FILE), "not json").unwrap();
+        let error = running_vms(dir.path()).unwrap_err();
+        assert!(format!("{error:#}").contains(STATE_FILE), "{error:#}");
     }
 }

@@ -309,6 +309,49 @@ fn start_venue_dhcp(lab: &mut Lab) {
     lab.add_server_address(&format!("{PROXY_IP}/24"));
 }
 
+/// What `netbootd setup`'s DHCP probe hears from the client link, sent as `mac`.
+fn probe_from_client(lab: &Lab, mac: &str) -> Vec<lectern_netboot::dhcp::probe::Offer> {
+    lab.set_client_mac(mac);
+    let mac = mac.parse().unwrap();
+    lab.in_client_ns(|| {
+        lectern_netboot::dhcp::probe::probe(lab::CLIENT_LINK, mac, Duration::from_secs(3))
+    })
+    .unwrap_or_else(|error| panic!("probing: {error}"))
+}
+
+#[test]
+fn the_setups_probe_hears_a_dhcp_server_and_a_proxy_and_nothing_on_a_quiet_lan() {
+    let Some(mut lab) = Lab::new(&["dnsmasq", "curl"]) else {
+        return;
+    };
+    assert_eq!(probe_from_client(&lab, STRANGER), [], "nothing serves yet");
+    start_venue_dhcp(&mut lab);
+    lab.start_netbootd(
+        PROXY_IP,
+        &["--mode", "proxy", "--host", &format!("{MIXER},mixer1")],
+    );
+    // The venue's dnsmasq offers the stranger an address; netbootd, in proxy mode, knows only
+    // the mixer, and says where it boots from.
+    let heard = probe_from_client(&lab, STRANGER);
+    assert_eq!(heard.len(), 1, "{heard:?}\n{}", lab.logs());
+    assert_eq!(heard[0].server, Ipv4Addr::new(10, 99, 0, 1));
+    assert!(
+        heard[0]
+            .offered
+            .is_some_and(|ip| (100..=150).contains(&ip.octets()[3])),
+        "{heard:?}"
+    );
+    let mut heard = probe_from_client(&lab, MIXER);
+    heard.sort_by_key(|offer| offer.offered.is_some());
+    assert_eq!(heard.len(), 2, "{heard:?}\n{}", lab.logs());
+    assert_eq!(
+        (heard[0].server, heard[0].offered, heard[0].pxe),
+        (Ipv4Addr::new(10, 99, 0, 2), None, true),
+        "netbootd's proxy offer: {heard:?}"
+    );
+    assert_eq!(heard[1].server, Ipv4Addr::new(10, 99, 0, 1));
+}
+
 #[test]
 fn proxy_mode_adds_boot_options_beside_a_venue_dnsmasq_and_ignores_unlisted_macs() {
     let Some(mut lab) = Lab::new(&["busybox", "dnsmasq", "curl"]) else {

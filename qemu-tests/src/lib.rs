@@ -21,6 +21,7 @@ use lectern_store::{HostLayer, Manifest, Store};
 use serde_json::Value;
 use soft_tpm::SoftTpm;
 
+pub mod debian_box;
 pub mod impairment;
 pub mod room;
 // The one soft TPM of the test labs, shared with the namespace tests.
@@ -138,6 +139,11 @@ impl Lab {
         &self.netns
     }
 
+    /// The lab's bridge: the video LAN.
+    pub fn bridge(&self) -> &str {
+        &self.bridge
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -199,6 +205,12 @@ impl Lab {
             std::io::Error::last_os_error()
         );
         Ok(())
+    }
+
+    /// The pid of what [`Lab::spawn`] started as `index` (`ip netns exec` execs the program, so it is
+    /// the program's).
+    pub fn pid(&self, index: usize) -> u32 {
+        self.children[index].id()
     }
 
     /// Kills what [`Lab::spawn`] started as `index` (a guest: its power cord pulled).

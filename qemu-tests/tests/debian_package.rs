@@ -5,16 +5,37 @@
 //! check` passes on the bundled example and `netbootd check` names what is missing before a build; an
 //! upgrade keeps a locally edited /etc/default/netbootd; a purge leaves nothing of the package behind.
 //!
-//! The package comes from `LECTERN_DEB` (scripts/test.sh builds it once), else this test builds it with
-//! `scripts/package.sh` in its own target directory.
+//!
+//! Then the production box, replicated: a fresh Debian booted with systemd in a container
+//! (systemd-nspawn) whose one NIC, `lan0`, is on the VM lab's bridge, the video LAN. As an operator would,
+//! the test installs the package there with apt, writes /etc/lectern/master.toml (the fixture's room, its
+//! LAN on lan0, its encoder and backend machines of their own) and secrets.toml, and runs `netbootd
+//! setup`. It must first refuse, changing nothing, an invalid master file, one naming an interface the box
+//! lacks, and a LAN where a rogue DHCP server (dnsmasq) answers; then set the box up (networkd, images,
+//! netbootd) and say so; a machine on the LAN (qemu, BIOS PXE) must then netboot from the container's
+//! netbootd into its role (the streaming backend, a small one) and report up. A re-run changes nothing,
+//! and one after a new bitrate reports only that change. Affordable because the images are not built
+//! again: the container's store is the suite's shared test store as the read-only lower layer of an
+//! overlay (nspawn `--overlay`), so imgbuild finds every role layer by its key (keys that include the
+//! store's TLS key, which comes with the store) and builds only the host layers, into the overlay's upper
+//! layer; the test store is never written. The two tests share this binary to run side by side.
+//!
+//! The package comes from `LECTERN_DEB` (scripts/test.sh builds it once), else the tests build it with
+//! `scripts/package.sh` in a target directory of their own. LECTERN_IMAGE_TESTS=1, root,
+//! systemd-container.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use lectern_builder::recipe::Recipes;
-use lectern_qemu_tests::repo;
+use lectern_netboot::vms::identity_smbios;
+use lectern_qemu_tests::debian_box::{
+    BOOTABLE, SystemContainer, copy_in, debian_root, lectern_deb, run,
+};
+use lectern_qemu_tests::{Firmware, Lab, fixture_builder, fixture_plan, repo, test_store_dir};
+use serde_json::Value;
 
 /// What runs inside the fresh system, as root. Each step leaves its output in /root/results for the
 /// assertions below; a step that must succeed stops the script when it fails.
@@ -31,10 +52,12 @@ stat -c '%U:%G %a' /var/lib/lectern/store >"$r/store-owner"
 ls /etc/systemd/system/multi-user.target.wants/ >"$r/enabled" 2>/dev/null || true
 test -x /lib/systemd/systemd-journal-remote && test -s /lib/systemd/system/lectern-journal-remote.service
 test -s /usr/share/man/man1/netbootd.1.gz && test -s /usr/share/bash-completion/completions/imgbuild
-# The production layout: the master file and its secrets in /etc/lectern, the store the package made.
-mkdir -p /etc/lectern
-sed 's|^store = .*|store = "/var/lib/lectern/store"|' /usr/share/doc/lectern/examples/master.toml >/etc/lectern/master.toml
-install -m 0600 /usr/share/doc/lectern/examples/secrets.toml.example /etc/lectern/secrets.toml
+# The production layout, as the README's commands make it: the master file and its secrets in
+# /etc/lectern, the store the package made.
+install -d /etc/lectern
+cp /usr/share/doc/lectern/examples/master.toml /etc/lectern/master.toml
+sed -i 's|^store = .*|store = "/var/lib/lectern/store"|' /etc/lectern/master.toml
+install -m 600 /usr/share/doc/lectern/examples/secrets.toml.example /etc/lectern/secrets.toml
 cd /
 imgbuild check --config /etc/lectern/master.toml >"$r/imgbuild-check" 2>&1 && echo 0 >"$r/imgbuild-check.rc" || echo $? >"$r/imgbuild-check.rc"
 netbootd check --config /etc/lectern/master.toml >"$r/netbootd-check" 2>&1 && echo 0 >"$r/netbootd-check.rc" || echo $? >"$r/netbootd-check.rc"
@@ -62,7 +85,7 @@ fn the_package_installs_runs_its_checks_upgrades_and_purges_cleanly_in_a_fresh_d
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join("debian-package");
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir_all(&tmp).unwrap();
-    let first = package(&tmp).unwrap();
+    let first = lectern_deb(Path::new(env!("CARGO_TARGET_TMPDIR"))).unwrap();
     let second = with_later_version(&first, &tmp).unwrap();
     let root = tmp.join("root");
     drill(&first, &second, &root).unwrap();
@@ -130,26 +153,6 @@ fn the_package_installs_runs_its_checks_upgrades_and_purges_cleanly_in_a_fresh_d
     fs::remove_dir_all(&tmp).unwrap();
 }
 
-/// `LECTERN_DEB`, else a package built from this checkout.
-fn package(tmp: &Path) -> Result<PathBuf> {
-    if let Some(deb) = std::env::var_os("LECTERN_DEB") {
-        return Ok(deb.into());
-    }
-    // Its own target directory: the one this test runs from is locked by cargo while it runs.
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("debian-package-target");
-    let output = Command::new(repo().join("scripts/package.sh"))
-        .arg(tmp.join("deb"))
-        .env("CARGO_TARGET_DIR", target)
-        .env("DEB_BUILD_OPTIONS", "noopt nostrip noddebs")
-        .output()?;
-    ensure!(
-        output.status.success(),
-        "scripts/package.sh failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(String::from_utf8(output.stdout)?.trim().into())
-}
-
 /// The same package with a higher version, to upgrade to.
 fn with_later_version(deb: &Path, tmp: &Path) -> Result<PathBuf> {
     let tree = tmp.join("repack");
@@ -183,46 +186,389 @@ fn control_field(deb: &Path, field: &str) -> Result<String> {
     Ok(String::from_utf8(output.stdout)?.trim().to_owned())
 }
 
-/// A fresh Debian of the recipes' suite and mirror in `root`, with the drill run inside it. Its packages are
-/// cached between runs (beside imgbuild's, not in it).
+/// A fresh Debian of the recipes' suite and mirror in `root`, with the drill run inside it.
 fn drill(first: &Path, second: &Path, root: &Path) -> Result<()> {
-    let cache =
-        Path::new(&std::env::var("LECTERN_CACHE").unwrap_or_else(|_| "/var/cache/lectern".into()))
-            .join("apt-package-test");
-    fs::create_dir_all(&cache)?;
     let script = root.with_extension("drill.sh");
     fs::write(&script, DRILL)?;
-    let copy_in = |from: &Path, to: &str| -> Result<String> {
-        let from = from.to_str().context("path is not UTF-8")?;
-        Ok(format!("--customize-hook=cp {from} \"$1\"/root/{to}"))
-    };
-    let cache = cache.to_str().context("cache path is not UTF-8")?;
-    let debian = Recipes::load(&repo().join("recipes"), &repo().join("overlays"))?.debian;
-    run(Command::new("mmdebstrap")
-        .args(["--variant=apt", "--mode=root", "--quiet"])
-        .arg("--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives")
-        .arg(format!("--setup-hook=sync-in {cache} /var/cache/apt/archives/"))
-        .arg("--essential-hook=echo 'Binary::apt::APT::Keep-Downloaded-Packages \"true\";' > \"$1\"/etc/apt/apt.conf.d/keep-cache")
-        .arg(copy_in(first, "first.deb")?)
-        .arg(copy_in(second, "second.deb")?)
-        .arg(copy_in(&script, "drill.sh")?)
-        .arg("--customize-hook=chroot \"$1\" sh /root/drill.sh")
-        .arg(format!("--customize-hook=sync-out /var/cache/apt/archives {cache}"))
-        .arg("--customize-hook=rm \"$1\"/etc/apt/apt.conf.d/keep-cache")
-        .arg(&debian.suite)
-        .arg(root)
-        .arg(&debian.mirror))
+    debian_root(
+        root,
+        "apt-package-test",
+        &[],
+        &[
+            copy_in(first, "/root/first.deb")?,
+            copy_in(second, "/root/second.deb")?,
+            copy_in(&script, "/root/drill.sh")?,
+            "chroot \"$1\" sh /root/drill.sh".to_owned(),
+        ],
+    )
 }
 
-fn run(command: &mut Command) -> Result<()> {
-    let output = command
-        .output()
-        .with_context(|| format!("running {command:?}"))?;
+const INTERFACE: &str = "lan0";
+const CLIENT: &str = "stream-backend";
+/// The fixture's gateway, which the lab's bridge (the LAN's switch and router) holds; the rogue DHCP
+/// server answers from it.
+const ROUTER: &str = "10.99.0.254";
+
+/// The fixture's master file as the production box's: its LAN on the box's NIC, the package's store,
+/// the secrets beside it, and the room's encoder and backend machines of their own (local VMs would
+/// run inside the container, beside the test's own guest, on two shared cores).
+fn box_master() -> Result<String> {
+    let text = fs::read_to_string(repo().join("builder/tests/fixtures/master.toml"))?;
+    let edits: [(&str, &str); 6] = [
+        ("interface = \"br0\"", "interface = \"lan0\""),
+        ("store = \"store\"", "store = \"/var/lib/lectern/store\""),
+        ("file = \"fixture-secrets.toml\"", "file = \"secrets.toml\""),
+        (
+            "where = \"local-vm\"\nhost = \"control\"",
+            "where = \"bare-metal\"",
+        ),
+        (
+            "where = \"local-vm\"\nhost = \"control\"",
+            "where = \"bare-metal\"",
+        ),
+        ("vcpus = 1\nmemory_mb = 1536\n", ""),
+    ];
+    let mut text = text;
+    for (from, to) in edits {
+        ensure!(text.contains(from), "the fixture has no {from:?}");
+        text = text.replacen(from, to, 1);
+    }
+    Ok(text)
+}
+
+/// What a set-up could change on the box: networkd's files, the units' state, netbootd's arguments,
+/// the LAN's link and addresses, and every file under the store and netbootd's state.
+const FINGERPRINT: &str = r#"
+ls -l --time-style=+%s /etc/systemd/network/
+for unit in netbootd netbootd-vms systemd-networkd; do
+  echo "$unit $(systemctl is-enabled $unit 2>&1 || true) $(systemctl is-active $unit 2>&1 || true)"
+done
+cat /etc/default/netbootd
+ip -br link show lan0; ip -br addr show lan0
+find /var/lib/lectern /var/lib/netbootd -printf '%p %u %m %s %T@\n' 2>/dev/null | sort
+"#;
+
+/// Runs `netbootd setup` on `master` in the box: exit code, stdout, stderr.
+fn setup(container: &SystemContainer, master: &str) -> Result<(i32, String, String)> {
+    let output = container.sh(&format!("netbootd setup --config {master}"))?;
+    Ok((
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+/// Runs a set-up that must be refused, naming `why`, and change nothing.
+fn refused(container: &SystemContainer, master: &str, why: &str) -> Result<()> {
+    let before = container.must(FINGERPRINT)?;
+    let (code, out, err) = setup(container, master)?;
     ensure!(
-        output.status.success(),
-        "{command:?} failed:\n{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+        code == 1
+            && err.contains("refused: ")
+            && err.contains(why)
+            && err.contains("nothing was changed"),
+        "wanted a refusal naming {why:?}, got exit {code}:\n{out}{err}"
     );
+    let after = container.must(FINGERPRINT)?;
+    ensure!(
+        before == after,
+        "a refused set-up changed the box:\n--- before\n{before}--- after\n{after}"
+    );
+    eprintln!(
+        "refused, nothing changed: {}",
+        err.lines().next().unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// The step lines of a set-up's output with `status` (`done`, `unchanged`, `ok`).
+fn steps<'o>(out: &'o str, status: &str) -> Vec<&'o str> {
+    out.lines()
+        .filter(|line| line.split_whitespace().next() == Some(status))
+        .collect()
+}
+
+/// netbootd's record of `hostname` in the box's `/api/hosts` (its operator's views on the box's
+/// loopback), or null.
+fn record(container: &SystemContainer, hostname: &str) -> Value {
+    let output = std::process::Command::new("ip")
+        .args(["netns", "exec", container.netns(), "curl", "-sf", "-m", "5"])
+        .arg("http://127.0.0.1:8081/api/hosts")
+        .output();
+    let hosts: Value = output
+        .ok()
+        .and_then(|output| serde_json::from_slice(&output.stdout).ok())
+        .unwrap_or(Value::Null);
+    (hosts.as_array().into_iter().flatten())
+        .find(|host| host["hostname"] == hostname)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn the_set_up_command_makes_a_fresh_debian_the_netboot_server_and_a_machine_boots_from_it() {
+    if !lectern_qemu_tests::vm_tests_enabled() {
+        return;
+    }
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join("production-box");
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp).unwrap();
+    if let Err(error) = set_up_a_box(&tmp) {
+        panic!("{error:#}\n(files kept in {})", tmp.display());
+    }
+    fs::remove_dir_all(&tmp).unwrap();
+}
+
+fn set_up_a_box(tmp: &Path) -> Result<()> {
+    let started = Instant::now();
+    let elapsed = || started.elapsed().as_secs();
+    // The images the box's imgbuild will find, in the suite's test store (built once per run, by
+    // whichever test needs them first).
+    let store = test_store_dir(env!("CARGO_TARGET_TMPDIR"));
+    let builder = fixture_builder(&store)?;
+    let fixture = fixture_plan()?;
+    let master = box_master()?;
+    let roles = lectern_master::load_text_without_secret_values(
+        &repo().join("builder/tests/fixtures/master.toml"),
+        &master,
+    )
+    .map_err(|problems| anyhow::anyhow!("{problems}"))?
+    .image_roles();
+    for role in &roles {
+        builder.build_role(role.as_str(), &fixture)?;
+    }
+    eprintln!(
+        "[{:>4} s] the test store has the images of {roles:?}",
+        elapsed()
+    );
+
+    let deb = lectern_deb(Path::new(env!("CARGO_TARGET_TMPDIR")))?;
+    let deb_name = deb
+        .file_name()
+        .context("the package has no name")?
+        .to_string_lossy();
+    let root = tmp.join("root");
+    debian_root(
+        &root,
+        "apt-production-box",
+        BOOTABLE,
+        &[
+            copy_in(&deb, &format!("/root/{deb_name}"))?,
+            // The package's dependencies, downloaded now: the booted box has no way out to a mirror.
+            format!(
+                "chroot \"$1\" apt-get install --download-only -y -q --no-install-recommends /root/{deb_name}"
+            ),
+        ],
+    )?;
+    eprintln!(
+        "[{:>4} s] a fresh Debian with lectern's dependencies downloaded",
+        elapsed()
+    );
+
+    let mut lab = Lab::with_lan("br0", &format!("{ROUTER}/24"))?;
+    let upper = tmp.join("store-upper");
+    fs::create_dir_all(&upper)?;
+    // Where the package's store goes: the overlay's mount point.
+    fs::create_dir_all(root.join("var/lib/lectern/store"))?;
+    let overlay = format!(
+        "{}:{}:/var/lib/lectern/store",
+        store.canonicalize()?.display(),
+        upper.display()
+    );
+    let container = SystemContainer::boot(&root, &lab, INTERFACE, &[overlay])?;
+    eprintln!("[{:>4} s] the box booted", elapsed());
+
+    // The operator's steps, as the README gives them (dpkg spared its fsyncs: the box is thrown away).
+    container.must(&format!(
+        "cd /root; DEBIAN_FRONTEND=noninteractive apt install -y -q --no-install-recommends -o Dpkg::Options::=--force-unsafe-io ./{deb_name} >install.log 2>&1 || {{ tail -n 30 install.log; exit 1; }}"
+    ))?;
+    let secrets = fs::read_to_string(repo().join("builder/tests/fixtures/fixture-secrets.toml"))?;
+    let write = |path: &str, text: &str, mode: &str| {
+        fs::write(root.join(path.trim_start_matches('/')), text)
+            .with_context(|| format!("writing {path}"))?;
+        container.must(&format!("chmod {mode} {path}"))
+    };
+    container.must("install -d /etc/lectern")?;
+    write("/etc/lectern/secrets.toml", &secrets, "600")?;
+    eprintln!("[{:>4} s] lectern installed", elapsed());
+
+    // Refusals: nothing changes.
+    write(
+        "/etc/lectern/broken.toml",
+        &master.replacen("mac = \"8c:16:45:00:e6:f6\"", "mac = \"8c:16:45:00:e6\"", 1),
+        "644",
+    )?;
+    refused(&container, "/etc/lectern/broken.toml", "broken.toml:")?;
+    write(
+        "/etc/lectern/elsewhere.toml",
+        &master.replacen("interface = \"lan0\"", "interface = \"lan9\"", 1),
+        "644",
+    )?;
+    refused(&container, "/etc/lectern/elsewhere.toml", "interface lan9")?;
+    write("/etc/lectern/master.toml", &master, "644")?;
+    let leases = lab.dir().join("rogue.leases");
+    let mut rogue = lab.in_netns("dnsmasq");
+    rogue
+        .args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--no-resolv",
+        ])
+        .args([
+            "--no-hosts",
+            "--no-ping",
+            "--bind-interfaces",
+            "--interface=br0",
+        ])
+        .args(["--log-dhcp", "--log-facility=-", "--user=root"])
+        .arg(format!("--listen-address={ROUTER}"))
+        .arg("--dhcp-range=10.99.0.100,10.99.0.150,1h")
+        .arg(format!("--dhcp-leasefile={}", leases.display()));
+    let rogue = lab.spawn(rogue, "rogue-dnsmasq.log")?;
+    refused(
+        &container,
+        "/etc/lectern/master.toml",
+        &format!("another DHCP server answers on {INTERFACE}: {ROUTER} (offered 10.99.0.1"),
+    )?;
+    lab.stop(rogue)?;
+
+    // The set-up.
+    let set_up = Instant::now();
+    let (code, out, err) = setup(&container, "/etc/lectern/master.toml")?;
+    ensure!(code == 0, "the set-up failed (exit {code}):\n{out}{err}");
+    eprintln!(
+        "[{:>4} s] the set-up took {:.0} s:\n{out}",
+        elapsed(),
+        set_up.elapsed().as_secs_f64()
+    );
+    let done = steps(&out, "done");
+    for wanted in [
+        "done      network: 10.99.0.1/24 on lan0: wrote /etc/systemd/network/10-lectern-video-lan.network; enabled and started systemd-networkd.service",
+        "done      host layers: new layer for ",
+        "done      netbootd.service: enabled, started",
+    ] {
+        ensure!(
+            done.iter().any(|line| line.starts_with(wanted)),
+            "{wanted:?} not done:\n{out}"
+        );
+    }
+    ensure!(
+        out.contains(
+            "unchanged /etc/default/netbootd: netbootd's arguments name /etc/lectern/master.toml"
+        ) && out.contains("unchanged netbootd-vms.service: not needed: no local VMs on control")
+            && out.contains("ok        DHCP: no other DHCP server answered on lan0"),
+        "{out}"
+    );
+    // The images came from the store as they were: no role image is new.
+    ensure!(
+        steps(&out, "unchanged")
+            .iter()
+            .any(|line| line.starts_with("unchanged images: ")),
+        "the box built images of its own:\n{out}"
+    );
+    let plan = lectern_master::load_text_without_secret_values(
+        &repo().join("builder/tests/fixtures/master.toml"),
+        &master,
+    )
+    .map_err(|problems| anyhow::anyhow!("{problems}"))?;
+    let client = plan.host(CLIENT).context("no backend")?;
+    let mac = client.mac.context("no MAC")?.to_string();
+    let listed = out.lines().any(|line| {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        words == ["1.", CLIENT, mac.as_str(), "streaming-backend"]
+    });
+    ensure!(
+        listed && out.contains("http://127.0.0.1:8081/ on this box"),
+        "the next steps do not name the machine to switch on and the dashboard:\n{out}"
+    );
+    let state = container.must(
+        "systemctl is-enabled netbootd systemd-networkd; systemctl is-active netbootd; ip -br addr show lan0",
+    )?;
+    ensure!(
+        state.starts_with("enabled\nenabled\nactive\n") && state.contains("10.99.0.1/24"),
+        "{state}"
+    );
+
+    // A machine switched on on the LAN netboots from the box into its role.
+    let booted = Instant::now();
+    let smbios = identity_smbios(client.identity.as_ref());
+    lab.pxe_boot(&mac, Firmware::Bios, &smbios, None)?;
+    let deadline = Instant::now() + Duration::from_secs(1200);
+    loop {
+        let now = record(&container, CLIENT);
+        if now["state"] == "up" {
+            eprintln!(
+                "[{:>4} s] {CLIENT} up {:.0} s after power-on: {now}",
+                elapsed(),
+                booted.elapsed().as_secs_f64()
+            );
+            ensure!(now["role"] == "streaming-backend", "{now}");
+            break;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = (lab.guest_logs().iter())
+                .map(|log| {
+                    let text =
+                        String::from_utf8_lossy(&fs::read(log).unwrap_or_default()).into_owned();
+                    let lines: Vec<&str> = text.lines().collect();
+                    format!(
+                        "--- {}\n{}",
+                        log.display(),
+                        lines[lines.len().saturating_sub(30)..].join("\n")
+                    )
+                })
+                .collect();
+            let journal = container
+                .sh("journalctl -u netbootd -n 60 --no-pager")
+                .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+                .unwrap_or_default();
+            anyhow::bail!(
+                "{CLIENT} not up within 20 minutes: {now}\n{}\n--- netbootd's journal\n{journal}",
+                logs.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_secs(5));
+    }
+
+    // Again, unchanged: nothing done.
+    let (code, out, err) = setup(&container, "/etc/lectern/master.toml")?;
+    ensure!(code == 0, "the second set-up failed:\n{out}{err}");
+    ensure!(
+        steps(&out, "done").is_empty(),
+        "a set-up without a change changed:\n{out}"
+    );
+    eprintln!(
+        "[{:>4} s] the set-up again, without a change: nothing done",
+        elapsed()
+    );
+
+    // A new bitrate: the hosts that stream or serve it get new layers, netbootd rereads the master
+    // file, and nothing else changes.
+    write(
+        "/etc/lectern/master.toml",
+        &master.replacen("video_kbps = 3000", "video_kbps = 2500", 1),
+        "644",
+    )?;
+    let (code, out, err) = setup(&container, "/etc/lectern/master.toml")?;
+    ensure!(
+        code == 0,
+        "the set-up after a new bitrate failed:\n{out}{err}"
+    );
+    ensure!(
+        steps(&out, "done")
+            == [
+                "done      host layers: new layer for lameere-enc, stream-backend",
+                "done      netbootd.service: reloaded (the master file changed)",
+            ],
+        "a new bitrate did more, or less:\n{out}"
+    );
+    ensure!(
+        record(&container, CLIENT)["state"] == "up",
+        "the backend did not stay up"
+    );
+    eprintln!("[{:>4} s] a new bitrate, set up:\n{out}", elapsed());
+    drop(container);
+    eprintln!("[{:>4} s] the box halted", elapsed());
     Ok(())
 }

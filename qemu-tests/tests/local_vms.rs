@@ -5,7 +5,9 @@
 //! `kill -9` of its qemu brings it back as a new boot. A new
 //! encoder release is what its next boot runs, without restarting netbootd; after a rollback
 //! (`Store::make_current`, what `imgbuild release use` does) the next boot runs the old image again.
-//! SIGTERM to the supervisor powers the VM off and removes its tap.
+//! SIGHUP (`systemctl reload netbootd-vms`) rereads the master file: unchanged, the VM runs on; with less
+//! memory for it, the supervisor restarts it alone, as the file now says. SIGTERM to the supervisor powers
+//! the VM off and removes its tap.
 //!
 //! Beside it, in a lab of its own, runs the hostile LAN's last drill: the streaming backend PXE-boots from
 //! the real `netbootd --config master.toml` through a link that loses 10 % of the frames each way and delays
@@ -193,6 +195,29 @@ fn run(room: &mut RoomLab) -> Result<()> {
         "the encoder runs {ffmpeg}"
     );
 
+    // A reload (SIGHUP, `systemctl reload netbootd-vms`) with the VM's machine unchanged leaves it
+    // running.
+    let supervisor_pid = room.lab.pid(index) as i32;
+    let reloaded = |times: usize| {
+        let log = std::fs::read_to_string(room.lab.dir().join("vms.log")).unwrap_or_default();
+        log.matches("reloaded: no local VM changed").count() >= times
+    };
+    // SAFETY: kill only sends a signal.
+    ensure!(
+        unsafe { libc::kill(supervisor_pid, libc::SIGHUP) } == 0,
+        "SIGHUP"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reloaded(1) {
+        ensure!(Instant::now() < deadline, "the supervisor did not reload");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ensure!(
+        vm_state()[ENCODER]["pid"].as_u64() == Some(pid),
+        "a reload without a change restarted the VM: {}",
+        vm_state()
+    );
+
     // The VM dies: it comes back by itself, as a new boot (of the same image).
     let back = kill_and_wait(room, &vm_state, &first["boot_id"], "kill -9")?;
     ensure!(back["image"] == first["image"], "{back}");
@@ -235,7 +260,27 @@ fn run(room: &mut RoomLab) -> Result<()> {
         new.image != old.image,
         "the changed overlay made no new release"
     );
-    let upgraded = kill_and_wait(room, &vm_state, &back["boot_id"], "the new release")?;
+    // Its machine changes too (less memory): a reload restarts it alone, as the master file now says,
+    // and that boot runs the new release.
+    let master = std::fs::read_to_string(&room.master)?;
+    let smaller = format!("memory_mb = {}", vm.memory_mb - 256);
+    let memory = format!("memory_mb = {}", vm.memory_mb);
+    ensure!(master.contains(&memory), "the master file has no {memory}");
+    std::fs::write(&room.master, master.replacen(&memory, &smaller, 1))?;
+    // SAFETY: kill only sends a signal.
+    ensure!(
+        unsafe { libc::kill(supervisor_pid, libc::SIGHUP) } == 0,
+        "SIGHUP"
+    );
+    let upgraded = wait_for_new_boot(room, &back["boot_id"], "a reload with less memory")?;
+    let pid = vm_state()[ENCODER]["pid"].as_u64().context("no qemu pid")?;
+    let cmdline = std::fs::read_to_string(format!("/proc/{pid}/cmdline"))?.replace('\0', " ");
+    ensure!(
+        cmdline.contains(&format!("-m {}", vm.memory_mb - 256))
+            && vm_state()[ENCODER]["spec"]["memory_mb"] == vm.memory_mb - 256,
+        "the reload did not give the VM its new memory: {cmdline}\n{}",
+        vm_state()
+    );
     ensure!(
         upgraded["image"] == new.image.as_str(),
         "the next boot after a new release runs {} instead of {}",
@@ -289,6 +334,12 @@ fn kill_and_wait(
         unsafe { libc::kill(pid as i32, libc::SIGKILL) } == 0,
         "kill -9 {pid}"
     );
+    wait_for_new_boot(room, previous_boot, &format!("kill -9 ({why})"))
+}
+
+/// Waits until the VM has booted again and reported (a boot other than `previous_boot`); returns that
+/// report.
+fn wait_for_new_boot(room: &RoomLab, previous_boot: &Value, why: &str) -> Result<Value> {
     let killed = Instant::now();
     room.wait_for(
         &format!("the local VM back after {why}"),
@@ -300,7 +351,7 @@ fn kill_and_wait(
         },
     )?;
     eprintln!(
-        "{ENCODER} booted again {:.0} s after kill -9 ({why})",
+        "{ENCODER} booted again {:.0} s after {why}",
         killed.elapsed().as_secs_f64()
     );
     Ok(room.record(ENCODER))

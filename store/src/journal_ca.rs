@@ -114,6 +114,8 @@ impl Store {
     /// and the first certificate of it.
     pub fn journal_ca(&self) -> Result<JournalCa> {
         if let Some(ca) = self.existing_journal_ca()? {
+            self.own_key_file(&self.journal_ca_key_path())?;
+            self.own_key_file(&self.journal_ca_certificate_path())?;
             return Ok(ca);
         }
         let key_path = self.journal_ca_key_path();

@@ -64,15 +64,24 @@ impl Store {
         ServerKey::read(&path).map(Some)
     }
 
-    /// The key, made (ECDSA P-256) the first time. Two writers racing keep the first one's.
+    /// The key, made (ECDSA P-256) the first time. Two writers racing keep the first one's. An
+    /// existing key is given to the store's owner too: a store copied in, or made by root before
+    /// the package's user existed, serves once netbootd (that user) can read its key.
     pub fn server_key(&self) -> Result<ServerKey> {
         if let Some(key) = self.existing_server_key()? {
+            self.own_key_file(&self.server_key_path())?;
             return Ok(key);
         }
         let key = rcgen::KeyPair::generate()
             .map_err(|e| StoreError::Missing(format!("cannot make netbootd's TLS key: {e}")))?;
         self.write_key_file_once(&self.server_key_path(), &key.serialize_pem(), 0o600)?;
         Ok(self.existing_server_key()?.expect("just written"))
+    }
+
+    /// Gives an existing key file under `keys/`, and `keys/`, to the store's owner.
+    pub(crate) fn own_key_file(&self, path: &std::path::Path) -> Result<()> {
+        self.own(path.parent().expect("keys/ has a parent"))?;
+        self.own(path)
     }
 
     /// Writes `pem` to `path` under `keys/` (made 0700, the store owner's) with `mode`, unless a
@@ -152,5 +161,22 @@ mod tests {
                 path.display()
             );
         }
+    }
+
+    #[test]
+    fn a_key_made_before_the_store_changed_hands_follows_it() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(dir.path()).unwrap();
+        let made = store.server_key().unwrap();
+        // Root hands the store to `nobody` after the key was made (as root, the suite's case).
+        if std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).is_err() {
+            return;
+        }
+        let again = store.server_key().unwrap();
+        assert_eq!(again.pin, made.pin, "the same key");
+        let key = fs::metadata(store.server_key_path()).unwrap();
+        let keys = fs::metadata(store.server_key_path().parent().unwrap()).unwrap();
+        assert_eq!((key.uid(), keys.uid()), (65534, 65534));
     }
 }

@@ -1,9 +1,11 @@
 //! DHCP on plain UDP sockets bound to one interface (no raw packets): authoritative or
-//! ProxyDHCP, answering per [`responder`].
+//! ProxyDHCP, answering per [`responder`]. [`probe`] is the client side: whether another server
+//! answers on a LAN.
 
 pub mod decode;
 pub mod link;
 pub mod pool;
+pub mod probe;
 pub mod responder;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
