@@ -47,6 +47,31 @@ pub fn lectern_deb(target_tmpdir: &Path) -> Result<PathBuf> {
     Ok(deb)
 }
 
+/// An empty directory at `path` for one test's files. What an interrupted run left there goes first,
+/// the file systems it left mounted in a Debian root (/proc, /sys, /dev/pts) included: removing files
+/// under a mount point fails, and mmdebstrap refuses a root that is not empty.
+pub fn fresh_dir(path: &Path) -> Result<()> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+    // Deepest first, lazily: a mount inside another must go before it.
+    let mut stale: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .filter(|point| Path::new(point).starts_with(path))
+        .collect();
+    stale.sort_by_key(|point| std::cmp::Reverse(point.len()));
+    for point in stale {
+        run(Command::new("umount").args(["--lazy", point]))?;
+    }
+    match fs::remove_dir_all(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            return Err(error).with_context(|| format!("removing {}", path.display()));
+        }
+        _ => {}
+    }
+    fs::create_dir_all(path)?;
+    Ok(())
+}
+
 /// Runs `command`; its output in the error when it fails.
 pub fn run(command: &mut Command) -> Result<()> {
     let output = command

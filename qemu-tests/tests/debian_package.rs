@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use lectern_netboot::vms::identity_smbios;
 use lectern_qemu_tests::debian_box::{
-    BOOTABLE, SystemContainer, copy_in, debian_root, lectern_deb, run,
+    BOOTABLE, SystemContainer, copy_in, debian_root, fresh_dir, lectern_deb, run,
 };
 use lectern_qemu_tests::{Firmware, Lab, fixture_builder, fixture_plan, repo, test_store_dir};
 use serde_json::Value;
@@ -83,8 +83,7 @@ fn the_package_installs_runs_its_checks_upgrades_and_purges_cleanly_in_a_fresh_d
         return;
     }
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join("debian-package");
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp).unwrap();
+    fresh_dir(&tmp).unwrap();
     let first = lectern_deb(Path::new(env!("CARGO_TARGET_TMPDIR"))).unwrap();
     let second = with_later_version(&first, &tmp).unwrap();
     let root = tmp.join("root");
@@ -311,8 +310,7 @@ fn the_set_up_command_makes_a_fresh_debian_the_netboot_server_and_a_machine_boot
         return;
     }
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join("production-box");
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp).unwrap();
+    fresh_dir(&tmp).unwrap();
     if let Err(error) = set_up_a_box(&tmp) {
         panic!("{error:#}\n(files kept in {})", tmp.display());
     }
