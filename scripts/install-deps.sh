@@ -18,7 +18,7 @@ packages=(
   # the Debian package (scripts/package.sh)
   debhelper dpkg-dev
   # benchmark peers and load generators
-  kea-dhcp4-server kea-admin nginx-light hyperfine atftp
+  kea-dhcp4-server kea-admin nginx-light hyperfine atftp valgrind mkosi
   # streaming tests: the backend role's RTMP module under this nginx; ffmpeg/ffprobe to publish and decode
   # streams; Chromium plays the watch page; ssh logs in to the room test's hosts
   libnginx-mod-rtmp ffmpeg chromium openssh-client
