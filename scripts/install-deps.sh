@@ -21,7 +21,7 @@ packages=(
   # with systemd in a container (systemd-nspawn)
   debhelper dpkg-dev systemd-container
   # benchmark peers and load generators
-  kea-dhcp4-server kea-admin nginx-light hyperfine atftp
+  kea-dhcp4-server kea-admin nginx-light hyperfine atftp valgrind mkosi
   # streaming tests: the backend role's RTMP module under this nginx; ffmpeg/ffprobe to publish and decode
   # streams; Chromium plays the watch page; ssh logs in to the room test's hosts
   libnginx-mod-rtmp ffmpeg chromium openssh-client

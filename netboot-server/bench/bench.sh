@@ -5,7 +5,8 @@
 #   apt-get install kea-dhcp4-server kea-admin dnsmasq-base tftpd-hpa nginx-light curl atftp iproute2 openssl
 # Usage: bash netboot-server/bench/bench.sh [path/to/release/netbootd]
 # OTHER_NETBOOTD=path/to/netbootd adds TFTP and HTTP rows for that build in the same run, labelled
-# OTHER_LABEL: a build from before a change shows what the change did.
+# OTHER_LABEL: a build from before a change shows what the change did. CALLGRIND=1 (needs valgrind)
+# adds each TFTP server's instructions per block.
 set -euo pipefail
 # A failure inside $(…) stops the run: no row is printed from a measurement that failed.
 shopt -s inherit_errexit
@@ -206,30 +207,55 @@ tftp_window_speed() {
     awk -v bytes="$best" 'BEGIN { printf "%.1f MB/s", bytes / 1e6 }'
 }
 
-# tftp_rows LABEL: both rows for the server just started.
+# CALLGRIND=1: one more lock-step download from the server under valgrind's callgrind, and the
+# user-space instructions it spent per block, from the request to the end of the transfer (a forked
+# transfer process's included): a figure the machine's noise does not move, where the rates do.
+tftp_instructions() {
+    local label=$1 total top counts=$work/callgrind
+    shift
+    # in.tftpd --secure chroots its transfer processes into the TFTP root, as user nobody: their counts
+    # land under the same path inside it, in directories anyone may write to.
+    rm -rf "$counts" "$work/tftp$counts"
+    mkdir -p "$counts" "$work/tftp$counts"
+    chmod 1777 "$counts" "$work/tftp$counts"
+    start "$label-callgrind" 69 valgrind --tool=callgrind --callgrind-out-file="$counts/cg.%p" "$@"
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    in_client curl -sS --tftp-blksize 1468 -o "$work/tftp-out" tftp://10.99.0.1/big.bin
+    cmp -s "$work/tftp-out" "$work/tftp/big.bin" || { echo "TFTP under callgrind: the bytes differ" >&2; exit 1; }
+    sleep 1 # a forked transfer process writes its counts as it exits
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    # The server's dump since the zeroing and its children's files, not the one it writes as it stops.
+    total=$(find "$counts" "$work/tftp$counts" -name 'cg.*' ! -name "cg.$pid" -exec awk '/^totals:/ { print $2 }' {} + |
+        awk '{ s += $1 } END { print s + 0 }')
+    stop
+    top=${work#/}
+    rm -rf "$work/tftp/${top%%/*}"
+    [ "$total" -gt 0 ] || { echo "$label: callgrind counted nothing" >&2; exit 1; }
+    echo "| TFTP ${TFTP_MB} MB, lock-step (curl), user-space instructions per block (callgrind) | $label | $((total / ((TFTP_MB << 20) / 1468 + 1))) |"
+}
+
+# tftp_rows LABEL COMMAND...: both rows for the server COMMAND starts (and with CALLGRIND=1, a third).
 tftp_rows() {
-    local rate
+    local label=$1 rate
+    shift
+    start "$label" 69 "$@"
     rate=$(tftp_speed)
-    echo "| TFTP ${TFTP_MB} MB, lock-step (curl) | $1 | $rate |"
+    echo "| TFTP ${TFTP_MB} MB, lock-step (curl) | $label | $rate |"
     rate=$(tftp_window_speed)
-    echo "| TFTP ${TFTP_MB} MB, windowsize 8 asked (atftp) | $1 | $rate |"
+    echo "| TFTP ${TFTP_MB} MB, windowsize 8 asked (atftp) | $label | $rate |"
+    stop
+    [ "${CALLGRIND:-}" != 1 ] || tftp_instructions "$label" "$@"
 }
 
 for build in "$NETBOOTD" $OTHER_NETBOOTD; do
     label=netbootd
     [ "$build" = "$NETBOOTD" ] || label=$OTHER_LABEL
-    start netbootd 69 "$build" serve-static --interface br0 --server-ip 10.99.0.1 --netmask 255.255.0.0 \
+    tftp_rows "$label" "$build" serve-static --interface br0 --server-ip 10.99.0.1 --netmask 255.255.0.0 \
         --state-dir "$work/state" --tftp-root "$work/tftp"
-    tftp_rows "$label"
-    stop
 done
-start tftpd-hpa 69 in.tftpd --foreground --listen --address 10.99.0.1:69 --secure "$work/tftp"
-tftp_rows tftpd-hpa
-stop
-start dnsmasq-tftp 69 dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 --interface=br0 \
+tftp_rows tftpd-hpa in.tftpd --foreground --listen --address 10.99.0.1:69 --secure "$work/tftp"
+tftp_rows dnsmasq dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 --interface=br0 \
     --bind-interfaces --user=root --enable-tftp --tftp-root="$work/tftp" --pid-file="$work/dnsmasq.pid"
-tftp_rows dnsmasq
-stop
 fi
 
 if wanted http; then

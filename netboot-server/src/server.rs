@@ -177,9 +177,9 @@ pub fn apply_policy(
     shared.replace(policy);
 }
 
-/// TFTP is lock-step ping-pong of small packets: on a multi-threaded runtime most ACKs wake
-/// the transfer on another thread, which halved throughput here. A single-threaded runtime of
-/// its own keeps each exchange on one thread. Resolves when the server stops.
+/// TFTP's listener on a single-threaded runtime of its own, apart from DHCP and HTTP; each
+/// transfer then runs on a thread of its own (`tftp::TRANSFER_STACK` says why). Resolves when the
+/// server stops.
 fn serve_tftp_on_own_thread(
     server: Arc<TftpServer>,
     socket: std::net::UdpSocket,

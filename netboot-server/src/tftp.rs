@@ -7,14 +7,14 @@
 //! retries are bounded, and the packet decoder is a plain function to fuzz.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::File;
+use std::io::{self, BufReader, Read};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::fs::File;
-use tokio::io::{AsyncReadExt, BufReader};
 use tokio::net::UdpSocket;
 
 use crate::metrics::{Metrics, TFTP_REQUESTS, TFTP_TRANSFERS};
@@ -28,9 +28,13 @@ const MIN_BLKSIZE: usize = 8;
 /// Gains flatten near 64 (netboot-lab); more only fills buffers.
 const MAX_WINDOWSIZE: u16 = 64;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Bytes read from the file at a time: tokio's file reads each cost a trip to the blocking
-/// pool, far more than sending one block.
+/// Bytes read from the file at a time: one read(2) per 178 blocks of 1468 bytes.
 const READ_AHEAD: usize = 256 * 1024;
+/// Each transfer runs on a thread of its own in blocking I/O, as tftpd-hpa runs a process per
+/// transfer: lock-step TFTP waits for one ACK at a time, and a thread blocked in recv(2) is woken
+/// by the ACK itself, where a task on the runtime took a timer, an epoll round and a failed
+/// recv(2) per block. [`Limits::total`] bounds the threads; their stacks are small.
+const TRANSFER_STACK: usize = 256 * 1024;
 
 /// What one client, or all of them, may hold: every transfer holds a socket, so these bound
 /// the descriptors a LAN peer can pin.
@@ -61,28 +65,32 @@ impl Default for Limits {
     }
 }
 
-/// Transfers under way, by client transfer ID and by address.
+/// Transfers under way, by client transfer ID and request, and by address.
 #[derive(Debug, Default)]
 struct Transfers {
-    ports: HashSet<SocketAddr>,
+    requests: HashSet<(SocketAddr, Vec<u8>)>,
     per_ip: HashMap<IpAddr, usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Admission {
     Admitted,
-    /// The client resent its request while we answer it.
+    /// The client resent its request while we answer it: the same bytes from the same port.
+    /// Another request from that port is a new one (UEFI firmware asks a file's size, ends that
+    /// transfer with an ERROR and asks for the file from the same port at once, maybe before the
+    /// transfer's thread has seen the ERROR).
     Duplicate,
     /// Over a cap: the label says which.
     Busy(&'static str),
 }
 
 impl Transfers {
-    fn admit(&mut self, client: SocketAddr, limits: &Limits) -> Admission {
-        if self.ports.contains(&client) {
+    fn admit(&mut self, client: SocketAddr, request: &[u8], limits: &Limits) -> Admission {
+        let key = (client, request.to_vec());
+        if self.requests.contains(&key) {
             return Admission::Duplicate;
         }
-        if self.ports.len() >= limits.total {
+        if self.requests.len() >= limits.total {
             return Admission::Busy("busy_total");
         }
         let from_client = self.per_ip.entry(client.ip()).or_default();
@@ -90,12 +98,12 @@ impl Transfers {
             return Admission::Busy("busy_client");
         }
         *from_client += 1;
-        self.ports.insert(client);
+        self.requests.insert(key);
         Admission::Admitted
     }
 
-    fn release(&mut self, client: SocketAddr) {
-        if !self.ports.remove(&client) {
+    fn release(&mut self, client: SocketAddr, request: Vec<u8>) {
+        if !self.requests.remove(&(client, request)) {
             return;
         }
         if let Some(count) = self.per_ip.get_mut(&client.ip()) {
@@ -107,18 +115,20 @@ impl Transfers {
     }
 }
 
-/// An admitted transfer's place, given back however its task ends.
+/// An admitted transfer's place, given back however its thread ends.
 struct Slot {
     transfers: Arc<Mutex<Transfers>>,
     client: SocketAddr,
+    request: Vec<u8>,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        let request = std::mem::take(&mut self.request);
         self.transfers
             .lock()
             .expect("tftp lock")
-            .release(self.client);
+            .release(self.client, request);
     }
 }
 
@@ -325,10 +335,11 @@ impl TftpServer {
                     continue;
                 }
             };
-            let admission = transfers
-                .lock()
-                .expect("tftp lock")
-                .admit(client, &self.limits);
+            let admission =
+                transfers
+                    .lock()
+                    .expect("tftp lock")
+                    .admit(client, &buffer[..len], &self.limits);
             match admission {
                 Admission::Admitted => {}
                 // A client that resends its RRQ while we answer it must not get two transfers.
@@ -350,89 +361,85 @@ impl TftpServer {
             let slot = Slot {
                 transfers: Arc::clone(&transfers),
                 client,
+                request: buffer[..len].to_vec(),
             };
             let server = Arc::clone(&self);
-            tokio::spawn(async move {
-                if let Err(error) = server
-                    .answer(packet, client, SocketAddr::new(local_ip, 0))
-                    .await
-                {
-                    tracing::warn!(%client, %error, "TFTP transfer failed");
+            let local = SocketAddr::new(local_ip, 0);
+            let started = std::thread::Builder::new()
+                .name("tftp-transfer".into())
+                .stack_size(TRANSFER_STACK)
+                .spawn(move || {
+                    if let Err(error) = server.answer(packet, client, local) {
+                        tracing::warn!(%client, %error, "TFTP transfer failed");
+                    }
+                    drop(slot);
+                });
+            // The system holds no more threads: the closure, and its slot, are dropped unrun.
+            if let Err(error) = started {
+                tracing::warn!(%client, %error, "TFTP transfer not started");
+                self.metrics.inc(TFTP_REQUESTS, &[("outcome", "no_thread")]);
+                let busy = error_packet(ErrorCode::NotDefined, "busy");
+                if let Err(error) = listener.send_to(&busy, client).await {
+                    tracing::debug!(%client, %error, "TFTP busy reply not sent");
                 }
-                drop(slot);
-            });
+            }
         }
     }
 
-    /// Answers one request from a fresh port (the transfer ID, RFC 1350 §4).
-    async fn answer(
-        &self,
-        packet: Packet,
-        client: SocketAddr,
-        local: SocketAddr,
-    ) -> anyhow::Result<()> {
-        let socket = UdpSocket::bind(local).await?;
-        socket.connect(client).await?;
+    /// Answers one request from a fresh port (the transfer ID, RFC 1350 §4), blocking.
+    fn answer(&self, packet: Packet, client: SocketAddr, local: SocketAddr) -> anyhow::Result<()> {
+        let socket = std::net::UdpSocket::bind(local)?;
+        socket.connect(client)?;
         let request = match packet {
             Packet::Read(request) => request,
             Packet::Write => {
-                return self
-                    .refuse(
-                        &socket,
-                        ErrorCode::AccessViolation,
-                        "read-only server",
-                        "write",
-                    )
-                    .await;
+                return self.refuse(
+                    &socket,
+                    ErrorCode::AccessViolation,
+                    "read-only server",
+                    "write",
+                );
             }
             _ => {
-                return self
-                    .refuse(
-                        &socket,
-                        ErrorCode::IllegalOperation,
-                        "expected a read request",
-                        "illegal",
-                    )
-                    .await;
+                return self.refuse(
+                    &socket,
+                    ErrorCode::IllegalOperation,
+                    "expected a read request",
+                    "illegal",
+                );
             }
         };
         if request.mode != "octet" {
-            return self
-                .refuse(
-                    &socket,
-                    ErrorCode::IllegalOperation,
-                    "only octet mode is served",
-                    "mode",
-                )
-                .await;
+            return self.refuse(
+                &socket,
+                ErrorCode::IllegalOperation,
+                "only octet mode is served",
+                "mode",
+            );
         }
         let path = match safe_path::resolve(&self.root, &request.filename) {
             Ok(path) => path,
             Err(PathError::Escapes) => {
                 tracing::warn!(%client, file = %request.filename, "refused TFTP path outside the root");
-                return self
-                    .refuse(
-                        &socket,
-                        ErrorCode::AccessViolation,
-                        "outside the served root",
-                        "refused",
-                    )
-                    .await;
+                return self.refuse(
+                    &socket,
+                    ErrorCode::AccessViolation,
+                    "outside the served root",
+                    "refused",
+                );
             }
             Err(error) => {
                 tracing::info!(%client, file = %request.filename, %error, "TFTP file not served");
-                return self
-                    .refuse(
-                        &socket,
-                        ErrorCode::FileNotFound,
-                        "file not found",
-                        "not_found",
-                    )
-                    .await;
+                return self.refuse(
+                    &socket,
+                    ErrorCode::FileNotFound,
+                    "file not found",
+                    "not_found",
+                );
             }
         };
-        let file = File::open(&path).await?;
-        let size = file.metadata().await?.len();
+        let file = File::open(&path)?;
+        let size = file.metadata()?.len();
         let negotiated = negotiate(&request.options, size, self.limits.max_timeout);
         self.metrics.inc(TFTP_REQUESTS, &[("outcome", "accepted")]);
         if let SocketAddr::V4(v4) = client {
@@ -444,7 +451,11 @@ impl TftpServer {
             );
         }
         tracing::info!(%client, file = %request.filename, size, blksize = negotiated.blksize, windowsize = negotiated.windowsize, "TFTP transfer");
-        let outcome = send_file(&socket, file, &negotiated, self.limits.retries).await;
+        let mut peer = Peer {
+            socket,
+            read_timeout: None,
+        };
+        let outcome = send_file(&mut peer, file, &negotiated, self.limits.retries);
         let label = match &outcome {
             Ok(Ending::Complete) => "complete",
             Ok(Ending::ClientError) => "client_error",
@@ -457,15 +468,15 @@ impl TftpServer {
         Ok(())
     }
 
-    async fn refuse(
+    fn refuse(
         &self,
-        socket: &UdpSocket,
+        socket: &std::net::UdpSocket,
         code: ErrorCode,
         message: &str,
         label: &'static str,
     ) -> anyhow::Result<()> {
         self.metrics.inc(TFTP_REQUESTS, &[("outcome", label)]);
-        socket.send(&error_packet(code, message)).await?;
+        socket.send(&error_packet(code, message))?;
         Ok(())
     }
 }
@@ -485,22 +496,59 @@ enum Heard {
     Nothing,
 }
 
-async fn listen(socket: &UdpSocket, timeout: Duration) -> std::io::Result<Heard> {
-    let mut buffer = [0u8; 512];
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let len = match tokio::time::timeout_at(deadline, socket.recv(&mut buffer)).await {
-            Err(_elapsed) => return Ok(Heard::Nothing),
-            // ICMP port unreachable: the client has gone.
-            Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
-                return Ok(Heard::Error);
+/// A transfer's socket, connected to the client, and the receive timeout last set on it: lock-step
+/// waits the same time for every ACK, so the timeout is set once, not once per block.
+struct Peer {
+    socket: std::net::UdpSocket,
+    read_timeout: Option<Duration>,
+}
+
+impl Peer {
+    fn send(&self, packet: &[u8]) -> io::Result<()> {
+        loop {
+            match self.socket.send(packet) {
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                result => return result.map(drop),
             }
-            Ok(result) => result?,
-        };
-        match parse(&buffer[..len]) {
-            Ok(Packet::Ack { block }) => return Ok(Heard::Ack(block)),
-            Ok(Packet::Error { .. }) => return Ok(Heard::Error),
-            _ => {}
+        }
+    }
+
+    /// Waits up to `timeout` for an ACK or an ERROR, passing over anything else the client sends.
+    fn listen(&mut self, timeout: Duration) -> io::Result<Heard> {
+        let mut buffer = [0u8; 512];
+        let started = Instant::now();
+        let mut wait = timeout;
+        loop {
+            if self.read_timeout != Some(wait) {
+                self.socket.set_read_timeout(Some(wait))?;
+                self.read_timeout = Some(wait);
+            }
+            let len = match self.socket.recv(&mut buffer) {
+                Ok(len) => Some(len),
+                Err(error) => match error.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                        return Ok(Heard::Nothing);
+                    }
+                    // A signal: wait out the rest.
+                    io::ErrorKind::Interrupted => None,
+                    // ICMP port unreachable: the client has gone.
+                    io::ErrorKind::ConnectionRefused => return Ok(Heard::Error),
+                    _ => return Err(error),
+                },
+            };
+            if let Some(len) = len {
+                match parse(&buffer[..len]) {
+                    Ok(Packet::Ack { block }) => return Ok(Heard::Ack(block)),
+                    Ok(Packet::Error { .. }) => return Ok(Heard::Error),
+                    _ => {}
+                }
+            }
+            // Whole milliseconds, rounded up: the kernel counts in coarser ticks anyway.
+            let left = timeout.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Ok(Heard::Nothing);
+            }
+            wait = Duration::from_millis(left.as_nanos().div_ceil(1_000_000) as u64);
         }
     }
 }
@@ -512,23 +560,36 @@ struct Window {
     /// (block number, DATA packet), oldest first. Block numbers are 64-bit here; the wire
     /// carries the low 16 bits and wraps to 0 as most clients expect.
     blocks: VecDeque<(u64, Vec<u8>)>,
+    /// Acknowledged packets, filled again: no allocation per block.
+    spare: Vec<Vec<u8>>,
     next_block: u64,
     last_block: Option<u64>,
 }
 
 impl Window {
-    async fn fill(&mut self, windowsize: usize) -> std::io::Result<()> {
+    fn new(file: File, blksize: usize) -> Self {
+        Window {
+            file: BufReader::with_capacity(READ_AHEAD, file),
+            blksize,
+            blocks: VecDeque::new(),
+            spare: Vec::new(),
+            next_block: 1,
+            last_block: None,
+        }
+    }
+
+    fn fill(&mut self, windowsize: usize) -> io::Result<()> {
         while self.blocks.len() < windowsize
             && self.last_block.is_none_or(|last| self.next_block <= last)
         {
-            let mut packet = Vec::with_capacity(4 + self.blksize);
-            packet.extend_from_slice(&OP_DATA.to_be_bytes());
-            packet.extend_from_slice(&(self.next_block as u16).to_be_bytes());
-            (&mut self.file)
-                .take(self.blksize as u64)
-                .read_to_end(&mut packet)
-                .await?;
-            if packet.len() - 4 < self.blksize {
+            // A packet used before is already full-sized: nothing to zero.
+            let mut packet = self.spare.pop().unwrap_or_default();
+            packet.resize(4 + self.blksize, 0);
+            packet[..2].copy_from_slice(&OP_DATA.to_be_bytes());
+            packet[2..4].copy_from_slice(&(self.next_block as u16).to_be_bytes());
+            let read = read_up_to(&mut self.file, &mut packet[4..])?;
+            packet.truncate(4 + read);
+            if read < self.blksize {
                 self.last_block = Some(self.next_block);
             }
             self.blocks.push_back((self.next_block, packet));
@@ -546,7 +607,8 @@ impl Window {
         else {
             return false;
         };
-        self.blocks.drain(..=position);
+        let acknowledged = self.blocks.drain(..=position).map(|(_, packet)| packet);
+        self.spare.extend(acknowledged);
         true
     }
 
@@ -555,32 +617,40 @@ impl Window {
     }
 }
 
-async fn send_file(
-    socket: &UdpSocket,
+/// Fills `buffer` from `reader`, short only at the end of the file; the bytes read.
+fn read_up_to(reader: &mut impl Read, buffer: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match reader.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(read) => filled += read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(filled)
+}
+
+fn send_file(
+    peer: &mut Peer,
     file: File,
     negotiated: &Negotiated,
     max_retries: u32,
-) -> std::io::Result<Ending> {
+) -> io::Result<Ending> {
     if let Some(oack) = &negotiated.oack {
-        if !send_option_ack(socket, oack, negotiated.timeout, max_retries).await? {
+        if !send_option_ack(peer, oack, negotiated.timeout, max_retries)? {
             return Ok(Ending::ClientError);
         }
     }
-    let mut window = Window {
-        file: BufReader::with_capacity(READ_AHEAD, file),
-        blksize: negotiated.blksize,
-        blocks: VecDeque::new(),
-        next_block: 1,
-        last_block: None,
-    };
+    let mut window = Window::new(file, negotiated.blksize);
     let mut retries = 0;
     while !window.is_done() {
-        window.fill(usize::from(negotiated.windowsize)).await?;
+        window.fill(usize::from(negotiated.windowsize))?;
         for (_, packet) in &window.blocks {
-            socket.send(packet).await?;
+            peer.send(packet)?;
         }
         loop {
-            match listen(socket, negotiated.timeout).await? {
+            match peer.listen(negotiated.timeout)? {
                 Heard::Error => return Ok(Ending::ClientError),
                 Heard::Nothing => {
                     retries += 1;
@@ -604,16 +674,16 @@ async fn send_file(
 
 /// Sends the OACK until the client acknowledges it as block 0; false if it sent ERROR (a
 /// size probe) or never answered.
-async fn send_option_ack(
-    socket: &UdpSocket,
+fn send_option_ack(
+    peer: &mut Peer,
     oack: &[u8],
     timeout: Duration,
     max_retries: u32,
-) -> std::io::Result<bool> {
+) -> io::Result<bool> {
     for _ in 0..=max_retries {
-        socket.send(oack).await?;
+        peer.send(oack)?;
         loop {
-            match listen(socket, timeout).await? {
+            match peer.listen(timeout)? {
                 Heard::Ack(0) => return Ok(true),
                 Heard::Ack(_) => {}
                 Heard::Error => return Ok(false),
@@ -735,7 +805,8 @@ mod tests {
         };
         let from = |ip: [u8; 4], port| SocketAddr::from((ip, port));
         let mut transfers = Transfers::default();
-        let admit = |transfers: &mut Transfers, client| transfers.admit(client, &limits);
+        const REQUEST: &[u8] = b"\0\x01file.bin\0octet\0";
+        let admit = |transfers: &mut Transfers, client| transfers.admit(client, REQUEST, &limits);
         assert_eq!(
             admit(&mut transfers, from([10, 0, 0, 1], 1)),
             Admission::Admitted
@@ -760,14 +831,38 @@ mod tests {
             admit(&mut transfers, from([10, 0, 0, 3], 1)),
             Admission::Busy("busy_total")
         );
-        transfers.release(from([10, 0, 0, 1], 1));
-        transfers.release(from([10, 0, 0, 1], 3));
+        transfers.release(from([10, 0, 0, 1], 1), REQUEST.to_vec());
+        transfers.release(from([10, 0, 0, 1], 3), REQUEST.to_vec());
         assert_eq!(
             admit(&mut transfers, from([10, 0, 0, 3], 1)),
             Admission::Admitted
         );
-        transfers.release(from([10, 0, 0, 2], 1));
+        transfers.release(from([10, 0, 0, 2], 1), REQUEST.to_vec());
         assert!(!transfers.per_ip.contains_key(&IpAddr::from([10, 0, 0, 2])));
+    }
+
+    #[test]
+    fn another_request_from_a_port_under_transfer_is_a_new_one() {
+        let limits = Limits::default();
+        let client = SocketAddr::from(([10, 0, 0, 1], 1));
+        let probe = rrq(&["file.bin", "octet", "tsize", "0"]);
+        let download = rrq(&["file.bin", "octet", "blksize", "1468"]);
+        let mut transfers = Transfers::default();
+        assert_eq!(
+            transfers.admit(client, &probe, &limits),
+            Admission::Admitted
+        );
+        assert_eq!(
+            transfers.admit(client, &download, &limits),
+            Admission::Admitted
+        );
+        assert_eq!(
+            transfers.admit(client, &download, &limits),
+            Admission::Duplicate
+        );
+        transfers.release(client, probe);
+        transfers.release(client, download);
+        assert!(transfers.requests.is_empty() && transfers.per_ip.is_empty());
     }
 
     /// A server on loopback serving one file of `size` bytes, and a client socket.
@@ -913,6 +1008,27 @@ mod tests {
             "transfer not ended by the client's ERROR: {}",
             server.metrics.render()
         );
+    }
+
+    #[tokio::test]
+    async fn a_download_asked_from_the_probes_port_right_after_its_error_is_answered() {
+        // UEFI firmware: size probe, ERROR, then at once the download from the same port, which
+        // may reach the server before the probe's transfer has seen the ERROR.
+        let (_server, _root, _client, address, contents) = server_and_client(5000).await;
+        for _ in 0..20 {
+            // A port per boot, as firmware takes.
+            let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            client
+                .send_to(&rrq(&["file.bin", "octet", "tsize", "0"]), address)
+                .await
+                .unwrap();
+            let (_oack, transfer) = receive(&client).await;
+            client
+                .send_to(&[0, 5, 0, 8, b'p', b'r', b'o', b'b', b'e', 0], transfer)
+                .await
+                .unwrap();
+            assert_eq!(download(&client, address).await, contents);
+        }
     }
 
     /// A full transfer in lock step from `client`; the file's bytes.
