@@ -21,8 +21,10 @@ use lectern_store::{HostLayer, Manifest, Store};
 use serde_json::Value;
 use soft_tpm::SoftTpm;
 
+pub mod capture;
 pub mod impairment;
 pub mod room;
+pub mod storm;
 // The one soft TPM of the test labs, shared with the namespace tests.
 #[path = "../../netboot-server/tests/lab/soft_tpm.rs"]
 pub mod soft_tpm;
@@ -186,6 +188,11 @@ impl Lab {
         // SAFETY: sysconf only reads a constant.
         let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         Some(ticks / per_second)
+    }
+
+    /// The process id of what [`Lab::spawn`] started as `index`.
+    pub fn pid(&self, index: usize) -> u32 {
+        self.children[index].id()
     }
 
     /// Lowers the CPU priority of what [`Lab::spawn`] started as `index` to `nice` (0 to 19).

@@ -51,6 +51,13 @@ pub struct Guest {
     cpu_at_up: Cell<Option<f64>>,
 }
 
+impl Guest {
+    /// When its qemu was started.
+    pub fn powered_on(&self) -> SystemTime {
+        self.powered_on
+    }
+}
+
 pub struct RoomLab {
     pub lab: Lab,
     /// The served copy of the master file.
@@ -336,8 +343,14 @@ impl RoomLab {
     }
 
     /// `netbootd check`, then `netbootd serve` in the lab's namespace (after the venue's DHCP server,
-    /// in proxy mode).
+    /// in proxy mode), logging at debug level.
     pub fn serve(&mut self, netbootd: &Path) -> Result<()> {
+        self.serve_logging(netbootd, "lectern_netboot=debug,info")
+            .map(drop)
+    }
+
+    /// [`RoomLab::serve`], netbootd logging as `RUST_LOG` says in `log`; returns netbootd's lab index.
+    pub fn serve_logging(&mut self, netbootd: &Path, log: &str) -> Result<usize> {
         if self.fixture == Fixture::ProxyBesideVenue {
             self.start_venue_dhcp()?;
         }
@@ -366,8 +379,8 @@ impl RoomLab {
             .in_netns(netbootd.to_str().context("netbootd path")?);
         serve.arg("serve");
         args(&mut serve);
-        serve.env("RUST_LOG", "lectern_netboot=debug,info");
-        self.lab.spawn(serve, "netbootd.log")?;
+        serve.env("RUST_LOG", log);
+        let running = self.lab.spawn(serve, "netbootd.log")?;
         self.started = Instant::now();
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.get("/healthz").is_none() {
@@ -377,7 +390,7 @@ impl RoomLab {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-        Ok(())
+        Ok(running)
     }
 
     /// Switches `hostname` (a netbooted host of the plan) on, with `firmware`, its SMBIOS the identity
@@ -462,6 +475,12 @@ impl RoomLab {
             cpu_at_up: Cell::new(None),
         });
         Ok(())
+    }
+
+    /// qemu's CPU seconds so far for `hostname`'s guest, while it runs.
+    pub fn guest_cpu_seconds(&self, hostname: &str) -> Option<f64> {
+        let index = self.guest(hostname).ok()?.running?;
+        self.lab.cpu_seconds(index)
     }
 
     /// Switches `hostname` off (its power cord pulled).
@@ -867,7 +886,7 @@ impl RoomLab {
 }
 
 /// Seconds since 1970 of netbootd's `2026-12-01T10:06:25Z` stamps.
-fn unix_seconds(stamp: &str) -> Option<u64> {
+pub fn unix_seconds(stamp: &str) -> Option<u64> {
     let number = |range: std::ops::Range<usize>| stamp.get(range)?.parse::<i64>().ok();
     let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
     let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
