@@ -21,9 +21,11 @@ use lectern_store::{HostLayer, Manifest, Store};
 use serde_json::Value;
 use soft_tpm::SoftTpm;
 
+pub mod capture;
 pub mod debian_box;
 pub mod impairment;
 pub mod room;
+pub mod storm;
 // The one soft TPM of the test labs, shared with the namespace tests.
 #[path = "../../netboot-server/tests/lab/soft_tpm.rs"]
 pub mod soft_tpm;

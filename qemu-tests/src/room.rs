@@ -51,6 +51,13 @@ pub struct Guest {
     cpu_at_up: Cell<Option<f64>>,
 }
 
+impl Guest {
+    /// When its qemu was started.
+    pub fn powered_on(&self) -> SystemTime {
+        self.powered_on
+    }
+}
+
 pub struct RoomLab {
     pub lab: Lab,
     /// The served copy of the master file.
@@ -336,8 +343,14 @@ impl RoomLab {
     }
 
     /// `netbootd check`, then `netbootd serve` in the lab's namespace (after the venue's DHCP server,
-    /// in proxy mode).
+    /// in proxy mode), logging at debug level, and the receiver of the hosts' journals.
     pub fn serve(&mut self, netbootd: &Path) -> Result<()> {
+        self.serve_logging(netbootd, "lectern_netboot=debug,info")
+            .map(drop)
+    }
+
+    /// [`RoomLab::serve`], netbootd logging as `RUST_LOG` says in `log`; returns netbootd's lab index.
+    pub fn serve_logging(&mut self, netbootd: &Path, log: &str) -> Result<usize> {
         if self.fixture == Fixture::ProxyBesideVenue {
             self.start_venue_dhcp()?;
         }
@@ -369,8 +382,8 @@ impl RoomLab {
             .arg("--state-dir")
             .arg(&state)
             .args(["--tftp-root", TFTP_ROOT])
-            .env("RUST_LOG", "lectern_netboot=debug,info");
-        self.lab.spawn(serve, "netbootd.log")?;
+            .env("RUST_LOG", log);
+        let running = self.lab.spawn(serve, "netbootd.log")?;
         self.started = Instant::now();
         let deadline = Instant::now() + Duration::from_secs(20);
         while self.get("/healthz").is_none() {
@@ -381,9 +394,7 @@ impl RoomLab {
             std::thread::sleep(Duration::from_millis(200));
         }
         // The hosts' journals, received as the box's lectern-journal-remote.service receives them.
-        let mut receiver = self
-            .lab
-            .in_netns(netbootd.to_str().context("netbootd path")?);
+        let mut receiver = self.lab.in_netns(netbootd_path);
         receiver
             .arg("journal-remote")
             .arg("--config")
@@ -395,7 +406,7 @@ impl RoomLab {
             .arg("--output")
             .arg(self.journals());
         self.lab.spawn(receiver, "journal-remote.log")?;
-        Ok(())
+        Ok(running)
     }
 
     /// Where the lab's receiver keeps the hosts' journals, one file per host address (the box's
@@ -502,6 +513,12 @@ impl RoomLab {
             cpu_at_up: Cell::new(None),
         });
         Ok(())
+    }
+
+    /// qemu's CPU seconds so far for `hostname`'s guest, while it runs.
+    pub fn guest_cpu_seconds(&self, hostname: &str) -> Option<f64> {
+        let index = self.guest(hostname).ok()?.running?;
+        self.lab.cpu_seconds(index)
     }
 
     /// Switches `hostname` off (its power cord pulled).
@@ -907,7 +924,7 @@ impl RoomLab {
 }
 
 /// Seconds since 1970 of netbootd's `2026-12-01T10:06:25Z` stamps.
-fn unix_seconds(stamp: &str) -> Option<u64> {
+pub fn unix_seconds(stamp: &str) -> Option<u64> {
     let number = |range: std::ops::Range<usize>| stamp.get(range)?.parse::<i64>().ok();
     let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
     let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
