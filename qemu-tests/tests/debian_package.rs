@@ -236,7 +236,9 @@ fn box_master() -> Result<String> {
 }
 
 /// What a set-up could change on the box: networkd's files, the units' state, netbootd's arguments,
-/// the LAN's link and addresses, and every file under the store and netbootd's state.
+/// the LAN's link and addresses, and every file under netbootd's state and lectern's, but the store's
+/// contents: those are the suite's test store, which other tests write to meanwhile, under the box's
+/// overlay (what the box writes there is in the overlay's upper directory, [`fingerprint`] lists it).
 const FINGERPRINT: &str = r#"
 ls -l --time-style=+%s /etc/systemd/network/
 for unit in netbootd netbootd-vms systemd-networkd; do
@@ -244,8 +246,28 @@ for unit in netbootd netbootd-vms systemd-networkd; do
 done
 cat /etc/default/netbootd
 ip -br link show lan0; ip -br addr show lan0
-find /var/lib/lectern /var/lib/netbootd -printf '%p %u %m %s %T@\n' 2>/dev/null | sort
+find /var/lib/lectern /var/lib/netbootd -path /var/lib/lectern/store/* -prune \
+  -o -printf '%p %u %m %s %T@\n' 2>/dev/null | sort
 "#;
+
+/// The box's [`FINGERPRINT`], and every file the box wrote into its store (`upper`: the overlay's
+/// upper directory, on this side).
+fn fingerprint(container: &SystemContainer, upper: &Path) -> Result<String> {
+    let mut listing = container.must(FINGERPRINT)?;
+    let output = Command::new("find")
+        .arg(upper)
+        .args(["-printf", "%P %u %m %s %T@\n"])
+        .output()?;
+    ensure!(output.status.success(), "find {}", upper.display());
+    let mut written: Vec<&str> = std::str::from_utf8(&output.stdout)?.lines().collect();
+    written.sort_unstable();
+    for line in written {
+        listing.push_str("store: ");
+        listing.push_str(line);
+        listing.push('\n');
+    }
+    Ok(listing)
+}
 
 /// Runs `netbootd setup` on `master` in the box: exit code, stdout, stderr.
 fn setup(container: &SystemContainer, master: &str) -> Result<(i32, String, String)> {
@@ -258,8 +280,8 @@ fn setup(container: &SystemContainer, master: &str) -> Result<(i32, String, Stri
 }
 
 /// Runs a set-up that must be refused, naming `why`, and change nothing.
-fn refused(container: &SystemContainer, master: &str, why: &str) -> Result<()> {
-    let before = container.must(FINGERPRINT)?;
+fn refused(container: &SystemContainer, upper: &Path, master: &str, why: &str) -> Result<()> {
+    let before = fingerprint(container, upper)?;
     let (code, out, err) = setup(container, master)?;
     ensure!(
         code == 1
@@ -268,7 +290,7 @@ fn refused(container: &SystemContainer, master: &str, why: &str) -> Result<()> {
             && err.contains("nothing was changed"),
         "wanted a refusal naming {why:?}, got exit {code}:\n{out}{err}"
     );
-    let after = container.must(FINGERPRINT)?;
+    let after = fingerprint(container, upper)?;
     ensure!(
         before == after,
         "a refused set-up changed the box:\n--- before\n{before}--- after\n{after}"
@@ -396,13 +418,23 @@ fn set_up_a_box(tmp: &Path) -> Result<()> {
         &master.replacen("mac = \"8c:16:45:00:e6:f6\"", "mac = \"8c:16:45:00:e6\"", 1),
         "644",
     )?;
-    refused(&container, "/etc/lectern/broken.toml", "broken.toml:")?;
+    refused(
+        &container,
+        &upper,
+        "/etc/lectern/broken.toml",
+        "broken.toml:",
+    )?;
     write(
         "/etc/lectern/elsewhere.toml",
         &master.replacen("interface = \"lan0\"", "interface = \"lan9\"", 1),
         "644",
     )?;
-    refused(&container, "/etc/lectern/elsewhere.toml", "interface lan9")?;
+    refused(
+        &container,
+        &upper,
+        "/etc/lectern/elsewhere.toml",
+        "interface lan9",
+    )?;
     write("/etc/lectern/master.toml", &master, "644")?;
     let leases = lab.dir().join("rogue.leases");
     let mut rogue = lab.in_netns("dnsmasq");
@@ -426,6 +458,7 @@ fn set_up_a_box(tmp: &Path) -> Result<()> {
     let rogue = lab.spawn(rogue, "rogue-dnsmasq.log")?;
     refused(
         &container,
+        &upper,
         "/etc/lectern/master.toml",
         &format!("another DHCP server answers on {INTERFACE}: {ROUTER} (offered 10.99.0.1"),
     )?;
