@@ -897,6 +897,12 @@ impl RoomLab {
     }
 
     /// netbootd's log, every host's record and the end of every guest's logs.
+    /// The state directory of the lab's `netbootd vms`, if it runs one (each local VM's console in
+    /// `vms/<host>.serial.log`, which [`RoomLab::diagnostics`] shows).
+    pub fn local_vm_state(&self) -> PathBuf {
+        self.lab.dir().join("vm-state")
+    }
+
     pub fn diagnostics(&self) -> String {
         let mut out = String::new();
         let netbootd = fs::read_to_string(self.lab.dir().join("netbootd.log")).unwrap_or_default();
@@ -908,7 +914,13 @@ impl RoomLab {
             "--- /api/hosts ---\n{}",
             self.operator("/api/hosts").unwrap_or_default()
         );
-        for path in self.lab.guest_logs() {
+        let local_vm_consoles = fs::read_dir(self.local_vm_state().join("vms"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| path.to_string_lossy().ends_with(".serial.log"));
+        for path in self.lab.guest_logs().into_iter().chain(local_vm_consoles) {
             let text = String::from_utf8_lossy(&fs::read(&path).unwrap_or_default()).into_owned();
             let lines: Vec<&str> = text.lines().collect();
             let tail = &lines[lines.len().saturating_sub(40)..];

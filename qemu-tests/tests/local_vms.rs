@@ -88,7 +88,7 @@ fn boot_through_a_lossy_link(room: &mut RoomLab) -> Result<()> {
 fn run(room: &mut RoomLab) -> Result<()> {
     let netbootd = netbootd_binary(&std::env::current_exe()?)?;
     let store_dir = room.plan.netboot.store.clone();
-    let state = room.lab.dir().join("vm-state");
+    let state = room.local_vm_state();
     let mut supervisor = room
         .lab
         .in_netns(netbootd.to_str().context("netbootd path")?);
