@@ -177,27 +177,27 @@ pub fn apply_policy(
     shared.replace(policy);
 }
 
-/// TFTP's listener on a single-threaded runtime of its own, apart from DHCP and HTTP; each
-/// transfer then runs on a thread of its own (`tftp::TRANSFER_STACK` says why). Resolves when the
-/// server stops.
-fn serve_tftp_on_own_thread(
-    server: Arc<TftpServer>,
-    socket: std::net::UdpSocket,
-) -> anyhow::Result<oneshot::Receiver<anyhow::Result<()>>> {
+/// Runs the future `serve` makes on a single-threaded runtime of a thread of its own, apart from HTTP's
+/// runtime: the kernel wakes that thread as soon as a datagram arrives, however busy the HTTP workers
+/// are with a storm's downloads (DHCP answered behind them in 15 ms, with retries at 90 hosts, where
+/// dnsmasq beside nginx answered in 2). Resolves when it stops.
+fn serve_on_own_thread<Serve, Serving>(
+    name: &str,
+    serve: Serve,
+) -> anyhow::Result<oneshot::Receiver<anyhow::Result<()>>>
+where
+    Serve: FnOnce() -> Serving + Send + 'static,
+    Serving: std::future::Future<Output = anyhow::Result<()>>,
+{
     let (stopped, result) = oneshot::channel();
     std::thread::Builder::new()
-        .name("tftp".into())
+        .name(name.into())
         .spawn(move || {
             let outcome = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(anyhow::Error::from)
-                .and_then(|runtime| {
-                    runtime.block_on(async {
-                        socket.set_nonblocking(true)?;
-                        server.serve(UdpSocket::from_std(socket)?).await
-                    })
-                });
+                .and_then(|runtime| runtime.block_on(serve()));
             let _ = stopped.send(outcome);
         })?;
     Ok(result)
@@ -341,10 +341,20 @@ pub async fn run(
         tpm_challenges: Default::default(),
         leases_are_ours: config.mode == Mode::Authoritative,
     });
-    let tftp_stopped = serve_tftp_on_own_thread(tftp, tftp_socket)?;
+    // Each TFTP transfer then runs on a thread of its own (`tftp::TRANSFER_STACK` says why).
+    let tftp_stopped = serve_on_own_thread("tftp", move || async move {
+        tftp_socket.set_nonblocking(true)?;
+        tftp.serve(UdpSocket::from_std(tftp_socket)?).await
+    })?;
+    let dhcp_stopped = {
+        let (responder, interface) = (Arc::clone(&responder), config.interface.clone());
+        serve_on_own_thread("dhcp", move || async move {
+            dhcp::serve(responder, &interface).await
+        })?
+    };
     let serving = async {
         tokio::select! {
-            result = dhcp::serve(Arc::clone(&responder), &config.interface) => result.context("DHCP"),
+            result = dhcp_stopped => result.unwrap_or_else(|_| Err(anyhow!("DHCP thread died"))).context("DHCP"),
             result = tftp_stopped => result.unwrap_or_else(|_| Err(anyhow!("TFTP thread died"))).context("TFTP"),
             result = http::serve(http_listener, Arc::clone(&http_state), http_limits) => result.context("HTTP"),
             result = http::serve_operator(operator_listener, Arc::clone(&http_state), http_limits) => result.context("operator's views"),
