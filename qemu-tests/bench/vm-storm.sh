@@ -11,9 +11,9 @@
 # The guests are streaming backends, the one role that comes up on its own (a source needs its room's
 # mixer running, an encoder the mixer's output): the VM tests' fixture master file with GUESTS of them
 # added. Its conference is the fixture's, so the role images are the VM tests' byte for byte: the
-# bench's store starts as hard links to the VM tests' store (SEED_STORE), and `imgbuild all` then
-# builds only the new hosts' layers (with a seed that lacks the images it builds them, which takes
-# many minutes). It boots VMs for minutes: the test suite does not run it.
+# bench's store starts as hard links to the VM tests' store (SEED_STORE), its lock is theirs, and
+# `imgbuild all` then builds only the new hosts' layers (with a seed that lacks the images it builds
+# them, which takes many minutes). It boots VMs for minutes: the test suite does not run it.
 #
 # Needs root and apt-get install qemu-system-x86 ipxe-qemu ipxe dnsmasq-base nginx-light tcpdump
 # Usage: bash qemu-tests/bench/vm-storm.sh
@@ -55,6 +55,11 @@ if [ ! -d "$store" ] && [ -d "$SEED_STORE/blobs" ]; then
     mkdir -p "$store"
     cp -al "$SEED_STORE/blobs" "$store/"
     cp -a "$SEED_STORE/layers" "$SEED_STORE/keys" "$store/"
+fi
+# The versions the VM tests' layers were built with: their lock, as master.lock beside the master file
+# (without it, imgbuild would resolve the layers from the mirror again and build them anew).
+if [ -f "$SEED_STORE.lock" ]; then
+    cp "$SEED_STORE.lock" "$WORK/master.lock"
 fi
 "$bin/imgbuild" all --config "$WORK/master.toml" --recipes "$repo/recipes" --overlays "$repo/overlays" >&2
 
