@@ -1528,17 +1528,7 @@ fn the_dashboard_follows_a_boot_live_and_shows_a_silent_host_stale() {
     let identity = format!(r#","uuid":"{UUID}""#);
 
     let page = std::thread::scope(|scope| {
-        let browser = scope.spawn(|| {
-            lab.server(
-                "python3",
-                &[
-                    probe.to_str().unwrap(),
-                    "http://127.0.0.1:8081/",
-                    "50",
-                    screenshot.to_str().unwrap(),
-                ],
-            )
-        });
+        let browser = scope.spawn(|| watch_dashboard(&lab, &probe, 50, &screenshot));
         std::thread::sleep(Duration::from_secs(6));
         http(&lab, &[&format!("{HTTP}/host/{MIXER}/layer")]);
         std::thread::sleep(Duration::from_secs(5));
@@ -1800,17 +1790,7 @@ fn a_running_host_applies_its_changed_layer_over_tls_restarting_only_what_reads_
     let screenshot =
         std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard-live-layer.png");
     let page = std::thread::scope(|scope| {
-        let browser = scope.spawn(|| {
-            lab.server(
-                "python3",
-                &[
-                    probe.to_str().unwrap(),
-                    "http://127.0.0.1:8081/",
-                    "16",
-                    screenshot.to_str().unwrap(),
-                ],
-            )
-        });
+        let browser = scope.spawn(|| watch_dashboard(&lab, &probe, 16, &screenshot));
         std::thread::sleep(Duration::from_secs(4));
         // Its next heartbeat hears of it and starts the live update, which systemd would run.
         let (ok, printed) = host.run(&lab, "report", &[], "");
@@ -2335,4 +2315,23 @@ fn hosts_journals_reach_the_box_over_tls_split_per_host_and_never_an_untrusted_r
     for line in ["mixer-line-5b1e", "source-line-0c7d", "lameere-mixer"] {
         assert!(!seen(line.as_bytes()), "{line} crossed the LAN in clear");
     }
+}
+
+/// The browser probe (`lab/browser_probe.py`, at `probe`) on the operator's dashboard for `seconds`, in
+/// headless Chromium in the server's namespace, saving `screenshot` at the end: what it printed.
+fn watch_dashboard(
+    lab: &Lab,
+    probe: &std::path::Path,
+    seconds: u32,
+    screenshot: &std::path::Path,
+) -> std::process::Output {
+    lab.server(
+        "python3",
+        &[
+            probe.to_str().unwrap(),
+            "http://127.0.0.1:8081/",
+            &seconds.to_string(),
+            screenshot.to_str().unwrap(),
+        ],
+    )
 }

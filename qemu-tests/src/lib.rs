@@ -157,6 +157,23 @@ impl Lab {
         command
     }
 
+    /// dnsmasq in the lab's namespace as the tests run it: in the foreground, logging to its output,
+    /// no DNS, no configuration file, bound to `interface` only. Each caller adds its DHCP.
+    pub fn dnsmasq(&self, interface: &str) -> Command {
+        let mut dnsmasq = self.in_netns("dnsmasq");
+        dnsmasq
+            .args(["--keep-in-foreground", "--conf-file=/dev/null", "--port=0"])
+            .args([
+                "--no-resolv",
+                "--no-hosts",
+                "--no-ping",
+                "--bind-interfaces",
+            ])
+            .args(["--log-facility=-", "--user=root"])
+            .arg(format!("--interface={interface}"));
+        dnsmasq
+    }
+
     /// Starts `command` with its output in `log` (in [`Lab::dir`]); it is killed when the lab drops.
     /// Returns its index for [`Lab::stop`].
     pub fn spawn(&mut self, mut command: Command, log: &str) -> Result<usize> {
@@ -582,6 +599,23 @@ impl Drop for Lab {
             eprintln!("lab files kept in {}", kept.display());
         }
     }
+}
+
+/// The last `lines` lines of each file of `paths` (a guest's console, a server's log), each under a
+/// header naming it, for a failure's message.
+pub fn log_tails(paths: impl IntoIterator<Item = PathBuf>, lines: usize) -> String {
+    let mut out = String::new();
+    for path in paths {
+        let text = String::from_utf8_lossy(&fs::read(&path).unwrap_or_default()).into_owned();
+        let all: Vec<&str> = text.lines().collect();
+        let tail = &all[all.len().saturating_sub(lines)..];
+        out.push_str(&format!(
+            "--- tail of {} ---\n{}\n",
+            path.display(),
+            tail.join("\n")
+        ));
+    }
+    out
 }
 
 /// The repository checkout (recipes, overlays, fixtures).

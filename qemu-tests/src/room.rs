@@ -277,22 +277,9 @@ impl RoomLab {
             .status()?;
         ensure!(added.success(), "adding the venue DHCP's address");
         let dir = self.lab.dir().to_owned();
-        let mut dnsmasq = self.lab.in_netns("dnsmasq");
+        let mut dnsmasq = self.lab.dnsmasq(&self.plan.network.dhcp.interface);
         dnsmasq
-            .args([
-                "--keep-in-foreground",
-                "--conf-file=/dev/null",
-                "--port=0",
-                "--no-resolv",
-            ])
-            .args([
-                "--no-hosts",
-                "--no-ping",
-                "--bind-interfaces",
-                "--dhcp-authoritative",
-            ])
-            .args(["--log-dhcp", "--log-facility=-", "--user=root"])
-            .arg(format!("--interface={}", self.plan.network.dhcp.interface))
+            .args(["--dhcp-authoritative", "--log-dhcp"])
             .arg(format!("--listen-address={venue}"))
             .arg(format!("--dhcp-range={},{},1h", on_lan(100), on_lan(150)))
             .arg(format!(
@@ -920,17 +907,10 @@ impl RoomLab {
             .flatten()
             .map(|entry| entry.path())
             .filter(|path| path.to_string_lossy().ends_with(".serial.log"));
-        for path in self.lab.guest_logs().into_iter().chain(local_vm_consoles) {
-            let text = String::from_utf8_lossy(&fs::read(&path).unwrap_or_default()).into_owned();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = &lines[lines.len().saturating_sub(40)..];
-            let _ = writeln!(
-                out,
-                "--- tail of {} ---\n{}",
-                path.display(),
-                tail.join("\n")
-            );
-        }
+        out.push_str(&crate::log_tails(
+            self.lab.guest_logs().into_iter().chain(local_vm_consoles),
+            40,
+        ));
         out
     }
 }

@@ -740,7 +740,7 @@ impl Storm {
                 if expect_up {
                     eprintln!("{}", room.diagnostics());
                 } else {
-                    eprintln!("{}", guest_log_tails(&room));
+                    eprintln!("{}", crate::log_tails(room.lab.guest_logs(), 30));
                 }
                 bail!(
                     "{label}: not every guest reached every milestone within {} s:\n{report}",
@@ -854,23 +854,6 @@ impl Storm {
     }
 }
 
-/// The end of every guest's serial log.
-fn guest_log_tails(room: &RoomLab) -> String {
-    let mut out = String::new();
-    for path in room.lab.guest_logs() {
-        let text = String::from_utf8_lossy(&fs::read(&path).unwrap_or_default()).into_owned();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = &lines[lines.len().saturating_sub(30)..];
-        let _ = writeln!(
-            out,
-            "--- tail of {} ---\n{}",
-            path.display(),
-            tail.join("\n")
-        );
-    }
-    out
-}
-
 /// Starts tcpdump on the lab's LAN; returns the file it writes.
 fn start_capture(room: &mut RoomLab) -> Result<PathBuf> {
     let pcap = room.lab.dir().join("storm.pcap");
@@ -963,22 +946,9 @@ fn serve_reference(
         .dhcp
         .range
         .context("the master file has no DHCP range")?;
-    let mut dnsmasq = room.lab.in_netns("dnsmasq");
+    let mut dnsmasq = room.lab.dnsmasq(bridge);
     dnsmasq
-        .args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--port=0",
-            "--no-resolv",
-        ])
-        .args([
-            "--no-hosts",
-            "--no-ping",
-            "--bind-interfaces",
-            "--except-interface=lo",
-        ])
-        .args(["--dhcp-authoritative", "--user=root", "--log-facility=-"])
-        .arg(format!("--interface={bridge}"))
+        .args(["--except-interface=lo", "--dhcp-authoritative"])
         .arg(format!(
             "--dhcp-range={},{},{},{}s",
             range[0], range[1], network.netmask, network.dhcp.lease_secs

@@ -441,21 +441,9 @@ fn set_up_a_box(tmp: &Path) -> Result<()> {
     )?;
     write("/etc/lectern/master.toml", &master, "644")?;
     let leases = lab.dir().join("rogue.leases");
-    let mut rogue = lab.in_netns("dnsmasq");
+    let mut rogue = lab.dnsmasq("br0");
     rogue
-        .args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--port=0",
-            "--no-resolv",
-        ])
-        .args([
-            "--no-hosts",
-            "--no-ping",
-            "--bind-interfaces",
-            "--interface=br0",
-        ])
-        .args(["--log-dhcp", "--log-facility=-", "--user=root"])
+        .arg("--log-dhcp")
         .arg(format!("--listen-address={ROUTER}"))
         .arg("--dhcp-range=10.99.0.100,10.99.0.150,1h")
         .arg(format!("--dhcp-leasefile={}", leases.display()));
