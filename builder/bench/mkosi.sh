@@ -200,15 +200,17 @@ timed() {
 imgbuild_run() {
     local apt=$1 prefix=$2
     rm -rf "$work/store"
-    # Every run's store gets the first one's netbootd key, whose pin the images carry: the same
-    # packages then give the same image, which the ids at the end show.
-    if [ -e "$work/netbootd.key" ]; then
-        install -D -m 600 "$work/netbootd.key" "$work/store/keys/netbootd.key"
+    # Every run's store gets the first one's keys (netbootd's, whose pin the images carry, and the
+    # journal authority's, whose certificate they carry): the same packages then give the same image,
+    # which the ids at the end show.
+    if [ -d "$work/keys" ]; then
+        mkdir -p "$work/store"
+        cp -a "$work/keys" "$work/store/keys"
     fi
     set_kbps "$kbps"
     timed "$prefix.imgbuild.cold" imgbuild_build "$apt"
     check_imgbuild "$kbps"
-    [ -e "$work/netbootd.key" ] || cp "$work/store/keys/netbootd.key" "$work/netbootd.key"
+    [ -d "$work/keys" ] || cp -a "$work/store/keys" "$work/keys"
     timed "$prefix.imgbuild.warm" imgbuild_build "$apt"
     check_imgbuild "$kbps"
     set_kbps "$new_kbps"
