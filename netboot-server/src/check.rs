@@ -6,39 +6,22 @@
 //! ([`crate::verify`]). One line per problem: a cause that leaves many hosts without a boot is said
 //! once, not once per host.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use crate::interface::{self, Interface};
-use crate::mac::MacAddr;
-use crate::plan_policy::{self, PlanPolicy};
+use crate::listing::some_of;
+use crate::plan_policy::{self, Gaps, PlanPolicy};
 use crate::policy::{ArtifactKind, BIOS_IPXE, BootPolicy, EFI_X64_IPXE};
 use crate::server::ServerConfig;
 use crate::verify::{self, Verdicts};
-
-/// What a boot policy already knows to be missing: sentences that name a cause and its fix, and
-/// the hosts those causes leave with nothing to boot (which `check` then does not list again).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Gaps {
-    pub causes: Vec<String>,
-    pub unbootable: HashSet<MacAddr>,
-}
 
 /// The machine as `check` found it: the interface the configuration names (`None`: no such
 /// interface), and where dpkg recorded the iPXE binaries' md5s.
 pub struct Machine<'a> {
     pub interface: Option<&'a Interface>,
     pub ipxe_md5sums: &'a Path,
-}
-
-/// "a, b, c and 4 more": enough names to find the rest.
-pub fn some_of(names: &[&str]) -> String {
-    const SHOWN: usize = 3;
-    match names.len() {
-        0..=SHOWN => names.join(", "),
-        n => format!("{} and {} more", names[..SHOWN].join(", "), n - SHOWN),
-    }
 }
 
 fn same_subnet(a: Ipv4Addr, b: Ipv4Addr, netmask: Ipv4Addr) -> bool {
@@ -170,7 +153,7 @@ pub fn check<'a>(
         many => problems.push(format!(
             "{} hosts have no iPXE script: they would boot nothing ({})",
             many.len(),
-            some_of(many)
+            some_of(many, 3)
         )),
     }
     for (path, file) in &served {
@@ -256,6 +239,7 @@ mod tests {
 
     use super::*;
     use crate::dhcp::Mode;
+    use crate::mac::MacAddr;
     use crate::policy::{Host, Network, StaticImage, StaticPolicy};
     use lectern_store::Digest;
 
@@ -439,12 +423,5 @@ mod tests {
                 && problems[1].contains("undionly.kpxe is missing"),
             "{problems:#?}"
         );
-    }
-
-    #[test]
-    fn some_of_names_three_and_counts_the_rest() {
-        assert_eq!(some_of(&["a"]), "a");
-        assert_eq!(some_of(&["a", "b", "c"]), "a, b, c");
-        assert_eq!(some_of(&["a", "b", "c", "d", "e"]), "a, b, c and 2 more");
     }
 }

@@ -18,6 +18,7 @@ pub mod http;
 pub mod interface;
 pub mod ipxe;
 pub mod journal;
+pub mod listing;
 pub mod mac;
 pub mod metrics;
 pub mod plan_policy;

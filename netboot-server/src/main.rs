@@ -679,7 +679,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         }
         Some(Command::CheckStatic { server, check }) => {
             let (config, policy) = configure(server, state_dir, tftp_root)?;
-            let gaps = check::Gaps::default();
+            let gaps = plan_policy::Gaps::default();
             Ok(report(&check::run(&config, &policy, &gaps, check.rehash)))
         }
     }

@@ -2,15 +2,15 @@
 //! the store imgbuild fills. This is the only module that knows about roles and the store; the
 //! protocols see it through [`BootPolicy`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lectern_master::Plan;
 use lectern_store::{Manifest, Store};
 
-use crate::check::{Gaps, some_of};
 use crate::dhcp::Mode;
+use crate::listing::some_of;
 use crate::mac::MacAddr;
 use crate::policy::{
     Artifact, ArtifactKind, Boot, BootImage, BootPolicy, Host, Identity, LayerVersion, Network,
@@ -19,6 +19,14 @@ use crate::policy::{
 use crate::server::{Https, ServerConfig};
 use crate::{http, tftp};
 use lectern_master::model::NetbootLimits;
+
+/// What a boot policy already knows to be missing: sentences that name a cause and its fix, and
+/// the hosts those causes leave with nothing to boot (which `check` then does not list again).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gaps {
+    pub causes: Vec<String>,
+    pub unbootable: HashSet<MacAddr>,
+}
 
 /// The artifact names imgbuild gives a role's netboot files.
 const KERNEL: &str = "vmlinuz";
@@ -216,7 +224,7 @@ impl PlanPolicy {
             many => causes.push(format!(
                 "{} hosts have no host layer yet: {} (run: imgbuild all)",
                 many.len(),
-                some_of(many)
+                some_of(many, 3)
             )),
         }
         causes.extend(host_causes);

@@ -31,6 +31,7 @@ use lectern_master::Plan;
 use lectern_master::model::DhcpMode;
 
 use crate::dhcp::probe::Offer;
+use crate::listing::some_of;
 use crate::mac::MacAddr;
 use crate::vms::{self, VmSpec};
 use render::{DhcpVerdict, ServiceAction, StoreSnapshot};
@@ -547,19 +548,16 @@ fn build(
     let (images, layers) = render::store_changes(&before, &after);
     let roles: Vec<String> = after.images.keys().cloned().collect();
     if images.is_empty() {
-        report.unchanged("images", &render::some_names(&roles));
+        report.unchanged("images", &some_of(&roles, 8));
     } else {
-        report.done(
-            "images",
-            &format!("new image for {}", render::some_names(&images)),
-        );
+        report.done("images", &format!("new image for {}", some_of(&images, 8)));
     }
     if layers.is_empty() {
         report.unchanged("host layers", &format!("{} hosts", after.layers.len()));
     } else {
         report.done(
             "host layers",
-            &format!("new layer for {}", render::some_names(&layers)),
+            &format!("new layer for {}", some_of(&layers, 8)),
         );
     }
     Ok(())

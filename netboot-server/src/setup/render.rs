@@ -209,20 +209,6 @@ pub fn store_changes(before: &StoreSnapshot, after: &StoreSnapshot) -> (Vec<Stri
     )
 }
 
-/// `names`, or the first few of them and how many more: a line stays a line at 90 hosts.
-pub fn some_names(names: &[String]) -> String {
-    const SHOWN: usize = 8;
-    if names.len() <= SHOWN {
-        names.join(", ")
-    } else {
-        format!(
-            "{} and {} more",
-            names[..SHOWN].join(", "),
-            names.len() - SHOWN
-        )
-    }
-}
-
 /// What a running service needs so that it runs what the master file says now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServiceAction {
@@ -571,17 +557,6 @@ mod tests {
         assert_eq!(
             store_changes(&StoreSnapshot::default(), &before).1,
             ["enc", "mix"]
-        );
-    }
-
-    #[test]
-    fn long_lists_of_names_stay_short() {
-        let names: Vec<String> = (1..=3).map(|n| format!("h{n}")).collect();
-        assert_eq!(some_names(&names), "h1, h2, h3");
-        let names: Vec<String> = (1..=90).map(|n| format!("h{n}")).collect();
-        assert_eq!(
-            some_names(&names),
-            "h1, h2, h3, h4, h5, h6, h7, h8 and 82 more"
         );
     }
 
