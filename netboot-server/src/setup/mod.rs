@@ -451,8 +451,11 @@ fn apply(
         }
     };
 
-    start_netbootd(checked, paths, arguments_changed, system, report)?;
-    start_journal_receiver(checked, paths, arguments_changed, system, report)?;
+    // The master file as the last set-up applied it, to tell what changed since.
+    let applied = std::fs::read_to_string(paths.applied_master()).ok();
+    let applied = applied.as_deref();
+    start_netbootd(checked, applied, arguments_changed, system, report)?;
+    start_journal_receiver(checked, applied, arguments_changed, system, report)?;
     start_local_vms(checked, paths, arguments_changed, system, report)?;
     std::fs::create_dir_all(&paths.setup_dir)?;
     write_file(&paths.applied_master(), &checked.master_text)?;
@@ -565,30 +568,25 @@ fn build(
 
 fn start_netbootd(
     checked: &Checked,
-    paths: &Paths,
+    applied: Option<&str>,
     arguments_changed: bool,
     system: &mut dyn System,
     report: &mut Report,
 ) -> Result<()> {
     let unit = system.unit(NETBOOTD_UNIT);
-    let applied = std::fs::read_to_string(paths.applied_master()).ok();
-    let restart_for = match &applied {
-        Some(text) if *text != checked.master_text => restart_settings(checked, text),
+    let restart_for = match applied {
+        Some(text) if text != checked.master_text => restart_settings(checked, text),
         _ => Vec::new(),
     };
     let restart_for: Vec<&str> = restart_for.iter().map(String::as_str).collect();
     let action = render::netbootd_action(
         unit.active,
         arguments_changed,
-        applied.as_deref(),
+        applied,
         &checked.master_text,
         &restart_for,
     );
-    let mut did = Vec::new();
-    if !unit.enabled {
-        system.systemctl(&["enable", NETBOOTD_UNIT])?;
-        did.push("enabled".to_owned());
-    }
+    let mut did = enable(system, NETBOOTD_UNIT, &unit)?;
     match &action {
         ServiceAction::Start => {
             system.systemctl(&["start", NETBOOTD_UNIT])?;
@@ -629,25 +627,20 @@ fn start_netbootd(
 /// on (the netboot machine's, `[netboot] journal_port`) or its arguments changed.
 fn start_journal_receiver(
     checked: &Checked,
-    paths: &Paths,
+    applied: Option<&str>,
     arguments_changed: bool,
     system: &mut dyn System,
     report: &mut Report,
 ) -> Result<()> {
     let unit = system.unit(JOURNAL_UNIT);
     let listen = |plan: &Plan| (plan.netboot.server_ip, plan.netboot.journal_port);
-    let moved = std::fs::read_to_string(paths.applied_master())
-        .ok()
+    let moved = applied
         .and_then(|applied| {
-            lectern_master::load_text_without_secret_values(&checked.master, &applied).ok()
+            lectern_master::load_text_without_secret_values(&checked.master, applied).ok()
         })
         .is_some_and(|old| listen(&old) != listen(&checked.plan));
     let (ip, port) = listen(&checked.plan);
-    let mut did = Vec::new();
-    if !unit.enabled {
-        system.systemctl(&["enable", JOURNAL_UNIT])?;
-        did.push("enabled".to_owned());
-    }
+    let mut did = enable(system, JOURNAL_UNIT, &unit)?;
     if !unit.active {
         system.systemctl(&["start", JOURNAL_UNIT])?;
         did.push(format!("started on {ip}:{port}"));
@@ -711,11 +704,7 @@ fn start_local_vms(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let mut did = Vec::new();
-    if !unit.enabled {
-        system.systemctl(&["enable", VMS_UNIT])?;
-        did.push("enabled".to_owned());
-    }
+    let mut did = enable(system, VMS_UNIT, &unit)?;
     if !unit.active {
         system.systemctl(&["start", VMS_UNIT])?;
         did.push(format!("started {}", names(&checked.local_vms)));
@@ -739,6 +728,15 @@ fn start_local_vms(
         report.done(VMS_UNIT, &did.join("; "));
     }
     Ok(())
+}
+
+/// Enables `name` (in state `unit`) unless it is: what was done to it so far.
+fn enable(system: &mut dyn System, name: &str, unit: &UnitState) -> Result<Vec<String>> {
+    if unit.enabled {
+        return Ok(Vec::new());
+    }
+    system.systemctl(&["enable", name])?;
+    Ok(vec!["enabled".to_owned()])
 }
 
 /// `1 room`, `2 rooms`.
