@@ -26,33 +26,14 @@ pub struct LinkSender {
 impl LinkSender {
     /// Opens the socket on `interface`. Fails without CAP_NET_RAW.
     pub fn open(interface: &str) -> io::Result<Self> {
-        let name = std::ffi::CString::new(interface)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name"))?;
-        // SAFETY: `name` is a valid NUL-terminated string for the call's duration.
-        let interface_index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if interface_index == 0 {
-            return Err(io::Error::last_os_error());
-        }
         // Protocol 0: the socket receives nothing, it only sends.
-        // SAFETY: plain socket(2); the descriptor is owned below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let (fd, interface_index) = packet_socket(interface, 0, libc::SOCK_NONBLOCK)?;
         // SAFETY: the descriptor is valid and owned by the AsyncFd, which nothing closes or
         // replaces while it is registered.
         let socket = unsafe { AsyncFd::register_with_interest(fd, Interest::WRITABLE)? };
         Ok(Self {
             socket,
-            interface_index: interface_index as i32,
+            interface_index,
         })
     }
 
@@ -100,6 +81,35 @@ impl LinkSender {
     }
 }
 
+/// A datagram packet socket (the kernel writes the link header) on `interface` for `protocol`
+/// (network byte order; 0 receives nothing), with more socket `flags`; and the interface's index.
+pub(super) fn packet_socket(
+    interface: &str,
+    protocol: u16,
+    flags: libc::c_int,
+) -> io::Result<(OwnedFd, i32)> {
+    let name = std::ffi::CString::new(interface)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name"))?;
+    // SAFETY: `name` is a valid NUL-terminated string for the call's duration.
+    let interface_index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if interface_index == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: plain socket(2); the descriptor is owned below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | flags,
+            libc::c_int::from(protocol),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    Ok((unsafe { OwnedFd::from_raw_fd(fd) }, interface_index as i32))
+}
+
 /// An IPv4 header, a UDP header and `payload`, both checksums filled in.
 pub fn ipv4_udp_datagram(payload: &[u8], from: SocketAddrV4, to: SocketAddrV4) -> Vec<u8> {
     let udp_len = UDP_HEADER_LEN + payload.len();
@@ -140,7 +150,7 @@ fn pseudo_header(from: Ipv4Addr, to: Ipv4Addr, udp_len: u16) -> [u8; 12] {
 
 /// The Internet checksum (RFC 1071) of the parts taken one after the other; each part but the
 /// last has an even length.
-fn checksum(parts: &[&[u8]]) -> u16 {
+pub(super) fn checksum(parts: &[&[u8]]) -> u16 {
     let mut sum: u32 = 0;
     for part in parts {
         let mut words = part.chunks_exact(2);

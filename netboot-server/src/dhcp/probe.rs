@@ -9,9 +9,11 @@
 //! holding UDP port 67 instead).
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use super::link::ipv4_udp_datagram;
 use crate::mac::MacAddr;
 
 const IPV4_HEADER_LEN: usize = 20;
@@ -66,66 +68,11 @@ pub fn discover_packet(xid: u32, mac: MacAddr) -> Vec<u8> {
     bootp.extend_from_slice(&[93, 2, 0, 0]); // client architecture: x86 BIOS
     bootp.extend_from_slice(&[94, 3, 1, 2, 1]); // network interface: UNDI 2.1
     bootp.push(255);
-    udp_in_ipv4(
-        Ipv4Addr::UNSPECIFIED,
-        Ipv4Addr::BROADCAST,
-        CLIENT_PORT,
-        SERVER_PORT,
+    ipv4_udp_datagram(
         &bootp,
+        SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, CLIENT_PORT),
+        SocketAddrV4::new(Ipv4Addr::BROADCAST, SERVER_PORT),
     )
-}
-
-/// `payload` in a UDP datagram in an IPv4 packet, both checksummed.
-fn udp_in_ipv4(
-    source: Ipv4Addr,
-    destination: Ipv4Addr,
-    from: u16,
-    to: u16,
-    payload: &[u8],
-) -> Vec<u8> {
-    let udp_len = UDP_HEADER_LEN + payload.len();
-    let mut udp = Vec::with_capacity(udp_len);
-    udp.extend_from_slice(&from.to_be_bytes());
-    udp.extend_from_slice(&to.to_be_bytes());
-    udp.extend_from_slice(&(udp_len as u16).to_be_bytes());
-    udp.extend_from_slice(&[0, 0]);
-    udp.extend_from_slice(payload);
-    let mut pseudo = Vec::with_capacity(12 + udp.len());
-    pseudo.extend_from_slice(&source.octets());
-    pseudo.extend_from_slice(&destination.octets());
-    pseudo.extend_from_slice(&[0, UDP]);
-    pseudo.extend_from_slice(&(udp_len as u16).to_be_bytes());
-    pseudo.extend_from_slice(&udp);
-    // A computed 0 is sent as 0xffff: 0 means "no checksum" (RFC 768).
-    let checksum = match internet_checksum(&pseudo) {
-        0 => 0xffff,
-        sum => sum,
-    };
-    udp[6..8].copy_from_slice(&checksum.to_be_bytes());
-
-    let mut packet = Vec::with_capacity(IPV4_HEADER_LEN + udp.len());
-    packet.extend_from_slice(&[0x45, 0]); // version 4, 5 words of header; no TOS
-    packet.extend_from_slice(&((IPV4_HEADER_LEN + udp_len) as u16).to_be_bytes());
-    packet.extend_from_slice(&[0, 0, 0, 0]); // id, flags and fragment offset
-    packet.extend_from_slice(&[64, UDP, 0, 0]); // TTL, protocol, checksum (below)
-    packet.extend_from_slice(&source.octets());
-    packet.extend_from_slice(&destination.octets());
-    let checksum = internet_checksum(&packet);
-    packet[10..12].copy_from_slice(&checksum.to_be_bytes());
-    packet.extend_from_slice(&udp);
-    packet
-}
-
-/// RFC 1071's ones' complement sum.
-fn internet_checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// The offer for probe `xid` that the IPv4 `packet` carries, if it is one. Anything else (our
@@ -230,35 +177,13 @@ struct PacketSocket {
 
 impl PacketSocket {
     fn open(interface: &str) -> io::Result<Self> {
-        use std::os::fd::FromRawFd;
-        let name = std::ffi::CString::new(interface)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name"))?;
-        // SAFETY: if_nametoindex reads a NUL-terminated string we own.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if ifindex == 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: plain socket(2); the descriptor is owned at once.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                i32::from(ETH_P_IP.to_be()),
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor nobody else owns.
-        let socket = Self {
-            fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) },
-            ifindex: ifindex as i32,
-        };
+        let (fd, ifindex) = super::link::packet_socket(interface, ETH_P_IP.to_be(), 0)?;
+        let socket = Self { fd, ifindex };
         let address = socket.link_address(&[0; 6]);
         // SAFETY: bind reads a sockaddr_ll of the size given.
         let bound = unsafe {
             libc::bind(
-                fd,
+                socket.fd.as_raw_fd(),
                 (&address as *const libc::sockaddr_ll).cast(),
                 std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
             )
@@ -285,7 +210,6 @@ impl PacketSocket {
 
     /// Sends the IPv4 `packet` to the link's broadcast address.
     fn send_broadcast(&self, packet: &[u8]) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
         let address = self.link_address(&[0xff; 6]);
         // SAFETY: sendto reads `packet` and a sockaddr_ll of the size given.
         let sent = unsafe {
@@ -306,7 +230,6 @@ impl PacketSocket {
 
     /// The next packet's length, or `None` if none came within `wait`.
     fn receive(&self, buffer: &mut [u8], wait: Duration) -> io::Result<Option<usize>> {
-        use std::os::fd::AsRawFd;
         let mut poll = libc::pollfd {
             fd: self.fd.as_raw_fd(),
             events: libc::POLLIN,
@@ -348,6 +271,7 @@ impl PacketSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dhcp::link::checksum;
 
     const MAC: MacAddr = MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
     const XID: u32 = 0xdead_beef;
@@ -361,12 +285,10 @@ mod tests {
         bootp[28..34].copy_from_slice(&MAC.0);
         bootp[236..240].copy_from_slice(&MAGIC_COOKIE);
         bootp.extend_from_slice(options);
-        udp_in_ipv4(
-            source,
-            Ipv4Addr::BROADCAST,
-            SERVER_PORT,
-            CLIENT_PORT,
+        ipv4_udp_datagram(
             &bootp,
+            SocketAddrV4::new(source, SERVER_PORT),
+            SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT),
         )
     }
 
@@ -376,11 +298,7 @@ mod tests {
     #[test]
     fn the_discover_is_a_checksummed_broadcast_pxe_discover() {
         let packet = discover_packet(XID, MAC);
-        assert_eq!(
-            internet_checksum(&packet[..IPV4_HEADER_LEN]),
-            0,
-            "IP checksum"
-        );
+        assert_eq!(checksum(&[&packet[..IPV4_HEADER_LEN]]), 0, "IP checksum");
         assert_eq!(&packet[12..20], &[0, 0, 0, 0, 255, 255, 255, 255]);
         let udp = &packet[IPV4_HEADER_LEN..];
         assert_eq!(&udp[..4], &[0, 68, 0, 67]);
@@ -388,7 +306,7 @@ mod tests {
         let mut pseudo = vec![0, 0, 0, 0, 255, 255, 255, 255, 0, UDP];
         pseudo.extend_from_slice(&(udp.len() as u16).to_be_bytes());
         pseudo.extend_from_slice(udp);
-        assert_eq!(internet_checksum(&pseudo), 0, "UDP checksum");
+        assert_eq!(checksum(&[&pseudo]), 0, "UDP checksum");
         // netbootd's own decoder, the strictest reader at hand, takes it as a PXE firmware's.
         let request = crate::dhcp::decode::decode(&udp[UDP_HEADER_LEN..]).unwrap();
         assert_eq!(request.kind, dhcproto::v4::MessageType::Discover);
