@@ -587,44 +587,11 @@ fn kill(child: &mut std::process::Child) -> Result<()> {
     Ok(())
 }
 
-/// Stops what the lab started when it drops: SIGTERM first (to the process group a child leads,
-/// if it leads one), so that a supervisor stops what it started in turn (`netbootd vms` its guests,
-/// nginx its workers); then SIGKILL to what is left after a few seconds.
-fn terminate(children: &mut [Child]) {
-    // Asked before any child is reaped: a reaped leader's group may still have members.
-    let leads_group: Vec<bool> = (children.iter())
-        .map(|child| {
-            let pid = child.id() as libc::pid_t;
-            // SAFETY: getpgid(2) on our own child, not reaped yet.
-            unsafe { libc::getpgid(pid) == pid }
-        })
-        .collect();
-    let signal = |child: &Child, group: bool, signal: libc::c_int| {
-        let pid = child.id() as libc::pid_t;
-        // SAFETY: kill(2) on our own child or the group it leads.
-        unsafe { libc::kill(if group { -pid } else { pid }, signal) };
-    };
-    for (child, &group) in children.iter().zip(&leads_group) {
-        signal(child, group, libc::SIGTERM);
-    }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline
-        && (children.iter_mut()).any(|child| matches!(child.try_wait(), Ok(None)))
-    {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    for (child, &group) in children.iter_mut().zip(&leads_group) {
-        if group {
-            signal(child, true, libc::SIGKILL);
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-}
-
 impl Drop for Lab {
     fn drop(&mut self) {
-        terminate(&mut self.children);
+        for child in &mut self.children {
+            let _ = kill(child);
+        }
         let _ = ip(&["netns", "del", &self.netns]);
         if std::env::var_os("LECTERN_KEEP_LAB").is_some() {
             let kept = self.dir.path().with_extension("kept");
