@@ -33,7 +33,9 @@ MKSQUASHFS=(-comp zstd -Xcompression-level 3 -b 1M -noappend -no-progress -quiet
 
 mkdir -p "$BENCH_DIR"
 work=$(mktemp -d -p "$BENCH_DIR" run.XXXXXX)
-cleanup() { rm -rf "$work"; }
+# mkosi's workspace in memory too, for a row of its own (imgbuild's log says where it built).
+memory=$(mktemp -d -p /dev/shm lectern-bench-mkosi.XXXXXX 2>/dev/null || true)
+cleanup() { rm -rf "$work" ${memory:+"$memory"}; }
 trap cleanup EXIT
 trap "exit 1" INT TERM HUP
 
@@ -126,9 +128,9 @@ fi
 # mkosi_build CACHE DEST MKOSI-OPTIONS...: mkosi's image, then kernel and initrd out of the root and
 # the root packed as imgbuild packs it, into DEST.
 mkosi_build() {
-    local cache=$1 dest=$2 root=$work/mkosi-out/image
+    local cache=$1 dest=$2 root=${MKOSI_ROOT:-$work/mkosi-out/image}
     shift 2
-    mkdir -p "$dest" "$work/mkosi-out"
+    mkdir -p "$dest" "$(dirname "$root")"
     "${mkosi_cmd[@]}" --cache="$cache" "$@" build >"$work/mkosi.log" 2>&1 ||
         { tail -n 30 "$work/mkosi.log" >&2; exit 1; }
     cp "$root"/boot/vmlinuz-* "$dest/vmlinuz"
@@ -139,9 +141,10 @@ mkosi_build() {
 }
 
 imgbuild_build() {
-    "$IMGBUILD" --config "$work/master.toml" --store "$work/store" --apt-cache "$1" \
+    "$IMGBUILD" -v --config "$work/master.toml" --store "$work/store" --apt-cache "$1" \
         --recipes "$repo/recipes" --overlays "$repo/overlays" role encoder >"$work/imgbuild.log" 2>&1 ||
         { tail -n 30 "$work/imgbuild.log" >&2; exit 1; }
+    grep -m1 '^building in ' "$work/imgbuild.log" >>"$work/scratch"
 }
 
 # --- checks: each image is what its row says ------------------------------------------------------
@@ -227,6 +230,15 @@ mkosi_run() {
     timed "$prefix.mkosi.cold" mkosi_build "$cache" "$dest" --force
     check_mkosi "$kbps" "$dest"
     rm -rf "$work/mkosi-out" "$dest"
+    # imgbuild builds its trees in memory when the machine has room (builder/src/scratch.rs): mkosi
+    # too in this row, its workspace and the tree it outputs.
+    if [ -n "$memory" ]; then
+        mkdir -p "$memory/mkosi"
+        MKOSI_ROOT=$memory/mkosi/image timed "$prefix.mkosi.cold-memory" mkosi_build "$cache" "$dest" \
+            --force --workspace-dir="$memory/mkosi" --output="$memory/mkosi/image"
+        check_mkosi "$kbps" "$dest"
+        rm -rf "$memory/mkosi" "$dest"
+    fi
     timed "$prefix.mkosi.cold-incremental" mkosi_build "$cache" "$dest" --force "${incremental[@]}"
     check_mkosi "$kbps" "$dest"
     timed "$prefix.mkosi.warm" mkosi_build "$cache" "$dest" --force "${incremental[@]}"
@@ -279,17 +291,24 @@ list() { times_of "$1" | paste -sd' ' | sed 's/ /, /g'; }
 echo
 echo "| build | imgbuild (s, runs) | median | mkosi (s, runs) | median | mkosi / imgbuild |"
 echo "|---|---|---|---|---|---|"
+# row LABEL IMGBUILD-KEY MKOSI-KEY
+row() {
+    [ -n "$(list "$2")" ] && [ -n "$(list "$3")" ] || return 0
+    local ours theirs
+    ours=$(times_of "$2" | median)
+    theirs=$(times_of "$3" | median)
+    echo "| $1 | $(list "$2") | $ours | $(list "$3") | $theirs | $(awk -v a="$theirs" -v b="$ours" 'BEGIN { printf "%.2f", a / b }') |"
+}
 for prefix in empty warm; do
+    caches=$([ "$prefix" = empty ] && echo ', empty package caches' || true)
     for step in cold warm config; do
-        [ -n "$(list "$prefix.imgbuild.$step")" ] || continue
-        ours=$(times_of "$prefix.imgbuild.$step" | median)
-        theirs=$(times_of "$prefix.mkosi.$step" | median)
-        label="$step$([ "$prefix" = empty ] && echo ', empty package caches' || true)"
-        echo "| $label | $(list "$prefix.imgbuild.$step") | $ours | $(list "$prefix.mkosi.$step") | $theirs | $(awk -v a="$theirs" -v b="$ours" 'BEGIN { printf "%.1f", a / b }') |"
+        row "$step$caches" "$prefix.imgbuild.$step" "$prefix.mkosi.$step"
     done
+    row "cold$caches, mkosi's workspace in memory" "$prefix.imgbuild.cold" "$prefix.mkosi.cold-memory"
     [ -z "$(list "$prefix.mkosi.cold-incremental")" ] ||
-        echo "| mkosi's first --incremental build$([ "$prefix" = empty ] && echo ', empty package caches' || true) (makes its cache) | | | $(list "$prefix.mkosi.cold-incremental") | $(times_of "$prefix.mkosi.cold-incremental" | median) | |"
+        echo "| mkosi's first --incremental build$caches (makes its cache) | | | $(list "$prefix.mkosi.cold-incremental") | $(times_of "$prefix.mkosi.cold-incremental" | median) | |"
 done
+echo "imgbuild: $(sort "$work/scratch" | uniq -c | awk '{ $1 = $1 " x"; print }' | paste -sd';')"
 echo
 echo "imgbuild's encoder images, by id (the same packages, master file and key give the same id): $(sort "$work/images" | uniq -c | awk '{ printf "%s%s x%s", (NR > 1 ? ", " : ""), $4, $1 }')"
 echo "Sizes of the last run's images (root.squashfs / vmlinuz / initrd, MiB):"

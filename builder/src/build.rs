@@ -18,6 +18,7 @@ use crate::context::{Anchors, Plan};
 use crate::lock::{self, Lock, LockedLayer, Packages};
 use crate::mirror::{self, AptLists};
 use crate::recipe::{BASE, OverlayKind, Recipe, Recipes};
+use crate::scratch;
 use crate::step::{self, sh_quote};
 use crate::tools;
 use crate::tree::Tree;
@@ -72,18 +73,70 @@ dpkg-query --admindir="$1"/var/lib/dpkg --show \
 	--showformat='${db:Status-Status} ${Package} ${Version}\n' > "$2"/packages
 "#;
 
+/// Puts the package cache (`$2`) into the chroot's apt archives (`$1` = root) as hard links where it
+/// can (mmdebstrap's sync-in copies it, 1–2 s a layer), else as copies: nothing in the chroot writes
+/// to a cached package; apt replaces a file it fetches again.
+const PACKAGES_IN: &str = r#"set -eu
+archives="$1"/var/cache/apt/archives
+mkdir -p "$archives"
+set -- "$2"/*.deb
+[ -e "$1" ] || exit 0
+cp -l -- "$@" "$archives"/ 2>/dev/null || cp --remove-destination -- "$@" "$archives"/
+"#;
+
+/// Where [`NEW_PACKAGES`] gathers the packages for the cache, in the chroot.
+const NEW_PACKAGES_DIR: &str = "/var/cache/lectern-new-packages";
+
+/// Moves the packages the cache (`$2`) does not hold (`$1` = root: those apt fetched) to `$3`
+/// ([`NEW_PACKAGES_DIR`]), for mmdebstrap's sync-out to copy back, which copied back every package
+/// of the layer, 4 s a layer. Hard links are the cache's; copies (from another file system) are
+/// compared.
+const NEW_PACKAGES: &str = r#"set -eu
+new="$1$3"
+mkdir "$new"
+for deb in "$1"/var/cache/apt/archives/*.deb; do
+	[ -e "$deb" ] || continue
+	cached="$2/${deb##*/}"
+	[ "$deb" -ef "$cached" ] || cmp -s "$deb" "$cached" || mv "$deb" "$new"/
+done
+"#;
+
 /// Runs after the eatmydata hook has taken its library out again: ldconfig ran while it was there,
 /// and the loader's cache would name a library the image lacks.
 const AFTER_EATMYDATA: &str = "chroot \"$1\" ldconfig";
 
-/// Copies the kernel and initrd out of the base (`$1` = root, `$2` = output directory), drops them from the
-/// rootfs (they boot it, they are not part of it) and stops later layers from regenerating the initrd.
+/// Keeps update-initramfs from running while the base's packages install (`$1` = root; an essential
+/// hook, before initramfs-tools is unpacked): the kernel's postinst and then initramfs-tools' trigger
+/// each built the initrd, 18 s apiece. The initrd layer builds it once, from the finished base.
+const DEFER_INITRAMFS: &str = r#"set -eu
+chroot "$1" dpkg-divert --quiet --local --rename --add /usr/sbin/update-initramfs
+printf '#!/bin/sh\nexit 0\n' > "$1"/usr/sbin/update-initramfs
+chmod 0755 "$1"/usr/sbin/update-initramfs
+"#;
+
+/// Puts back the update-initramfs that [`DEFER_INITRAMFS`] set aside, copies the kernel out of the base
+/// (`$1` = root, `$2` = output directory), drops it from the rootfs (it boots the rootfs, it is not
+/// part of it) and stops later layers from making an initrd.
 const TAKE_KERNEL: &str = r#"set -eu
 root="$1"; out="$2"
+rm "$root"/usr/sbin/update-initramfs
+chroot "$root" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs
+rm -f "$root"/var/lib/dpkg/diversions-old
 cp "$root"/boot/vmlinuz-* "$out"/vmlinuz
-cp "$root"/boot/initrd.img-* "$out"/initrd
 rm -f "$root"/boot/vmlinuz-* "$root"/boot/initrd.img-* "$root"/vmlinuz* "$root"/initrd.img*
 sed -i 's/^update_initramfs=.*/update_initramfs=no/' "$root"/etc/initramfs-tools/update-initramfs.conf
+"#;
+
+/// Makes the initrd of the base's kernel with the base's initramfs-tools and hooks (the image overlay's
+/// among them), inside a user namespace. Arguments: scratch dir, base tar, output path. mkinitramfs
+/// clamps the files' dates to SOURCE_DATE_EPOCH, which the caller sets.
+const INITRD_LAYER: &str = r#"set -eu
+scratch="$1"; base_tar="$2"; out="$3"
+root=$(mktemp -d -p "$scratch" lectern-initrd.XXXXXX)
+trap 'rm -rf "$root"' EXIT
+tar UNTAR_OPTIONS --file "$base_tar" --directory "$root"
+chroot "$root" mkinitramfs -o /initrd "$(ls "$root"/lib/modules)"
+mv "$root"/initrd "$out"
 "#;
 
 /// Where the root image keeps GStreamer's plugin registry (roles with GStreamer and Python's bindings).
@@ -95,13 +148,13 @@ const MKSQUASHFS_OPTIONS: &str =
     "-comp zstd -Xcompression-level 3 -b 1M -noappend -no-progress -quiet";
 
 /// Builds the root image from the role layer's tarball and the rendered config overlay, inside a user
-/// namespace so that ownership is right without real root. Arguments: work dir, role tar, config cpio,
+/// namespace so that ownership is right without real root. Arguments: scratch dir, role tar, config cpio,
 /// output path, source date epoch, then the units to enable.
 const CONFIG_LAYER: &str = r#"set -eu
-work="$1"; role_tar="$2"; config_cpio="$3"; out="$4"; epoch="$5"; shift 5
-root="$work/root"
+scratch="$1"; role_tar="$2"; config_cpio="$3"; out="$4"; epoch="$5"; shift 5
+root=$(mktemp -d -p "$scratch" lectern-root.XXXXXX)
 trap 'rm -rf "$root"' EXIT
-mkdir "$root"
+chmod 0755 "$root"
 tar UNTAR_OPTIONS --file "$role_tar" --directory "$root"
 cpio --quiet --extract --make-directories --unconditional --directory "$root" < "$config_cpio"
 if [ "$#" -gt 0 ]; then chroot "$root" systemctl enable --quiet "$@"; fi
@@ -154,6 +207,8 @@ pub struct Builder {
     recipes: Recipes,
     options: BuildOptions,
     tool_versions: BTreeMap<String, String>,
+    /// Where the trees are built (see [`scratch`]).
+    scratch: PathBuf,
 }
 
 impl Builder {
@@ -163,11 +218,14 @@ impl Builder {
         std::fs::create_dir_all(&options.apt_cache)
             .with_context(|| format!("creating the apt cache {}", options.apt_cache.display()))?;
         let tool_versions = tools::versions(tools::IMAGE_TOOLS)?;
+        let scratch = scratch::choose(&store.root().join("tmp"));
+        crate::progress::detail(format_args!("building in {}", scratch.display()));
         Ok(Self {
             store,
             recipes,
             options,
             tool_versions,
+            scratch,
         })
     }
 
@@ -177,7 +235,11 @@ impl Builder {
 
     /// Builds (or finds) every layer of `role` and records the result as the role's newest release.
     pub fn build_role(&self, role: &str, plan: &Plan) -> Result<Manifest> {
-        let (base, role_layer) = self.package_layers(role)?;
+        let PackageLayers {
+            base,
+            initrd,
+            role: role_layer,
+        } = self.package_layers(role)?;
         let below = role_layer.as_ref().unwrap_or(&base);
         let pin = self.store.server_key()?.pin;
         let journal_ca = self.store.journal_ca()?.certificate;
@@ -189,7 +251,7 @@ impl Builder {
 
         let artifacts = BTreeMap::from([
             (VMLINUZ.to_owned(), base.outputs[VMLINUZ].clone()),
-            (INITRD.to_owned(), base.outputs[INITRD].clone()),
+            (INITRD.to_owned(), initrd.outputs[INITRD].clone()),
             (
                 ROOT_SQUASHFS.to_owned(),
                 config.outputs[ROOT_SQUASHFS].clone(),
@@ -211,7 +273,7 @@ impl Builder {
                 self.recipes.role(name)?.digest.to_string(),
             );
         }
-        let layers = [Some(base), role_layer, Some(config)]
+        let layers = [Some(base), Some(initrd), role_layer, Some(config)]
             .into_iter()
             .flatten()
             .collect();
@@ -250,18 +312,28 @@ impl Builder {
             .with_context(|| format!("building the per-host layers of role {role}"))
     }
 
-    /// Builds (or finds) the base layer and `role`'s layer on it (none for `base`) with the lock's
-    /// versions, locking those of a layer the lock does not cover yet.
-    pub fn package_layers(&self, role: &str) -> Result<(LayerRecord, Option<LayerRecord>)> {
+    /// Builds (or finds) the base layer, its initrd and `role`'s layer on the base (none for `base`)
+    /// with the lock's versions, locking those of a layer the lock does not cover yet.
+    pub fn package_layers(&self, role: &str) -> Result<PackageLayers> {
         let recipe = self.recipes.role(role)?;
         let mut session = self.session()?;
         let base = self.base_layer(&mut session, Versions::Locked)?;
-        let role_layer = if role == BASE {
-            None
-        } else {
-            Some(self.role_layer(&mut session, &base, recipe, Versions::Locked)?)
-        };
-        Ok((base.0, role_layer))
+        // The initrd needs the base alone: made beside the role layer, each mostly on one core.
+        let (initrd, role_layer) = std::thread::scope(|scope| {
+            let initrd = scope.spawn(|| self.initrd_layer(&base.0));
+            let role_layer = (role != BASE)
+                .then(|| self.role_layer(&mut session, &base, recipe, Versions::Locked))
+                .transpose();
+            (
+                initrd.join().expect("the initrd build does not panic"),
+                role_layer,
+            )
+        });
+        Ok(PackageLayers {
+            base: base.0,
+            initrd: initrd?,
+            role: role_layer?,
+        })
     }
 
     /// Resolves the lock again from the mirror for the base and each of `roles` (and the roles the
@@ -373,7 +445,7 @@ impl Builder {
             recipe: &base.packages,
             sources: self.recipes.apt_sources(BASE)?,
             below: &Packages::new(),
-            outputs: &[ROOTFS_TAR, VMLINUZ, INITRD],
+            outputs: &[ROOTFS_TAR, VMLINUZ],
         };
         let key = |packages: &Packages| {
             layer_key(json!({
@@ -384,7 +456,7 @@ impl Builder {
                 "debian": { "suite": self.recipes.debian.suite, "mirror": self.recipes.debian.mirror,
                             "variant": self.recipes.debian.variant },
                 "image_overlay": image_overlay.digest(),
-                "scripts": [SCRUB, TAKE_KERNEL, RECORD_PACKAGES, AFTER_EATMYDATA],
+                "scripts": [SCRUB, DEFER_INITRAMFS, TAKE_KERNEL, RECORD_PACKAGES, AFTER_EATMYDATA],
                 "dpkg_path_filters": DPKG_PATH_FILTERS,
                 "mmdebstrap": self.tool_versions.get("mmdebstrap"),
                 "source_date_epoch": self.options.source_date_epoch,
@@ -398,6 +470,10 @@ impl Builder {
             )?;
             let mut command = self.mmdebstrap(&self.recipes.debian.variant, include);
             command.arg(format!("--essential-hook={}", cpio_in(&overlay)));
+            command.arg(format!(
+                "--essential-hook=sh -c {} defer-initramfs \"$1\"",
+                sh_quote(DEFER_INITRAMFS)
+            ));
             command.arg(format!(
                 "--customize-hook=sh -c {} take-kernel \"$1\" {}",
                 sh_quote(TAKE_KERNEL),
@@ -428,8 +504,9 @@ impl Builder {
         let key = |packages: &Packages| role_key(&base.key, recipe, packages);
         let build = |work: &Path, include: &[String], pins: &Packages| {
             let base_tar = self.store.blob_path(&base.outputs[ROOTFS_TAR].sha256);
-            let mut command = self.mmdebstrap("custom", include);
+            let mut command = self.mmdebstrap("custom", &[]);
             command.arg(format!("--setup-hook={}", untar_in(&base_tar)));
+            command.arg(install_role_packages(include));
             let label = format!("{} role layer", recipe.name);
             self.run_mmdebstrap(command, work, &label, &layer.sources, pins)
         };
@@ -550,6 +627,32 @@ impl Builder {
         })
     }
 
+    /// The initrd of `base`'s kernel (see [`INITRD_LAYER`]).
+    fn initrd_layer(&self, base: &LayerRecord) -> Result<LayerRecord> {
+        let key = layer_key(json!({
+            "layer": "initrd",
+            "base": base.key,
+            "script": initrd_layer_script(),
+            "mmdebstrap": self.tool_versions.get("mmdebstrap"),
+            "source_date_epoch": self.options.source_date_epoch,
+        }));
+        self.layer(LayerKind::Initrd, key, &[INITRD], |work| {
+            let mut command = Command::new(tools::MMDEBSTRAP.command);
+            command
+                .env(
+                    "SOURCE_DATE_EPOCH",
+                    self.options.source_date_epoch.to_string(),
+                )
+                .args(["--unshare-helper", "sh", "-c", &initrd_layer_script()])
+                .arg("initrd-layer")
+                .arg(&self.scratch)
+                .arg(self.store.blob_path(&base.outputs[ROOTFS_TAR].sha256))
+                .arg(work.join(INITRD));
+            step::run("initrd", &mut command, &work.join("initrd-layer.log"))?;
+            Ok(())
+        })
+    }
+
     fn config_layer(
         &self,
         role: &str,
@@ -577,7 +680,7 @@ impl Builder {
             let mut command = Command::new(tools::MMDEBSTRAP.command);
             command
                 .args(["--unshare-helper", "sh", "-c", &script, "config-layer"])
-                .arg(work)
+                .arg(&self.scratch)
                 .arg(self.store.blob_path(&below.outputs[ROOTFS_TAR].sha256))
                 .arg(&config_cpio)
                 .arg(work.join(ROOT_SQUASHFS))
@@ -656,6 +759,7 @@ impl Builder {
                 "SOURCE_DATE_EPOCH",
                 self.options.source_date_epoch.to_string(),
             )
+            .env("TMPDIR", &self.scratch)
             .arg("--mode=unshare")
             .arg(format!("--variant={variant}"))
             // dpkg without its fsync per unpacked file: a layer is written whole or thrown away,
@@ -675,13 +779,20 @@ impl Builder {
                     .iter()
                     .map(|filter| format!("--dpkgopt={filter}")),
             )
-            .arg("--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives")
             .arg(format!(
-                "--setup-hook=sync-in {cache} /var/cache/apt/archives/"
+                "--setup-hook=sh -c {} packages-in \"$1\" {}",
+                sh_quote(PACKAGES_IN),
+                sh_quote(&cache)
             ))
             .arg(format!(
-                "--customize-hook=sync-out /var/cache/apt/archives {cache}"
+                "--customize-hook=sh -c {} new-packages \"$1\" {} {NEW_PACKAGES_DIR}",
+                sh_quote(NEW_PACKAGES),
+                sh_quote(&cache)
             ))
+            .arg(format!(
+                "--customize-hook=sync-out {NEW_PACKAGES_DIR} {cache}"
+            ))
+            .arg(format!("--customize-hook=rm -r \"$1\"{NEW_PACKAGES_DIR}"))
             .arg(format!(
                 "--customize-hook=sh -c {} scrub \"$1\"",
                 sh_quote(SCRUB)
@@ -727,6 +838,14 @@ impl Builder {
             .with_context(|| format!("reading {}", listing.display()))?;
         installed_packages(&text)
     }
+}
+
+/// The layers below a role's config layer.
+pub struct PackageLayers {
+    pub base: LayerRecord,
+    pub initrd: LayerRecord,
+    /// None for the base role.
+    pub role: Option<LayerRecord>,
 }
 
 /// A base or role layer, as the lock sees it.
@@ -858,6 +977,10 @@ fn installed_packages(text: &str) -> Result<Packages> {
     Ok(packages)
 }
 
+fn initrd_layer_script() -> String {
+    INITRD_LAYER.replace("UNTAR_OPTIONS", UNTAR_OPTIONS)
+}
+
 fn config_layer_script() -> String {
     CONFIG_LAYER
         .replace("UNTAR_OPTIONS", UNTAR_OPTIONS)
@@ -877,7 +1000,8 @@ pub fn host_archive(tree: &Tree, source_date_epoch: u64) -> Vec<u8> {
 fn role_key(base: &Digest, recipe: &Recipe, versions: &Packages) -> Digest {
     layer_key(json!({
         "layer": "role", "base": base, "packages": recipe.packages, "versions": versions,
-        "apt_sources": recipe.apt_sources, "scripts": [SCRUB, RECORD_PACKAGES, AFTER_EATMYDATA],
+        "apt_sources": recipe.apt_sources,
+        "scripts": [SCRUB, RECORD_PACKAGES, AFTER_EATMYDATA, INSTALL_ROLE_PACKAGES],
         "untar": [UNTAR_OPTIONS, UNTAR_BELOW],
         "dpkg_path_filters": DPKG_PATH_FILTERS,
     }))
@@ -908,6 +1032,29 @@ fn untar_in(tarball: &Path) -> String {
         "tar {UNTAR_OPTIONS} {UNTAR_BELOW} --directory \"$1\" --file {}",
         sh_quote(&tarball.display().to_string())
     )
+}
+
+/// Installs a role's packages (`$2`...) with apt inside the chroot `$1`, on the base [`untar_in`]
+/// unpacked there, as mmdebstrap installs the base's beyond the essential set. Named with `--include`
+/// in the custom variant, each would be unpacked twice (extracted, then installed by dpkg): half the
+/// role layer's time.
+const INSTALL_ROLE_PACKAGES: &str = r#"set -eu
+root="$1"; shift
+chroot "$root" env DEBIAN_FRONTEND=noninteractive DEBCONF_NONINTERACTIVE_SEEN=true \
+	apt-get --yes install "$@"
+"#;
+
+/// The mmdebstrap essential hook (run while eatmydata is in) of [`INSTALL_ROLE_PACKAGES`].
+fn install_role_packages(packages: &[String]) -> String {
+    let mut hook = format!(
+        "--essential-hook=sh -c {} install-role-packages \"$1\"",
+        sh_quote(INSTALL_ROLE_PACKAGES)
+    );
+    for package in packages {
+        hook.push(' ');
+        hook.push_str(&sh_quote(package));
+    }
+    hook
 }
 
 /// What [`untar_in`] leaves out besides /dev.
@@ -1029,26 +1176,101 @@ mod tests {
     }
 
     #[test]
-    fn the_record_hook_parses() {
-        let check = Command::new("sh")
-            .args(["-n", "-c", RECORD_PACKAGES])
-            .status()
-            .unwrap();
-        assert!(check.success());
+    fn the_hook_scripts_parse() {
+        let scripts = [
+            RECORD_PACKAGES,
+            DEFER_INITRAMFS,
+            TAKE_KERNEL,
+            PACKAGES_IN,
+            NEW_PACKAGES,
+            INSTALL_ROLE_PACKAGES,
+            AFTER_EATMYDATA,
+        ];
+        for script in scripts {
+            let check = Command::new("sh")
+                .args(["-n", "-c", script])
+                .status()
+                .unwrap();
+            assert!(check.success(), "{script}");
+        }
         assert!(RECORD_PACKAGES.contains(PINS_FILE));
     }
 
     #[test]
-    fn config_script_substitutions_are_complete() {
-        let script = config_layer_script();
-        assert!(
-            !script.contains("SCRUB") && !script.contains("OPTIONS"),
-            "{script}"
-        );
-        let check = Command::new("sh")
-            .args(["-n", "-c", &script])
+    fn script_substitutions_are_complete() {
+        for script in [config_layer_script(), initrd_layer_script()] {
+            assert!(
+                !script.contains("SCRUB") && !script.contains("OPTIONS"),
+                "{script}"
+            );
+            let check = Command::new("sh")
+                .args(["-n", "-c", &script])
+                .status()
+                .unwrap();
+            assert!(check.success(), "script parses");
+        }
+    }
+
+    /// Runs a hook script as mmdebstrap would, with `args` as `$1`...
+    fn run_hook(script: &str, args: &[&Path]) {
+        let status = Command::new("sh")
+            .args(["-c", script, "hook"])
+            .args(args)
             .status()
             .unwrap();
-        assert!(check.success(), "script parses");
+        assert!(status.success(), "{script}");
+    }
+
+    #[test]
+    fn the_package_cache_goes_in_linked_and_only_what_apt_fetched_comes_out() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, root) = (dir.path().join("cache"), dir.path().join("root"));
+        std::fs::create_dir_all(&cache).unwrap();
+        std::fs::write(cache.join("kept_1_all.deb"), "kept").unwrap();
+        std::fs::write(cache.join("copied_1_all.deb"), "copied").unwrap();
+        std::fs::write(cache.join("refetched_1_all.deb"), "stale").unwrap();
+        run_hook(PACKAGES_IN, &[&root, &cache]);
+        let archives = root.join("var/cache/apt/archives");
+        let inode = |path: &Path| std::fs::metadata(path).unwrap().ino();
+        assert_eq!(
+            inode(&archives.join("kept_1_all.deb")),
+            inode(&cache.join("kept_1_all.deb")),
+            "hard links on one file system"
+        );
+        // What a copy from another file system is like, what apt fetched again over a bad file, and
+        // what it fetched anew.
+        for (name, content) in [
+            ("copied_1_all.deb", "copied"),
+            ("refetched_1_all.deb", "fresh"),
+            ("new_1_all.deb", "new"),
+        ] {
+            let path = archives.join(name);
+            std::fs::remove_file(&path).ok();
+            std::fs::write(&path, content).unwrap();
+        }
+        let staging = Path::new(NEW_PACKAGES_DIR);
+        run_hook(NEW_PACKAGES, &[&root, &cache, staging]);
+        let mut out: Vec<String> = std::fs::read_dir(root.join(staging.strip_prefix("/").unwrap()))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .collect();
+        out.sort();
+        assert_eq!(out, ["new_1_all.deb", "refetched_1_all.deb"]);
+        assert_eq!(
+            std::fs::read_to_string(cache.join("kept_1_all.deb")).unwrap(),
+            "kept",
+            "the cache's files untouched"
+        );
+    }
+
+    #[test]
+    fn an_empty_package_cache_goes_in_as_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cache, root) = (dir.path().join("cache"), dir.path().join("root"));
+        std::fs::create_dir_all(&cache).unwrap();
+        run_hook(PACKAGES_IN, &[&root, &cache]);
+        let archives = root.join("var/cache/apt/archives");
+        assert_eq!(std::fs::read_dir(archives).unwrap().count(), 0);
     }
 }

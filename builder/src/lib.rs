@@ -11,6 +11,7 @@ pub mod mirror;
 pub mod progress;
 pub mod recipe;
 pub mod render;
+pub mod scratch;
 pub mod step;
 pub mod tools;
 pub mod tree;

@@ -3,11 +3,15 @@
 //! never held back. imgbuild prints no colour, so `NO_COLOR` changes nothing.
 
 use std::fmt::Display;
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicI8, Ordering};
 
-use indicatif::{ProgressBar, ProgressDrawTarget};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget};
 
 static LEVEL: AtomicI8 = AtomicI8::new(0);
+
+/// Every bar shown, one line each: steps run side by side (the initrd beside the role layer).
+static BARS: LazyLock<MultiProgress> = LazyLock::new(MultiProgress::new);
 
 /// Sets the level from the command line's `-v` and `-q` counts.
 pub fn set(verbose: u8, quiet: u8) {
@@ -22,14 +26,14 @@ fn level() -> i8 {
 /// A line of progress (a step done, a layer taken from the store); not with `-q`.
 pub fn say(line: impl Display) {
     if level() >= 0 {
-        eprintln!("{line}");
+        BARS.suspend(|| eprintln!("{line}"));
     }
 }
 
 /// A line only `-v` shows.
 pub fn detail(line: impl Display) {
     if level() >= 1 {
-        eprintln!("{line}");
+        BARS.suspend(|| eprintln!("{line}"));
     }
 }
 
@@ -37,6 +41,7 @@ pub fn detail(line: impl Display) {
 pub fn shown(bar: ProgressBar) -> ProgressBar {
     if level() < 0 {
         bar.set_draw_target(ProgressDrawTarget::hidden());
+        return bar;
     }
-    bar
+    BARS.add(bar)
 }

@@ -19,8 +19,10 @@ pub struct BlobRef {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LayerKind {
-    /// Debian base rootfs (+ the kernel and initrd built in it).
+    /// Debian base rootfs (+ the kernel installed in it).
     Base,
+    /// The initrd, made from the base by its initramfs-tools.
+    Initrd,
     /// Base + the role's packages.
     Role,
     /// Role + role-wide rendered overlays, packed as the bootable root image.
