@@ -13,12 +13,13 @@
 # added. Its conference is the fixture's, so the role images are the VM tests' byte for byte: the
 # bench's store starts as hard links to the VM tests' store (SEED_STORE), its lock is theirs, and
 # `imgbuild all` then builds only the new hosts' layers (with a seed that lacks the images it builds
-# them, which takes many minutes). It boots VMs for minutes: the test suite does not run it.
+# them, which takes many minutes). It boots VMs for minutes: the test suite runs it with one guest.
 #
 # Needs root and apt-get install qemu-system-x86 ipxe-qemu ipxe dnsmasq-base nginx-light tcpdump
 # Usage: bash qemu-tests/bench/vm-storm.sh
 #   GUESTS=4 RUNS=1 (storms per server, every other one the reference first)
 #   TIMEOUT=1800 (seconds the slowest guest may take) WORK=$LECTERN_CACHE/vm-storm
+#   PROFILE=release (cargo's profile of the binaries; the test suite's tiny run takes its dev build)
 #   SEED_STORE=$CARGO_TARGET_DIR/tmp/lectern-test-store (the store the VM tests build)
 set -euo pipefail
 shopt -s inherit_errexit
@@ -29,11 +30,12 @@ repo=$PWD
 GUESTS=${GUESTS:-4}
 RUNS=${RUNS:-1}
 TIMEOUT=${TIMEOUT:-1800}
+PROFILE=${PROFILE:-release}
 WORK=${WORK:-$LECTERN_CACHE/vm-storm}
 SEED_STORE=${SEED_STORE:-${LECTERN_TEST_STORE:-$CARGO_TARGET_DIR/tmp/lectern-test-store}}
 
-cargo build --release --locked -p lectern-netboot -p lectern-builder -p lectern-qemu-tests --bins
-bin=$CARGO_TARGET_DIR/release
+cargo build --profile "$PROFILE" --locked -p lectern-netboot -p lectern-builder -p lectern-qemu-tests --bins
+bin=$CARGO_TARGET_DIR/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 
 mkdir -p "$WORK"
 fixtures=builder/tests/fixtures
