@@ -1037,9 +1037,11 @@ fn untar_in(tarball: &Path) -> String {
 /// Installs a role's packages (`$2`...) with apt inside the chroot `$1`, on the base [`untar_in`]
 /// unpacked there, as mmdebstrap installs the base's beyond the essential set. Named with `--include`
 /// in the custom variant, each would be unpacked twice (extracted, then installed by dpkg): half the
-/// role layer's time.
+/// role layer's time. They are fetched first from outside the chroot, with mmdebstrap's apt
+/// configuration, as mmdebstrap fetches: a source on this machine (`file:`, `copy:`) is not in it.
 const INSTALL_ROLE_PACKAGES: &str = r#"set -eu
 root="$1"; shift
+env APT_CONFIG="$MMDEBSTRAP_APT_CONFIG" apt-get --yes --download-only install "$@"
 chroot "$root" env DEBIAN_FRONTEND=noninteractive DEBCONF_NONINTERACTIVE_SEEN=true \
 	apt-get --yes install "$@"
 "#;
