@@ -27,9 +27,10 @@ HOSTS=3 ROOT_MB=4 KERNEL_MB=1 INITRD_MB=1 RATE=1gbit \
     bash netboot-server/bench/storm.sh "${CARGO_TARGET_DIR:-target}/debug/netbootd"
 tiny=$(mktemp -d -p "$LECTERN_CACHE" bench.XXXXXX)
 trap 'rm -rf "$tiny"' EXIT
+chmod 755 "$tiny" # the reference's nginx workers (www-data) read the VM storm's store under it
 mksquashfs recipes overlays "$tiny/root.squashfs" -quiet -no-progress
 bash builder/bench/compression.sh "$tiny/root.squashfs"
 # One run: imgbuild and mkosi build the encoder role cold, warm and after a bitrate change (~6 min).
 RUNS=1 EMPTY_CACHE_RUNS=0 bash builder/bench/mkosi.sh "${CARGO_TARGET_DIR:-target}/debug/imgbuild"
 # One guest per server, from the images the VM tests built (~4 min).
-GUESTS=1 PROFILE=dev WORK="$tiny/vm-storm" bash qemu-tests/bench/vm-storm.sh
+GUESTS=1 PROFILE=dev TIMEOUT=600 WORK="$tiny/vm-storm" bash qemu-tests/bench/vm-storm.sh
