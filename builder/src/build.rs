@@ -629,10 +629,11 @@ impl Builder {
 
     /// The initrd of `base`'s kernel (see [`INITRD_LAYER`]).
     fn initrd_layer(&self, base: &LayerRecord) -> Result<LayerRecord> {
+        let script = initrd_layer_script();
         let key = layer_key(json!({
             "layer": "initrd",
             "base": base.key,
-            "script": initrd_layer_script(),
+            "script": script,
             "mmdebstrap": self.tool_versions.get("mmdebstrap"),
             "source_date_epoch": self.options.source_date_epoch,
         }));
@@ -643,7 +644,7 @@ impl Builder {
                     "SOURCE_DATE_EPOCH",
                     self.options.source_date_epoch.to_string(),
                 )
-                .args(["--unshare-helper", "sh", "-c", &initrd_layer_script()])
+                .args(["--unshare-helper", "sh", "-c", &script])
                 .arg("initrd-layer")
                 .arg(&self.scratch)
                 .arg(self.store.blob_path(&base.outputs[ROOTFS_TAR].sha256))
